@@ -1,0 +1,167 @@
+"""The conductor's errors, each with an HTTP status and a machine-readable code.
+
+The whole tree::
+
+    ConductorError (500 internal_error)
+    +-- NotFound (404 not_found)
+    |   +-- NodeNotFound (404 node_not_found)
+    |   +-- RequestNotFound (404 request_not_found)
+    +-- InvalidInput (400 validation_error)
+    |   +-- InvalidTransition (400 invalid_transition)
+    |   +-- NodeInMaintenance (400 node_in_maintenance)
+    |   +-- UnknownDriver (400 unknown_driver)
+    +-- Conflict (409 conflict)
+    |   +-- TransitionInProgress (409 transition_in_progress)
+    |   +-- RequestNotCancellable (409 request_not_cancellable)
+    |   +-- NodeNameInUse (409 node_name_in_use)
+    |   +-- NodeNotDeletable (409 node_not_deletable)
+    |   +-- NodeLocked (409 node_locked)
+    +-- ServiceUnavailable (503 service_unavailable)
+    |   +-- QueueUnavailable (503 queue_unavailable)
+    +-- DriverError (500 driver_error)
+        +-- BMCError (502 bmc_error)
+
+``DriverError`` and its children are raised by drivers inside conductor
+workers; they end up in a node's ``last_error`` and a request's ``error``
+rather than in an HTTP response.  The API has one handler that turns any
+``ConductorError`` into ``{"code", "status", "message", ...details}``; for a
+5xx only the class's generic message is shown, never the exception text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ConductorError(Exception):
+    """Base of every error the conductor raises on purpose."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    #: What a client is told for a 5xx instead of the (internal) message.
+    public_message: ClassVar[str] = "Internal error; see the conductor logs."
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.__doc__ or self.code)
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of an error response (5xx details are withheld)."""
+        if self.status >= 500:
+            body: dict[str, Any] = {
+                "code": self.code,
+                "status": self.status,
+                "message": self.public_message,
+            }
+            if isinstance(self, ServiceUnavailable):
+                body["message"] = self.message
+            return body
+        return {"code": self.code, "status": self.status, "message": self.message, **self.details}
+
+
+class NotFound(ConductorError):
+    """The resource does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
+class NodeNotFound(NotFound):
+    """No node with that UUID or name."""
+
+    code = "node_not_found"
+
+
+class RequestNotFound(NotFound):
+    """No request with that id."""
+
+    code = "request_not_found"
+
+
+class InvalidInput(ConductorError):
+    """The request body or parameters are invalid; ``errors`` maps fields to messages."""
+
+    status = 400
+    code = "validation_error"
+
+
+class InvalidTransition(InvalidInput):
+    """The state machine does not allow that target from the node's state."""
+
+    code = "invalid_transition"
+
+
+class NodeInMaintenance(InvalidInput):
+    """The node is in maintenance; provisioning actions are refused."""
+
+    code = "node_in_maintenance"
+
+
+class UnknownDriver(InvalidInput):
+    """No driver by that name is loaded."""
+
+    code = "unknown_driver"
+
+
+class Conflict(ConductorError):
+    """The resource is not in a state that allows the operation."""
+
+    status = 409
+    code = "conflict"
+
+
+class TransitionInProgress(Conflict):
+    """Another transition of the node is in progress; ``request_id`` names it."""
+
+    code = "transition_in_progress"
+
+
+class RequestNotCancellable(Conflict):
+    """The request has started (or finished) and can no longer be cancelled."""
+
+    code = "request_not_cancellable"
+
+
+class NodeNameInUse(Conflict):
+    """Another node already has that name."""
+
+    code = "node_name_in_use"
+
+
+class NodeNotDeletable(Conflict):
+    """The node's provision state does not allow deleting it."""
+
+    code = "node_not_deletable"
+
+
+class NodeLocked(Conflict):
+    """A conductor holds the node's reservation."""
+
+    code = "node_locked"
+
+
+class ServiceUnavailable(ConductorError):
+    """A backing service is unavailable; retry later."""
+
+    status = 503
+    code = "service_unavailable"
+
+
+class QueueUnavailable(ServiceUnavailable):
+    """The work queue (Redis) cannot be reached; the request was not accepted."""
+
+    code = "queue_unavailable"
+
+
+class DriverError(ConductorError):
+    """A driver failed to perform an action; the message is for the operator."""
+
+    code = "driver_error"
+
+
+class BMCError(DriverError):
+    """A BMC failed, refused or did not answer a command."""
+
+    status = 502
+    code = "bmc_error"
