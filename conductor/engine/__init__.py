@@ -1,0 +1,1 @@
+"""The conductor side: workers that take a node's lock and drive its transition."""

@@ -1,0 +1,1 @@
+"""The provision state machine: vocabulary, table (data) and queries."""

@@ -1,0 +1,53 @@
+"""What every view needs: the context, a per-request session, a Blueprint."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import current_app, g, request
+from flask_smorest import Blueprint as _Blueprint
+from sqlalchemy.orm import Session
+from webargs.flaskparser import FlaskParser
+
+from conductor.context import Context
+
+
+class Parser(FlaskParser):
+    """Our contract answers 400 ``validation_error``, not webargs' 422."""
+
+    DEFAULT_VALIDATION_STATUS = 400
+
+
+class Blueprint(_Blueprint):
+    """A flask-smorest Blueprint using :class:`Parser`."""
+
+    ARGUMENTS_PARSER = Parser()
+
+
+def context() -> Context:
+    """The application's context."""
+    return current_app.extensions["conductor"]  # type: ignore[no-any-return]
+
+
+def session() -> Session:
+    """The request's database session (closed at teardown)."""
+    if "db_session" not in g:
+        g.db_session = context().db.session()
+    return g.db_session  # type: ignore[no-any-return]
+
+
+def close_session(_exc: BaseException | None = None) -> None:
+    """Teardown: close the request's session if it opened one."""
+    db_session = g.pop("db_session", None)
+    if db_session is not None:
+        db_session.close()
+
+
+def next_link(items: list[Any], limit: int, marker: Any) -> str | None:
+    """The URL of the next page, or None when this page is the last."""
+    if len(items) < limit:
+        return None
+    args = {k: v for k, v in request.args.items() if k not in ("marker", "limit")}
+    args.update(limit=str(limit), marker=str(marker))
+    return f"{request.path}?{urlencode(args)}"

@@ -1,0 +1,121 @@
+"""One mapping from errors to JSON responses: ``{code, status, message, ...}``.
+
+* :class:`~conductor.exceptions.ConductorError`: its status and code, plus
+  its details (``request_id``, ``allowed_targets``, ``errors``...); a 5xx
+  shows a generic message, never the exception text.
+* HTTP errors (unknown route, wrong method, bad body): the same shape;
+  webargs' validation errors become 400 ``validation_error`` with the field
+  errors in ``errors``.
+* Anything else: logged with its traceback, answered 500 ``internal_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import marshmallow as ma
+from flask import Flask, Response, jsonify
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from conductor.exceptions import ConductorError
+
+LOG = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "internal_error",
+}
+
+
+class ErrorSchema(ma.Schema):
+    """Every error response (documentation only)."""
+
+    code = ma.fields.String(metadata={"description": "Machine-readable error code"})
+    status = ma.fields.Integer(metadata={"description": "HTTP status"})
+    message = ma.fields.String(metadata={"description": "What went wrong, for people"})
+    errors = ma.fields.Dict(metadata={"description": "Field errors (validation_error)"})
+    request_id = ma.fields.String(metadata={"description": "The request in progress (409)"})
+    allowed_targets = ma.fields.List(ma.fields.String(), metadata={"description": "invalid_transition"})
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            if key in ("json", "query", "form") and not prefix:
+                flat.update(_flatten(value, ""))
+            else:
+                flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        flat[prefix or "_schema"] = " ".join(messages)
+    else:
+        flat[prefix or "_schema"] = str(messages)
+    return flat
+
+
+def error_response(status: int, code: str, message: str, **details: Any) -> Response:
+    """A JSON error response."""
+    response = jsonify({"code": code, "status": status, "message": message, **details})
+    response.status_code = status
+    return response
+
+
+def handle_conductor_error(error: ConductorError) -> Response:
+    if error.status >= 500:
+        LOG.error("%s: %s", error.code, error.message)
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    retry_after = error.details.get("retry_after")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(int(retry_after))
+    return response
+
+
+def handle_http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    if "messages" in data:
+        errors = _flatten(data["messages"])
+        message = "Invalid request: " + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+        return error_response(400, "validation_error", message, errors=errors)
+    code = _HTTP_CODES.get(status, "http_error")
+    message = data.get("message") or error.description or error.name
+    response = error_response(status, code, message)
+    for key, value in (data.get("headers") or {}).items():
+        response.headers[key] = value
+    if status == 405 and error.get_headers():
+        for key, value in error.get_headers():
+            if key.lower() == "allow":
+                response.headers["Allow"] = value
+    return response
+
+
+def handle_unexpected(error: Exception) -> Response:
+    LOG.exception("Unhandled error: %s", type(error).__name__)
+    return error_response(500, "internal_error", "Internal error; see the conductor logs.")
+
+
+class ConductorApi(Api):
+    """flask-smorest's Api with the conductor's error shape."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        return handle_http_error(error)
+
+
+def register(app: Flask) -> None:
+    """Install the error handlers on ``app``."""
+    app.register_error_handler(ConductorError, handle_conductor_error)
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(Exception, handle_unexpected)

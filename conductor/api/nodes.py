@@ -1,0 +1,105 @@
+"""``/v1/nodes``: enrol, list, show, patch, delete; states, state changes, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+
+from conductor.api import schemas
+from conductor.api.common import Blueprint, context, next_link, session
+from conductor.service import history, nodes
+from conductor.service import requests as request_service
+
+blp = Blueprint("nodes", __name__, url_prefix="/v1/nodes", description="Nodes and their state changes")
+
+
+def _accepted(submitted: request_service.Submitted) -> tuple[dict[str, Any], int, dict[str, str]]:
+    body = request_service.to_dict(submitted.request)
+    return body, 202, {"Location": f"/v1/requests/{submitted.request.id}"}
+
+
+@blp.route("")
+class Nodes(MethodView):
+    @blp.arguments(schemas.NodeQuery, location="query")
+    @blp.response(200, schemas.NodeList)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List nodes, filtered, in pages of ``limit`` after ``marker``."""
+        limit, marker = args.pop("limit"), args.pop("marker")
+        items = nodes.list_nodes(session(), limit=limit, marker=marker, filters=args)
+        return {
+            "nodes": [nodes.to_dict(n) for n in items],
+            "next": next_link(items, limit, items[-1].uuid if items else None),
+        }
+
+    @blp.arguments(schemas.NodeCreate)
+    @blp.response(201, schemas.Node)
+    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Enrol a node (provision state ``enroll``)."""
+        node = nodes.create(session(), body)
+        return nodes.to_dict(node), {"Location": f"/v1/nodes/{node.uuid}"}
+
+
+@blp.route("/<ident>")
+class NodeItem(MethodView):
+    @blp.response(200, schemas.Node)
+    def get(self, ident: str) -> dict[str, Any]:
+        """Show a node by UUID or name."""
+        return nodes.to_dict(nodes.find(session(), ident))
+
+    @blp.arguments(schemas.NodePatch)
+    @blp.response(200, schemas.Node)
+    def patch(self, changes: dict[str, Any], ident: str) -> dict[str, Any]:
+        """Change a node with a JSON merge patch (RFC 7396)."""
+        return nodes.to_dict(nodes.patch(session(), ident, changes))
+
+    @blp.response(204)
+    def delete(self, ident: str) -> None:
+        """Delete a node with no transition in progress."""
+        nodes.delete(session(), ident)
+
+
+@blp.route("/<ident>/states")
+class NodeStates(MethodView):
+    @blp.response(200, schemas.NodeStates)
+    def get(self, ident: str) -> dict[str, Any]:
+        """The node's current and target states and its active request."""
+        return nodes.states(session(), ident)
+
+
+@blp.route("/<ident>/states/power")
+class PowerState(MethodView):
+    @blp.arguments(schemas.PowerChange)
+    @blp.response(202, schemas.RequestOut)
+    def put(self, body: dict[str, Any], ident: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """Ask for a power change; answers at once with the request to poll."""
+        return _accepted(
+            request_service.submit_power(context(), ident, body["target"], body.get("callback_url"))
+        )
+
+
+@blp.route("/<ident>/states/provision")
+class ProvisionState(MethodView):
+    @blp.arguments(schemas.ProvisionChange)
+    @blp.response(202, schemas.RequestOut)
+    def put(self, body: dict[str, Any], ident: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+        """Ask for a provision state change; ``abort`` acts at once."""
+        target = body.pop("target")
+        callback_url = body.pop("callback_url", None)
+        return _accepted(
+            request_service.submit_provision(context(), ident, target, body, callback_url)
+        )
+
+
+@blp.route("/<ident>/history")
+class NodeHistory(MethodView):
+    @blp.arguments(schemas.HistoryQuery, location="query")
+    @blp.response(200, schemas.HistoryList)
+    def get(self, args: dict[str, Any], ident: str) -> dict[str, Any]:
+        """The node's history, newest first, in pages of ``limit`` before ``marker``."""
+        node = nodes.find(session(), ident)
+        entries = history.list_entries(session(), node, args["limit"], args["marker"])
+        return {
+            "history": [history.to_dict(e) for e in entries],
+            "next": next_link(entries, args["limit"], entries[-1].id if entries else None),
+        }

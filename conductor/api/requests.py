@@ -1,0 +1,40 @@
+"""``/v1/requests``: poll, list and cancel asynchronous requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+
+from conductor.api import schemas
+from conductor.api.common import Blueprint, context, next_link, session
+from conductor.service import requests as request_service
+
+blp = Blueprint("requests", __name__, url_prefix="/v1/requests", description="Asynchronous requests")
+
+
+@blp.route("")
+class Requests(MethodView):
+    @blp.arguments(schemas.RequestQuery, location="query")
+    @blp.response(200, schemas.RequestList)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List requests, newest first, filtered by node, state and kind."""
+        limit, marker = args.pop("limit"), args.pop("marker")
+        items = request_service.list_requests(session(), limit=limit, marker=marker, **args)
+        return {
+            "requests": [request_service.to_dict(r) for r in items],
+            "next": next_link(items, limit, items[-1].id if items else None),
+        }
+
+
+@blp.route("/<request_id>")
+class RequestItem(MethodView):
+    @blp.response(200, schemas.RequestOut)
+    def get(self, request_id: str) -> dict[str, Any]:
+        """Show a request."""
+        return request_service.to_dict(request_service.get(session(), request_id))
+
+    @blp.response(200, schemas.RequestOut)
+    def delete(self, request_id: str) -> dict[str, Any]:
+        """Cancel a queued request (or abort a waiting one); 409 once it runs."""
+        return request_service.to_dict(request_service.cancel(context(), request_id))

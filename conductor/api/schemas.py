@@ -1,0 +1,168 @@
+"""Marshmallow schemas of the API's bodies, arguments and responses."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+from conductor.fsm.states import PowerState, ProvisionState, ProvisionTarget, RequestKind, RequestState
+from conductor.service.requests import POWER_TARGETS
+
+MAX_PAGE = 1000
+
+
+class Strict(ma.Schema):
+    """Unknown fields are errors, not silently ignored."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+class NodeCreate(Strict):
+    uuid = ma.fields.UUID(load_default=None)
+    name = ma.fields.String(load_default=None, allow_none=True)
+    driver = ma.fields.String(required=True)
+    driver_info = ma.fields.Dict(keys=ma.fields.String(), load_default=dict)
+    properties = ma.fields.Dict(keys=ma.fields.String(), load_default=dict)
+    maintenance = ma.fields.Boolean(load_default=False)
+    maintenance_reason = ma.fields.String(load_default=None, allow_none=True)
+
+
+class NodePatch(Strict):
+    """A JSON merge patch (RFC 7396): ``null`` inside a dict removes a key."""
+
+    name = ma.fields.String(allow_none=True)
+    driver = ma.fields.String()
+    driver_info = ma.fields.Dict(keys=ma.fields.String(), allow_none=True)
+    properties = ma.fields.Dict(keys=ma.fields.String(), allow_none=True)
+    maintenance = ma.fields.Boolean()
+    maintenance_reason = ma.fields.String(allow_none=True)
+
+
+class Node(ma.Schema):
+    uuid = ma.fields.String()
+    name = ma.fields.String(allow_none=True)
+    driver = ma.fields.String()
+    driver_info = ma.fields.Dict(metadata={"description": "Secrets (keys ending in 'password') show as ******"})
+    properties = ma.fields.Dict()
+    power_state = ma.fields.String(allow_none=True)
+    target_power_state = ma.fields.String(allow_none=True)
+    provision_state = ma.fields.String()
+    target_provision_state = ma.fields.String(allow_none=True)
+    last_error = ma.fields.String(allow_none=True)
+    maintenance = ma.fields.Boolean()
+    maintenance_reason = ma.fields.String(allow_none=True)
+    fault = ma.fields.String(allow_none=True)
+    reservation = ma.fields.String(allow_none=True)
+    request_id = ma.fields.String(allow_none=True, metadata={"description": "The node's active request"})
+    created_at = ma.fields.DateTime()
+    updated_at = ma.fields.DateTime()
+
+
+class Page(Strict):
+    limit = ma.fields.Integer(load_default=100, validate=validate.Range(1, MAX_PAGE))
+    marker = ma.fields.String(load_default=None)
+
+
+class NodeQuery(Page):
+    provision_state = ma.fields.String(validate=validate.OneOf([str(s) for s in ProvisionState]))
+    power_state = ma.fields.String(validate=validate.OneOf([str(s) for s in PowerState]))
+    driver = ma.fields.String()
+    maintenance = ma.fields.Boolean()
+
+
+class NodeList(ma.Schema):
+    nodes = ma.fields.List(ma.fields.Nested(Node))
+    next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})
+
+
+class NodeStates(ma.Schema):
+    power_state = ma.fields.String(allow_none=True)
+    target_power_state = ma.fields.String(allow_none=True)
+    provision_state = ma.fields.String()
+    target_provision_state = ma.fields.String(allow_none=True)
+    last_error = ma.fields.String(allow_none=True)
+    request_id = ma.fields.String(allow_none=True)
+    updated_at = ma.fields.DateTime()
+
+
+_CALLBACK = ma.fields.Url(
+    schemes={"http", "https"},
+    require_tld=False,
+    load_default=None,
+    allow_none=True,
+    metadata={"description": "POSTed to when the request finishes"},
+)
+
+
+class PowerChange(Strict):
+    target = ma.fields.String(required=True, validate=validate.OneOf([str(t) for t in POWER_TARGETS]))
+    callback_url = _CALLBACK
+
+
+class ProvisionChange(Strict):
+    target = ma.fields.String(required=True, validate=validate.OneOf([str(t) for t in ProvisionTarget]))
+    callback_url = _CALLBACK
+
+
+class RequestOut(ma.Schema):
+    id = ma.fields.String()
+    node_uuid = ma.fields.String()
+    kind = ma.fields.String()
+    target = ma.fields.String()
+    params = ma.fields.Dict()
+    state = ma.fields.String()
+    step = ma.fields.String(allow_none=True, metadata={"description": "What the conductor is doing now"})
+    error = ma.fields.String(allow_none=True)
+    conductor = ma.fields.String(allow_none=True)
+    callback_url = ma.fields.String(allow_none=True)
+    created_at = ma.fields.DateTime()
+    started_at = ma.fields.DateTime(allow_none=True)
+    finished_at = ma.fields.DateTime(allow_none=True)
+    updated_at = ma.fields.DateTime()
+
+
+class RequestQuery(Page):
+    node = ma.fields.String()
+    state = ma.fields.String(validate=validate.OneOf([str(s) for s in RequestState]))
+    kind = ma.fields.String(validate=validate.OneOf([str(k) for k in RequestKind]))
+
+
+class RequestList(ma.Schema):
+    requests = ma.fields.List(ma.fields.Nested(RequestOut))
+    next = ma.fields.String(allow_none=True)
+
+
+class HistoryEntry(ma.Schema):
+    id = ma.fields.Integer()
+    created_at = ma.fields.DateTime()
+    event = ma.fields.String()
+    severity = ma.fields.String()
+    message = ma.fields.String()
+    request_id = ma.fields.String(allow_none=True)
+    conductor = ma.fields.String(allow_none=True)
+    provision_state = ma.fields.String(allow_none=True)
+    power_state = ma.fields.String(allow_none=True)
+
+
+class HistoryQuery(Strict):
+    limit = ma.fields.Integer(load_default=50, validate=validate.Range(1, MAX_PAGE))
+    marker = ma.fields.Integer(load_default=None, metadata={"description": "id of the last entry seen"})
+
+
+class HistoryList(ma.Schema):
+    history = ma.fields.List(ma.fields.Nested(HistoryEntry))
+    next = ma.fields.String(allow_none=True)
+
+
+class Conductor(ma.Schema):
+    name = ma.fields.String()
+    hostname = ma.fields.String()
+    pid = ma.fields.Integer()
+    started_at = ma.fields.DateTime()
+    heartbeat_at = ma.fields.DateTime()
+    alive = ma.fields.Boolean()
+
+
+class ConductorList(ma.Schema):
+    conductors = ma.fields.List(ma.fields.Nested(Conductor))

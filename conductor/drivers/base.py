@@ -1,0 +1,173 @@
+"""Driver interfaces: small ABCs a driver composes.
+
+A driver is a name plus a power interface, an optional management (boot
+device) interface and a deploy interface.  ``validate()`` checks a node's
+``driver_info`` without touching the hardware; it runs when a node is
+created or patched.  Everything else runs inside a conductor worker on a
+:class:`~conductor.engine.task.Task` that holds the node's reservation.
+
+Actions never wait for the hardware.  A power command is sent and the
+conductor polls; a deploy step returns a :data:`StepResult` telling the
+conductor whether it is done, should be polled again later, or waits for
+the node's agent to call back.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from conductor.fsm.states import PowerState
+
+if TYPE_CHECKING:
+    from conductor.engine.task import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    """The step is complete."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Poll:
+    """Not done yet: call the step again after ``after`` seconds."""
+
+    after: float
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    """Waiting for the node's agent to call back (no worker is held)."""
+
+    reason: str = ""
+    timeout: float | None = None
+
+
+StepResult = Done | Poll | Wait
+DONE = Done()
+
+#: ``driver_info`` keys ending in this are secrets: write-only in the API,
+#: never logged.
+SECRET_SUFFIX = "password"
+
+
+def is_secret(key: str) -> bool:
+    """Whether a ``driver_info`` key holds a secret."""
+    return key.lower().endswith(SECRET_SUFFIX)
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One ``driver_info`` field a driver understands."""
+
+    description: str
+    required: bool = False
+
+
+class Interface(abc.ABC):
+    """Base of every driver interface."""
+
+    #: The ``driver_info`` fields this interface reads.
+    fields: Mapping[str, Field] = {}
+
+    def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
+        """Field errors in ``driver_info`` (empty when valid); never touches hardware."""
+        return {
+            name: "required" for name, f in self.fields.items() if f.required and name not in driver_info
+        }
+
+
+class PowerInterface(Interface):
+    """Reads and changes a node's power state."""
+
+    @abc.abstractmethod
+    def get_power_state(self, task: Task) -> PowerState | None:
+        """The power state the hardware reports (None if it cannot tell).
+
+        :raises DriverError: the hardware could not be asked.
+        """
+
+    @abc.abstractmethod
+    def set_power_state(self, task: Task, state: PowerState) -> None:
+        """Send a power command (on, off or soft off) without waiting for it.
+
+        :raises DriverError: the hardware refused or did not answer.
+        """
+
+    def verify(self, task: Task) -> PowerState | None:
+        """Prove the credentials work; return the power state read on the way.
+
+        :raises DriverError: the hardware refused the credentials or did not answer.
+        """
+        return self.get_power_state(task)
+
+
+class ManagementInterface(Interface):
+    """Reads and sets a node's boot device."""
+
+    BOOT_DEVICES = ("pxe", "disk", "cdrom", "bios")
+
+    @abc.abstractmethod
+    def get_boot_device(self, task: Task) -> dict[str, Any]:
+        """``{"boot_device": ..., "persistent": bool}``.
+
+        :raises DriverError: the hardware could not be asked.
+        """
+
+    @abc.abstractmethod
+    def set_boot_device(self, task: Task, device: str, persistent: bool = False) -> None:
+        """Set the next (or every, if ``persistent``) boot device.
+
+        :raises DriverError: the hardware refused or did not answer.
+        """
+
+
+class DeployInterface(Interface):
+    """The provisioning steps a busy provision state runs."""
+
+    @abc.abstractmethod
+    def deploy(self, task: Task) -> StepResult:
+        """Write the image and boot the node into it (state ``deploying``)."""
+
+    @abc.abstractmethod
+    def tear_down(self, task: Task) -> StepResult:
+        """Undo a deployment (state ``deleting``)."""
+
+    @abc.abstractmethod
+    def clean(self, task: Task) -> StepResult:
+        """Erase the node (state ``cleaning``)."""
+
+    @abc.abstractmethod
+    def inspect(self, task: Task) -> StepResult:
+        """Discover the hardware into ``properties`` (state ``inspecting``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Driver:
+    """A named composition of interfaces."""
+
+    name: str
+    power: PowerInterface
+    deploy: DeployInterface
+    management: ManagementInterface | None = None
+
+    def interfaces(self) -> list[Interface]:
+        """Every interface of the driver."""
+        return [i for i in (self.power, self.management, self.deploy) if i is not None]
+
+    def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
+        """Field errors of ``driver_info`` for this driver (empty when valid)."""
+        errors: dict[str, str] = {}
+        for interface in self.interfaces():
+            errors.update(interface.validate(driver_info))
+        return errors
+
+    def fields(self) -> dict[str, Field]:
+        """Every ``driver_info`` field the driver reads."""
+        merged: dict[str, Field] = {}
+        for interface in self.interfaces():
+            merged.update(interface.fields)
+        return merged

@@ -1,0 +1,126 @@
+"""Conductor registration and heartbeats (the ``conductors`` table).
+
+Each worker process is a conductor named ``<base>-w<slot>``; ``<base>``
+is the host name (or ``conductor_name``).  A starting conductor takes the
+lowest slot that is free, stopped, stale, or was held by a process of this
+host that no longer exists, so a restarted conductor gets its old name
+back and can clear what its previous life left behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from conductor.context import Context
+from conductor.database import Database
+from conductor.models import ConductorRecord, utcnow
+
+MAX_SLOTS = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """The name a conductor got, and whether a previous life used it."""
+
+    name: str
+    reclaimed: bool
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def register(ctx: Context) -> Registration:
+    """Take a conductor name for this process and record it online.
+
+    :raises RuntimeError: every slot is taken by a live conductor.
+    """
+    base = ctx.settings.base_name
+    stale_before = utcnow() - dt.timedelta(seconds=ctx.settings.heartbeat_timeout)
+    for slot in range(MAX_SLOTS):
+        name = f"{base}-w{slot}"
+        now = utcnow()
+        with ctx.db.session() as session:
+            row = session.scalars(sa.select(ConductorRecord).where(ConductorRecord.name == name)).one_or_none()
+            if row is None:
+                session.add(
+                    ConductorRecord(
+                        name=name, hostname=ctx.hostname, pid=os.getpid(), started_at=now, heartbeat_at=now
+                    )
+                )
+                try:
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()
+                    continue
+                return Registration(name, reclaimed=False)
+            free = (
+                not row.online
+                or row.heartbeat_at < stale_before
+                or (row.hostname == ctx.hostname and not _pid_alive(row.pid))
+            )
+            if not free:
+                continue
+            taken = session.execute(
+                sa.update(ConductorRecord)
+                .where(
+                    ConductorRecord.id == row.id,
+                    ConductorRecord.pid == row.pid,
+                    ConductorRecord.heartbeat_at == row.heartbeat_at,
+                )
+                .values(hostname=ctx.hostname, pid=os.getpid(), started_at=now, heartbeat_at=now, online=True)
+            ).rowcount
+            session.commit()
+            if taken == 1:
+                return Registration(name, reclaimed=True)
+    raise RuntimeError(f"No free conductor slot for {base}: {MAX_SLOTS} live conductors?")
+
+
+def heartbeat(ctx: Context) -> None:
+    """Record that this conductor is alive."""
+    with ctx.db.begin() as session:
+        session.execute(
+            sa.update(ConductorRecord)
+            .where(ConductorRecord.name == ctx.name, ConductorRecord.pid == os.getpid())
+            .values(heartbeat_at=utcnow(), online=True)
+        )
+
+
+def unregister(ctx: Context) -> None:
+    """Record that this conductor stopped cleanly."""
+    with ctx.db.begin() as session:
+        session.execute(
+            sa.update(ConductorRecord)
+            .where(ConductorRecord.name == ctx.name, ConductorRecord.pid == os.getpid())
+            .values(online=False)
+        )
+
+
+def list_conductors(db: Database, heartbeat_timeout: float) -> list[dict[str, Any]]:
+    """Every known conductor, with ``alive`` computed from its heartbeat."""
+    cutoff = utcnow() - dt.timedelta(seconds=heartbeat_timeout)
+    with db.session() as session:
+        rows = session.scalars(sa.select(ConductorRecord).order_by(ConductorRecord.name))
+        return [
+            {
+                "name": r.name,
+                "hostname": r.hostname,
+                "pid": r.pid,
+                "started_at": r.started_at,
+                "heartbeat_at": r.heartbeat_at,
+                "alive": bool(r.online and r.heartbeat_at >= cutoff),
+            }
+            for r in rows
+        ]

@@ -1,0 +1,39 @@
+"""The functions RQ runs, and the process context they run in.
+
+RQ imports job functions by name, so the context (settings, database,
+Redis) a worker built at start-up is installed here once and fetched by
+the job entry point, which passes it down explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from conductor.context import Context
+
+_context: Context | None = None
+
+
+def install(ctx: Context) -> None:
+    """Make ``ctx`` the context jobs of this process run with."""
+    global _context
+    _context = ctx
+
+
+def current() -> Context:
+    """The installed context.
+
+    :raises RuntimeError: this process is not a conductor worker.
+    """
+    if _context is None:
+        raise RuntimeError("No conductor context installed: run jobs with `conductor worker`.")
+    return _context
+
+
+def run_steps(request_ids: Sequence[str]) -> None:
+    """Run the next step of each request (the work queue's only job)."""
+    from conductor.engine.runner import run_step
+
+    ctx = current()
+    for request_id in request_ids:
+        run_step(ctx, request_id)

@@ -1,0 +1,114 @@
+"""The provision workflow: walk the state machine through busy states.
+
+The first step fires the event of the request's target (re-validated:
+the node may have changed since the API accepted it).  Each busy state
+then runs its handler until it is done, at which point the completion
+event that leads towards the request's goal is fired.  A handler may ask
+to be polled again (``Poll``) or to wait for the node's agent (``Wait``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
+
+from conductor.drivers.base import DONE, Done, StepResult, Wait
+from conductor.engine import power
+from conductor.engine.task import Task
+from conductor.exceptions import DriverError
+from conductor.fsm import machine, table
+from conductor.fsm.states import Event, ProvisionTarget
+from conductor.fsm.states import ProvisionState as S
+from conductor.models import Node
+from conductor.service import history
+
+#: Requests whose cleaning is automated (may be switched off in the settings).
+AUTOMATED_CLEAN_TARGETS = frozenset({ProvisionTarget.PROVIDE, ProvisionTarget.DELETED})
+
+
+def fire(
+    session: Session, node: Node, event: Event, request_id: str | None, conductor: str | None
+) -> None:
+    """Fire ``event`` on ``node`` and record it in its history."""
+    before = node.provision_state
+    node.provision_state = str(machine.next_state(before, event))
+    history.record(
+        session,
+        node,
+        "provision.transition",
+        f"{before} -> {node.provision_state} ({event}).",
+        request_id=request_id,
+        conductor=conductor,
+    )
+
+
+def transition(task: Task, event: Event) -> None:
+    """Fire ``event`` on the task's node."""
+    fire(task.session, task.node, event, task.request.id, task.conductor)
+
+
+def _verify(task: Task) -> StepResult:
+    power.observe(task, task.driver.power.verify(task))
+    return DONE
+
+
+def _clean(task: Task) -> StepResult:
+    if task.request.target in AUTOMATED_CLEAN_TARGETS and not task.settings.automated_clean:
+        return DONE
+    return task.driver.deploy.clean(task)
+
+
+HANDLERS: dict[str, Callable[[Task], StepResult]] = {
+    S.VERIFYING: _verify,
+    S.INSPECTING: lambda task: task.driver.deploy.inspect(task),
+    S.CLEANING: _clean,
+    S.DEPLOYING: lambda task: task.driver.deploy.deploy(task),
+    S.DELETING: lambda task: task.driver.deploy.tear_down(task),
+}
+
+
+def step(task: Task) -> StepResult:
+    """Run the provision request of ``task`` as far as it can go now.
+
+    :raises DriverError: a handler failed.
+    :raises InvalidTransition: the target is no longer allowed.
+    """
+    request, node = task.request, task.node
+    goal = table.TARGET_STABLE_STATES[ProvisionTarget(request.target)]
+    if not task.request_progress.get("started"):
+        transition(task, machine.target_event(node.provision_state, request.target))
+        task.request_progress["started"] = True
+    while True:
+        state = node.provision_state
+        if state in table.BUSY_STATES:
+            task.progress = task.request_progress.setdefault(state, {})
+            request.step = state
+            result = HANDLERS[state](task)
+            if isinstance(result, Done):
+                transition(task, machine.completion_event(state, goal))
+                continue
+            if isinstance(result, Wait):
+                transition(task, Event.WAIT)
+            return result
+        if state in table.WAIT_STATES:
+            transition(task, Event.RESUME)
+            continue
+        if state == goal:
+            request.step = None
+            return DONE
+        raise DriverError(f"Provisioning ended in {state} instead of {goal}.")
+
+
+def fail_node(
+    session: Session, node: Node, message: str, request_id: str | None, conductor: str | None
+) -> None:
+    """Fail ``node`` out of a busy or wait state, recording ``message``."""
+    node.last_error = message
+    if node.provision_state in table.BUSY_STATES or node.provision_state in table.WAIT_STATES:
+        fire(session, node, Event.FAIL, request_id, conductor)
+
+
+def fail(task: Task, message: str) -> None:
+    """Fail the task's node (see :func:`fail_node`)."""
+    fail_node(task.session, task.node, message, task.request.id, task.conductor)

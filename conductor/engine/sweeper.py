@@ -1,0 +1,125 @@
+"""The periodic sweep that keeps the system honest after crashes.
+
+Every conductor sweeps (all operations are conditional, so concurrent
+sweeps are harmless):
+
+1. conductors whose heartbeat is older than ``heartbeat_timeout`` are
+   marked offline;
+2. reservations held by offline or unknown conductors are released;
+3. requests that an offline conductor was in the middle of are failed
+   (what the BMC did is unknown; a busy provision state fails through the
+   state machine) - RQ alone would leave such a job ``started`` until its
+   own cleanup, every 600 s;
+4. queued requests older than ``requeue_after`` whose job is no longer in
+   Redis are enqueued again, and sleeping requests whose timer is overdue
+   and gone get a new one (Redis lost them: the database is the truth).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import redis
+import sqlalchemy as sa
+
+from conductor.context import Context
+from conductor.engine.runner import fail_request
+from conductor.fsm.states import RequestState
+from conductor.models import ConductorRecord, Node, Request, utcnow
+
+LOG = logging.getLogger(__name__)
+
+
+def recover_conductor(ctx: Context, name: str) -> int:
+    """Clean up after conductor ``name`` (dead, or this one's previous life).
+
+    Returns how many requests were failed.
+    """
+    with ctx.db.begin() as session:
+        session.execute(sa.update(Node).where(Node.reservation == name).values(reservation=None))
+        stuck = list(
+            session.scalars(
+                sa.select(Request.id).where(
+                    Request.conductor == name, Request.state == RequestState.RUNNING
+                )
+            )
+        )
+    for request_id in stuck:
+        LOG.warning("Request %s was being run by conductor %s, which stopped; failing it", request_id, name)
+        fail_request(
+            ctx,
+            request_id,
+            f"Conductor {name} stopped while running this request; its outcome on the "
+            "hardware is unknown.",
+            conductor=name,
+        )
+    return len(stuck)
+
+
+def sweep(ctx: Context) -> dict[str, int]:
+    """One sweep; returns counts of what it fixed."""
+    now = utcnow()
+    cutoff = now - dt.timedelta(seconds=ctx.settings.heartbeat_timeout)
+    with ctx.db.begin() as session:
+        session.execute(
+            sa.update(ConductorRecord)
+            .where(ConductorRecord.online.is_(True), ConductorRecord.heartbeat_at < cutoff)
+            .values(online=False)
+        )
+        alive = set(
+            session.scalars(
+                sa.select(ConductorRecord.name).where(
+                    ConductorRecord.online.is_(True), ConductorRecord.heartbeat_at >= cutoff
+                )
+            )
+        )
+        holders = set(
+            session.scalars(sa.select(Node.reservation).where(Node.reservation.is_not(None)).distinct())
+        )
+        runners = set(
+            session.scalars(
+                sa.select(Request.conductor)
+                .where(Request.conductor.is_not(None), Request.state == RequestState.RUNNING)
+                .distinct()
+            )
+        )
+    failed = sum(recover_conductor(ctx, name) for name in (holders | runners) - alive)
+    return {"failed": failed, **_requeue_lost(ctx, now)}
+
+
+def _requeue_lost(ctx: Context, now: dt.datetime) -> dict[str, int]:
+    grace = dt.timedelta(seconds=ctx.settings.requeue_after)
+    with ctx.db.session() as session:
+        queued = list(
+            session.scalars(
+                sa.select(Request.id).where(
+                    Request.state == RequestState.QUEUED, Request.created_at < now - grace
+                )
+            )
+        )
+        sleeping = list(
+            session.scalars(
+                sa.select(Request.id).where(
+                    Request.state == RequestState.RUNNING,
+                    Request.conductor.is_(None),
+                    Request.wake_at < now - grace,
+                )
+            )
+        )
+    requeued = rearmed = 0
+    try:
+        for request_id in queued:
+            if not ctx.queue.has_pending_job(request_id):
+                LOG.warning("Request %s is queued but its job is gone; enqueueing it again", request_id)
+                ctx.queue.cancel(request_id)
+                ctx.queue.enqueue_request(request_id)
+                requeued += 1
+        for request_id in sleeping:
+            if not ctx.queue.has_pending_job(request_id):
+                LOG.warning("Request %s is overdue and its timer is gone; re-arming it", request_id)
+                ctx.queue.schedule(request_id, 0)
+                rearmed += 1
+    except redis.RedisError as exc:
+        LOG.error("Sweep could not reach Redis: %s", exc)
+    return {"requeued": requeued, "rearmed": rearmed}

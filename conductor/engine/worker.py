@@ -1,0 +1,84 @@
+"""A conductor worker process: RQ's worker loop plus the conductor's chores.
+
+The job loop is RQ's ``SimpleWorker`` (jobs run in this process, no fork
+per job): jobs are short steps that never sleep on hardware, and drivers
+keep their BMC sessions open across jobs.  A background thread does the
+chores: pump due timers into the work queue (every ``TIMER_TICK``), beat
+the conductor's heart and sweep for dead conductors and lost jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from rq import SimpleWorker
+
+from conductor.context import Context
+from conductor.engine import conductors, jobs, sweeper
+from conductor.settings import Settings
+
+LOG = logging.getLogger(__name__)
+TIMER_TICK = 0.05
+
+
+class Chores(threading.Thread):
+    """Timers, heartbeat and sweep, until stopped."""
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(name="conductor-chores", daemon=True)
+        self.ctx = ctx
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        settings = self.ctx.settings
+        next_beat = next_sweep = time.monotonic()
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            try:
+                self.ctx.queue.pump_timers()
+                if now >= next_beat:
+                    conductors.heartbeat(self.ctx)
+                    next_beat = now + settings.heartbeat_interval
+                if now >= next_sweep:
+                    fixed = sweeper.sweep(self.ctx)
+                    if any(fixed.values()):
+                        LOG.info("Sweep: %s", fixed)
+                    next_sweep = now + settings.sweep_interval
+            except Exception:
+                # A chore failing (database or Redis briefly away) must not
+                # stop the others; it is retried on the next tick.
+                LOG.exception("Conductor chore failed; retrying")
+                self.stopping.wait(1.0)
+            self.stopping.wait(TIMER_TICK)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+
+
+def run(settings: Settings, burst: bool = False) -> None:
+    """Run one conductor worker until SIGTERM/SIGINT (or the queue is empty, if ``burst``)."""
+    ctx = Context.build(settings)
+    registration = conductors.register(ctx)
+    ctx.name = registration.name
+    LOG.info("Conductor %s starting (pid %s)", ctx.name, os.getpid())
+    if registration.reclaimed:
+        failed = sweeper.recover_conductor(ctx, ctx.name)
+        if failed:
+            LOG.warning("Conductor %s: failed %d request(s) left running by its previous life", ctx.name, failed)
+    jobs.install(ctx)
+    chores = Chores(ctx)
+    chores.start()
+    try:
+        worker = SimpleWorker(
+            [ctx.queue.queue], connection=ctx.redis, name=f"{ctx.name}.{os.getpid()}"
+        )
+        worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+    finally:
+        chores.stop()
+        conductors.unregister(ctx)
+        LOG.info("Conductor %s stopped", ctx.name)
+        ctx.close()

@@ -1,0 +1,157 @@
+"""Database tables (SQLAlchemy 2.0 typed declarative mapping).
+
+The schema itself is created and upgraded by the Alembic migrations in
+``db/versions``; these classes must match them (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def new_request_id() -> str:
+    """A new request id, ``req-`` followed by 32 hex digits."""
+    return f"req-{uuid.uuid4().hex}"
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware.
+
+    SQLite has no time zones and hands back naive values; PostgreSQL keeps
+    them.  Either way callers only ever see aware UTC datetimes.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Base of every table."""
+
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Node(Base):
+    """A physical server and its BMC."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str | None] = mapped_column(String(255), unique=True)
+    driver: Mapped[str] = mapped_column(String(64))
+    driver_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: Private to drivers and workflows; never shown by the API.
+    driver_internal_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    power_state: Mapped[str | None] = mapped_column(String(16))
+    target_power_state: Mapped[str | None] = mapped_column(String(16))
+    provision_state: Mapped[str] = mapped_column(String(16))
+    target_provision_state: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    maintenance: Mapped[bool] = mapped_column(default=False)
+    maintenance_reason: Mapped[str | None] = mapped_column(Text)
+    #: Why the conductor itself put the node into maintenance (e.g. ``power failure``).
+    fault: Mapped[str | None] = mapped_column(String(64))
+    #: The short lock: the conductor talking to the BMC right now.
+    reservation: Mapped[str | None] = mapped_column(String(255))
+    #: The long lock: the request (queued, running or waiting) that owns the node.
+    active_request_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_nodes_provision_state", "provision_state"),
+        Index("ix_nodes_reservation", "reservation"),
+    )
+
+
+class Request(Base):
+    """An asynchronous state change of one node."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_request_id)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    node_uuid: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(32))
+    #: Extra arguments of the request (part of its identity for de-duplication).
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    #: The step the conductor is on, for people watching.
+    step: Mapped[str | None] = mapped_column(String(64))
+    #: Private continuation state of the workflow running this request.
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: The conductor executing a step of this request right now, if any.
+    conductor: Mapped[str | None] = mapped_column(String(255))
+    #: When the next step is due (the request sleeps in Redis until then).
+    wake_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_requests_node_created", "node_id", "created_at"),
+        Index("ix_requests_state", "state"),
+    )
+
+
+class NodeHistory(Base):
+    """One entry of a node's history: a transition, request or error."""
+
+    __tablename__ = "node_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    event: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(40))
+    conductor: Mapped[str | None] = mapped_column(String(255))
+    provision_state: Mapped[str | None] = mapped_column(String(16))
+    power_state: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_node_history_node_id", "node_id", "id"),)
+
+
+class ConductorRecord(Base):
+    """A conductor (worker process) and its heartbeat."""
+
+    __tablename__ = "conductors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: False once the conductor stopped cleanly or was declared dead.
+    online: Mapped[bool] = mapped_column(default=True)

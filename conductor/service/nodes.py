@@ -1,0 +1,327 @@
+"""Nodes: enrol, find, list, change and delete.
+
+A node is named by its UUID or its (unique, non-UUID-looking) name.
+Secrets in ``driver_info`` are write-only: :func:`to_dict` masks them, and
+a patch that sends back the mask keeps the stored value.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from conductor import drivers
+from conductor.drivers.base import is_secret
+from conductor.exceptions import (
+    InvalidInput,
+    NodeNameInUse,
+    NodeNotDeletable,
+    NodeNotFound,
+    TransitionInProgress,
+)
+from conductor.fsm import table
+from conductor.fsm.states import ProvisionState
+from conductor.models import Node, utcnow
+from conductor.service import history
+
+MASK = "******"
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9._~-]{1,255}$")
+
+#: Fields a merge patch may change.
+PATCHABLE = frozenset(
+    {"name", "driver", "driver_info", "properties", "maintenance", "maintenance_reason"}
+)
+#: Fields that change how a conductor talks to the hardware: refused while
+#: a transition is in progress.
+DRIVER_FIELDS = frozenset({"driver", "driver_info"})
+
+
+def looks_like_uuid(ident: str) -> bool:
+    """Whether ``ident`` is a UUID (and so never a name)."""
+    return bool(_UUID_RE.match(ident))
+
+
+def ident_clause(ident: str) -> sa.ColumnElement[bool]:
+    """A WHERE clause selecting the node named by UUID or name ``ident``."""
+    if looks_like_uuid(ident):
+        return Node.uuid == str(uuidlib.UUID(ident))
+    return Node.name == ident
+
+
+def find(session: Session, ident: str) -> Node:
+    """The node with UUID or name ``ident``.
+
+    :raises NodeNotFound: no such node.
+    """
+    node = session.scalars(sa.select(Node).where(ident_clause(ident))).one_or_none()
+    if node is None:
+        raise NodeNotFound(f"Node {ident} not found.", node=ident)
+    return node
+
+
+def _check_name(name: Any) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _NAME_RE.match(name) or looks_like_uuid(name):
+        raise InvalidInput(
+            f"Invalid node name {name!r}: use 1-255 of A-Z a-z 0-9 . _ ~ - and not a UUID.",
+            errors={"name": "invalid name"},
+        )
+    return name
+
+
+def _check_dict(field: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be an object.", errors={field: "must be an object"})
+    return value
+
+
+def create(session: Session, fields: Mapping[str, Any]) -> Node:
+    """Enrol a node (provision state ``enroll``, power unknown) and commit.
+
+    :raises InvalidInput: a bad field (``UnknownDriver`` for a bad driver).
+    :raises NodeNameInUse: the name is taken.
+    """
+    driver_name = fields["driver"]
+    driver_info = _check_dict("driver_info", fields.get("driver_info") or {})
+    drivers.validate(driver_name, driver_info)
+    node_uuid = fields.get("uuid")
+    if node_uuid is not None:
+        try:
+            node_uuid = str(uuidlib.UUID(str(node_uuid)))
+        except ValueError:
+            raise InvalidInput("uuid is not a UUID.", errors={"uuid": "not a UUID"}) from None
+    node = Node(
+        uuid=node_uuid or str(uuidlib.uuid4()),
+        name=_check_name(fields.get("name")),
+        driver=driver_name,
+        driver_info=dict(driver_info),
+        driver_internal_info={},
+        properties=dict(_check_dict("properties", fields.get("properties") or {})),
+        provision_state=ProvisionState.ENROLL,
+        maintenance=bool(fields.get("maintenance", False)),
+        maintenance_reason=fields.get("maintenance_reason"),
+    )
+    session.add(node)
+    try:
+        session.flush()
+        history.record(session, node, "node.created", f"Node enrolled with driver {driver_name}.")
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise _conflict_for(session, node.name, node.uuid) from None
+    return node
+
+
+def _conflict_for(session: Session, name: str | None, node_uuid: str) -> Exception:
+    if session.scalar(sa.select(Node.id).where(Node.uuid == node_uuid)) is not None:
+        return NodeNameInUse(f"A node with UUID {node_uuid} already exists.", uuid=node_uuid)
+    return NodeNameInUse(f"A node named {name} already exists.", name=name)
+
+
+def list_nodes(
+    session: Session,
+    *,
+    limit: int,
+    marker: str | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> list[Node]:
+    """Up to ``limit`` nodes in enrolment order, after the node ``marker``.
+
+    :raises NodeNotFound: the marker names no node.
+    """
+    query = sa.select(Node)
+    for field, value in (filters or {}).items():
+        if value is not None:
+            query = query.where(getattr(Node, field) == value)
+    if marker:
+        marker_id = session.scalar(sa.select(Node.id).where(ident_clause(marker)))
+        if marker_id is None:
+            raise NodeNotFound(f"Marker node {marker} not found.", node=marker)
+        query = query.where(Node.id > marker_id)
+    return list(session.scalars(query.order_by(Node.id).limit(limit)))
+
+
+def _merge(current: Mapping[str, Any], patch: Mapping[str, Any], keep_masked: bool) -> dict[str, Any]:
+    """RFC 7396 merge of a flat object; a masked secret keeps its stored value."""
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif keep_masked and is_secret(key) and value == MASK:
+            continue
+        else:
+            merged[key] = value
+    return merged
+
+
+def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
+    """Apply a JSON merge patch (RFC 7396) to a node and commit.
+
+    ``driver_info`` and ``properties`` are merged key by key (``null``
+    removes a key); other fields are replaced.
+
+    :raises NodeNotFound: no such node.
+    :raises InvalidInput: unknown or invalid fields.
+    :raises TransitionInProgress: driver fields changed while a transition runs.
+    :raises NodeNameInUse: the new name is taken.
+    """
+    unknown = sorted(set(changes) - PATCHABLE)
+    if unknown:
+        raise InvalidInput(
+            f"Cannot patch {', '.join(unknown)}; patchable: {', '.join(sorted(PATCHABLE))}.",
+            errors={k: "not patchable" for k in unknown},
+        )
+    node = find(session, ident)
+    values: dict[str, Any] = {}
+    if "name" in changes:
+        values["name"] = _check_name(changes["name"])
+    if "properties" in changes:
+        values["properties"] = _merge(
+            node.properties, _check_dict("properties", changes["properties"] or {}), False
+        )
+    if "maintenance" in changes:
+        if not isinstance(changes["maintenance"], bool):
+            raise InvalidInput("maintenance must be true or false.", errors={"maintenance": "boolean"})
+        values["maintenance"] = changes["maintenance"]
+        if not changes["maintenance"]:
+            values["maintenance_reason"] = None
+            values["fault"] = None
+    if "maintenance_reason" in changes:
+        values["maintenance_reason"] = changes["maintenance_reason"]
+    if DRIVER_FIELDS & set(changes):
+        driver_name = changes.get("driver") or node.driver
+        driver_info = _merge(
+            node.driver_info, _check_dict("driver_info", changes.get("driver_info") or {}), True
+        )
+        drivers.validate(driver_name, driver_info)
+        values.update(driver=driver_name, driver_info=driver_info)
+    if not values:
+        return node
+    values["updated_at"] = utcnow()
+    query = sa.update(Node).where(Node.id == node.id)
+    if DRIVER_FIELDS & set(changes):
+        query = query.where(Node.active_request_id.is_(None))
+    try:
+        if session.execute(query.values(**values)).rowcount != 1:
+            session.rollback()
+            raise TransitionInProgress(
+                "Cannot change the driver or driver_info while a transition is in progress.",
+                request_id=node.active_request_id,
+            )
+        if "maintenance" in values:
+            history.record(
+                session,
+                node,
+                "node.maintenance",
+                f"Maintenance {'on' if values['maintenance'] else 'off'}"
+                + (f": {values.get('maintenance_reason')}" if values.get("maintenance_reason") else "."),
+            )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise NodeNameInUse(f"A node named {values.get('name')} already exists.") from None
+    session.refresh(node)
+    return node
+
+
+def delete(session: Session, ident: str) -> None:
+    """Delete a node with its requests and history, and commit.
+
+    Allowed with no transition in progress and no reservation, in the
+    states of ``DELETE_ALLOWED_STATES``, or in any stable state while the
+    node is in maintenance.
+
+    :raises NodeNotFound: no such node.
+    :raises TransitionInProgress: a request owns the node.
+    :raises NodeNotDeletable: the provision state does not allow it.
+    """
+    node = find(session, ident)
+    query = sa.delete(Node).where(
+        Node.id == node.id,
+        Node.active_request_id.is_(None),
+        Node.reservation.is_(None),
+        sa.or_(
+            Node.provision_state.in_([str(s) for s in table.DELETE_ALLOWED_STATES]),
+            sa.and_(
+                Node.maintenance.is_(True),
+                Node.provision_state.in_([str(s) for s in table.STABLE_STATES]),
+            ),
+        ),
+    )
+    if session.execute(query).rowcount == 1:
+        session.commit()
+        return
+    session.rollback()
+    session.refresh(node)
+    if node.active_request_id or node.reservation:
+        raise TransitionInProgress(
+            f"Node {ident} has a transition in progress.", request_id=node.active_request_id
+        )
+    raise NodeNotDeletable(
+        f"Node {ident} cannot be deleted in provision state {node.provision_state}; "
+        f"allowed: {', '.join(sorted(table.DELETE_ALLOWED_STATES))} (any stable state in maintenance).",
+        provision_state=node.provision_state,
+    )
+
+
+def to_dict(node: Node) -> dict[str, Any]:
+    """The API form of a node (secrets masked)."""
+    return {
+        "uuid": node.uuid,
+        "name": node.name,
+        "driver": node.driver,
+        "driver_info": drivers.mask_secrets(node.driver_info),
+        "properties": node.properties,
+        "power_state": node.power_state,
+        "target_power_state": node.target_power_state,
+        "provision_state": node.provision_state,
+        "target_provision_state": node.target_provision_state,
+        "last_error": node.last_error,
+        "maintenance": node.maintenance,
+        "maintenance_reason": node.maintenance_reason,
+        "fault": node.fault,
+        "reservation": node.reservation,
+        "request_id": node.active_request_id,
+        "created_at": node.created_at,
+        "updated_at": node.updated_at,
+    }
+
+
+STATE_COLUMNS = (
+    Node.power_state,
+    Node.target_power_state,
+    Node.provision_state,
+    Node.target_provision_state,
+    Node.last_error,
+    Node.active_request_id,
+    Node.updated_at,
+)
+
+
+def states(session: Session, ident: str) -> dict[str, Any]:
+    """The node's current and target states and its active request id.
+
+    One narrow query: clients poll this.
+
+    :raises NodeNotFound: no such node.
+    """
+    row = session.execute(sa.select(*STATE_COLUMNS).where(ident_clause(ident))).one_or_none()
+    if row is None:
+        raise NodeNotFound(f"Node {ident} not found.", node=ident)
+    return {
+        "power_state": row.power_state,
+        "target_power_state": row.target_power_state,
+        "provision_state": row.provision_state,
+        "target_provision_state": row.target_provision_state,
+        "last_error": row.last_error,
+        "request_id": row.active_request_id,
+        "updated_at": row.updated_at,
+    }

@@ -1,0 +1,455 @@
+"""Requests: accept, de-duplicate, cancel, abort and finish state changes.
+
+One transition per node at a time is enforced by the database, not by
+check-then-act: a request row is inserted and, in the same transaction, the
+node's ``active_request_id`` is set by a conditional UPDATE that also
+requires the provision state the request was validated against.  Of any
+number of concurrent submissions (in any number of API processes) exactly
+one wins; the others see the winner and get it back (an identical request:
+202, same id) or a 409.
+
+The request row is committed before its job is enqueued.  If Redis cannot
+take the job, the request is failed and the node freed before the client
+hears 503, so nothing is left dangling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from conductor.context import Context
+from conductor.exceptions import (
+    InvalidInput,
+    InvalidTransition,
+    NodeInMaintenance,
+    QueueUnavailable,
+    RequestNotCancellable,
+    RequestNotFound,
+    TransitionInProgress,
+)
+from conductor.fsm import machine, table
+from conductor.fsm.states import (
+    ACTIVE_REQUEST_STATES,
+    Event,
+    PowerState,
+    ProvisionTarget,
+    RequestKind,
+    RequestState,
+)
+from conductor.models import Node, Request, new_request_id, utcnow
+from conductor.service import history, nodes
+
+LOG = logging.getLogger(__name__)
+
+POWER_TARGETS = (
+    PowerState.POWER_ON,
+    PowerState.POWER_OFF,
+    PowerState.REBOOTING,
+    PowerState.SOFT_POWER_OFF,
+)
+#: Provision targets refused while a node is in maintenance.
+REFUSED_IN_MAINTENANCE = frozenset(
+    {
+        ProvisionTarget.PROVIDE,
+        ProvisionTarget.ACTIVE,
+        ProvisionTarget.REBUILD,
+        ProvisionTarget.INSPECT,
+        ProvisionTarget.CLEAN,
+    }
+)
+_SUBMIT_ATTEMPTS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """The outcome of a submission: the request, and whether it is new."""
+
+    request: Request
+    created: bool
+
+
+def get(session: Session, request_id: str) -> Request:
+    """The request ``request_id``.
+
+    :raises RequestNotFound: no such request.
+    """
+    request = session.get(Request, request_id)
+    if request is None:
+        raise RequestNotFound(f"Request {request_id} not found.", request_id=request_id)
+    return request
+
+
+def list_requests(
+    session: Session,
+    *,
+    limit: int,
+    marker: str | None = None,
+    node: str | None = None,
+    state: str | None = None,
+    kind: str | None = None,
+) -> list[Request]:
+    """Up to ``limit`` requests, newest first, older than request ``marker``.
+
+    :raises NodeNotFound: ``node`` names no node.
+    :raises RequestNotFound: the marker names no request.
+    """
+    query = sa.select(Request)
+    if node:
+        query = query.where(Request.node_id == nodes.find(session, node).id)
+    if state:
+        query = query.where(Request.state == state)
+    if kind:
+        query = query.where(Request.kind == kind)
+    if marker:
+        anchor = get(session, marker)
+        query = query.where(
+            sa.or_(
+                Request.created_at < anchor.created_at,
+                sa.and_(Request.created_at == anchor.created_at, Request.id < anchor.id),
+            )
+        )
+    query = query.order_by(Request.created_at.desc(), Request.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def submit_power(
+    ctx: Context, ident: str, target: str, callback_url: str | None = None
+) -> Submitted:
+    """Accept a power change of node ``ident``.
+
+    :raises NodeNotFound, InvalidInput, InvalidTransition, TransitionInProgress,
+        QueueUnavailable: as the API documents.
+    """
+    if target not in POWER_TARGETS:
+        raise InvalidInput(
+            f"Unknown power target {target!r}; allowed: {', '.join(POWER_TARGETS)}.",
+            errors={"target": "unknown power target"},
+        )
+
+    def validate(node: Node) -> dict[str, Any]:
+        if node.provision_state in table.POWER_OWNED_STATES:
+            raise InvalidTransition(
+                f"The {node.provision_state} workflow controls the power of node "
+                f"{node.uuid}; power targets are refused in that state.",
+                provision_state=node.provision_state,
+                allowed_targets=machine.allowed_targets(node.provision_state),
+            )
+        return {"target_power_state": target}
+
+    return _submit(ctx, ident, RequestKind.POWER, target, {}, callback_url, validate)
+
+
+def submit_provision(
+    ctx: Context,
+    ident: str,
+    target: str,
+    params: Mapping[str, Any] | None = None,
+    callback_url: str | None = None,
+) -> Submitted:
+    """Accept a provision state change of node ``ident`` (``abort`` acts at once).
+
+    :raises NodeNotFound, InvalidTransition, NodeInMaintenance,
+        TransitionInProgress, RequestNotCancellable, QueueUnavailable: as the
+        API documents.
+    """
+    if target == ProvisionTarget.ABORT:
+        return abort(ctx, ident, callback_url)
+
+    def validate(node: Node) -> dict[str, Any]:
+        machine.target_event(node.provision_state, target)
+        if node.maintenance and target in REFUSED_IN_MAINTENANCE:
+            raise NodeInMaintenance(
+                f"Node {node.uuid} is in maintenance; {target} is refused until it is taken out.",
+                maintenance_reason=node.maintenance_reason,
+            )
+        return {"target_provision_state": str(table.TARGET_STABLE_STATES[ProvisionTarget(target)])}
+
+    return _submit(
+        ctx, ident, RequestKind.PROVISION, target, dict(params or {}), callback_url, validate
+    )
+
+
+def _identical(request: Request, kind: str, target: str, params: Mapping[str, Any], callback_url: str | None) -> bool:
+    return (
+        request.kind == kind
+        and request.target == target
+        and (request.params or {}) == dict(params)
+        and request.callback_url == callback_url
+    )
+
+
+def _submit(
+    ctx: Context,
+    ident: str,
+    kind: RequestKind,
+    target: str,
+    params: Mapping[str, Any],
+    callback_url: str | None,
+    validate: Callable[[Node], dict[str, Any]],
+) -> Submitted:
+    for _attempt in range(_SUBMIT_ATTEMPTS):
+        with ctx.db.session() as session:
+            node = nodes.find(session, ident)
+            stale_active: str | None = None
+            if node.active_request_id is not None:
+                active = session.get(Request, node.active_request_id)
+                if active is not None and active.state in ACTIVE_REQUEST_STATES:
+                    if _identical(active, kind, target, params, callback_url):
+                        return Submitted(active, created=False)
+                    raise TransitionInProgress(
+                        f"Node {node.uuid} has a transition in progress "
+                        f"({active.kind} {active.target}, request {active.id}, {active.state}).",
+                        request_id=active.id,
+                    )
+                # The pointer outlived its request (should not happen); take it over.
+                stale_active = node.active_request_id
+            node_targets = validate(node)
+            request = Request(
+                id=new_request_id(),
+                node_id=node.id,
+                node_uuid=node.uuid,
+                kind=str(kind),
+                target=str(target),
+                params=dict(params),
+                progress={},
+                state=RequestState.QUEUED,
+                callback_url=callback_url,
+            )
+            # The INSERT comes first so that SQLite takes its write lock
+            # (waiting, not failing) before the conditional UPDATE.
+            session.add(request)
+            session.flush()
+            owner = (
+                Node.active_request_id.is_(None)
+                if stale_active is None
+                else Node.active_request_id == stale_active
+            )
+            won = session.execute(
+                sa.update(Node)
+                .where(Node.id == node.id, owner, Node.provision_state == node.provision_state)
+                .values(active_request_id=request.id, updated_at=utcnow(), **node_targets)
+            ).rowcount
+            if won != 1:
+                # Someone else changed the node since we read it: look again.
+                session.rollback()
+                continue
+            history.record(
+                session,
+                node,
+                "request.accepted",
+                f"Accepted {kind} request {target}.",
+                request_id=request.id,
+            )
+            session.commit()
+        _enqueue_or_abandon(ctx, request)
+        return Submitted(request, created=True)
+    raise TransitionInProgress(
+        f"Node {ident} is changing too fast to accept the request; retry.", request_id=None
+    )
+
+
+def _enqueue_or_abandon(ctx: Context, request: Request) -> None:
+    try:
+        ctx.queue.enqueue_request(request.id)
+    except redis.RedisError as exc:
+        LOG.error("Cannot enqueue request %s: %s", request.id, exc)
+        with ctx.db.session() as session:
+            current = session.get(Request, request.id)
+            if current is not None and current.state == RequestState.QUEUED:
+                node = session.get(Node, current.node_id)
+                assert node is not None
+                finish(session, node, current, RequestState.FAILED, "The work queue is unavailable.")
+                session.commit()
+        raise QueueUnavailable(
+            "The work queue is unavailable; the request was not accepted. Retry later.",
+            retry_after=5,
+        ) from None
+
+
+def finish(
+    session: Session,
+    node: Node,
+    request: Request,
+    state: RequestState,
+    error: str | None = None,
+    conductor: str | None = None,
+) -> None:
+    """End ``request`` in ``state`` and free its node, in the caller's transaction."""
+    now = utcnow()
+    request.state = str(state)
+    request.error = error
+    request.finished_at = now
+    request.conductor = None
+    request.wake_at = None
+    if node.active_request_id == request.id:
+        node.active_request_id = None
+        if request.kind == RequestKind.POWER:
+            node.target_power_state = None
+        else:
+            node.target_provision_state = None
+    node.updated_at = now
+    history.record(
+        session,
+        node,
+        f"request.{state}",
+        f"Request {request.kind} {request.target} {state}" + (f": {error}" if error else "."),
+        request_id=request.id,
+        conductor=conductor,
+        severity="error" if state == RequestState.FAILED else "info",
+    )
+
+
+def cancel(ctx: Context, request_id: str) -> Request:
+    """Cancel a queued request, or abort a waiting one.
+
+    Cancelling an already cancelled request returns it unchanged.
+
+    :raises RequestNotFound: no such request.
+    :raises RequestNotCancellable: it is running or has finished.
+    """
+    with ctx.db.session() as session:
+        request = get(session, request_id)
+        if request.state == RequestState.CANCELLED:
+            return request
+        if request.state == RequestState.WAITING:
+            node = session.get(Node, request.node_id)
+            assert node is not None
+            _abort_waiting(session, node, request, "Cancelled by the user.")
+            session.commit()
+            _drop_job(ctx, request.id)
+            return request
+        cancelled = session.execute(
+            sa.update(Request)
+            .where(Request.id == request.id, Request.state == RequestState.QUEUED)
+            .values(state=RequestState.CANCELLED, updated_at=utcnow())
+        ).rowcount
+        if cancelled != 1:
+            session.rollback()
+            session.refresh(request)
+            raise RequestNotCancellable(
+                f"Request {request.id} is {request.state} and can no longer be cancelled.",
+                request_id=request.id,
+                state=request.state,
+            )
+        node = session.get(Node, request.node_id)
+        assert node is not None
+        session.refresh(request)
+        finish(session, node, request, RequestState.CANCELLED, "Cancelled by the user.")
+        session.commit()
+    _drop_job(ctx, request.id)
+    return request
+
+
+def _drop_job(ctx: Context, request_id: str) -> None:
+    try:
+        ctx.queue.cancel(request_id)
+    except redis.RedisError:
+        LOG.warning("Could not drop the job of request %s; the worker will skip it.", request_id)
+
+
+def _abort_waiting(session: Session, node: Node, request: Request, reason: str) -> None:
+    """Abort the wait of ``request`` on ``node`` (``wait call-back`` and friends).
+
+    :raises RequestNotCancellable: a step of it is running right now.
+    """
+    taken = session.execute(
+        sa.update(Request)
+        .where(
+            Request.id == request.id,
+            Request.state == RequestState.WAITING,
+            Request.conductor.is_(None),
+        )
+        .values(state=RequestState.CANCELLED, updated_at=utcnow())
+    ).rowcount
+    if taken != 1:
+        session.rollback()
+        raise RequestNotCancellable(
+            f"Request {request.id} is running a step that cannot be interrupted; retry shortly.",
+            request_id=request.id,
+        )
+    session.refresh(request)
+    if node.provision_state in table.WAIT_STATES:
+        before = node.provision_state
+        node.provision_state = str(machine.next_state(before, Event.ABORT))
+        node.last_error = f"Aborted in {before}: {reason}"
+        history.record(
+            session,
+            node,
+            "provision.abort",
+            f"{before} -> {node.provision_state} (aborted).",
+            request_id=request.id,
+        )
+    finish(session, node, request, RequestState.CANCELLED, reason)
+
+
+def abort(ctx: Context, ident: str, callback_url: str | None = None) -> Submitted:
+    """Abort the wait a node is in; record the abort as a finished request.
+
+    :raises NodeNotFound: no such node.
+    :raises InvalidTransition: the node is not in a wait state.
+    :raises RequestNotCancellable: the waiting request is running a step.
+    """
+    with ctx.db.session() as session:
+        node = nodes.find(session, ident)
+        machine.target_event(node.provision_state, ProvisionTarget.ABORT)
+        waiting = session.get(Request, node.active_request_id) if node.active_request_id else None
+        abort_request = Request(
+            id=new_request_id(),
+            node_id=node.id,
+            node_uuid=node.uuid,
+            kind=RequestKind.PROVISION,
+            target=ProvisionTarget.ABORT,
+            params={},
+            progress={},
+            state=RequestState.RUNNING,
+            callback_url=callback_url,
+            started_at=utcnow(),
+        )
+        session.add(abort_request)
+        session.flush()
+        if waiting is not None and waiting.state in ACTIVE_REQUEST_STATES:
+            if waiting.state != RequestState.WAITING:
+                session.rollback()
+                raise RequestNotCancellable(
+                    f"Request {waiting.id} is running a step that cannot be interrupted; retry shortly.",
+                    request_id=waiting.id,
+                )
+            _abort_waiting(session, node, waiting, f"Aborted by request {abort_request.id}.")
+        else:
+            before = node.provision_state
+            node.provision_state = str(machine.next_state(before, Event.ABORT))
+            node.target_provision_state = None
+            history.record(session, node, "provision.abort", f"{before} -> {node.provision_state} (aborted).")
+        finish(session, node, abort_request, RequestState.SUCCEEDED)
+        session.commit()
+        if waiting is not None:
+            _drop_job(ctx, waiting.id)
+        return Submitted(abort_request, created=True)
+
+
+def to_dict(request: Request) -> dict[str, Any]:
+    """The API form of a request."""
+    return {
+        "id": request.id,
+        "node_uuid": request.node_uuid,
+        "kind": request.kind,
+        "target": request.target,
+        "params": request.params or {},
+        "state": request.state,
+        "step": request.step,
+        "error": request.error,
+        "conductor": request.conductor,
+        "callback_url": request.callback_url,
+        "created_at": request.created_at,
+        "started_at": request.started_at,
+        "finished_at": request.finished_at,
+        "updated_at": request.updated_at,
+    }
+

@@ -1,0 +1,163 @@
+"""Settings: one frozen object, loaded once and passed in.
+
+Sources, later ones winning:
+
+1. the defaults below;
+2. a TOML file: ``$CONDUCTOR_CONFIG``, else ``<data dir>/conductor.toml``
+   when it exists (keys are the field names, at top level);
+3. environment variables: ``CONDUCTOR_<FIELD>`` for any field, plus the
+   conventional ``DATABASE_URL`` and ``REDIS_URL``;
+4. explicit overrides (command-line flags).
+
+The data directory is ``$CONDUCTOR_DATA_DIR``, else
+``$XDG_DATA_HOME/conductor``, else ``~/.local/share/conductor``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from conductor.exceptions import InvalidInput
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The data directory used when none is configured."""
+    env = os.environ if env is None else env
+    if env.get("CONDUCTOR_DATA_DIR"):
+        return Path(env["CONDUCTOR_DATA_DIR"]).expanduser()
+    base = env.get("XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
+    return Path(base) / "conductor"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a conductor process can be told.  Durations are seconds."""
+
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    #: SQLAlchemy URL; empty means the SQLite file ``<data_dir>/conductor.sqlite``.
+    database_url: str = ""
+    #: Redis URL; empty means the embedded Redis of ``conductor up``.
+    redis_url: str = ""
+    #: Prefix of every Redis key and RQ queue name of this deployment.
+    redis_namespace: str = "conductor"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 6385
+    api_workers: int = 2
+    workers: int = 1
+    #: Base of this host's conductor names; defaults to the host name.
+    conductor_name: str = ""
+
+    #: How often a conductor records that it is alive, and after how long
+    #: without a heartbeat the others declare it dead.
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 30.0
+    #: How often each conductor sweeps for dead conductors and lost jobs.
+    sweep_interval: float = 10.0
+    #: A queued request older than this with no job in Redis is re-enqueued.
+    requeue_after: float = 30.0
+    #: A job that finds its node reserved retries for this long, then fails.
+    node_locked_timeout: float = 60.0
+    #: RQ job timeout (one step of a request, never a whole transition).
+    job_timeout: float = 120.0
+
+    #: How long the BMC may take to report the target power state.
+    power_timeout: float = 60.0
+    #: First and longest interval between power state polls (doubling).
+    power_poll_initial: float = 0.25
+    power_poll_max: float = 4.0
+    #: How long the OS may take to honour a soft power off (ACPI), and
+    #: whether a hard power off follows when it does not.
+    soft_power_off_timeout: float = 30.0
+    soft_power_off_fallback: bool = True
+    #: Whether undeploy and provide run automated cleaning.
+    automated_clean: bool = True
+
+    log_level: str = "INFO"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to the SQLite file in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'conductor.sqlite'}"
+
+    @property
+    def base_name(self) -> str:
+        """The base of this host's conductor names."""
+        return self.conductor_name or socket.gethostname()
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (values are coerced like env values)."""
+        return dataclasses.replace(self, **_coerce_all(changes))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_ENV_ALIASES = {"DATABASE_URL": "database_url", "REDIS_URL": "redis_url"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    field = _FIELDS.get(name)
+    if field is None:
+        raise InvalidInput(f"Unknown setting {name!r}.", errors={name: "unknown setting"})
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "Path":
+            return Path(str(value)).expanduser()
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            f"Setting {name} must be a {kind}, not {value!r}.", errors={name: f"expected {kind}"}
+        ) from None
+
+
+def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _coerce(k, v) for k, v in values.items()}
+
+
+def load(
+    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Load the settings from file, environment and ``overrides``.
+
+    :raises InvalidInput: an unknown key or a value of the wrong type.
+    """
+    env = os.environ if env is None else env
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    from_env: dict[str, Any] = {}
+    for key, value in env.items():
+        if key in _ENV_ALIASES:
+            from_env[_ENV_ALIASES[key]] = value
+        elif key.startswith("CONDUCTOR_") and key[10:].lower() in _FIELDS:
+            from_env[key[10:].lower()] = value
+    data_dir = _coerce(
+        "data_dir", overrides.get("data_dir") or from_env.get("data_dir") or default_data_dir(env)
+    )
+    config_path = Path(env["CONDUCTOR_CONFIG"]) if env.get("CONDUCTOR_CONFIG") else None
+    if config_path is None and (data_dir / "conductor.toml").exists():
+        config_path = data_dir / "conductor.toml"
+    from_file: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            from_file = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(f"Cannot read config file {config_path}: {exc}") from None
+    merged = {**from_file, **from_env, **overrides, "data_dir": data_dir}
+    return Settings(**_coerce_all(merged))

@@ -1,0 +1,119 @@
+"""The transport between the API and the conductors: RQ queues and timers in Redis.
+
+The database is the truth; Redis only carries *which request to look at
+next*.  Everything here may be lost (a Redis restart) and rebuilt by the
+conductors' sweeper from the database.
+
+* ``<ns>-work`` (RQ queue): jobs that run one step of one or more requests.
+  The first job of a request has the request id as its RQ job id.
+* ``<ns>:timers`` (sorted set, request id scored by due time): requests whose
+  next step is due later (a power state poll, a node lock retry).  Every
+  conductor pumps due timers into the work queue in small batches, so a
+  thousand sleeping requests cost no worker time until they are due.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.exceptions import NoSuchJobError
+
+from conductor.settings import Settings
+
+#: The job function every work item runs (imported by name in the workers).
+STEP_FUNCTION = "conductor.engine.jobs.run_steps"
+
+_POP_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A Redis client for the configured (or the embedded) server."""
+    from conductor import embedded_redis
+
+    url = settings.redis_url or embedded_redis.url_for(settings.data_dir)
+    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+class WorkQueue:
+    """The work queue and timers of one deployment (one Redis namespace)."""
+
+    def __init__(self, connection: redis.Redis, settings: Settings) -> None:
+        self.connection = connection
+        self.namespace = settings.redis_namespace
+        self.job_timeout = int(settings.job_timeout)
+        self.queue = Queue(f"{self.namespace}-work", connection=connection)
+        self.timers_key = f"{self.namespace}:timers"
+        self._pop_due = connection.register_script(_POP_DUE)
+
+    def enqueue_request(self, request_id: str) -> None:
+        """Queue the first step of a request (RQ job id = request id).
+
+        :raises redis.RedisError: Redis cannot be reached.
+        """
+        self.queue.enqueue_call(
+            STEP_FUNCTION,
+            args=([request_id],),
+            job_id=request_id,
+            timeout=self.job_timeout,
+            result_ttl=60,
+            failure_ttl=86400,
+            description=f"request {request_id}",
+        )
+
+    def enqueue_batch(self, request_ids: Sequence[str]) -> None:
+        """Queue the next step of several requests as one job."""
+        self.queue.enqueue_call(
+            STEP_FUNCTION,
+            args=(list(request_ids),),
+            timeout=self.job_timeout,
+            result_ttl=60,
+            failure_ttl=86400,
+            description=f"steps of {len(request_ids)} request(s)",
+        )
+
+    def cancel(self, request_id: str) -> None:
+        """Drop a request's queued job and timer (best effort: the database decides)."""
+        self.connection.zrem(self.timers_key, request_id)
+        try:
+            Job.fetch(request_id, connection=self.connection).cancel()
+        except NoSuchJobError:
+            pass
+
+    def has_pending_job(self, request_id: str) -> bool:
+        """Whether Redis still holds a queued job or a timer for the request."""
+        if self.connection.zscore(self.timers_key, request_id) is not None:
+            return True
+        try:
+            status = Job.fetch(request_id, connection=self.connection).get_status(refresh=False)
+        except NoSuchJobError:
+            return False
+        return status is not None and status.value in {"queued", "deferred", "scheduled"}
+
+    def schedule(self, request_id: str, delay: float) -> None:
+        """Run the request's next step after ``delay`` seconds."""
+        self.connection.zadd(self.timers_key, {request_id: time.time() + max(0.0, delay)})
+
+    def pump_timers(self, batch_size: int = 16, limit: int = 512) -> int:
+        """Move due timers into the work queue, ``batch_size`` requests a job.
+
+        Safe to run in every conductor at once: popping is atomic.  Returns
+        how many requests were moved.
+        """
+        due: list[Any] = self._pop_due(keys=[self.timers_key], args=[time.time(), limit])
+        ids = [d.decode() if isinstance(d, bytes) else d for d in due]
+        for start in range(0, len(ids), batch_size):
+            self.enqueue_batch(ids[start : start + batch_size])
+        return len(ids)
+
+    def depth(self) -> int:
+        """How many jobs wait in the work queue."""
+        return int(self.queue.count)
