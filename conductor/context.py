@@ -27,9 +27,11 @@ class Context:
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
 
     @classmethod
-    def build(cls, settings: Settings, name: str | None = None) -> Context:
+    def build(
+        cls, settings: Settings, name: str | None = None, redis_timeout: float = 10.0
+    ) -> Context:
         """Connect to what ``settings`` name (connections open lazily)."""
-        connection = connect(settings)
+        connection = connect(settings, redis_timeout)
         return cls(
             settings=settings,
             db=Database.from_settings(settings),

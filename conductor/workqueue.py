@@ -35,12 +35,19 @@ return due
 """
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A Redis client for the configured (or the embedded) server."""
+def connect(settings: Settings, socket_timeout: float = 10.0) -> redis.Redis:
+    """A Redis client for the configured (or the embedded) server.
+
+    ``socket_timeout`` bounds every command; a worker needs it longer than
+    RQ's blocking dequeue (redis-py keeps the connect timeout on sockets
+    opened without one, which breaks RQ's 405 s BLMOVE after 5 s).
+    """
     from conductor import embedded_redis
 
     url = settings.redis_url or embedded_redis.url_for(settings.data_dir)
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=30
+    )
 
 
 class WorkQueue:

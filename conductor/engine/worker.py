@@ -22,6 +22,7 @@ from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
 TIMER_TICK = 0.05
+RQ_SOCKET_TIMEOUT = 600.0
 
 
 class Chores(threading.Thread):
@@ -61,7 +62,8 @@ class Chores(threading.Thread):
 
 def run(settings: Settings, burst: bool = False) -> None:
     """Run one conductor worker until SIGTERM/SIGINT (or the queue is empty, if ``burst``)."""
-    ctx = Context.build(settings)
+    # RQ blocks up to ~405 s in BLMOVE waiting for work.
+    ctx = Context.build(settings, redis_timeout=RQ_SOCKET_TIMEOUT)
     registration = conductors.register(ctx)
     ctx.name = registration.name
     LOG.info("Conductor %s starting (pid %s)", ctx.name, os.getpid())

@@ -1,0 +1,114 @@
+"""A small HTTP client of the conductor API for the CLI.
+
+Only ``requests`` is imported here: the CLI must start fast and work
+against a remote deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:6385"
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(click.ClickException):
+    """The API answered with an error (its ``code`` and ``message`` are shown)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        code = body.get("code", "error")
+        super().__init__(f"{body.get('message', 'request failed')} [{status} {code}]")
+
+
+class Client:
+    """The API at ``url``."""
+
+    def __init__(self, url: str, timeout: float = 30.0, token: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the API; the decoded JSON body (None for 204).
+
+        :raises ApiError: an error response.
+        :raises click.ClickException: the API cannot be reached.
+        """
+        try:
+            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError:
+            raise click.ClickException(
+                f"Cannot reach the conductor API at {self.url} (is `conductor up` running? "
+                "set --url or CONDUCTOR_URL)"
+            ) from None
+        if response.status_code == 204:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text[:200] or response.reason}
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body)
+        return body
+
+    def wait(
+        self,
+        request_id: str,
+        show: Callable[[dict[str, Any], dict[str, Any] | None], None] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Poll a request until it finishes; return it.
+
+        :raises click.ClickException: ``timeout`` passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.1
+        while True:
+            request = self.call("GET", f"/v1/requests/{request_id}")
+            states = None
+            if show is not None:
+                try:
+                    states = self.call("GET", f"/v1/nodes/{request['node_uuid']}/states")
+                except ApiError:
+                    states = None
+                show(request, states)
+            if request["state"] in FINAL_STATES:
+                return request  # type: ignore[no-any-return]
+            if deadline is not None and time.monotonic() > deadline:
+                raise click.ClickException(f"Request {request_id} still {request['state']} after {timeout} s")
+            time.sleep(interval)
+            interval = min(interval * 1.5, 1.0)
+
+
+def progress_line(request: dict[str, Any], states: dict[str, Any] | None) -> None:
+    """Show one live line of progress (rewritten in place on a terminal)."""
+    parts = [f"{request['id']}: {request['state']}"]
+    if request.get("step"):
+        parts.append(f"step {request['step']}")
+    if states:
+        parts.append(f"provision {states['provision_state']}")
+        parts.append(f"power {states['power_state'] or 'unknown'}")
+    line = " | ".join(parts)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[2K" + line)
+        if request["state"] in FINAL_STATES:
+            sys.stderr.write("\n")
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def default_url() -> str:
+    """``CONDUCTOR_URL`` or the local default."""
+    return os.environ.get("CONDUCTOR_URL", DEFAULT_URL)

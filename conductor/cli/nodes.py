@@ -1,0 +1,238 @@
+"""``conductor node ...``: enrol, list, show, change, power and provision nodes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from conductor.cli import Obj, finish_request, pass_obj
+from conductor.cli.client import ApiError
+
+NODE_COLUMNS = ["uuid", "name", "driver", "power_state", "provision_state", "maintenance", "request_id"]
+NODE_KEYS = [
+    "uuid", "name", "driver", "driver_info", "properties", "power_state", "target_power_state",
+    "provision_state", "target_provision_state", "last_error", "maintenance", "maintenance_reason",
+    "fault", "reservation", "request_id", "created_at", "updated_at",
+]
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``key=value`` pairs; values are parsed as JSON when they parse."""
+    result: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        try:
+            result[key] = json.loads(raw)
+        except ValueError:
+            result[key] = raw
+    return result
+
+
+@click.group()
+def node() -> None:
+    """Nodes: enrol, inspect and change them."""
+
+
+@node.command("create")
+@click.option("--driver", required=True, help="fake or ipmi.")
+@click.option("--name", help="A unique name (not a UUID).")
+@click.option("--driver-info", "-i", multiple=True, metavar="KEY=VALUE", help="A driver_info field (repeat).")
+@click.option("--property", "-p", "props", multiple=True, metavar="KEY=VALUE", help="A property (repeat).")
+@pass_obj
+def create(obj: Obj, driver: str, name: str | None, driver_info: tuple[str, ...], props: tuple[str, ...]) -> None:
+    """Enrol a node."""
+    body = {
+        "driver": driver,
+        "name": name,
+        "driver_info": _pairs(driver_info, "--driver-info"),
+        "properties": _pairs(props, "--property"),
+    }
+    obj.out.item(obj.client.call("POST", "/v1/nodes", json=body), NODE_KEYS)
+
+
+@node.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_obj
+def import_nodes(obj: Obj, file: Path) -> None:
+    """Enrol every node of an inventory file ({"nodes": [...]}); existing names are skipped."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise click.ClickException(f"{file} is not JSON: {exc}") from None
+    entries = data.get("nodes") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise click.ClickException(f"{file} must hold a list of nodes or {{\"nodes\": [...]}}")
+    created = skipped = 0
+    for entry in entries:
+        try:
+            obj.client.call("POST", "/v1/nodes", json=entry)
+            created += 1
+        except ApiError as exc:
+            if exc.body.get("code") != "node_name_in_use":
+                raise
+            skipped += 1
+    click.echo(f"Enrolled {created} node(s), skipped {skipped} already enrolled.", err=obj.out.as_json)
+
+
+@node.command("list")
+@click.option("--provision-state")
+@click.option("--power-state")
+@click.option("--driver")
+@click.option("--maintenance/--no-maintenance", default=None)
+@click.option("--limit", type=int, default=None, help="At most this many (default all).")
+@pass_obj
+def list_nodes(obj: Obj, provision_state: str | None, power_state: str | None, driver: str | None,
+               maintenance: bool | None, limit: int | None) -> None:
+    """List nodes (following pages)."""
+    params: dict[str, Any] = {"provision_state": provision_state, "power_state": power_state, "driver": driver}
+    if maintenance is not None:
+        params["maintenance"] = str(maintenance).lower()
+    params = {k: v for k, v in params.items() if v is not None}
+    params["limit"] = min(limit or 1000, 1000)
+    nodes: list[dict[str, Any]] = []
+    path: str | None = "/v1/nodes"
+    while path and (limit is None or len(nodes) < limit):
+        page = obj.client.call("GET", path, params=params if path == "/v1/nodes" else None)
+        nodes.extend(page["nodes"])
+        path = page.get("next")
+    nodes = nodes[:limit] if limit else nodes
+    obj.out.table(nodes, NODE_COLUMNS)
+
+
+@node.command("show")
+@click.argument("node_id", metavar="NODE")
+@pass_obj
+def show(obj: Obj, node_id: str) -> None:
+    """Show a node (UUID or name)."""
+    obj.out.item(obj.client.call("GET", f"/v1/nodes/{node_id}"), NODE_KEYS)
+
+
+@node.command("states")
+@click.argument("node_id", metavar="NODE")
+@pass_obj
+def states(obj: Obj, node_id: str) -> None:
+    """Show a node's current and target states."""
+    obj.out.item(obj.client.call("GET", f"/v1/nodes/{node_id}/states"))
+
+
+@node.command("set")
+@click.argument("node_id", metavar="NODE")
+@click.option("--name")
+@click.option("--driver")
+@click.option("--driver-info", "-i", multiple=True, metavar="KEY=VALUE", help="Set (or with null, remove) a field.")
+@click.option("--property", "-p", "props", multiple=True, metavar="KEY=VALUE")
+@click.option("--maintenance/--no-maintenance", default=None)
+@click.option("--reason", help="Maintenance reason.")
+@pass_obj
+def set_node(obj: Obj, node_id: str, name: str | None, driver: str | None, driver_info: tuple[str, ...],
+             props: tuple[str, ...], maintenance: bool | None, reason: str | None) -> None:
+    """Change a node (JSON merge patch)."""
+    patch: dict[str, Any] = {}
+    if name is not None:
+        patch["name"] = name
+    if driver is not None:
+        patch["driver"] = driver
+    if driver_info:
+        patch["driver_info"] = _pairs(driver_info, "--driver-info")
+    if props:
+        patch["properties"] = _pairs(props, "--property")
+    if maintenance is not None:
+        patch["maintenance"] = maintenance
+    if reason is not None:
+        patch["maintenance_reason"] = reason
+    if not patch:
+        raise click.UsageError("nothing to change")
+    obj.out.item(obj.client.call("PATCH", f"/v1/nodes/{node_id}", json=patch), NODE_KEYS)
+
+
+@node.command("delete")
+@click.argument("node_id", metavar="NODE")
+@pass_obj
+def delete(obj: Obj, node_id: str) -> None:
+    """Delete a node."""
+    obj.client.call("DELETE", f"/v1/nodes/{node_id}")
+    click.echo(f"Deleted node {node_id}.", err=obj.out.as_json)
+
+
+@node.command("history")
+@click.argument("node_id", metavar="NODE")
+@click.option("--limit", type=int, default=20, show_default=True)
+@pass_obj
+def node_history(obj: Obj, node_id: str, limit: int) -> None:
+    """Show a node's history, newest first."""
+    page = obj.client.call("GET", f"/v1/nodes/{node_id}/history", params={"limit": limit})
+    obj.out.table(page["history"], ["created_at", "event", "provision_state", "power_state", "message"],
+                  raw=page["history"])
+
+
+_wait = click.option("--wait", is_flag=True, help="Wait for the request to finish; exit 1 if it fails.")
+_timeout = click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+_callback = click.option("--callback-url", help="URL to POST to when the request finishes.")
+
+
+def _state_change(obj: Obj, node_id: str, kind: str, target: str, wait: bool, timeout: float | None,
+                  callback_url: str | None, extra: dict[str, Any] | None = None) -> None:
+    body: dict[str, Any] = {"target": target, **(extra or {})}
+    if callback_url:
+        body["callback_url"] = callback_url
+    request = obj.client.call("PUT", f"/v1/nodes/{node_id}/states/{kind}", json=body)
+    finish_request(obj, request, wait, timeout)
+
+
+@node.group("power")
+def power() -> None:
+    """Power a node on, off, or reboot it."""
+
+
+for _name, _target, _help in (
+    ("on", "power on", "Power the node on."),
+    ("off", "power off", "Power the node off (hard)."),
+    ("soft-off", "soft power off", "Ask the OS to power off (ACPI), then hard off on timeout."),
+    ("reboot", "rebooting", "Power cycle the node (off, then on)."),
+):
+    def _make(target: str, help_text: str) -> click.Command:
+        @click.command(help=help_text)
+        @click.argument("node_id", metavar="NODE")
+        @_wait
+        @_timeout
+        @_callback
+        @pass_obj
+        def command(obj: Obj, node_id: str, wait: bool, timeout: float | None, callback_url: str | None) -> None:
+            _state_change(obj, node_id, "power", target, wait, timeout, callback_url)
+
+        return command
+
+    power.add_command(_make(_target, _help), _name)
+
+
+# Shortcut used by the guide: `conductor node reboot NODE`.
+node.add_command(power.commands["reboot"], "reboot")
+
+for _name, _target, _help in (
+    ("manage", "manage", "Verify the BMC credentials: enroll -> manageable."),
+    ("provide", "provide", "Clean and make available: manageable -> available."),
+    ("inspect", "inspect", "Discover the hardware: manageable -> manageable."),
+    ("clean", "clean", "Erase the node: manageable -> manageable."),
+    ("deploy", "active", "Deploy an image: available -> active."),
+    ("rebuild", "rebuild", "Deploy again: active -> active."),
+    ("undeploy", "deleted", "Tear down and clean: active -> available."),
+    ("abort", "abort", "Abort a wait (wait call-back, clean wait, inspect wait)."),
+):
+    def _make_provision(target: str, help_text: str) -> click.Command:
+        @click.command(help=help_text)
+        @click.argument("node_id", metavar="NODE")
+        @_wait
+        @_timeout
+        @_callback
+        @pass_obj
+        def command(obj: Obj, node_id: str, wait: bool, timeout: float | None, callback_url: str | None) -> None:
+            _state_change(obj, node_id, "provision", target, wait, timeout, callback_url)
+
+        return command
+
+    node.add_command(_make_provision(_target, _help), _name)

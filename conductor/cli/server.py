@@ -1,0 +1,151 @@
+"""Server commands: ``up``, ``api``, ``worker`` and ``db``.
+
+Imports of the server side happen inside the commands so that client
+commands stay fast.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+_data_dir = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory (SQLite file, embedded Redis, logs). Default: $CONDUCTOR_DATA_DIR or ~/.local/share/conductor.",
+)
+
+
+def _settings(**overrides: Any) -> Any:
+    from conductor.exceptions import InvalidInput
+    from conductor.settings import load
+
+    try:
+        return load(overrides)
+    except InvalidInput as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@click.command()
+@click.option("--host", default=None, help="API bind address [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="API port [6385].")
+@_data_dir
+@click.option("--workers", type=int, default=None, help="Conductor worker processes [1].")
+@click.option("--api-workers", type=int, default=None, help="API processes [2].")
+def up(host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
+       api_workers: int | None) -> None:
+    """Run the API and conductor workers on this box (embedded Redis and SQLite by default)."""
+    from conductor import logs
+    from conductor.supervisor import Supervisor
+
+    settings = _settings(api_host=host, api_port=port, data_dir=data_dir, workers=workers,
+                         api_workers=api_workers)
+    logs.setup(settings.log_level)
+    supervisor = Supervisor(settings)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        supervisor.stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        supervisor.start()
+        click.echo(f"Conductor API   {supervisor.url}   (docs {supervisor.url}/docs)")
+        click.echo(f"Data directory  {settings.data_dir}   (logs in {settings.data_dir / 'logs'})")
+        click.echo(f"Workers         {settings.workers}; Redis {'embedded' if supervisor.redis else settings.redis_url}")
+        click.echo("Press Ctrl-C to stop.")
+        supervisor.watch()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        click.echo("Stopping...", err=True)
+        supervisor.stop()
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [6385].")
+@click.option("--api-workers", type=int, default=None, help="Processes [2].")
+@_data_dir
+def api(host: str | None, port: int | None, api_workers: int | None, data_dir: Path | None) -> None:
+    """Run the REST API (gunicorn)."""
+    from conductor.gunicorn_app import serve
+
+    settings = _settings(api_host=host, api_port=port, api_workers=api_workers, data_dir=data_dir)
+    serve(settings)
+
+
+@click.command()
+@click.option("--workers", type=int, default=None, help="Worker processes [1].")
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty (for tests and scripts).")
+@_data_dir
+def worker(workers: int | None, burst: bool, data_dir: Path | None) -> None:
+    """Run conductor worker(s): take queued requests and drive the hardware."""
+    import multiprocessing
+
+    from conductor import logs
+    from conductor.engine import worker as engine_worker
+
+    settings = _settings(workers=workers, data_dir=data_dir)
+    logs.setup(settings.log_level)
+    if settings.workers <= 1:
+        engine_worker.run(settings, burst=burst)
+        return
+    spawn = multiprocessing.get_context("spawn")
+    procs = [
+        spawn.Process(target=_worker_child, args=(settings, burst), name=f"worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def _forward(signum: int, _frame: Any) -> None:
+        for proc in procs:
+            if proc.pid and proc.is_alive():
+                proc.terminate() if signum == signal.SIGTERM else _interrupt(proc.pid)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    for proc in procs:
+        proc.join()
+    sys.exit(max((p.exitcode or 0) for p in procs))
+
+
+def _interrupt(pid: int) -> None:
+    import os
+
+    os.kill(pid, signal.SIGINT)
+
+
+def _worker_child(settings: Any, burst: bool) -> None:
+    from conductor import logs
+    from conductor.engine import worker as engine_worker
+
+    logs.setup(settings.log_level)
+    engine_worker.run(settings, burst=burst)
+
+
+@click.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@_data_dir
+def db_upgrade(revision: str, data_dir: Path | None) -> None:
+    """Create or upgrade the schema (Alembic)."""
+    from conductor import database, logs
+
+    settings = _settings(data_dir=data_dir)
+    logs.setup("WARNING")
+    database.upgrade(settings.sqlalchemy_url, revision)
+    click.echo(f"Schema at {database.current_revision(settings.sqlalchemy_url)}.")
+
+
+COMMANDS = [up, api, worker, db]
