@@ -104,6 +104,8 @@ class Request(Base):
     state: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     callback_url: Mapped[str | None] = mapped_column(Text)
+    #: Who asked: the API client's identity (token id, or address without auth).
+    client: Mapped[str | None] = mapped_column(String(64))
     #: The step the conductor is on, for people watching.
     step: Mapped[str | None] = mapped_column(String(64))
     #: Private continuation state of the workflow running this request.

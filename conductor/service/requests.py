@@ -120,7 +120,11 @@ def list_requests(
 
 
 def submit_power(
-    ctx: Context, ident: str, target: str, callback_url: str | None = None
+    ctx: Context,
+    ident: str,
+    target: str,
+    callback_url: str | None = None,
+    client: str | None = None,
 ) -> Submitted:
     """Accept a power change of node ``ident``.
 
@@ -143,7 +147,7 @@ def submit_power(
             )
         return {"target_power_state": target}
 
-    return _submit(ctx, ident, RequestKind.POWER, target, {}, callback_url, validate)
+    return _submit(ctx, ident, RequestKind.POWER, target, {}, callback_url, client, validate)
 
 
 def submit_provision(
@@ -152,6 +156,7 @@ def submit_provision(
     target: str,
     params: Mapping[str, Any] | None = None,
     callback_url: str | None = None,
+    client: str | None = None,
 ) -> Submitted:
     """Accept a provision state change of node ``ident`` (``abort`` acts at once).
 
@@ -160,7 +165,7 @@ def submit_provision(
         API documents.
     """
     if target == ProvisionTarget.ABORT:
-        return abort(ctx, ident, callback_url)
+        return abort(ctx, ident, callback_url, client)
 
     def validate(node: Node) -> dict[str, Any]:
         machine.target_event(node.provision_state, target)
@@ -172,7 +177,7 @@ def submit_provision(
         return {"target_provision_state": str(table.TARGET_STABLE_STATES[ProvisionTarget(target)])}
 
     return _submit(
-        ctx, ident, RequestKind.PROVISION, target, dict(params or {}), callback_url, validate
+        ctx, ident, RequestKind.PROVISION, target, dict(params or {}), callback_url, client, validate
     )
 
 
@@ -192,6 +197,7 @@ def _submit(
     target: str,
     params: Mapping[str, Any],
     callback_url: str | None,
+    client: str | None,
     validate: Callable[[Node], dict[str, Any]],
 ) -> Submitted:
     for _attempt in range(_SUBMIT_ATTEMPTS):
@@ -221,6 +227,7 @@ def _submit(
                 progress={},
                 state=RequestState.QUEUED,
                 callback_url=callback_url,
+                client=client,
             )
             # The INSERT comes first so that SQLite takes its write lock
             # (waiting, not failing) before the conditional UPDATE.
@@ -389,7 +396,9 @@ def _abort_waiting(session: Session, node: Node, request: Request, reason: str) 
     finish(session, node, request, RequestState.CANCELLED, reason)
 
 
-def abort(ctx: Context, ident: str, callback_url: str | None = None) -> Submitted:
+def abort(
+    ctx: Context, ident: str, callback_url: str | None = None, client: str | None = None
+) -> Submitted:
     """Abort the wait a node is in; record the abort as a finished request.
 
     :raises NodeNotFound: no such node.
@@ -410,6 +419,7 @@ def abort(ctx: Context, ident: str, callback_url: str | None = None) -> Submitte
             progress={},
             state=RequestState.RUNNING,
             callback_url=callback_url,
+            client=client,
             started_at=utcnow(),
         )
         session.add(abort_request)

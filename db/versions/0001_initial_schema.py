@@ -93,6 +93,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("callback_url", sa.Text(), nullable=True),
+        sa.Column("client", sa.String(length=64), nullable=True),
         sa.Column("step", sa.String(length=64), nullable=True),
         sa.Column("progress", sa.JSON(), nullable=False),
         sa.Column("conductor", sa.String(length=255), nullable=True),
