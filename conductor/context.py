@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from typing import Any
 
 import redis
 
@@ -17,6 +18,8 @@ class Context:
     """Settings, database, Redis and work queue of one process.
 
     ``name`` is the conductor name of a worker process (None in the API).
+    ``cache`` holds short-lived per-process copies of shared state (throttle
+    settings, token look-ups), owned by the modules that fill it.
     """
 
     settings: Settings
@@ -25,20 +28,25 @@ class Context:
     queue: WorkQueue
     name: str | None = None
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def build(
         cls, settings: Settings, name: str | None = None, redis_timeout: float = 10.0
     ) -> Context:
         """Connect to what ``settings`` name (connections open lazily)."""
+        from conductor import metrics
+
         connection = connect(settings, redis_timeout)
-        return cls(
+        ctx = cls(
             settings=settings,
             db=Database.from_settings(settings),
             redis=connection,
             queue=WorkQueue(connection, settings),
             name=name,
         )
+        metrics.attach(ctx)
+        return ctx
 
     def close(self) -> None:
         """Release the database pool and the Redis connections."""

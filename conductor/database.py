@@ -75,16 +75,33 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    def listen(self, name: str, listener: Any) -> None:
+        """Register a session event listener (e.g. ``after_commit``) for this database's sessions."""
+        event.listen(self._sessions, name, listener)
+
     def dispose(self) -> None:
         """Close every pooled connection (call after fork, and at exit)."""
         self.engine.dispose()
+
+
+def _migrations_dir() -> str:
+    """The Alembic environment: ``db/`` beside the imported ``conductor`` package
+    in a source checkout, else the installed ``conductor.migrations``.
+
+    An editable install maps ``conductor.migrations`` to the checkout it was
+    installed from, which is the wrong one for another worktree.
+    """
+    source = Path(__file__).resolve().parent.parent / "db"
+    if (source / "env.py").exists():
+        return str(source)
+    return str(resources.files("conductor.migrations"))
 
 
 def _alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(resources.files("conductor.migrations")))
+    config.set_main_option("script_location", _migrations_dir())
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

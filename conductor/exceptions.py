@@ -3,9 +3,12 @@
 The whole tree::
 
     ConductorError (500 internal_error)
+    +-- Unauthorized (401 unauthorized)
+    +-- Forbidden (403 forbidden)
     +-- NotFound (404 not_found)
     |   +-- NodeNotFound (404 node_not_found)
     |   +-- RequestNotFound (404 request_not_found)
+    |   +-- TokenNotFound (404 token_not_found)
     +-- InvalidInput (400 validation_error)
     |   +-- InvalidTransition (400 invalid_transition)
     |   +-- NodeInMaintenance (400 node_in_maintenance)
@@ -16,8 +19,11 @@ The whole tree::
     |   +-- NodeNameInUse (409 node_name_in_use)
     |   +-- NodeNotDeletable (409 node_not_deletable)
     |   +-- NodeLocked (409 node_locked)
+    +-- IdempotencyKeyReused (422 idempotency_key_reused)
     +-- ServiceUnavailable (503 service_unavailable)
     |   +-- QueueUnavailable (503 queue_unavailable)
+    |   +-- RateLimited (503 rate_limited)
+    |   +-- QueueFull (503 queue_full)
     +-- DriverError (500 driver_error)
         +-- BMCError (502 bmc_error)
 
@@ -26,6 +32,9 @@ workers; they end up in a node's ``last_error`` and a request's ``error``
 rather than in an HTTP response.  The API has one handler that turns any
 ``ConductorError`` into ``{"code", "status", "message", ...details}``; for a
 5xx only the class's generic message is shown, never the exception text.
+A ``ServiceUnavailable`` is the exception: its message is written for the
+client, and its ``retry_after`` (seconds) becomes the ``Retry-After``
+header and a ``retry_after`` field of the body.
 """
 
 from __future__ import annotations
@@ -56,8 +65,24 @@ class ConductorError(Exception):
             }
             if isinstance(self, ServiceUnavailable):
                 body["message"] = self.message
+                if self.details.get("retry_after") is not None:
+                    body["retry_after"] = int(self.details["retry_after"])
             return body
         return {"code": self.code, "status": self.status, "message": self.message, **self.details}
+
+
+class Unauthorized(ConductorError):
+    """No valid bearer token was presented (missing, unknown or revoked)."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ConductorError):
+    """The token's role does not allow this operation; ``required_role`` names the one that does."""
+
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(ConductorError):
@@ -77,6 +102,12 @@ class RequestNotFound(NotFound):
     """No request with that id."""
 
     code = "request_not_found"
+
+
+class TokenNotFound(NotFound):
+    """No API token with that id."""
+
+    code = "token_not_found"
 
 
 class InvalidInput(ConductorError):
@@ -141,6 +172,13 @@ class NodeLocked(Conflict):
     code = "node_locked"
 
 
+class IdempotencyKeyReused(ConductorError):
+    """The ``Idempotency-Key`` was already used by this client for a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
 class ServiceUnavailable(ConductorError):
     """A backing service is unavailable; retry later."""
 
@@ -152,6 +190,18 @@ class QueueUnavailable(ServiceUnavailable):
     """The work queue (Redis) cannot be reached; the request was not accepted."""
 
     code = "queue_unavailable"
+
+
+class RateLimited(ServiceUnavailable):
+    """Over a request budget (global or per client); retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+
+
+class QueueFull(ServiceUnavailable):
+    """Too many requests wait for a conductor; nothing was recorded; retry after ``retry_after`` seconds."""
+
+    code = "queue_full"
 
 
 class DriverError(ConductorError):

@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -157,3 +157,50 @@ class ConductorRecord(Base):
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     #: False once the conductor stopped cleanly or was declared dead.
     online: Mapped[bool] = mapped_column(default=True)
+
+
+class ApiToken(Base):
+    """A bearer token of the API; only a hash of its secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(64))
+    #: ``reader``, ``operator`` or ``admin``.
+    role: Mapped[str] = mapped_column(String(16))
+    #: SHA-256 (hex) of the secret; the secret is shown once, at creation.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class IdempotencyRecord(Base):
+    """An ``Idempotency-Key`` a client used, and the request it produced."""
+
+    __tablename__ = "idempotency_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The client's identity (token id, or address without auth): keys are per client.
+    client: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    #: SHA-256 of method, path and body: the same key with another body is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+
+    __table_args__ = (
+        UniqueConstraint("client", "key", name="uq_idempotency_keys_client_key"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+
+class ThrottleRecord(Base):
+    """The operator's throttle settings (one row): only the values changed from the defaults."""
+
+    __tablename__ = "throttle_settings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    values: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    version: Mapped[int] = mapped_column(default=1)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

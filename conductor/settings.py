@@ -79,12 +79,28 @@ class Settings:
     #: Whether undeploy and provide run automated cleaning.
     automated_clean: bool = True
 
+    #: Whether the API requires bearer tokens.  Switching it off is only
+    #: allowed while ``api_host`` is a loopback address.
+    auth_enabled: bool = True
+    #: How long an ``Idempotency-Key`` is remembered.
+    idempotency_retention: float = 86400.0
+
     log_level: str = "INFO"
 
     @property
     def sqlalchemy_url(self) -> str:
         """The database URL, defaulting to the SQLite file in the data directory."""
         return self.database_url or f"sqlite:///{self.data_dir / 'conductor.sqlite'}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """Where ``conductor up`` keeps the local admin token (mode 0600)."""
+        return self.data_dir / "admin.token"
+
+    @property
+    def api_url_file(self) -> Path:
+        """Where ``conductor up`` records the URL it serves (the CLI's "local service")."""
+        return self.data_dir / "api.url"
 
     @property
     def base_name(self) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import requests
 
 from conductor import database
+from conductor.auth import tokens
 from conductor.embedded_redis import EmbeddedRedis
 from conductor.settings import Settings
 
@@ -67,6 +68,8 @@ class Supervisor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: Whether this start created a new admin token file.
+        self.new_admin_token = False
         self.redis: EmbeddedRedis | None = None
         self.children: list[Child] = []
         self.stopping = threading.Event()
@@ -81,12 +84,23 @@ class Supervisor:
 
         :raises RuntimeError: something did not start.
         """
+        from conductor.api import check_auth_settings
+
         settings = self.settings
+        check_auth_settings(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if not settings.redis_url:
             self.redis = EmbeddedRedis(settings.data_dir).start()
             settings = self.settings = settings.replace(redis_url=self.redis.url)
         database.upgrade(settings.sqlalchemy_url)
+        if settings.auth_enabled:
+            db = database.Database.from_settings(settings)
+            try:
+                self.new_admin_token = tokens.ensure_admin_token(db, settings)
+            finally:
+                db.dispose()
+        # The CLI sends the local admin token to this URL only.
+        settings.api_url_file.write_text(self.url + "\n", encoding="utf-8")
         env = dict(os.environ)
         env.update(
             CONDUCTOR_DATA_DIR=str(settings.data_dir),

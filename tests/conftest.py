@@ -28,6 +28,7 @@ import requests
 import sqlalchemy as sa
 
 from conductor import database
+from conductor.auth import tokens
 from conductor.context import Context
 from conductor.embedded_redis import EmbeddedRedis
 from conductor.engine import conductors, runner
@@ -130,8 +131,36 @@ def app(ctx: Context):  # type: ignore[no-untyped-def]
     return application
 
 
+def make_token(ctx: Context, role: str, name: str | None = None) -> str:
+    """A new API token of ``role``; returns its secret."""
+    with ctx.db.session() as session:
+        _token, secret = tokens.create(session, role, name)
+        session.commit()
+    return secret
+
+
+def bearer(secret: str) -> dict[str, str]:
+    """The Authorization header for ``secret``."""
+    return {"Authorization": f"Bearer {secret}"}
+
+
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def admin_token(ctx: Context) -> str:
+    """The secret of an admin token the ``client`` fixture sends."""
+    return make_token(ctx, "admin", "tests")
+
+
+@pytest.fixture
+def client(app, admin_token):  # type: ignore[no-untyped-def]
+    """A test client of the API, authenticated as admin."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_token}"
+    return test_client
+
+
+@pytest.fixture
+def anonymous(app):  # type: ignore[no-untyped-def]
+    """A test client that sends no token."""
     return app.test_client()
 
 
@@ -168,7 +197,12 @@ def free_port() -> int:
 
 
 class Service:
-    """A real deployment in subprocesses: ``conductor up`` (API + workers)."""
+    """A real deployment in subprocesses: ``conductor up`` (API + workers).
+
+    ``http`` is a ``requests`` session carrying the admin token ``conductor
+    up`` wrote into the data directory; ``cli`` runs the CLI, which finds
+    that token by itself.
+    """
 
     def __init__(self, settings: Settings, workers: int = 1, api_workers: int = 2, env: dict[str, str] | None = None):
         self.settings = settings
@@ -188,6 +222,17 @@ class Service:
             "--workers", str(workers), "--api-workers", str(api_workers),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.http = requests.Session()
+
+    @property
+    def admin_token(self) -> str:
+        """The local admin token ``conductor up`` created."""
+        return (self.settings.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header of the admin token."""
+        return bearer(self.admin_token)
 
     def start(self) -> Service:
         log = open(self.settings.data_dir / "up.log", "ab")
@@ -197,6 +242,7 @@ class Service:
             assert self.proc.poll() is None, (self.settings.data_dir / "up.log").read_text()
             try:
                 if requests.get(self.url + "/", timeout=1).ok:
+                    self.http.headers.update(self.auth_headers)
                     return self
             except requests.RequestException:
                 pass
@@ -224,7 +270,7 @@ class Service:
     def wait_request(self, request_id: str, timeout: float = 30.0) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            body = requests.get(f"{self.url}/v1/requests/{request_id}", timeout=5).json()
+            body = self.http.get(f"{self.url}/v1/requests/{request_id}", timeout=5).json()
             if body["state"] in ("succeeded", "failed", "cancelled"):
                 return body
             time.sleep(0.05)

@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
-from flask import Flask
+import ipaddress
 
-from conductor import __version__
-from conductor.api import conductors, errors, nodes, requests
+from flask import Flask, Response
+
+from conductor import __version__, metrics
+from conductor.api import admission, conductors, errors, nodes, requests, throttle, tokens
 from conductor.api.common import close_session
 from conductor.context import Context
+from conductor.exceptions import InvalidInput
 from conductor.settings import Settings, load
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is only reachable from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth_settings(settings: Settings) -> None:
+    """Refuse to serve without authentication anywhere but on loopback.
+
+    :raises InvalidInput: ``auth_enabled`` is off and ``api_host`` is not loopback.
+    """
+    if not settings.auth_enabled and not is_loopback(settings.api_host):
+        raise InvalidInput(
+            f"auth_enabled = false is only allowed while the API binds to loopback, "
+            f"not {settings.api_host!r}.",
+            errors={"auth_enabled": "only with a loopback api_host"},
+        )
 
 
 def create_app(settings: Settings | None = None, ctx: Context | None = None) -> Flask:
     """The API application for ``settings`` (loaded from the environment if None)."""
     if ctx is None:
         ctx = Context.build(settings or load())
+    check_auth_settings(ctx.settings)
     app = Flask("conductor")
     app.config.update(
         API_TITLE="Bare-metal conductor",
@@ -30,9 +57,15 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     app.extensions["conductor"] = ctx
     api = errors.ConductorApi(app)
     errors.register(app)
-    for module in (nodes, requests, conductors):
+    admission.install(app)
+    for module in (nodes, requests, conductors, throttle, tokens):
         api.register_blueprint(module.blp)
     app.teardown_appcontext(close_session)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.render(ctx)
+        return Response(body, content_type=content_type)
 
     @app.get("/")
     def root() -> dict[str, object]:

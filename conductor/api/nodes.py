@@ -6,7 +6,7 @@ from typing import Any
 
 from flask.views import MethodView
 
-from conductor.api import schemas
+from conductor.api import admission, schemas
 from conductor.api.common import Blueprint, context, next_link, session
 from conductor.service import history, nodes
 from conductor.service import requests as request_service
@@ -74,7 +74,14 @@ class PowerState(MethodView):
     def put(self, body: dict[str, Any], ident: str) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Ask for a power change; answers at once with the request to poll."""
         return _accepted(
-            request_service.submit_power(context(), ident, body["target"], body.get("callback_url"))
+            request_service.submit_power(
+                context(),
+                ident,
+                body["target"],
+                body.get("callback_url"),
+                client=admission.client(),
+                idempotency_key=admission.idempotency_key(),
+            )
         )
 
 
@@ -87,7 +94,15 @@ class ProvisionState(MethodView):
         target = body.pop("target")
         callback_url = body.pop("callback_url", None)
         return _accepted(
-            request_service.submit_provision(context(), ident, target, body, callback_url)
+            request_service.submit_provision(
+                context(),
+                ident,
+                target,
+                body,
+                callback_url,
+                client=admission.client(),
+                idempotency_key=admission.idempotency_key(),
+            )
         )
 
 

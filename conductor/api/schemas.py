@@ -166,3 +166,54 @@ class Conductor(ma.Schema):
 
 class ConductorList(ma.Schema):
     conductors = ma.fields.List(ma.fields.Nested(Conductor))
+
+
+class ThrottleSettings(ma.Schema):
+    write_rate = ma.fields.Float(metadata={"description": "State changes per second, all clients (0: no limit)"})
+    write_burst = ma.fields.Integer()
+    client_write_rate = ma.fields.Float(metadata={"description": "State changes per second, one client (0: no limit)"})
+    client_write_burst = ma.fields.Integer()
+    read_rate = ma.fields.Float(metadata={"description": "Reads per second, one client (0: no limit)"})
+    read_burst = ma.fields.Integer()
+    max_queue_depth = ma.fields.Integer(metadata={"description": "Jobs waiting before new work is refused (0: no limit)"})
+    bmc_min_interval = ma.fields.Float(metadata={"description": "Least seconds between two commands to one BMC"})
+    worker_concurrency = ma.fields.Integer(metadata={"description": "Worker processes per conductor host taking jobs (0: all)"})
+
+
+class ThrottlePatch(Strict):
+    """Any subset of the knobs; checked against their ranges."""
+
+    write_rate = ma.fields.Float()
+    write_burst = ma.fields.Integer(strict=True)
+    client_write_rate = ma.fields.Float()
+    client_write_burst = ma.fields.Integer(strict=True)
+    read_rate = ma.fields.Float()
+    read_burst = ma.fields.Integer(strict=True)
+    max_queue_depth = ma.fields.Integer(strict=True)
+    bmc_min_interval = ma.fields.Float()
+    worker_concurrency = ma.fields.Integer(strict=True)
+
+
+class TokenCreate(Strict):
+    role = ma.fields.String(required=True, validate=validate.OneOf(["reader", "operator", "admin"]))
+    name = ma.fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+
+
+class Token(ma.Schema):
+    id = ma.fields.String()
+    name = ma.fields.String(allow_none=True)
+    role = ma.fields.String()
+    created_at = ma.fields.DateTime()
+    revoked_at = ma.fields.DateTime(allow_none=True)
+
+
+class TokenCreated(Token):
+    token = ma.fields.String(metadata={"description": "The secret; shown only in this response"})
+
+
+class TokenQuery(Strict):
+    all = ma.fields.Boolean(load_default=False, metadata={"description": "Include revoked tokens"})
+
+
+class TokenList(ma.Schema):
+    tokens = ma.fields.List(ma.fields.Nested(Token))

@@ -1,7 +1,10 @@
 """The ``conductor`` command: client commands over HTTP, and the servers.
 
-Client commands (``node``, ``request``, ``conductors``) talk to the API
-at ``--url`` / ``$CONDUCTOR_URL`` and work against a remote deployment.
+Client commands (``node``, ``request``, ``conductors``, ``token``,
+``throttle``) talk to the API at ``--url`` / ``$CONDUCTOR_URL`` and work
+against a remote deployment.  They authenticate with ``--token`` /
+``$CONDUCTOR_TOKEN``, else, when the URL is the one a local ``conductor up``
+serves, with the admin token it wrote into the data directory.
 Server commands (``up``, ``api``, ``worker``, ``db``) import the server
 side lazily so that the client starts fast.
 """
@@ -14,7 +17,7 @@ from typing import Any
 
 import click
 
-from conductor.cli.client import Client, default_url, progress_line
+from conductor.cli.client import Client, default_url, progress_line, resolve_token
 
 
 class Output:
@@ -48,15 +51,16 @@ class Output:
 class Obj:
     """What client commands share: the API client and the output."""
 
-    def __init__(self, url: str, as_json: bool) -> None:
+    def __init__(self, url: str, as_json: bool, token: str | None = None) -> None:
         self.url = url
+        self.token = token
         self.out = Output(as_json)
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.url)
+            self._client = Client(self.url, token=resolve_token(self.url, self.token))
         return self._client
 
 
@@ -66,12 +70,14 @@ pass_obj = click.make_pass_decorator(Obj)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", default=default_url, show_default="$CONDUCTOR_URL or http://127.0.0.1:6385",
               help="URL of the conductor API.")
+@click.option("--token", envvar="CONDUCTOR_TOKEN", default=None, show_envvar=True,
+              help="API token. Default: the local admin token of `conductor up` when --url is its URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.version_option(package_name="baremetal-conductor")
 @click.pass_context
-def main(ctx: click.Context, url: str, as_json: bool) -> None:
+def main(ctx: click.Context, url: str, token: str | None, as_json: bool) -> None:
     """Power and provision bare-metal nodes through their BMCs, asynchronously."""
-    ctx.obj = Obj(url, as_json)
+    ctx.obj = Obj(url, as_json, token)
 
 
 def finish_request(obj: Obj, request: dict[str, Any], wait: bool, timeout: float | None) -> None:
@@ -89,11 +95,13 @@ def finish_request(obj: Obj, request: dict[str, Any], wait: bool, timeout: float
 
 
 def _register() -> None:
-    from conductor.cli import nodes, requests_cmd, server
+    from conductor.cli import admin, nodes, requests_cmd, server
 
     main.add_command(nodes.node)
     main.add_command(requests_cmd.request)
     main.add_command(requests_cmd.conductors)
+    main.add_command(admin.token)
+    main.add_command(admin.throttle)
     for command in server.COMMANDS:
         main.add_command(command)
 

@@ -59,6 +59,11 @@ class Client:
         except ValueError:
             body = {"message": response.text[:200] or response.reason}
         if response.status_code >= 400:
+            if response.status_code == 401:
+                body["message"] = (
+                    f"{body.get('message', 'Unauthorized.')} Pass --token (or CONDUCTOR_TOKEN); "
+                    "`conductor token create` makes one."
+                )
             raise ApiError(response.status_code, body)
         return body
 
@@ -112,3 +117,14 @@ def progress_line(request: dict[str, Any], states: dict[str, Any] | None) -> Non
 def default_url() -> str:
     """``CONDUCTOR_URL`` or the local default."""
     return os.environ.get("CONDUCTOR_URL", DEFAULT_URL)
+
+
+def resolve_token(url: str, explicit: str | None) -> str | None:
+    """The token to send to ``url``: ``explicit`` (``--token`` / ``CONDUCTOR_TOKEN``), else
+    the admin token of the local ``conductor up`` when ``url`` is where it serves."""
+    if explicit:
+        return explicit
+    from conductor.auth import tokenfile
+    from conductor.settings import default_data_dir
+
+    return tokenfile.local_token_for(url, default_data_dir())

@@ -41,6 +41,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
        api_workers: int | None) -> None:
     """Run the API and conductor workers on this box (embedded Redis and SQLite by default)."""
     from conductor import logs
+    from conductor.exceptions import InvalidInput
     from conductor.supervisor import Supervisor
 
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir, workers=workers,
@@ -57,11 +58,16 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
         supervisor.start()
         click.echo(f"Conductor API   {supervisor.url}   (docs {supervisor.url}/docs)")
         click.echo(f"Data directory  {settings.data_dir}   (logs in {settings.data_dir / 'logs'})")
+        if settings.auth_enabled:
+            state = "new" if supervisor.new_admin_token else "kept"
+            click.echo(f"Admin token     {settings.admin_token_file}   ({state}; the CLI uses it for this URL)")
+        else:
+            click.echo("Authentication  OFF (auth_enabled = false; loopback only)")
         click.echo(f"Workers         {settings.workers}; Redis {'embedded' if supervisor.redis else settings.redis_url}")
         click.echo("Press Ctrl-C to stop.")
         supervisor.watch()
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from None
+    except (RuntimeError, InvalidInput) as exc:
+        raise click.ClickException(getattr(exc, "message", str(exc))) from None
     finally:
         click.echo("Stopping...", err=True)
         supervisor.stop()
@@ -74,9 +80,15 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
 @_data_dir
 def api(host: str | None, port: int | None, api_workers: int | None, data_dir: Path | None) -> None:
     """Run the REST API (gunicorn)."""
+    from conductor.api import check_auth_settings
+    from conductor.exceptions import InvalidInput
     from conductor.gunicorn_app import serve
 
     settings = _settings(api_host=host, api_port=port, api_workers=api_workers, data_dir=data_dir)
+    try:
+        check_auth_settings(settings)
+    except InvalidInput as exc:
+        raise click.ClickException(exc.message) from None
     serve(settings)
 
 

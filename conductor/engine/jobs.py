@@ -7,9 +7,15 @@ the job entry point, which passes it down explicitly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import redis
+
 from conductor.context import Context
+from conductor.throttle.drain import DrainMeter
+
+LOG = logging.getLogger(__name__)
 
 _context: Context | None = None
 
@@ -37,3 +43,8 @@ def run_steps(request_ids: Sequence[str]) -> None:
     ctx = current()
     for request_id in request_ids:
         run_step(ctx, request_id)
+    # One job left the work queue: what the API's queue_full Retry-After is based on.
+    try:
+        DrainMeter(ctx.redis, ctx.settings.redis_namespace).record(1)
+    except redis.RedisError as exc:
+        LOG.warning("Could not record the drain rate: %s", exc)

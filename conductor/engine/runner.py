@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
+from conductor import logs
 from conductor.context import Context
 from conductor.drivers.base import Done, Poll, StepResult, Wait
 from conductor.engine import power, provision
@@ -68,6 +69,11 @@ def claim(ctx: Context, request_id: str) -> bool:
 
 def run_step(ctx: Context, request_id: str) -> None:
     """Run the next step of request ``request_id`` (see the module docstring)."""
+    with logs.request_context(request_id):
+        _run_step(ctx, request_id)
+
+
+def _run_step(ctx: Context, request_id: str) -> None:
     if not claim(ctx, request_id):
         LOG.debug("Request %s: not runnable (cancelled, finished or taken); skipped", request_id)
         return

@@ -12,7 +12,8 @@ sweeps are harmless):
    own cleanup, every 600 s;
 4. queued requests older than ``requeue_after`` whose job is no longer in
    Redis are enqueued again, and sleeping requests whose timer is overdue
-   and gone get a new one (Redis lost them: the database is the truth).
+   and gone get a new one (Redis lost them: the database is the truth);
+5. expired ``Idempotency-Key`` records are forgotten.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from conductor.context import Context
 from conductor.engine.runner import fail_request
 from conductor.fsm.states import RequestState
 from conductor.models import ConductorRecord, Node, Request, utcnow
+from conductor.throttle import idempotency
 
 LOG = logging.getLogger(__name__)
 
@@ -85,7 +87,8 @@ def sweep(ctx: Context) -> dict[str, int]:
             )
         )
     failed = sum(recover_conductor(ctx, name) for name in (holders | runners) - alive)
-    return {"failed": failed, **_requeue_lost(ctx, now)}
+    forgotten = idempotency.purge_expired(ctx.db)
+    return {"failed": failed, **_requeue_lost(ctx, now), "keys_forgotten": forgotten}
 
 
 def _requeue_lost(ctx: Context, now: dt.datetime) -> dict[str, int]:

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from conductor import drivers
+from conductor import drivers, metrics
 from conductor.context import Context
 from conductor.drivers.base import Driver
 from conductor.exceptions import NodeLocked, RequestNotFound
@@ -42,7 +42,8 @@ class Task:
         self.session = session
         self.node = node
         self.request = request
-        self.driver: Driver = drivers.get(node.driver)
+        # BMC calls are timed into the session; counted once the step commits.
+        self.driver: Driver = metrics.timed_driver(drivers.get(node.driver), session)
         #: The whole request's continuation state (saved with the step).
         self.request_progress: dict[str, Any] = copy.deepcopy(request.progress or {})
         #: The current step's share of it; workflows point it at a sub-dict.

@@ -5,6 +5,11 @@ per job): jobs are short steps that never sleep on hardware, and drivers
 keep their BMC sessions open across jobs.  A background thread does the
 chores: pump due timers into the work queue (every ``TIMER_TICK``), beat
 the conductor's heart and sweep for dead conductors and lost jobs.
+
+The operator's ``worker_concurrency`` knob (see :mod:`conductor.throttle.settings`)
+is obeyed between jobs: a worker whose slot (the ``-w<slot>`` of its
+conductor name) is at or above it finishes its step, then takes no job
+until the knob is raised.
 """
 
 from __future__ import annotations
@@ -13,16 +18,62 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
+import redis
+import sqlalchemy.exc
 from rq import SimpleWorker
 
 from conductor.context import Context
 from conductor.engine import conductors, jobs, sweeper
 from conductor.settings import Settings
+from conductor.throttle import settings as throttle_settings
 
 LOG = logging.getLogger(__name__)
 TIMER_TICK = 0.05
 RQ_SOCKET_TIMEOUT = 600.0
+#: How often a paused worker looks at ``worker_concurrency`` again.
+PAUSE_TICK = 0.25
+
+
+def slot_of(name: str | None) -> int:
+    """The slot of conductor ``name`` (``<base>-w<slot>``); 0 if it has none."""
+    _base, sep, slot = (name or "").rpartition("-w")
+    return int(slot) if sep and slot.isdigit() else 0
+
+
+def may_take_jobs(ctx: Context) -> bool:
+    """Whether ``worker_concurrency`` lets this conductor take a job now.
+
+    When the settings cannot be read (database and Redis away) it works on:
+    the knob protects, it must not stop the service.
+    """
+    try:
+        limit = throttle_settings.current(ctx).worker_concurrency
+    except (redis.RedisError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        LOG.warning("Cannot read worker_concurrency (%s); taking jobs", exc)
+        return True
+    return limit == 0 or slot_of(ctx.name) < limit
+
+
+class ConductorWorker(SimpleWorker):
+    """RQ's SimpleWorker, pausing between jobs while ``worker_concurrency`` excludes it."""
+
+    conductor_ctx: Context
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        paused = False
+        while not may_take_jobs(self.conductor_ctx):
+            if not paused:
+                LOG.info("Conductor %s paused by worker_concurrency", self.conductor_ctx.name)
+                paused = True
+            if self._stop_requested:
+                return None
+            self.heartbeat()
+            time.sleep(PAUSE_TICK)
+        if paused:
+            LOG.info("Conductor %s resumed", self.conductor_ctx.name)
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
 
 class Chores(threading.Thread):
@@ -75,9 +126,10 @@ def run(settings: Settings, burst: bool = False) -> None:
     chores = Chores(ctx)
     chores.start()
     try:
-        worker = SimpleWorker(
+        worker = ConductorWorker(
             [ctx.queue.queue], connection=ctx.redis, name=f"{ctx.name}.{os.getpid()}"
         )
+        worker.conductor_ctx = ctx
         worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
     finally:
         chores.stop()

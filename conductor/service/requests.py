@@ -8,6 +8,10 @@ number of concurrent submissions (in any number of API processes) exactly
 one wins; the others see the winner and get it back (an identical request:
 202, same id) or a 409.
 
+A client's ``Idempotency-Key`` is recorded in the same transaction as the
+request it produced (or the identical request it was given back), so a
+retried call is answered with the original request, never run twice.
+
 The request row is committed before its job is enqueued.  If Redis cannot
 take the job, the request is failed and the node freed before the client
 hears 503, so nothing is left dangling.
@@ -22,8 +26,10 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from conductor import logs, metrics
 from conductor.context import Context
 from conductor.exceptions import (
     InvalidInput,
@@ -45,6 +51,8 @@ from conductor.fsm.states import (
 )
 from conductor.models import Node, Request, new_request_id, utcnow
 from conductor.service import history, nodes
+from conductor.throttle import idempotency
+from conductor.throttle.idempotency import IdempotencyKey
 
 LOG = logging.getLogger(__name__)
 
@@ -119,17 +127,31 @@ def list_requests(
     return list(session.scalars(query))
 
 
+def active_counts(ctx: Context) -> dict[str, int]:
+    """How many requests are in each unfinished state."""
+    with ctx.db.session() as session:
+        rows = session.execute(
+            sa.select(Request.state, sa.func.count())
+            .where(Request.state.in_(ACTIVE_REQUEST_STATES))
+            .group_by(Request.state)
+        )
+        counts = {str(state): 0 for state in ACTIVE_REQUEST_STATES}
+        counts.update({state: int(count) for state, count in rows})
+        return counts
+
+
 def submit_power(
     ctx: Context,
     ident: str,
     target: str,
     callback_url: str | None = None,
     client: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
 ) -> Submitted:
     """Accept a power change of node ``ident``.
 
     :raises NodeNotFound, InvalidInput, InvalidTransition, TransitionInProgress,
-        QueueUnavailable: as the API documents.
+        IdempotencyKeyReused, QueueUnavailable: as the API documents.
     """
     if target not in POWER_TARGETS:
         raise InvalidInput(
@@ -147,7 +169,9 @@ def submit_power(
             )
         return {"target_power_state": target}
 
-    return _submit(ctx, ident, RequestKind.POWER, target, {}, callback_url, client, validate)
+    return _submit(
+        ctx, ident, RequestKind.POWER, target, {}, callback_url, client, idempotency_key, validate
+    )
 
 
 def submit_provision(
@@ -157,15 +181,16 @@ def submit_provision(
     params: Mapping[str, Any] | None = None,
     callback_url: str | None = None,
     client: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
 ) -> Submitted:
     """Accept a provision state change of node ``ident`` (``abort`` acts at once).
 
     :raises NodeNotFound, InvalidTransition, NodeInMaintenance,
-        TransitionInProgress, RequestNotCancellable, QueueUnavailable: as the
-        API documents.
+        TransitionInProgress, RequestNotCancellable, IdempotencyKeyReused,
+        QueueUnavailable: as the API documents.
     """
     if target == ProvisionTarget.ABORT:
-        return abort(ctx, ident, callback_url, client)
+        return abort(ctx, ident, callback_url, client, idempotency_key)
 
     def validate(node: Node) -> dict[str, Any]:
         machine.target_event(node.provision_state, target)
@@ -177,7 +202,15 @@ def submit_provision(
         return {"target_provision_state": str(table.TARGET_STABLE_STATES[ProvisionTarget(target)])}
 
     return _submit(
-        ctx, ident, RequestKind.PROVISION, target, dict(params or {}), callback_url, client, validate
+        ctx,
+        ident,
+        RequestKind.PROVISION,
+        target,
+        dict(params or {}),
+        callback_url,
+        client,
+        idempotency_key,
+        validate,
     )
 
 
@@ -198,16 +231,29 @@ def _submit(
     params: Mapping[str, Any],
     callback_url: str | None,
     client: str | None,
+    idempotency_key: IdempotencyKey | None,
     validate: Callable[[Node], dict[str, Any]],
 ) -> Submitted:
+    retention = ctx.settings.idempotency_retention
     for _attempt in range(_SUBMIT_ATTEMPTS):
         with ctx.db.session() as session:
+            if idempotency_key is not None:
+                replayed = idempotency.find(session, idempotency_key)
+                if replayed is not None:
+                    logs.bind_request_id(replayed)
+                    return Submitted(get(session, replayed), created=False)
             node = nodes.find(session, ident)
             stale_active: str | None = None
             if node.active_request_id is not None:
                 active = session.get(Request, node.active_request_id)
                 if active is not None and active.state in ACTIVE_REQUEST_STATES:
                     if _identical(active, kind, target, params, callback_url):
+                        logs.bind_request_id(active.id)
+                        if idempotency_key is None:
+                            return Submitted(active, created=False)
+                        idempotency.remember(session, idempotency_key, active.id, retention)
+                        if not _commit(session):
+                            continue
                         return Submitted(active, created=False)
                     raise TransitionInProgress(
                         f"Node {node.uuid} has a transition in progress "
@@ -247,6 +293,8 @@ def _submit(
                 # Someone else changed the node since we read it: look again.
                 session.rollback()
                 continue
+            if idempotency_key is not None:
+                idempotency.remember(session, idempotency_key, request.id, retention)
             history.record(
                 session,
                 node,
@@ -254,12 +302,25 @@ def _submit(
                 f"Accepted {kind} request {target}.",
                 request_id=request.id,
             )
-            session.commit()
+            if not _commit(session):
+                continue
+        logs.bind_request_id(request.id)
+        LOG.info("Accepted %s request %s of node %s from %s", kind, target, request.node_uuid, client)
         _enqueue_or_abandon(ctx, request)
         return Submitted(request, created=True)
     raise TransitionInProgress(
         f"Node {ident} is changing too fast to accept the request; retry.", request_id=None
     )
+
+
+def _commit(session: Session) -> bool:
+    """Commit; False when a concurrent use of the same idempotency key won (retry)."""
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
 
 
 def _enqueue_or_abandon(ctx: Context, request: Request) -> None:
@@ -302,6 +363,7 @@ def finish(
         else:
             node.target_provision_state = None
     node.updated_at = now
+    metrics.request_finished(session, request)
     history.record(
         session,
         node,
@@ -397,15 +459,24 @@ def _abort_waiting(session: Session, node: Node, request: Request, reason: str) 
 
 
 def abort(
-    ctx: Context, ident: str, callback_url: str | None = None, client: str | None = None
+    ctx: Context,
+    ident: str,
+    callback_url: str | None = None,
+    client: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
 ) -> Submitted:
     """Abort the wait a node is in; record the abort as a finished request.
 
     :raises NodeNotFound: no such node.
     :raises InvalidTransition: the node is not in a wait state.
     :raises RequestNotCancellable: the waiting request is running a step.
+    :raises IdempotencyKeyReused: the key was used for another request.
     """
     with ctx.db.session() as session:
+        if idempotency_key is not None:
+            replayed = idempotency.find(session, idempotency_key)
+            if replayed is not None:
+                return Submitted(get(session, replayed), created=False)
         node = nodes.find(session, ident)
         machine.target_event(node.provision_state, ProvisionTarget.ABORT)
         waiting = session.get(Request, node.active_request_id) if node.active_request_id else None
@@ -438,7 +509,20 @@ def abort(
             node.target_provision_state = None
             history.record(session, node, "provision.abort", f"{before} -> {node.provision_state} (aborted).")
         finish(session, node, abort_request, RequestState.SUCCEEDED)
-        session.commit()
+        if idempotency_key is not None:
+            idempotency.remember(
+                session, idempotency_key, abort_request.id, ctx.settings.idempotency_retention
+            )
+        try:
+            session.commit()
+        except IntegrityError:
+            # The same key, used at the same moment, won: answer with its request.
+            session.rollback()
+            if idempotency_key is not None:
+                replayed = idempotency.find(session, idempotency_key)
+                if replayed is not None:
+                    return Submitted(get(session, replayed), created=False)
+            raise
         if waiting is not None:
             _drop_job(ctx, waiting.id)
         return Submitted(abort_request, created=True)

@@ -13,14 +13,14 @@ import requests
 
 
 def create(service, name, **driver_info):  # type: ignore[no-untyped-def]
-    response = requests.post(f"{service.url}/v1/nodes", json={"name": name, "driver": "fake",
+    response = service.http.post(f"{service.url}/v1/nodes", json={"name": name, "driver": "fake",
                                                               "driver_info": driver_info}, timeout=10)
     assert response.status_code == 201, response.text
     return response.json()
 
 
 def put(service, node, kind, target):  # type: ignore[no-untyped-def]
-    response = requests.put(f"{service.url}/v1/nodes/{node}/states/{kind}", json={"target": target}, timeout=10)
+    response = service.http.put(f"{service.url}/v1/nodes/{node}/states/{kind}", json={"target": target}, timeout=10)
     assert response.status_code == 202, response.text
     return response.json()["id"]
 
@@ -58,6 +58,7 @@ def test_fifty_simultaneous_puts_across_api_processes_accept_exactly_one(service
 
     def shoot(i: int) -> tuple[int, str | None]:
         session = requests.Session()
+        session.headers.update(service.auth_headers)
         barrier.wait()
         response = session.put(f"{service.url}/v1/nodes/hot/states/power",
                                json={"target": targets[i % 3]}, timeout=30)
@@ -71,7 +72,7 @@ def test_fifty_simultaneous_puts_across_api_processes_accept_exactly_one(service
     (winner,) = accepted_ids
     assert all(status in (202, 409) for status, _ in results)
     assert all(rid == winner for _, rid in results)  # every 409 names the winner
-    listed = requests.get(f"{service.url}/v1/requests", params={"node": node["uuid"]}, timeout=10).json()
+    listed = service.http.get(f"{service.url}/v1/requests", params={"node": node["uuid"]}, timeout=10).json()
     assert [r["id"] for r in listed["requests"]] == [winner]
 
 
@@ -85,9 +86,9 @@ def test_killed_worker_is_noticed_and_its_request_failed(service_factory) -> Non
     holder = None
     while holder is None:
         assert time.monotonic() < deadline, "no conductor took the request"
-        holder = requests.get(f"{service.url}/v1/requests/{request_id}", timeout=5).json()["conductor"]
+        holder = service.http.get(f"{service.url}/v1/requests/{request_id}", timeout=5).json()["conductor"]
         time.sleep(0.05)
-    pid = next(c["pid"] for c in requests.get(f"{service.url}/v1/conductors", timeout=5).json()["conductors"]
+    pid = next(c["pid"] for c in service.http.get(f"{service.url}/v1/conductors", timeout=5).json()["conductors"]
                if c["name"] == holder)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -95,13 +96,13 @@ def test_killed_worker_is_noticed_and_its_request_failed(service_factory) -> Non
     assert time.monotonic() - killed_at < 20  # noticed long before RQ's 600 s cleanup
     assert finished["state"] == "failed"
     assert f"Conductor {holder} stopped" in finished["error"]
-    node = requests.get(f"{service.url}/v1/nodes/victim", timeout=5).json()
+    node = service.http.get(f"{service.url}/v1/nodes/victim", timeout=5).json()
     assert node["reservation"] is None and node["request_id"] is None
     assert node["provision_state"] == "enroll"  # verifying failed back to enroll
     assert "stopped while running" in node["last_error"]
     # The supervisor restarted the killed worker: two conductors alive again.
     deadline = time.monotonic() + 20
-    while sum(c["alive"] for c in requests.get(f"{service.url}/v1/conductors", timeout=5).json()["conductors"]) < 2:
+    while sum(c["alive"] for c in service.http.get(f"{service.url}/v1/conductors", timeout=5).json()["conductors"]) < 2:
         assert time.monotonic() < deadline, "killed worker was not restarted"
         time.sleep(0.2)
 
@@ -113,9 +114,9 @@ def test_data_survives_a_restart(settings, service_factory) -> None:
     assert service.wait_request(request_id)["state"] == "succeeded"
     service.stop()
     again = service_factory()
-    node = requests.get(f"{again.url}/v1/nodes/keep", timeout=5).json()
+    node = again.http.get(f"{again.url}/v1/nodes/keep", timeout=5).json()
     assert node["power_state"] == "power on"
-    assert requests.get(f"{again.url}/v1/requests/{request_id}", timeout=5).json()["state"] == "succeeded"
+    assert again.http.get(f"{again.url}/v1/requests/{request_id}", timeout=5).json()["state"] == "succeeded"
 
 
 def test_cli_import_set_cancel_history_delete(service_factory, tmp_path) -> None:
@@ -157,4 +158,4 @@ def test_db_upgrade_command(settings, tmp_path) -> None:
     result = subprocess.run([sys.executable, "-m", "conductor", "db", "upgrade"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "Schema at 0001" in result.stdout
+    assert "Schema at 0002" in result.stdout

@@ -7,7 +7,7 @@ import redis
 import sqlalchemy as sa
 
 from conductor.models import Node, Request
-from tests.conftest import drain
+from tests.conftest import bearer, drain
 
 
 @pytest.fixture
@@ -149,12 +149,14 @@ def test_redis_down_is_503_and_leaves_nothing_dangling(client, ctx, node, monkey
     assert "queue" in recorded["error"]
 
 
-def test_a_real_unreachable_redis_is_503(settings, node, client) -> None:
+def test_a_real_unreachable_redis_is_503(settings, node, client, admin_token) -> None:
     from conductor.api import create_app
     from conductor.context import Context
 
     broken = Context.build(settings.replace(redis_url="redis://127.0.0.1:1/0"))
-    response = create_app(ctx=broken).test_client().put("/v1/nodes/n1/states/power", json={"target": "power on"})
+    response = create_app(ctx=broken).test_client().put(
+        "/v1/nodes/n1/states/power", json={"target": "power on"}, headers=bearer(admin_token)
+    )
     assert response.status_code == 503
     assert response.json["code"] == "queue_unavailable"
     assert "Traceback" not in response.get_data(as_text=True)

@@ -1,0 +1,181 @@
+"""Admission of every API call, before its view runs.
+
+In this order, cheapest first, so that a refusal costs as little as
+possible (no database access for a throttled call with a known token):
+
+1. who: the bearer token (401 ``unauthorized``), whose role must allow the
+   endpoint (403 ``forbidden``);
+2. how fast and how deep: one Lua call in Redis takes a token from the
+   caller's buckets and, for calls that create work, checks the work
+   queue's depth (503 ``rate_limited`` / ``queue_full`` with an honest
+   ``Retry-After``); every throttled response carries ``RateLimit-Policy``
+   and ``RateLimit`` headers.
+
+The rules (:data:`ADMIN_ENDPOINTS`, :data:`WORK_ENDPOINTS`) are data; views
+only ask :func:`client` and :func:`idempotency_key`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response, g, request
+
+from conductor import logs, metrics
+from conductor.api.common import context, session
+from conductor.auth import tokens
+from conductor.auth.roles import Role, allows
+from conductor.context import Context
+from conductor.exceptions import Forbidden, QueueFull, RateLimited, Unauthorized
+from conductor.throttle import buckets, idempotency
+from conductor.throttle import settings as throttle_settings
+from conductor.throttle.idempotency import IdempotencyKey
+
+LOG = logging.getLogger(__name__)
+
+#: Endpoints anyone may call: the service's name, the API description.
+PUBLIC_ENDPOINTS = frozenset({"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
+#: Endpoints only admins may call, whatever the method.
+ADMIN_ENDPOINTS = frozenset({"throttle.Throttle", "tokens.Tokens", "tokens.TokenItem"})
+#: Endpoints that create work for the conductors: the queue depth applies,
+#: and they take an ``Idempotency-Key``.
+WORK_ENDPOINTS = frozenset({"nodes.PowerState", "nodes.ProvisionState"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_LIMITER = "throttle.limiter"
+
+
+def required_role(endpoint: str | None, method: str) -> Role | None:
+    """The least role that may call ``method`` on ``endpoint`` (None: anyone)."""
+    if endpoint in PUBLIC_ENDPOINTS:
+        return None
+    if endpoint in ADMIN_ENDPOINTS:
+        return Role.ADMIN
+    return Role.READER if method in READ_METHODS else Role.OPERATOR
+
+
+def client() -> str:
+    """The identity of the caller (token id, or address when auth is off)."""
+    return g.principal.client  # type: ignore[no-any-return]
+
+
+def idempotency_key() -> IdempotencyKey | None:
+    """The call's ``Idempotency-Key`` with its fingerprint, if it sent one.
+
+    :raises InvalidInput: a malformed key.
+    """
+    key = idempotency.parse(request.headers.get(idempotency.HEADER))
+    if key is None:
+        return None
+    body = request.get_json(silent=True)
+    return IdempotencyKey(client(), key, idempotency.fingerprint(request.method, request.path, body))
+
+
+def _authenticate(ctx: Context) -> tokens.Principal:
+    if not ctx.settings.auth_enabled:
+        return tokens.Principal(client=(request.remote_addr or "unknown")[:64], role=Role.ADMIN)
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("This API needs a token: send 'Authorization: Bearer <token>'.")
+    principal = tokens.authenticate(ctx, secret.strip())
+    if principal is None:
+        raise Unauthorized("The token is unknown or revoked.")
+    return principal
+
+
+def _limiter(ctx: Context) -> buckets.Limiter:
+    limiter = ctx.cache.get(_LIMITER)
+    if limiter is None:
+        limiter = buckets.Limiter(ctx.redis, ctx.settings.redis_namespace, ctx.queue.queue.key)
+        ctx.cache[_LIMITER] = limiter
+    return limiter
+
+
+def _creates_work(endpoint: str | None) -> bool:
+    if endpoint not in WORK_ENDPOINTS:
+        return False
+    # An abort empties a wait instead of queueing work: never refuse it for depth.
+    body = request.get_json(silent=True)
+    return not (isinstance(body, dict) and body.get("target") == "abort")
+
+
+def _throttle(ctx: Context, principal: tokens.Principal, endpoint: str | None) -> None:
+    knobs = throttle_settings.current(ctx)
+    limiter = _limiter(ctx)
+    if request.method in READ_METHODS:
+        wanted = [limiter.bucket("client-read", principal.client, knobs.read_rate, knobs.read_burst)]
+        max_depth = 0
+    else:
+        wanted = [
+            limiter.bucket("write", "*", knobs.write_rate, knobs.write_burst),
+            limiter.bucket("client-write", principal.client, knobs.client_write_rate, knobs.client_write_burst),
+        ]
+        max_depth = knobs.max_queue_depth if _creates_work(endpoint) else 0
+    try:
+        decision = limiter.admit(wanted, max_depth)
+    except redis.RedisError as exc:
+        # Fail open: a call that needs the queue fails at enqueue anyway (503
+        # queue_unavailable); reads and other writes still work without Redis.
+        LOG.warning("Admission skipped, Redis unavailable: %s", exc)
+        return
+    g.admission = decision
+    if decision.outcome == buckets.RATE_LIMITED:
+        empty = [lv.bucket.policy for lv in decision.levels if lv.tokens < 1]
+        raise RateLimited(
+            f"Too many requests (budget {', '.join(empty)}); retry in {decision.retry_after} s.",
+            retry_after=decision.retry_after,
+        )
+    if decision.outcome == buckets.QUEUE_FULL and not _replays():
+        raise QueueFull(
+            f"The work queue is full ({decision.depth} jobs waiting, draining at "
+            f"{decision.drain_rate or 0:.1f}/s); nothing was recorded; retry in {decision.retry_after} s.",
+            retry_after=decision.retry_after,
+        )
+
+
+def _replays() -> bool:
+    """Whether the call repeats a remembered ``Idempotency-Key`` (answered even when the queue is full)."""
+    key = idempotency_key()
+    return key is not None and idempotency.find(session(), key) is not None
+
+
+def before_request() -> None:
+    """Authenticate, authorise and throttle the call (raises the refusal)."""
+    logs.bind_request_id(None)
+    endpoint = request.endpoint
+    needed = required_role(endpoint, request.method)
+    if needed is None:
+        return
+    ctx = context()
+    principal = _authenticate(ctx)
+    g.principal = principal
+    if not allows(principal.role, needed):
+        raise Forbidden(
+            f"This needs a token with the {needed} role; yours has {principal.role}.",
+            required_role=str(needed),
+        )
+    _throttle(ctx, principal, endpoint)
+
+
+def after_request(response: Response) -> Response:
+    """Rate-limit headers, the 401 challenge, and the accepted/refused counters."""
+    decision = g.get("admission")
+    if decision is not None:
+        response.headers.update(buckets.headers(decision))
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="conductor"'
+    if request.endpoint in WORK_ENDPOINTS:
+        recorder = metrics.recorder(context())
+        if response.status_code == 202:
+            kind = "power" if request.endpoint == "nodes.PowerState" else "provision"
+            recorder.inc(metrics.ACCEPTED, {"kind": kind})
+        elif response.status_code >= 400:
+            body = response.get_json(silent=True) or {}
+            recorder.inc(metrics.REJECTED, {"reason": str(body.get("code", response.status_code))})
+    return response
+
+
+def install(app: Flask) -> None:
+    """Run admission before every call of ``app``."""
+    app.before_request(before_request)
+    app.after_request(after_request)

@@ -1,0 +1,39 @@
+"""``/v1/tokens``: API tokens (admin only); a secret is shown once, at creation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+
+from conductor.api import schemas
+from conductor.api.common import Blueprint, context, session
+from conductor.auth import tokens
+
+blp = Blueprint("tokens", __name__, url_prefix="/v1/tokens", description="API tokens and their roles")
+
+
+@blp.route("")
+class Tokens(MethodView):
+    @blp.arguments(schemas.TokenQuery, location="query")
+    @blp.response(200, schemas.TokenList)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List tokens (never their secrets)."""
+        return {"tokens": [tokens.to_dict(t) for t in tokens.list_tokens(session(), args["all"])]}
+
+    @blp.arguments(schemas.TokenCreate)
+    @blp.response(201, schemas.TokenCreated)
+    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Create a token with a role: ``reader``, ``operator`` or ``admin``."""
+        db_session = session()
+        token, secret = tokens.create(db_session, body["role"], body["name"])
+        db_session.commit()
+        return {**tokens.to_dict(token), "token": secret}, {"Location": f"/v1/tokens/{token.id}"}
+
+
+@blp.route("/<token_id>")
+class TokenItem(MethodView):
+    @blp.response(200, schemas.Token)
+    def delete(self, token_id: str) -> dict[str, Any]:
+        """Revoke a token; every API process refuses it within a second."""
+        return tokens.to_dict(tokens.revoke(context(), token_id))

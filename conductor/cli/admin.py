@@ -1,0 +1,108 @@
+"""``conductor token ...`` and ``conductor throttle ...``: the admin's commands."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from conductor.cli import Obj, pass_obj
+
+TOKEN_COLUMNS = ["id", "name", "role", "created_at", "revoked_at"]
+THROTTLE_KEYS = [
+    "write_rate", "write_burst", "client_write_rate", "client_write_burst", "read_rate",
+    "read_burst", "max_queue_depth", "bmc_min_interval", "worker_concurrency",
+]
+
+
+@click.group()
+def token() -> None:
+    """API tokens: create, list, revoke (admin)."""
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(["reader", "operator", "admin"]))
+@click.option("--name", help="What the token is for (shown in `token list`).")
+@click.option("--direct", is_flag=True,
+              help="Write into the database the settings name instead of calling the API "
+                   "(to make the first admin token of a multi-host deployment).")
+@pass_obj
+def create(obj: Obj, role: str, name: str | None, direct: bool) -> None:
+    """Create a token; its secret is printed once and never shown again."""
+    if direct:
+        created = _create_direct(role, name)
+    else:
+        created = obj.client.call("POST", "/v1/tokens", json={"role": role, "name": name})
+    if obj.out.as_json:
+        obj.out.item(created)
+        return
+    click.echo(created["token"])
+    click.echo(f"Token {created['id']} ({created['role']}); the secret above is shown only now.", err=True)
+
+
+def _create_direct(role: str, name: str | None) -> dict[str, Any]:
+    from conductor.auth import tokens
+    from conductor.database import Database
+    from conductor.exceptions import InvalidInput
+    from conductor.settings import load
+
+    try:
+        settings = load()
+        db = Database.from_settings(settings)
+        try:
+            with db.session() as session:
+                created, secret = tokens.create(session, role, name)
+                session.commit()
+                return {**tokens.to_dict(created), "created_at": created.created_at.isoformat(), "token": secret}
+        finally:
+            db.dispose()
+    except InvalidInput as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@token.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked tokens.")
+@pass_obj
+def list_tokens(obj: Obj, include_revoked: bool) -> None:
+    """List tokens (never their secrets)."""
+    params = {"all": "true"} if include_revoked else {}
+    body = obj.client.call("GET", "/v1/tokens", params=params)
+    obj.out.table(body["tokens"], TOKEN_COLUMNS, raw=body["tokens"])
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="TOKEN_ID")
+@pass_obj
+def revoke(obj: Obj, token_id: str) -> None:
+    """Revoke a token; refused everywhere within a second."""
+    obj.out.item(obj.client.call("DELETE", f"/v1/tokens/{token_id}"), TOKEN_COLUMNS)
+
+
+@click.group()
+def throttle() -> None:
+    """Rate limits, queue depth, BMC pacing, worker concurrency (admin)."""
+
+
+@throttle.command("show")
+@pass_obj
+def show(obj: Obj) -> None:
+    """Show the throttle settings in force."""
+    obj.out.item(obj.client.call("GET", "/v1/throttle"), THROTTLE_KEYS)
+
+
+@throttle.command("set")
+@click.argument("pairs", nargs=-1, required=True, metavar="KNOB=VALUE...")
+@pass_obj
+def set_knobs(obj: Obj, pairs: tuple[str, ...]) -> None:
+    """Change knobs, e.g. `throttle set write_rate=20 max_queue_depth=500`; 0 means no limit."""
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        knob, sep, raw = pair.partition("=")
+        if not sep or not knob:
+            raise click.BadParameter(f"expected KNOB=VALUE, got {pair!r}", param_hint="KNOB=VALUE")
+        try:
+            changes[knob] = json.loads(raw)
+        except ValueError:
+            changes[knob] = raw
+    obj.out.item(obj.client.call("PATCH", "/v1/throttle", json=changes), THROTTLE_KEYS)
