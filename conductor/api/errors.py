@@ -19,7 +19,7 @@ from flask import Flask, Response, jsonify
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from conductor.exceptions import ConductorError
+from conductor.exceptions import ConductorError, QueueFull, RateLimited
 
 LOG = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ def error_response(status: int, code: str, message: str, **details: Any) -> Resp
 
 
 def handle_conductor_error(error: ConductorError) -> Response:
-    if error.status >= 500:
+    # Admission refusals are the system working as meant (and, under
+    # overload, thousands a second): counted in /metrics, not logged.
+    if error.status >= 500 and not isinstance(error, RateLimited | QueueFull):
         LOG.error("%s: %s", error.code, error.message)
     response = jsonify(error.to_dict())
     response.status_code = error.status

@@ -1,0 +1,139 @@
+"""Who may call what: every endpoint x every role x no token; tokens over the API."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conductor.api import check_auth_settings, create_app
+from conductor.exceptions import InvalidInput
+from tests.conftest import bearer, make_token
+
+PUBLIC, READER, OPERATOR, ADMIN = None, "reader", "operator", "admin"
+#: What the API promises, written out by hand: (method, path) -> least role.
+EXPECTED = {
+    ("GET", "/"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("GET", "/metrics"): READER,
+    ("GET", "/static/<path:filename>"): READER,
+    ("GET", "/v1/nodes"): READER,
+    ("POST", "/v1/nodes"): OPERATOR,
+    ("GET", "/v1/nodes/<ident>"): READER,
+    ("PATCH", "/v1/nodes/<ident>"): OPERATOR,
+    ("DELETE", "/v1/nodes/<ident>"): OPERATOR,
+    ("GET", "/v1/nodes/<ident>/states"): READER,
+    ("PUT", "/v1/nodes/<ident>/states/power"): OPERATOR,
+    ("PUT", "/v1/nodes/<ident>/states/provision"): OPERATOR,
+    ("GET", "/v1/nodes/<ident>/history"): READER,
+    ("GET", "/v1/requests"): READER,
+    ("GET", "/v1/requests/<request_id>"): READER,
+    ("DELETE", "/v1/requests/<request_id>"): OPERATOR,
+    ("GET", "/v1/conductors"): READER,
+    ("GET", "/v1/throttle"): ADMIN,
+    ("PATCH", "/v1/throttle"): ADMIN,
+    ("GET", "/v1/tokens"): ADMIN,
+    ("POST", "/v1/tokens"): ADMIN,
+    ("DELETE", "/v1/tokens/<token_id>"): ADMIN,
+}
+RANK = {READER: 0, OPERATOR: 1, ADMIN: 2}
+
+
+def test_the_table_covers_every_endpoint(app) -> None:
+    routes = {(m, r.rule) for r in app.url_map.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"}}
+    assert routes == set(EXPECTED)
+
+
+@pytest.mark.parametrize("method, rule", sorted(EXPECTED))
+def test_every_endpoint_by_every_role(app, ctx, method, rule) -> None:
+    needed = EXPECTED[(method, rule)]
+    path = re.sub(r"<[^>]+>", "nothing-here", rule)
+    body = {} if method in ("POST", "PUT", "PATCH") else None
+    client = app.test_client()
+    anonymous = client.open(path, method=method, json=body)
+    if needed is PUBLIC:
+        assert anonymous.status_code not in (401, 403)
+        return
+    assert anonymous.status_code == 401, anonymous.json
+    assert anonymous.json["code"] == "unauthorized"
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+    for role in (READER, OPERATOR, ADMIN):
+        response = client.open(path, method=method, json=body, headers=bearer(make_token(ctx, role)))
+        if RANK[role] < RANK[needed]:
+            assert response.status_code == 403, (role, response.json)
+            assert response.json["code"] == "forbidden" and response.json["required_role"] == needed
+        else:
+            assert response.status_code not in (401, 403), (role, response.json)
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer nope", "Basic dXNlcjpwYXNz", "cdt_x"])
+def test_bad_credentials_are_401(anonymous, header) -> None:
+    response = anonymous.get("/v1/nodes", headers={"Authorization": header})
+    assert response.status_code == 401 and response.json["code"] == "unauthorized"
+
+
+def test_tokens_are_created_listed_and_revoked_and_never_shown_again(client, anonymous) -> None:
+    created = client.post("/v1/tokens", json={"role": "operator", "name": "ci"})
+    assert created.status_code == 201
+    secret = created.json["token"]
+    assert secret.startswith("cdt_") and created.json["role"] == "operator"
+    assert anonymous.get("/v1/nodes", headers=bearer(secret)).status_code == 200
+    listed = client.get("/v1/tokens").json["tokens"]
+    assert [t["name"] for t in listed] == ["tests", "ci"]
+    assert secret not in str(listed) and all("token" not in t for t in listed)
+    revoked = client.delete(f"/v1/tokens/{created.json['id']}")
+    assert revoked.status_code == 200 and revoked.json["revoked_at"]
+    assert anonymous.get("/v1/nodes", headers=bearer(secret)).status_code == 401
+    assert [t["name"] for t in client.get("/v1/tokens").json["tokens"]] == ["tests"]
+    assert len(client.get("/v1/tokens?all=true").json["tokens"]) == 2
+    assert client.delete("/v1/tokens/tok-nope").json["code"] == "token_not_found"
+
+
+def test_only_hashes_are_stored(client, ctx) -> None:
+    secret = client.post("/v1/tokens", json={"role": "reader"}).json["token"]
+    with ctx.db.engine.connect() as conn:
+        dump = "\n".join(str(row) for row in conn.exec_driver_sql("SELECT * FROM api_tokens"))
+    assert secret not in dump and secret[4:] not in dump
+
+
+@pytest.mark.parametrize("body", [{"role": "root"}, {}, {"role": "admin", "name": "x" * 65}])
+def test_bad_token_bodies_are_400(client, body) -> None:
+    assert client.post("/v1/tokens", json=body).json["code"] == "validation_error"
+
+
+def test_requests_record_the_token_that_asked(client, ctx) -> None:
+    client.post("/v1/nodes", json={"name": "n1", "driver": "fake"})
+    operator = make_token(ctx, "operator", "bot")
+    accepted = client.put("/v1/nodes/n1/states/power", json={"target": "power on"}, headers=bearer(operator))
+    token_id = next(t["id"] for t in client.get("/v1/tokens").json["tokens"] if t["name"] == "bot")
+    from conductor.models import Request
+
+    with ctx.db.session() as session:
+        assert session.get(Request, accepted.json["id"]).client == token_id
+
+
+def test_auth_can_be_off_only_on_loopback(settings, ctx) -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.5"):
+        check_auth_settings(settings.replace(auth_enabled=False, api_host=host))
+    for host in ("0.0.0.0", "10.1.2.3", "example.com"):
+        with pytest.raises(InvalidInput):
+            check_auth_settings(settings.replace(auth_enabled=False, api_host=host))
+    check_auth_settings(settings.replace(api_host="0.0.0.0"))
+
+
+def test_without_auth_clients_are_told_apart_by_address(settings, ctx) -> None:
+    from conductor.context import Context
+    from conductor.models import Request
+
+    open_ctx = Context.build(settings.replace(auth_enabled=False))
+    try:
+        open_client = create_app(ctx=open_ctx).test_client()
+        assert open_client.post("/v1/nodes", json={"name": "n1", "driver": "fake"}).status_code == 201
+        accepted = open_client.put("/v1/nodes/n1/states/power", json={"target": "power on"},
+                                   environ_base={"REMOTE_ADDR": "127.0.0.9"})
+        assert accepted.status_code == 202
+        with ctx.db.session() as session:
+            assert session.get(Request, accepted.json["id"]).client == "127.0.0.9"
+    finally:
+        open_ctx.close()
