@@ -120,6 +120,7 @@ def attach(ctx: Context) -> None:
         session.info.pop(_STASH, None)
 
     ctx.db.listen("after_commit", after_commit)
+    ctx.db.listen("after_rollback", after_rollback)
     ctx.db.listen("after_soft_rollback", lambda session, _previous: after_rollback(session))
 
 
