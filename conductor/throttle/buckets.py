@@ -167,7 +167,7 @@ class Limiter:
                 depth=depth,
                 drain_rate=current,
             )
-        levels = tuple(Level(b, float(v)) for b, v in zip(active, reply[2:]))
+        levels = tuple(Level(b, float(v)) for b, v in zip(active, reply[2:], strict=True))
         if outcome == RATE_LIMITED:
             return Decision(RATE_LIMITED, retry_after=max(1, math.ceil(float(reply[1]))), levels=levels)
         return Decision(OK, levels=levels)

@@ -1,0 +1,50 @@
+"""Pacing of commands to one BMC, shared by every conductor: ``bmc_min_interval``.
+
+BMCs are small computers that fall over when hammered.  Before sending a
+command a driver claims the BMC's next slot; when it is too soon it gets
+the seconds to wait instead, and (jobs never sleep on a BMC) returns a
+``Poll(after=...)`` so that the step is retried then::
+
+    wait = bmc.claim(task.ctx, f"{address}:{port}")
+    if wait > 0:
+        return Poll(wait, "BMC pacing")
+
+The slot lives in Redis (``<ns>:bmc:<id>``) and is claimed by one atomic
+script on the Redis server's clock, so two conductors never both send.
+"""
+
+from __future__ import annotations
+
+from conductor.context import Context
+from conductor.throttle import settings as throttle_settings
+
+_CLAIM = """
+local interval = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local last = tonumber(redis.call('GET', KEYS[1]))
+if last ~= nil and now - last < interval then
+  return tostring(interval - (now - last))
+end
+redis.call('SET', KEYS[1], tostring(now), 'PX', math.ceil(interval * 1000) + 1000)
+return '0'
+"""
+_SCRIPT = "throttle.bmc.claim"
+
+
+def claim(ctx: Context, bmc: str, interval: float | None = None) -> float:
+    """Claim BMC ``bmc``'s next command slot: 0.0 (send now) or the seconds to wait (nothing claimed).
+
+    ``interval`` defaults to the operator's ``bmc_min_interval``.
+
+    :raises redis.RedisError: Redis cannot be reached.
+    """
+    if interval is None:
+        interval = throttle_settings.current(ctx).bmc_min_interval
+    if interval <= 0:
+        return 0.0
+    script = ctx.cache.get(_SCRIPT)
+    if script is None:
+        script = ctx.cache[_SCRIPT] = ctx.redis.register_script(_CLAIM)
+    reply = script(keys=[f"{ctx.settings.redis_namespace}:bmc:{bmc}"], args=[interval])
+    return float(reply.decode() if isinstance(reply, bytes) else reply)
