@@ -71,7 +71,7 @@ class WorkQueue:
             args=([request_id],),
             job_id=request_id,
             timeout=self.job_timeout,
-            result_ttl=60,
+            result_ttl=0,
             failure_ttl=86400,
             description=f"request {request_id}",
         )
@@ -82,7 +82,7 @@ class WorkQueue:
             STEP_FUNCTION,
             args=(list(request_ids),),
             timeout=self.job_timeout,
-            result_ttl=60,
+            result_ttl=0,
             failure_ttl=86400,
             description=f"steps of {len(request_ids)} request(s)",
         )
