@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from conductor.exceptions import (
     InvalidInput,
     InvalidTransition,
     NodeInMaintenance,
+    NodeNotFound,
     QueueUnavailable,
     RequestNotCancellable,
     RequestNotFound,
@@ -159,7 +161,7 @@ def submit_power(
             errors={"target": "unknown power target"},
         )
 
-    def validate(node: Node) -> dict[str, Any]:
+    def validate(node: Any) -> dict[str, Any]:
         if node.provision_state in table.POWER_OWNED_STATES:
             raise InvalidTransition(
                 f"The {node.provision_state} workflow controls the power of node "
@@ -192,7 +194,7 @@ def submit_provision(
     if target == ProvisionTarget.ABORT:
         return abort(ctx, ident, callback_url, client, idempotency_key)
 
-    def validate(node: Node) -> dict[str, Any]:
+    def validate(node: Any) -> dict[str, Any]:
         machine.target_event(node.provision_state, target)
         if node.maintenance and target in REFUSED_IN_MAINTENANCE:
             raise NodeInMaintenance(
@@ -214,13 +216,53 @@ def submit_provision(
     )
 
 
-def _identical(request: Request, kind: str, target: str, params: Mapping[str, Any], callback_url: str | None) -> bool:
+def _identical(active: Any, kind: str, target: str, params: Mapping[str, Any], callback_url: str | None) -> bool:
     return (
-        request.kind == kind
-        and request.target == target
-        and (request.params or {}) == dict(params)
-        and request.callback_url == callback_url
+        active.kind == kind
+        and active.target == target
+        and (active.params or {}) == dict(params)
+        and active.callback_url == callback_url
     )
+
+
+_nodes_t = Node.__table__
+_requests_t = Request.__table__
+# Accepting a request is the API's hot path: its statements are built once.
+_NODE_COLUMNS = (
+    _nodes_t.c.id,
+    _nodes_t.c.uuid,
+    _nodes_t.c.provision_state,
+    _nodes_t.c.power_state,
+    _nodes_t.c.active_request_id,
+    _nodes_t.c.maintenance,
+    _nodes_t.c.maintenance_reason,
+)
+_NODE_BY_UUID = sa.select(*_NODE_COLUMNS).where(_nodes_t.c.uuid == sa.bindparam("ident"))
+_NODE_BY_NAME = sa.select(*_NODE_COLUMNS).where(_nodes_t.c.name == sa.bindparam("ident"))
+_ACTIVE_REQUEST = sa.select(_requests_t).where(_requests_t.c.id == sa.bindparam("rid"))
+_INSERT_REQUEST = sa.insert(_requests_t)
+
+
+def _claim_node(target_column: str, stale: bool) -> sa.Update:
+    owner = (
+        _nodes_t.c.active_request_id == sa.bindparam("stale")
+        if stale
+        else _nodes_t.c.active_request_id.is_(None)
+    )
+    return (
+        sa.update(_nodes_t)
+        .where(_nodes_t.c.id == sa.bindparam("node_id"), owner,
+               _nodes_t.c.provision_state == sa.bindparam("expected_state"))
+        .values({"active_request_id": sa.bindparam("rid"), "updated_at": sa.bindparam("now"),
+                 target_column: sa.bindparam("target_state")})
+    )
+
+
+_CLAIM_NODE = {
+    (column, stale): _claim_node(column, stale)
+    for column in ("target_power_state", "target_provision_state")
+    for stale in (False, True)
+}
 
 
 def _submit(
@@ -232,29 +274,33 @@ def _submit(
     callback_url: str | None,
     client: str | None,
     idempotency_key: IdempotencyKey | None,
-    validate: Callable[[Node], dict[str, Any]],
+    validate: Callable[[Any], dict[str, Any]],
 ) -> Submitted:
+    by_uuid = nodes.looks_like_uuid(ident)
+    key = str(uuidlib.UUID(ident)) if by_uuid else ident
     retention = ctx.settings.idempotency_retention
     for _attempt in range(_SUBMIT_ATTEMPTS):
-        with ctx.db.session() as session:
+        with ctx.db.engine.connect() as conn:
             if idempotency_key is not None:
-                replayed = idempotency.find(session, idempotency_key)
+                replayed = idempotency.find(conn, idempotency_key)
                 if replayed is not None:
                     logs.bind_request_id(replayed)
-                    return Submitted(get(session, replayed), created=False)
-            node = nodes.find(session, ident)
+                    row = conn.execute(_ACTIVE_REQUEST, {"rid": replayed}).one()
+                    return Submitted(_request_from_row(row), created=False)
+            node = conn.execute(_NODE_BY_UUID if by_uuid else _NODE_BY_NAME, {"ident": key}).one_or_none()
+            if node is None:
+                raise NodeNotFound(f"Node {ident} not found.", node=ident)
             stale_active: str | None = None
             if node.active_request_id is not None:
-                active = session.get(Request, node.active_request_id)
+                active = conn.execute(_ACTIVE_REQUEST, {"rid": node.active_request_id}).one_or_none()
                 if active is not None and active.state in ACTIVE_REQUEST_STATES:
                     if _identical(active, kind, target, params, callback_url):
                         logs.bind_request_id(active.id)
-                        if idempotency_key is None:
-                            return Submitted(active, created=False)
-                        idempotency.remember(session, idempotency_key, active.id, retention)
-                        if not _commit(session):
-                            continue
-                        return Submitted(active, created=False)
+                        if idempotency_key is not None:
+                            if not _remember(conn, idempotency_key, active.id, retention):
+                                continue
+                            conn.commit()
+                        return Submitted(_request_from_row(active), created=False)
                     raise TransitionInProgress(
                         f"Node {node.uuid} has a transition in progress "
                         f"({active.kind} {active.target}, request {active.id}, {active.state}).",
@@ -262,7 +308,8 @@ def _submit(
                     )
                 # The pointer outlived its request (should not happen); take it over.
                 stale_active = node.active_request_id
-            node_targets = validate(node)
+            ((target_column, target_state),) = validate(node).items()
+            now = utcnow()
             request = Request(
                 id=new_request_id(),
                 node_id=node.id,
@@ -274,36 +321,30 @@ def _submit(
                 state=RequestState.QUEUED,
                 callback_url=callback_url,
                 client=client,
+                created_at=now,
+                updated_at=now,
             )
             # The INSERT comes first so that SQLite takes its write lock
             # (waiting, not failing) before the conditional UPDATE.
-            session.add(request)
-            session.flush()
-            owner = (
-                Node.active_request_id.is_(None)
-                if stale_active is None
-                else Node.active_request_id == stale_active
-            )
-            won = session.execute(
-                sa.update(Node)
-                .where(Node.id == node.id, owner, Node.provision_state == node.provision_state)
-                .values(active_request_id=request.id, updated_at=utcnow(), **node_targets)
+            conn.execute(_INSERT_REQUEST, _row_of(request))
+            won = conn.execute(
+                _CLAIM_NODE[(target_column, stale_active is not None)],
+                {"node_id": node.id, "stale": stale_active, "expected_state": node.provision_state,
+                 "rid": request.id, "now": now, "target_state": target_state},
             ).rowcount
             if won != 1:
                 # Someone else changed the node since we read it: look again.
-                session.rollback()
+                conn.rollback()
                 continue
-            if idempotency_key is not None:
-                idempotency.remember(session, idempotency_key, request.id, retention)
-            history.record(
-                session,
-                node,
-                "request.accepted",
-                f"Accepted {kind} request {target}.",
-                request_id=request.id,
+            if idempotency_key is not None and not _remember(conn, idempotency_key, request.id, retention):
+                continue
+            conn.execute(
+                history.INSERT,
+                history.values(node.id, "request.accepted", f"Accepted {kind} request {target}.",
+                               provision_state=node.provision_state, power_state=node.power_state,
+                               request_id=request.id),
             )
-            if not _commit(session):
-                continue
+            conn.commit()
         logs.bind_request_id(request.id)
         LOG.info("Accepted %s request %s of node %s from %s", kind, target, request.node_uuid, client)
         _enqueue_or_abandon(ctx, request)
@@ -313,14 +354,22 @@ def _submit(
     )
 
 
-def _commit(session: Session) -> bool:
-    """Commit; False when a concurrent use of the same idempotency key won (retry)."""
+def _remember(conn: sa.Connection, key: IdempotencyKey, request_id: str, retention: float) -> bool:
+    """Record ``key`` in the transaction; False (rolled back) when a concurrent use of it won."""
     try:
-        session.commit()
+        idempotency.remember(conn, key, request_id, retention)
     except IntegrityError:
-        session.rollback()
+        conn.rollback()
         return False
     return True
+
+
+def _row_of(request: Request) -> dict[str, Any]:
+    return {column.key: getattr(request, column.key) for column in _requests_t.columns}
+
+
+def _request_from_row(row: Any) -> Request:
+    return Request(**dict(row._mapping))
 
 
 def _enqueue_or_abandon(ctx: Context, request: Request) -> None:
@@ -509,11 +558,11 @@ def abort(
             node.target_provision_state = None
             history.record(session, node, "provision.abort", f"{before} -> {node.provision_state} (aborted).")
         finish(session, node, abort_request, RequestState.SUCCEEDED)
-        if idempotency_key is not None:
-            idempotency.remember(
-                session, idempotency_key, abort_request.id, ctx.settings.idempotency_retention
-            )
         try:
+            if idempotency_key is not None:
+                idempotency.remember(
+                    session, idempotency_key, abort_request.id, ctx.settings.idempotency_retention
+                )
             session.commit()
         except IntegrityError:
             # The same key, used at the same moment, won: answer with its request.

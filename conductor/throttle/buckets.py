@@ -152,6 +152,8 @@ class Limiter:
         :raises redis.RedisError: Redis cannot be reached.
         """
         active = [b for b in buckets if b.rate > 0]
+        if not active and max_depth <= 0:
+            return Decision(OK)  # nothing to check: no round trip
         args: list[float | int] = [len(active), max_depth]
         for b in active:
             args += [b.rate, b.burst]

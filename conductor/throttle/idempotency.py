@@ -22,6 +22,7 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from conductor.database import Database
@@ -30,6 +31,13 @@ from conductor.models import IdempotencyRecord, utcnow
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
+_keys = IdempotencyRecord.__table__
+# Core statements: they run on an ORM session or a plain connection alike.
+_FIND = sa.select(_keys.c.request_id, _keys.c.fingerprint).where(
+    _keys.c.client == sa.bindparam("client"),
+    _keys.c.key == sa.bindparam("key"),
+    _keys.c.expires_at > sa.bindparam("now", type_=_keys.c.expires_at.type),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,18 +73,12 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method.upper()} {path}\n{canonical}".encode()).hexdigest()
 
 
-def find(session: Session, key: IdempotencyKey) -> str | None:
+def find(db: Session | Connection, key: IdempotencyKey) -> str | None:
     """The id of the request ``key`` produced, if it is remembered.
 
     :raises IdempotencyKeyReused: the key was used for something else.
     """
-    record = session.scalars(
-        sa.select(IdempotencyRecord).where(
-            IdempotencyRecord.client == key.client,
-            IdempotencyRecord.key == key.key,
-            IdempotencyRecord.expires_at > utcnow(),
-        )
-    ).one_or_none()
+    record = db.execute(_FIND, {"client": key.client, "key": key.key, "now": utcnow()}).one_or_none()
     if record is None:
         return None
     if record.fingerprint != key.fingerprint:
@@ -88,23 +90,21 @@ def find(session: Session, key: IdempotencyKey) -> str | None:
     return record.request_id
 
 
-def remember(session: Session, key: IdempotencyKey, request_id: str, retention: float) -> None:
+def remember(db: Session | Connection, key: IdempotencyKey, request_id: str, retention: float) -> None:
     """Record that ``key`` produced ``request_id``, in the caller's transaction.
 
-    A concurrent use of the same key makes the commit fail with
-    ``IntegrityError``; the caller retries and then finds the winner.
+    A concurrent use of the same key raises ``IntegrityError`` (here or at
+    commit); the caller rolls back, retries, and then finds the winner.
     """
     now = utcnow()
     # An expired record of the same key would block the unique constraint.
-    session.execute(
-        sa.delete(IdempotencyRecord).where(
-            IdempotencyRecord.client == key.client,
-            IdempotencyRecord.key == key.key,
-            IdempotencyRecord.expires_at <= now,
+    db.execute(
+        sa.delete(_keys).where(
+            _keys.c.client == key.client, _keys.c.key == key.key, _keys.c.expires_at <= now
         )
     )
-    session.add(
-        IdempotencyRecord(
+    db.execute(
+        sa.insert(_keys).values(
             client=key.client,
             key=key.key,
             fingerprint=key.fingerprint,
