@@ -52,6 +52,11 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         MAX_CONTENT_LENGTH=1 << 20,
+        # Swagger UI's "Authorize" button takes a bearer token.
+        API_SPEC_OPTIONS={
+            "security": [{"bearerAuth": []}],
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        },
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["conductor"] = ctx

@@ -137,3 +137,10 @@ def test_without_auth_clients_are_told_apart_by_address(settings, ctx) -> None:
             assert session.get(Request, accepted.json["id"]).client == "127.0.0.9"
     finally:
         open_ctx.close()
+
+
+def test_the_api_description_declares_bearer_tokens(anonymous) -> None:
+    spec = anonymous.get("/openapi.json").json
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
+    assert spec["security"] == [{"bearerAuth": []}]
+    assert {"/v1/throttle", "/v1/tokens", "/v1/tokens/{token_id}"} <= set(spec["paths"])
