@@ -7,6 +7,7 @@ import socket
 
 import redis
 
+from conductor.callbacks.outbox import CallbackQueue, install_handoff
 from conductor.database import Database
 from conductor.settings import Settings
 from conductor.workqueue import WorkQueue, connect
@@ -14,15 +15,17 @@ from conductor.workqueue import WorkQueue, connect
 
 @dataclasses.dataclass
 class Context:
-    """Settings, database, Redis and work queue of one process.
+    """Settings, database, Redis, work queue and callbacks queue of one process.
 
-    ``name`` is the conductor name of a worker process (None in the API).
+    ``name`` is the conductor name of a worker process (None in the API),
+    or the lease holder name of a callback worker.
     """
 
     settings: Settings
     db: Database
     redis: redis.Redis
     queue: WorkQueue
+    callbacks: CallbackQueue
     name: str | None = None
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
 
@@ -30,13 +33,21 @@ class Context:
     def build(
         cls, settings: Settings, name: str | None = None, redis_timeout: float = 10.0
     ) -> Context:
-        """Connect to what ``settings`` name (connections open lazily)."""
+        """Connect to what ``settings`` name (connections open lazily).
+
+        Callback deliveries emitted by a transaction of this context's
+        database are handed to the callbacks queue when it commits.
+        """
         connection = connect(settings, redis_timeout)
+        db = Database.from_settings(settings)
+        callbacks = CallbackQueue(connection, settings)
+        install_handoff(db, callbacks)
         return cls(
             settings=settings,
-            db=Database.from_settings(settings),
+            db=db,
             redis=connection,
             queue=WorkQueue(connection, settings),
+            callbacks=callbacks,
             name=name,
         )
 

@@ -75,16 +75,31 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    def listen(self, event_name: str, fn: Any) -> None:
+        """Call ``fn`` on session event ``event_name`` of every session of this database."""
+        event.listen(self._sessions, event_name, fn)
+
     def dispose(self) -> None:
         """Close every pooled connection (call after fork, and at exit)."""
         self.engine.dispose()
+
+
+def _script_location() -> str:
+    # In a source checkout the migrations sit in ``db/`` beside the package.
+    # Prefer them: with an editable install of *another* checkout on the path
+    # (a git worktree run with PYTHONPATH), ``conductor.migrations`` would
+    # resolve to that checkout's migrations, not the ones matching our models.
+    source = Path(__file__).resolve().parent.parent / "db"
+    if (source / "env.py").is_file():
+        return str(source)
+    return str(resources.files("conductor.migrations"))
 
 
 def _alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(resources.files("conductor.migrations")))
+    config.set_main_option("script_location", _script_location())
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

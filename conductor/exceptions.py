@@ -6,10 +6,12 @@ The whole tree::
     +-- NotFound (404 not_found)
     |   +-- NodeNotFound (404 node_not_found)
     |   +-- RequestNotFound (404 request_not_found)
+    |   +-- SubscriptionNotFound (404 subscription_not_found)
     +-- InvalidInput (400 validation_error)
     |   +-- InvalidTransition (400 invalid_transition)
     |   +-- NodeInMaintenance (400 node_in_maintenance)
     |   +-- UnknownDriver (400 unknown_driver)
+    |   +-- CallbackUrlDenied (400 callback_url_denied)
     +-- Conflict (409 conflict)
     |   +-- TransitionInProgress (409 transition_in_progress)
     |   +-- RequestNotCancellable (409 request_not_cancellable)
@@ -79,6 +81,12 @@ class RequestNotFound(NotFound):
     code = "request_not_found"
 
 
+class SubscriptionNotFound(NotFound):
+    """No callback subscription with that id."""
+
+    code = "subscription_not_found"
+
+
 class InvalidInput(ConductorError):
     """The request body or parameters are invalid; ``errors`` maps fields to messages."""
 
@@ -102,6 +110,12 @@ class UnknownDriver(InvalidInput):
     """No driver by that name is loaded."""
 
     code = "unknown_driver"
+
+
+class CallbackUrlDenied(InvalidInput):
+    """The callback destination is not allowed (deny list, allow list, or unresolvable)."""
+
+    code = "callback_url_denied"
 
 
 class Conflict(ConductorError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Flask
 
 from conductor import __version__
-from conductor.api import conductors, errors, nodes, requests
+from conductor.api import callbacks, conductors, errors, nodes, requests, subscriptions
 from conductor.api.common import close_session
+from conductor.callbacks import destinations
 from conductor.context import Context
 from conductor.settings import Settings, load
 
@@ -28,9 +29,11 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["conductor"] = ctx
+    # Fail at start, not on the first callback, on malformed callback lists.
+    destinations.Policy.from_settings(ctx.settings)
     api = errors.ConductorApi(app)
     errors.register(app)
-    for module in (nodes, requests, conductors):
+    for module in (nodes, requests, conductors, subscriptions, callbacks):
         api.register_blueprint(module.blp)
     app.teardown_appcontext(close_session)
 

@@ -30,6 +30,11 @@ def context() -> Context:
     return current_app.extensions["conductor"]  # type: ignore[no-any-return]
 
 
+def client_identity() -> str | None:
+    """Who is calling (``g.client``, set by authentication); None without it."""
+    return g.get("client")
+
+
 def session() -> Session:
     """The request's database session (closed at teardown)."""
     if "db_session" not in g:

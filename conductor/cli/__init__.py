@@ -1,9 +1,10 @@
 """The ``conductor`` command: client commands over HTTP, and the servers.
 
-Client commands (``node``, ``request``, ``conductors``) talk to the API
-at ``--url`` / ``$CONDUCTOR_URL`` and work against a remote deployment.
-Server commands (``up``, ``api``, ``worker``, ``db``) import the server
-side lazily so that the client starts fast.
+Client commands (``node``, ``request``, ``conductors``, ``subscription``,
+``callbacks``) talk to the API at ``--url`` / ``$CONDUCTOR_URL`` and work
+against a remote deployment.  Server commands (``up``, ``api``, ``worker``,
+``callback-worker``, ``db``) import the server side lazily so that the
+client starts fast.
 """
 
 from __future__ import annotations
@@ -89,11 +90,13 @@ def finish_request(obj: Obj, request: dict[str, Any], wait: bool, timeout: float
 
 
 def _register() -> None:
-    from conductor.cli import nodes, requests_cmd, server
+    from conductor.cli import callbacks_cmd, nodes, requests_cmd, server
 
     main.add_command(nodes.node)
     main.add_command(requests_cmd.request)
     main.add_command(requests_cmd.conductors)
+    main.add_command(callbacks_cmd.callbacks)
+    main.add_command(callbacks_cmd.subscription)
     for command in server.COMMANDS:
         main.add_command(command)
 

@@ -24,6 +24,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from conductor.callbacks import destinations, events, status
 from conductor.context import Context
 from conductor.exceptions import (
     InvalidInput,
@@ -129,7 +130,7 @@ def submit_power(
     """Accept a power change of node ``ident``.
 
     :raises NodeNotFound, InvalidInput, InvalidTransition, TransitionInProgress,
-        QueueUnavailable: as the API documents.
+        CallbackUrlDenied, QueueUnavailable: as the API documents.
     """
     if target not in POWER_TARGETS:
         raise InvalidInput(
@@ -161,8 +162,8 @@ def submit_provision(
     """Accept a provision state change of node ``ident`` (``abort`` acts at once).
 
     :raises NodeNotFound, InvalidTransition, NodeInMaintenance,
-        TransitionInProgress, RequestNotCancellable, QueueUnavailable: as the
-        API documents.
+        TransitionInProgress, RequestNotCancellable, CallbackUrlDenied,
+        QueueUnavailable: as the API documents.
     """
     if target == ProvisionTarget.ABORT:
         return abort(ctx, ident, callback_url, client)
@@ -200,6 +201,8 @@ def _submit(
     client: str | None,
     validate: Callable[[Node], dict[str, Any]],
 ) -> Submitted:
+    if callback_url:
+        destinations.check(ctx.settings, callback_url)
     for _attempt in range(_SUBMIT_ATTEMPTS):
         with ctx.db.session() as session:
             node = nodes.find(session, ident)
@@ -288,7 +291,11 @@ def finish(
     error: str | None = None,
     conductor: str | None = None,
 ) -> None:
-    """End ``request`` in ``state`` and free its node, in the caller's transaction."""
+    """End ``request`` in ``state`` and free its node, in the caller's transaction.
+
+    Records the ``request.finished`` callbacks (the request's own
+    ``callback_url`` and matching subscriptions) in the same transaction.
+    """
     now = utcnow()
     request.state = str(state)
     request.error = error
@@ -311,6 +318,7 @@ def finish(
         conductor=conductor,
         severity="error" if state == RequestState.FAILED else "info",
     )
+    events.emit(session, events.EventType.REQUEST_FINISHED, node, request)
 
 
 def cancel(ctx: Context, request_id: str) -> Request:
@@ -393,7 +401,19 @@ def _abort_waiting(session: Session, node: Node, request: Request, reason: str) 
             f"{before} -> {node.provision_state} (aborted).",
             request_id=request.id,
         )
+        _emit_abort(session, node, request, before)
     finish(session, node, request, RequestState.CANCELLED, reason)
+
+
+def _emit_abort(session: Session, node: Node, request: Request, before: str) -> None:
+    events.emit(
+        session,
+        events.EventType.PROVISION_STATE_CHANGED,
+        node,
+        request,
+        previous={"provision_state": before},
+        event=str(Event.ABORT),
+    )
 
 
 def abort(
@@ -404,7 +424,10 @@ def abort(
     :raises NodeNotFound: no such node.
     :raises InvalidTransition: the node is not in a wait state.
     :raises RequestNotCancellable: the waiting request is running a step.
+    :raises CallbackUrlDenied: the callback destination is refused.
     """
+    if callback_url:
+        destinations.check(ctx.settings, callback_url)
     with ctx.db.session() as session:
         node = nodes.find(session, ident)
         machine.target_event(node.provision_state, ProvisionTarget.ABORT)
@@ -437,6 +460,7 @@ def abort(
             node.provision_state = str(machine.next_state(before, Event.ABORT))
             node.target_provision_state = None
             history.record(session, node, "provision.abort", f"{before} -> {node.provision_state} (aborted).")
+            _emit_abort(session, node, abort_request, before)
         finish(session, node, abort_request, RequestState.SUCCEEDED)
         session.commit()
         if waiting is not None:
@@ -457,6 +481,7 @@ def to_dict(request: Request) -> dict[str, Any]:
         "error": request.error,
         "conductor": request.conductor,
         "callback_url": request.callback_url,
+        "callback": status.request_callback(request),
         "created_at": request.created_at,
         "started_at": request.started_at,
         "finished_at": request.finished_at,
