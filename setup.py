@@ -28,6 +28,8 @@ setup(
         "automaton>=3.2",
         "oslo.concurrency>=6.0",
         "redis>=5.0",
+        # C parser for redis-py: RQ sends ~60 Redis commands per job.
+        "hiredis>=2.0",
         "rq>=2.0",
         "requests>=2.31",
         "pyghmi>=1.5.70",

@@ -115,6 +115,15 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(_alembic_config(url), revision)
 
 
+def head_revision() -> str:
+    """The newest migration's revision (what :func:`upgrade` reaches by default)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return str(head)
+
+
 def current_revision(url: str) -> str | None:
     """The schema revision the database at ``url`` is at (None if empty)."""
     from alembic.runtime.migration import MigrationContext

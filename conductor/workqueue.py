@@ -10,6 +10,9 @@ conductors' sweeper from the database.
   next step is due later (a power state poll, a node lock retry).  Every
   conductor pumps due timers into the work queue in small batches, so a
   thousand sleeping requests cost no worker time until they are due.
+* ``<ns>:pumped`` (sorted set): requests recently moved from a timer into a
+  batch job, so that the sweeper can tell "waiting in a busy queue" from
+  "lost".
 """
 
 from __future__ import annotations
@@ -28,9 +31,19 @@ from conductor.settings import Settings
 #: The job function every work item runs (imported by name in the workers).
 STEP_FUNCTION = "conductor.engine.jobs.run_steps"
 
+_PENDING_STATUSES = frozenset({b"queued", b"deferred", b"scheduled"})
+#: A request handed from a timer to a job counts as pending this long.
+PUMPED_MEMORY = 300.0
+# Pop due timers, remembering them (scored by when) in the "pumped" set so
+# that the sweeper does not mistake a request waiting in a batch job for a
+# lost one; entries older than PUMPED_MEMORY are forgotten.
 _POP_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+if #due > 0 then
+  redis.call('ZREM', KEYS[1], unpack(due))
+  for _, id in ipairs(due) do redis.call('ZADD', KEYS[2], ARGV[1], id) end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[3]))
 return due
 """
 
@@ -59,6 +72,7 @@ class WorkQueue:
         self.job_timeout = int(settings.job_timeout)
         self.queue = Queue(f"{self.namespace}-work", connection=connection)
         self.timers_key = f"{self.namespace}:timers"
+        self.pumped_key = f"{self.namespace}:pumped"
         self._pop_due = connection.register_script(_POP_DUE)
 
     def enqueue_request(self, request_id: str) -> None:
@@ -71,7 +85,7 @@ class WorkQueue:
             args=([request_id],),
             job_id=request_id,
             timeout=self.job_timeout,
-            result_ttl=60,
+            result_ttl=0,
             failure_ttl=86400,
             description=f"request {request_id}",
         )
@@ -82,7 +96,7 @@ class WorkQueue:
             STEP_FUNCTION,
             args=(list(request_ids),),
             timeout=self.job_timeout,
-            result_ttl=60,
+            result_ttl=0,
             failure_ttl=86400,
             description=f"steps of {len(request_ids)} request(s)",
         )
@@ -90,6 +104,7 @@ class WorkQueue:
     def cancel(self, request_id: str) -> None:
         """Drop a request's queued job and timer (best effort: the database decides)."""
         self.connection.zrem(self.timers_key, request_id)
+        self.connection.zrem(self.pumped_key, request_id)
         try:
             Job.fetch(request_id, connection=self.connection).cancel()
         except NoSuchJobError:
@@ -97,13 +112,24 @@ class WorkQueue:
 
     def has_pending_job(self, request_id: str) -> bool:
         """Whether Redis still holds a queued job or a timer for the request."""
-        if self.connection.zscore(self.timers_key, request_id) is not None:
-            return True
-        try:
-            status = Job.fetch(request_id, connection=self.connection).get_status(refresh=False)
-        except NoSuchJobError:
-            return False
-        return status is not None and status.value in {"queued", "deferred", "scheduled"}
+        return request_id in self.pending(request_ids=[request_id])
+
+    def pending(self, request_ids: Sequence[str]) -> set[str]:
+        """Those of ``request_ids`` with a queued job or a timer (one round trip)."""
+        pipe = self.connection.pipeline(transaction=False)
+        for request_id in request_ids:
+            pipe.zscore(self.timers_key, request_id)
+            pipe.zscore(self.pumped_key, request_id)
+            pipe.hget(Job.key_for(request_id), "status")
+        answers = pipe.execute()
+        recent = time.time() - PUMPED_MEMORY
+        return {
+            request_id
+            for request_id, timer, pumped, status in zip(
+                request_ids, answers[::3], answers[1::3], answers[2::3]
+            )
+            if timer is not None or (pumped is not None and pumped > recent) or status in _PENDING_STATUSES
+        }
 
     def schedule(self, request_id: str, delay: float) -> None:
         """Run the request's next step after ``delay`` seconds."""
@@ -115,7 +141,9 @@ class WorkQueue:
         Safe to run in every conductor at once: popping is atomic.  Returns
         how many requests were moved.
         """
-        due: list[Any] = self._pop_due(keys=[self.timers_key], args=[time.time(), limit])
+        due: list[Any] = self._pop_due(
+            keys=[self.timers_key, self.pumped_key], args=[time.time(), limit, PUMPED_MEMORY]
+        )
         ids = [d.decode() if isinstance(d, bytes) else d for d in due]
         for start in range(0, len(ids), batch_size):
             self.enqueue_batch(ids[start : start + batch_size])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, jsonify, request
 from flask_smorest import Blueprint as _Blueprint
 from sqlalchemy.orm import Session
 from webargs.flaskparser import FlaskParser
@@ -47,6 +48,19 @@ def close_session(_exc: BaseException | None = None) -> None:
     db_session = g.pop("db_session", None)
     if db_session is not None:
         db_session.close()
+
+
+def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response built directly (timestamps as ISO 8601, as the schemas dump them).
+
+    For hot paths only: the view keeps its ``@blp.response`` schema, which
+    documents the body.
+    """
+    response = jsonify({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in body.items()})
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
 
 
 def next_link(items: list[Any], limit: int, marker: Any) -> str | None:

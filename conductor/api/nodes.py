@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Response
 from flask.views import MethodView
 
 from conductor.api import schemas
-from conductor.api.common import Blueprint, context, next_link, session
+from conductor.api.common import Blueprint, context, json_response, next_link, session
 from conductor.service import history, nodes
 from conductor.service import requests as request_service
 
 blp = Blueprint("nodes", __name__, url_prefix="/v1/nodes", description="Nodes and their state changes")
 
 
-def _accepted(submitted: request_service.Submitted) -> tuple[dict[str, Any], int, dict[str, str]]:
+def _accepted(submitted: request_service.Submitted) -> Response:
     body = request_service.to_dict(submitted.request)
-    return body, 202, {"Location": f"/v1/requests/{submitted.request.id}"}
+    return json_response(body, 202, {"Location": f"/v1/requests/{submitted.request.id}"})
 
 
 @blp.route("")
@@ -62,16 +63,19 @@ class NodeItem(MethodView):
 @blp.route("/<ident>/states")
 class NodeStates(MethodView):
     @blp.response(200, schemas.NodeStates)
-    def get(self, ident: str) -> dict[str, Any]:
+    def get(self, ident: str) -> Response:
         """The node's current and target states and its active request."""
-        return nodes.states(session(), ident)
+        # The polling hot path: a plain connection, and the JSON built here
+        # rather than by the schema (which documents it), about twice as fast.
+        with context().db.engine.connect() as conn:
+            return json_response(nodes.states(conn, ident))
 
 
 @blp.route("/<ident>/states/power")
 class PowerState(MethodView):
     @blp.arguments(schemas.PowerChange)
     @blp.response(202, schemas.RequestOut)
-    def put(self, body: dict[str, Any], ident: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    def put(self, body: dict[str, Any], ident: str) -> Response:
         """Ask for a power change; answers at once with the request to poll."""
         return _accepted(
             request_service.submit_power(context(), ident, body["target"], body.get("callback_url"))
@@ -82,7 +86,7 @@ class PowerState(MethodView):
 class ProvisionState(MethodView):
     @blp.arguments(schemas.ProvisionChange)
     @blp.response(202, schemas.RequestOut)
-    def put(self, body: dict[str, Any], ident: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    def put(self, body: dict[str, Any], ident: str) -> Response:
         """Ask for a provision state change; ``abort`` acts at once."""
         target = body.pop("target")
         callback_url = body.pop("callback_url", None)

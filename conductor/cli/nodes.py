@@ -189,26 +189,26 @@ def power() -> None:
     """Power a node on, off, or reboot it."""
 
 
+def _state_command(kind: str, target: str, help_text: str) -> click.Command:
+    @click.command(help=help_text)
+    @click.argument("node_id", metavar="NODE")
+    @_wait
+    @_timeout
+    @_callback
+    @pass_obj
+    def command(obj: Obj, node_id: str, wait: bool, timeout: float | None, callback_url: str | None) -> None:
+        _state_change(obj, node_id, kind, target, wait, timeout, callback_url)
+
+    return command
+
+
 for _name, _target, _help in (
     ("on", "power on", "Power the node on."),
     ("off", "power off", "Power the node off (hard)."),
     ("soft-off", "soft power off", "Ask the OS to power off (ACPI), then hard off on timeout."),
     ("reboot", "rebooting", "Power cycle the node (off, then on)."),
 ):
-    def _make(target: str, help_text: str) -> click.Command:
-        @click.command(help=help_text)
-        @click.argument("node_id", metavar="NODE")
-        @_wait
-        @_timeout
-        @_callback
-        @pass_obj
-        def command(obj: Obj, node_id: str, wait: bool, timeout: float | None, callback_url: str | None) -> None:
-            _state_change(obj, node_id, "power", target, wait, timeout, callback_url)
-
-        return command
-
-    power.add_command(_make(_target, _help), _name)
-
+    power.add_command(_state_command("power", _target, _help), _name)
 
 # Shortcut used by the guide: `conductor node reboot NODE`.
 node.add_command(power.commands["reboot"], "reboot")
@@ -223,16 +223,4 @@ for _name, _target, _help in (
     ("undeploy", "deleted", "Tear down and clean: active -> available."),
     ("abort", "abort", "Abort a wait (wait call-back, clean wait, inspect wait)."),
 ):
-    def _make_provision(target: str, help_text: str) -> click.Command:
-        @click.command(help=help_text)
-        @click.argument("node_id", metavar="NODE")
-        @_wait
-        @_timeout
-        @_callback
-        @pass_obj
-        def command(obj: Obj, node_id: str, wait: bool, timeout: float | None, callback_url: str | None) -> None:
-            _state_change(obj, node_id, "provision", target, wait, timeout, callback_url)
-
-        return command
-
-    node.add_command(_make_provision(_target, _help), _name)
+    node.add_command(_state_command("provision", _target, _help), _name)

@@ -4,7 +4,10 @@
 
 * ``fake_delay`` (seconds, default 0): every action completes this long
   after it starts, so the asynchronous path can be watched;
-* ``fake_fail`` (a message): every action fails with that message.
+* ``fake_fail`` (a message): every action fails with that message;
+* ``fake_hang`` (seconds, default 0): every call blocks this long before it
+  answers, like an unresponsive BMC (for exercising timeouts and crashes
+  in the middle of a step).
 
 The fake "BMC" keeps its power state in the node's ``driver_internal_info``.
 """
@@ -27,6 +30,7 @@ MAX_DELAY = 3600.0
 _FIELDS = {
     "fake_delay": base.Field("Seconds every action takes (default 0)."),
     "fake_fail": base.Field("If set, every action fails with this message."),
+    "fake_hang": base.Field("Seconds every call blocks before answering (default 0)."),
 }
 
 
@@ -35,6 +39,9 @@ def _delay(task: Task) -> float:
 
 
 def _check_fail(task: Task, action: str) -> None:
+    hang = float(task.node.driver_info.get("fake_hang", 0) or 0)
+    if hang > 0:
+        time.sleep(hang)
     message = task.node.driver_info.get("fake_fail")
     if message:
         raise DriverError(f"fake driver: {action} failed: {message}")
@@ -45,9 +52,10 @@ class _Validating(base.Interface):
 
     def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
         errors = super().validate(driver_info)
-        delay = driver_info.get("fake_delay", 0)
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= MAX_DELAY:
-            errors["fake_delay"] = f"must be a number of seconds between 0 and {MAX_DELAY:g}"
+        for key in ("fake_delay", "fake_hang"):
+            value = driver_info.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_DELAY:
+                errors[key] = f"must be a number of seconds between 0 and {MAX_DELAY:g}"
         fail = driver_info.get("fake_fail")
         if fail is not None and not isinstance(fail, str):
             errors["fake_fail"] = "must be a string (the failure message)"

@@ -1,8 +1,10 @@
-"""Run one step of a request: claim it, lock its node, step, record.
+"""Run one step of a request: claim it and lock its node, step, record.
 
 Every way out of a step is logged and leaves the database consistent:
 
-* the request was cancelled, finished or is being run elsewhere: skipped;
+* the request was cancelled, finished or is being run elsewhere: skipped
+  (the claim of the step and the node's reservation are taken together by
+  :func:`~conductor.engine.task.node_task`);
 * the node is reserved by someone else: retried a little later, failed
   after ``node_locked_timeout``;
 * the workflow is done: the request succeeds and the node is freed;
@@ -21,12 +23,11 @@ import logging
 import time
 from collections.abc import Callable
 
-import sqlalchemy as sa
 
 from conductor.context import Context
 from conductor.drivers.base import Done, Poll, StepResult, Wait
 from conductor.engine import power, provision
-from conductor.engine.task import Task, node_task
+from conductor.engine.task import StepNotRunnable, Task, node_task
 from conductor.exceptions import ConductorError, NodeLocked, RequestNotFound
 from conductor.fsm.states import RequestKind, RequestState
 from conductor.models import Node, Request, utcnow
@@ -42,35 +43,8 @@ _LOCK_RETRY_INITIAL = 0.2
 _LOCK_RETRY_MAX = 2.0
 
 
-def claim(ctx: Context, request_id: str) -> bool:
-    """Make this conductor the one running the request's next step."""
-    now = utcnow()
-    with ctx.db.begin() as session:
-        return (
-            session.execute(
-                sa.update(Request)
-                .where(
-                    Request.id == request_id,
-                    Request.conductor.is_(None),
-                    Request.state.in_([RequestState.QUEUED, RequestState.RUNNING]),
-                )
-                .values(
-                    state=RequestState.RUNNING,
-                    conductor=ctx.name,
-                    started_at=sa.func.coalesce(Request.started_at, now),
-                    wake_at=None,
-                    updated_at=now,
-                )
-            ).rowcount
-            == 1
-        )
-
-
 def run_step(ctx: Context, request_id: str) -> None:
     """Run the next step of request ``request_id`` (see the module docstring)."""
-    if not claim(ctx, request_id):
-        LOG.debug("Request %s: not runnable (cancelled, finished or taken); skipped", request_id)
-        return
     try:
         with node_task(ctx, request_id) as task:
             if not task.request_progress.get("begun"):
@@ -89,6 +63,9 @@ def run_step(ctx: Context, request_id: str) -> None:
                 result = None
             else:
                 _record(task, result)
+    except StepNotRunnable:
+        LOG.debug("Request %s: not runnable (cancelled, finished or taken); skipped", request_id)
+        return
     except NodeLocked as exc:
         _retry_locked(ctx, request_id, exc)
         return

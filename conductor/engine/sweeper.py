@@ -29,6 +29,8 @@ from conductor.fsm.states import RequestState
 from conductor.models import ConductorRecord, Node, Request, utcnow
 
 LOG = logging.getLogger(__name__)
+#: At most this many queued (and as many sleeping) requests are checked per sweep.
+SWEEP_BATCH = 1000
 
 
 def recover_conductor(ctx: Context, name: str) -> int:
@@ -93,30 +95,35 @@ def _requeue_lost(ctx: Context, now: dt.datetime) -> dict[str, int]:
     with ctx.db.session() as session:
         queued = list(
             session.scalars(
-                sa.select(Request.id).where(
-                    Request.state == RequestState.QUEUED, Request.created_at < now - grace
-                )
+                sa.select(Request.id)
+                .where(Request.state == RequestState.QUEUED, Request.created_at < now - grace)
+                .order_by(Request.created_at)
+                .limit(SWEEP_BATCH)
             )
         )
         sleeping = list(
             session.scalars(
-                sa.select(Request.id).where(
+                sa.select(Request.id)
+                .where(
                     Request.state == RequestState.RUNNING,
                     Request.conductor.is_(None),
                     Request.wake_at < now - grace,
                 )
+                .order_by(Request.wake_at)
+                .limit(SWEEP_BATCH)
             )
         )
     requeued = rearmed = 0
     try:
+        pending = ctx.queue.pending(queued + sleeping)
         for request_id in queued:
-            if not ctx.queue.has_pending_job(request_id):
+            if request_id not in pending:
                 LOG.warning("Request %s is queued but its job is gone; enqueueing it again", request_id)
                 ctx.queue.cancel(request_id)
                 ctx.queue.enqueue_request(request_id)
                 requeued += 1
         for request_id in sleeping:
-            if not ctx.queue.has_pending_job(request_id):
+            if request_id not in pending:
                 LOG.warning("Request %s is overdue and its timer is gone; re-arming it", request_id)
                 ctx.queue.schedule(request_id, 0)
                 rearmed += 1

@@ -28,7 +28,8 @@ from conductor import drivers
 from conductor.context import Context
 from conductor.drivers.base import Driver
 from conductor.exceptions import NodeLocked, RequestNotFound
-from conductor.models import Node, Request, utcnow
+from conductor.fsm.states import RequestState
+from conductor.models import Node, Request, UTCDateTime, utcnow
 from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -94,47 +95,95 @@ def _host_lock(ctx: Context, node_uuid: str) -> contextlib.AbstractContextManage
     )
 
 
+_requests = Request.__table__
+_nodes = Node.__table__
+# Built once (the step path is hot; building a statement costs more than
+# running it): claim the request's next step, then reserve its node.
+_CLAIM = (
+    sa.update(_requests)
+    .where(
+        _requests.c.id == sa.bindparam("rid"),
+        _requests.c.conductor.is_(None),
+        _requests.c.state.in_([RequestState.QUEUED, RequestState.RUNNING]),
+    )
+    .values(
+        state=RequestState.RUNNING,
+        conductor=sa.bindparam("me"),
+        started_at=sa.func.coalesce(_requests.c.started_at, sa.bindparam("now", type_=UTCDateTime())),
+        wake_at=None,
+        updated_at=sa.bindparam("now", type_=UTCDateTime()),
+    )
+)
+_RESERVE = (
+    sa.update(_nodes)
+    .where(
+        _nodes.c.id == sa.select(_requests.c.node_id).where(_requests.c.id == sa.bindparam("rid")).scalar_subquery(),
+        _nodes.c.reservation.is_(None),
+    )
+    .values(reservation=sa.bindparam("me"))
+)
+_HOLDER = (
+    sa.select(_nodes.c.uuid, _nodes.c.reservation)
+    .join(_requests, _requests.c.node_id == _nodes.c.id)
+    .where(_requests.c.id == sa.bindparam("rid"))
+)
+_RELEASE = (
+    sa.update(_nodes)
+    .where(_nodes.c.id == sa.bindparam("node_id"), _nodes.c.reservation == sa.bindparam("me"))
+    .values(reservation=None)
+)
+
+
+class StepNotRunnable(Exception):
+    """The request was cancelled, finished, or another conductor runs its step."""
+
+
 def release(ctx: Context, node_id: int) -> None:
     """Give back this conductor's reservation of node ``node_id`` (if it has it)."""
-    with ctx.db.begin() as session:
-        session.execute(
-            sa.update(Node)
-            .where(Node.id == node_id, Node.reservation == ctx.name)
-            .values(reservation=None)
-        )
+    with ctx.db.engine.begin() as conn:
+        conn.execute(_RELEASE, {"node_id": node_id, "me": ctx.name})
+
+
+def _claim_and_reserve(ctx: Context, request_id: str) -> None:
+    params = {"rid": request_id, "me": ctx.name, "now": utcnow()}
+    with ctx.db.engine.begin() as conn:
+        if conn.execute(_CLAIM, params).rowcount != 1:
+            raise StepNotRunnable(request_id)
+        if conn.execute(_RESERVE, params).rowcount == 1:
+            return
+        holder = conn.execute(_HOLDER, params).one_or_none()
+    # The claim stays ours (committed): the caller retries or fails it.
+    if holder is None:
+        raise RequestNotFound(f"Request {request_id} not found.")
+    raise NodeLocked(f"Node {holder.uuid} is reserved by conductor {holder.reservation}.", holder=holder.reservation)
 
 
 @contextlib.contextmanager
 def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
-    """Reserve the node of ``request_id`` and yield a :class:`Task` for it.
+    """Claim the next step of ``request_id``, reserve its node, yield a :class:`Task`.
 
-    On a normal exit the caller's changes are committed together with the
-    release of the reservation; on an exception they are rolled back and
-    the reservation is released on its own.
+    The claim (this conductor runs the step) and the reservation (this
+    conductor holds the node) are taken in one transaction.  On a normal
+    exit the caller's changes are committed together with the release of
+    the reservation; on an exception they are rolled back and the
+    reservation is released on its own (the claim stays, for the caller to
+    resolve).
 
+    :raises StepNotRunnable: nothing to do (cancelled, finished, taken).
+    :raises NodeLocked: another conductor holds the node (the claim is ours).
     :raises RequestNotFound: the request vanished (its node was deleted).
-    :raises NodeLocked: another conductor holds the node.
     """
     assert ctx.name, "only a registered conductor can reserve nodes"
+    _claim_and_reserve(ctx, request_id)
     with ctx.db.session() as session:
-        request = session.get(Request, request_id)
-        if request is None:
-            raise RequestNotFound(f"Request {request_id} not found.")
-        node_id = request.node_id
-        reserved = session.execute(
-            sa.update(Node)
-            .where(Node.id == node_id, Node.reservation.is_(None))
-            .values(reservation=ctx.name)
-        ).rowcount
-        if reserved != 1:
-            session.rollback()
-            holder = session.scalar(sa.select(Node.reservation).where(Node.id == node_id))
-            raise NodeLocked(f"Node {request.node_uuid} is reserved by conductor {holder}.", holder=holder)
-        session.commit()
+        node_id: int | None = None
         try:
-            node = session.get(Node, node_id, populate_existing=True)
+            request = session.get(Request, request_id)
+            if request is None:
+                raise RequestNotFound(f"Request {request_id} not found.")
+            node_id = request.node_id
+            node = session.get(Node, node_id)
             assert node is not None
-            session.refresh(request)
             # End the read transaction: nothing is held while the BMC talks.
             session.commit()
             with _host_lock(ctx, node.uuid):
@@ -146,5 +195,6 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
                 session.commit()
         except BaseException:
             session.rollback()
-            release(ctx, node_id)
+            if node_id is not None:
+                release(ctx, node_id)
             raise

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from conductor.models import Node, NodeHistory
+from conductor.models import Node, NodeHistory, utcnow
 
 
 def record(
@@ -33,6 +33,34 @@ def record(
             power_state=node.power_state,
         )
     )
+
+
+INSERT = sa.insert(NodeHistory.__table__)
+
+
+def values(
+    node_id: int,
+    event: str,
+    message: str,
+    *,
+    provision_state: str | None = None,
+    power_state: str | None = None,
+    request_id: str | None = None,
+    conductor: str | None = None,
+    severity: str = "info",
+) -> dict[str, Any]:
+    """The row of a history entry, for :data:`INSERT` on a plain connection."""
+    return {
+        "node_id": node_id,
+        "created_at": utcnow(),
+        "event": event,
+        "severity": severity,
+        "message": message,
+        "request_id": request_id,
+        "conductor": conductor,
+        "provision_state": provision_state,
+        "power_state": power_state,
+    }
 
 
 def list_entries(

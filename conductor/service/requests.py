@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ from conductor.exceptions import (
     InvalidInput,
     InvalidTransition,
     NodeInMaintenance,
+    NodeNotFound,
     QueueUnavailable,
     RequestNotCancellable,
     RequestNotFound,
@@ -138,7 +140,7 @@ def submit_power(
             errors={"target": "unknown power target"},
         )
 
-    def validate(node: Node) -> dict[str, Any]:
+    def validate(node: Any) -> dict[str, Any]:
         if node.provision_state in table.POWER_OWNED_STATES:
             raise InvalidTransition(
                 f"The {node.provision_state} workflow controls the power of node "
@@ -168,7 +170,7 @@ def submit_provision(
     if target == ProvisionTarget.ABORT:
         return abort(ctx, ident, callback_url, client)
 
-    def validate(node: Node) -> dict[str, Any]:
+    def validate(node: Any) -> dict[str, Any]:
         machine.target_event(node.provision_state, target)
         if node.maintenance and target in REFUSED_IN_MAINTENANCE:
             raise NodeInMaintenance(
@@ -182,13 +184,53 @@ def submit_provision(
     )
 
 
-def _identical(request: Request, kind: str, target: str, params: Mapping[str, Any], callback_url: str | None) -> bool:
+def _identical(active: Any, kind: str, target: str, params: Mapping[str, Any], callback_url: str | None) -> bool:
     return (
-        request.kind == kind
-        and request.target == target
-        and (request.params or {}) == dict(params)
-        and request.callback_url == callback_url
+        active.kind == kind
+        and active.target == target
+        and (active.params or {}) == dict(params)
+        and active.callback_url == callback_url
     )
+
+
+_nodes_t = Node.__table__
+_requests_t = Request.__table__
+# Accepting a request is the API's hot path: its statements are built once.
+_NODE_COLUMNS = (
+    _nodes_t.c.id,
+    _nodes_t.c.uuid,
+    _nodes_t.c.provision_state,
+    _nodes_t.c.power_state,
+    _nodes_t.c.active_request_id,
+    _nodes_t.c.maintenance,
+    _nodes_t.c.maintenance_reason,
+)
+_NODE_BY_UUID = sa.select(*_NODE_COLUMNS).where(_nodes_t.c.uuid == sa.bindparam("ident"))
+_NODE_BY_NAME = sa.select(*_NODE_COLUMNS).where(_nodes_t.c.name == sa.bindparam("ident"))
+_ACTIVE_REQUEST = sa.select(_requests_t).where(_requests_t.c.id == sa.bindparam("rid"))
+_INSERT_REQUEST = sa.insert(_requests_t)
+
+
+def _claim_node(target_column: str, stale: bool) -> sa.Update:
+    owner = (
+        _nodes_t.c.active_request_id == sa.bindparam("stale")
+        if stale
+        else _nodes_t.c.active_request_id.is_(None)
+    )
+    return (
+        sa.update(_nodes_t)
+        .where(_nodes_t.c.id == sa.bindparam("node_id"), owner,
+               _nodes_t.c.provision_state == sa.bindparam("expected_state"))
+        .values({"active_request_id": sa.bindparam("rid"), "updated_at": sa.bindparam("now"),
+                 target_column: sa.bindparam("target_state")})
+    )
+
+
+_CLAIM_NODE = {
+    (column, stale): _claim_node(column, stale)
+    for column in ("target_power_state", "target_provision_state")
+    for stale in (False, True)
+}
 
 
 def _submit(
@@ -199,19 +241,23 @@ def _submit(
     params: Mapping[str, Any],
     callback_url: str | None,
     client: str | None,
-    validate: Callable[[Node], dict[str, Any]],
+    validate: Callable[[Any], dict[str, Any]],
 ) -> Submitted:
     if callback_url:
         destinations.check(ctx.settings, callback_url)
+    by_uuid = nodes.looks_like_uuid(ident)
+    key = str(uuidlib.UUID(ident)) if by_uuid else ident
     for _attempt in range(_SUBMIT_ATTEMPTS):
-        with ctx.db.session() as session:
-            node = nodes.find(session, ident)
+        with ctx.db.engine.connect() as conn:
+            node = conn.execute(_NODE_BY_UUID if by_uuid else _NODE_BY_NAME, {"ident": key}).one_or_none()
+            if node is None:
+                raise NodeNotFound(f"Node {ident} not found.", node=ident)
             stale_active: str | None = None
             if node.active_request_id is not None:
-                active = session.get(Request, node.active_request_id)
+                active = conn.execute(_ACTIVE_REQUEST, {"rid": node.active_request_id}).one_or_none()
                 if active is not None and active.state in ACTIVE_REQUEST_STATES:
                     if _identical(active, kind, target, params, callback_url):
-                        return Submitted(active, created=False)
+                        return Submitted(_request_from_row(active), created=False)
                     raise TransitionInProgress(
                         f"Node {node.uuid} has a transition in progress "
                         f"({active.kind} {active.target}, request {active.id}, {active.state}).",
@@ -219,7 +265,8 @@ def _submit(
                     )
                 # The pointer outlived its request (should not happen); take it over.
                 stale_active = node.active_request_id
-            node_targets = validate(node)
+            ((target_column, target_state),) = validate(node).items()
+            now = utcnow()
             request = Request(
                 id=new_request_id(),
                 node_id=node.id,
@@ -231,38 +278,41 @@ def _submit(
                 state=RequestState.QUEUED,
                 callback_url=callback_url,
                 client=client,
+                created_at=now,
+                updated_at=now,
             )
             # The INSERT comes first so that SQLite takes its write lock
             # (waiting, not failing) before the conditional UPDATE.
-            session.add(request)
-            session.flush()
-            owner = (
-                Node.active_request_id.is_(None)
-                if stale_active is None
-                else Node.active_request_id == stale_active
-            )
-            won = session.execute(
-                sa.update(Node)
-                .where(Node.id == node.id, owner, Node.provision_state == node.provision_state)
-                .values(active_request_id=request.id, updated_at=utcnow(), **node_targets)
+            conn.execute(_INSERT_REQUEST, _row_of(request))
+            won = conn.execute(
+                _CLAIM_NODE[(target_column, stale_active is not None)],
+                {"node_id": node.id, "stale": stale_active, "expected_state": node.provision_state,
+                 "rid": request.id, "now": now, "target_state": target_state},
             ).rowcount
             if won != 1:
                 # Someone else changed the node since we read it: look again.
-                session.rollback()
+                conn.rollback()
                 continue
-            history.record(
-                session,
-                node,
-                "request.accepted",
-                f"Accepted {kind} request {target}.",
-                request_id=request.id,
+            conn.execute(
+                history.INSERT,
+                history.values(node.id, "request.accepted", f"Accepted {kind} request {target}.",
+                               provision_state=node.provision_state, power_state=node.power_state,
+                               request_id=request.id),
             )
-            session.commit()
+            conn.commit()
         _enqueue_or_abandon(ctx, request)
         return Submitted(request, created=True)
     raise TransitionInProgress(
         f"Node {ident} is changing too fast to accept the request; retry.", request_id=None
     )
+
+
+def _row_of(request: Request) -> dict[str, Any]:
+    return {column.key: getattr(request, column.key) for column in _requests_t.columns}
+
+
+def _request_from_row(row: Any) -> Request:
+    return Request(**dict(row._mapping))
 
 
 def _enqueue_or_abandon(ctx: Context, request: Request) -> None:

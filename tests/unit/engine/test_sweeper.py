@@ -113,3 +113,15 @@ def test_heartbeat_and_unregister(ctx, settings) -> None:
     assert listed[0]["alive"] and listed[0]["pid"] == os.getpid()
     conductors.unregister(worker_ctx)
     assert not conductors.list_conductors(ctx.db, settings.heartbeat_timeout)[0]["alive"]
+
+
+def test_a_request_waiting_in_a_batch_job_is_not_mistaken_for_lost(client, ctx) -> None:
+    request_id = _node_with_request(client)
+    ctx.queue.cancel(request_id)
+    with ctx.db.begin() as session:
+        session.execute(sa.update(Request).values(
+            state="running", conductor=None, wake_at=utcnow() - dt.timedelta(minutes=5)))
+    ctx.queue.schedule(request_id, 0)
+    assert ctx.queue.pump_timers() == 1  # now inside a batch job, behind a long queue
+    assert sweeper.sweep(ctx)["rearmed"] == 0
+    assert ctx.redis.zscore(ctx.queue.timers_key, request_id) is None

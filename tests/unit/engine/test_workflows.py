@@ -202,10 +202,20 @@ def test_reservation_is_released_after_each_step_and_on_crash(client, ctx, condu
         assert node.reservation is None and node.active_request_id is None
 
 
-def test_step_claims_are_exclusive(client, ctx, conductor_ctx) -> None:
+def test_a_step_is_claimed_and_its_node_reserved_by_one_conductor(client, ctx, conductor_ctx, settings) -> None:
+    from conductor.context import Context
+    from conductor.engine import conductors
+    from conductor.engine.task import StepNotRunnable, node_task
+
     make_node(client)
     request_id = put(client, "power", "power on")
-    assert runner.claim(conductor_ctx, request_id)
-    assert not runner.claim(conductor_ctx, request_id)
+    other = Context.build(settings)
+    other.name = conductors.register(other).name
+    with node_task(conductor_ctx, request_id) as task:
+        assert task.node.reservation == conductor_ctx.name
+        assert task.request.conductor == conductor_ctx.name
+        with pytest.raises(StepNotRunnable):
+            with node_task(other, request_id):
+                pass
     with ctx.db.session() as session:
-        assert session.get(Request, request_id).conductor == conductor_ctx.name
+        assert session.get(Node, task.node.id).reservation is None

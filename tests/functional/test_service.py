@@ -1,0 +1,162 @@
+"""The real thing: `conductor up` (gunicorn API + worker processes), real Redis, real DB."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import threading
+import time
+
+import requests
+
+
+def create(service, name, **driver_info):  # type: ignore[no-untyped-def]
+    response = requests.post(f"{service.url}/v1/nodes", json={"name": name, "driver": "fake",
+                                                              "driver_info": driver_info}, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def put(service, node, kind, target):  # type: ignore[no-untyped-def]
+    response = requests.put(f"{service.url}/v1/nodes/{node}/states/{kind}", json={"target": target}, timeout=10)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def test_cli_drives_a_node_through_its_life(service_factory) -> None:
+    service = service_factory(workers=2)
+    service.cli("node", "create", "--driver", "fake", "--name", "life", "-i", "fake_delay=0.2")
+    for command in (["node", "manage"], ["node", "provide"], ["node", "deploy"], ["node", "reboot"],
+                    ["node", "power", "soft-off"], ["node", "undeploy"]):
+        result = service.cli(*command, "life", "--wait")
+        assert "succeeded" in result.stderr
+    shown = json.loads(service.cli("--json", "node", "show", "life").stdout)
+    assert shown["provision_state"] == "available" and shown["power_state"] == "power off"
+    listed = service.cli("request", "list", "--node", "life").stdout
+    assert listed.count("succeeded") == 6
+    conductors = json.loads(service.cli("--json", "conductors").stdout)
+    assert sum(c["alive"] for c in conductors) == 2
+
+
+def test_cli_wait_exits_non_zero_when_the_request_fails(service_factory) -> None:
+    service = service_factory()
+    service.cli("node", "create", "--driver", "fake", "--name", "bad", "-i", "fake_fail=no BMC")
+    result = service.cli("node", "manage", "bad", "--wait", check=False)
+    assert result.returncode == 1
+    assert "no BMC" in result.stderr
+    result = service.cli("node", "deploy", "bad", check=False)
+    assert result.returncode == 1 and "invalid_transition" in result.stderr
+
+
+def test_fifty_simultaneous_puts_across_api_processes_accept_exactly_one(service_factory) -> None:
+    service = service_factory(api_workers=4)
+    node = create(service, "hot", fake_delay=2)
+    barrier = threading.Barrier(50)
+    targets = ["power on", "power off", "rebooting"]
+
+    def shoot(i: int) -> tuple[int, str | None]:
+        session = requests.Session()
+        barrier.wait()
+        response = session.put(f"{service.url}/v1/nodes/hot/states/power",
+                               json={"target": targets[i % 3]}, timeout=30)
+        body = response.json()
+        return response.status_code, body.get("id") or body.get("request_id")
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(shoot, range(50)))
+    accepted_ids = {rid for status, rid in results if status == 202}
+    assert len(accepted_ids) == 1, results
+    (winner,) = accepted_ids
+    assert all(status in (202, 409) for status, _ in results)
+    assert all(rid == winner for _, rid in results)  # every 409 names the winner
+    listed = requests.get(f"{service.url}/v1/requests", params={"node": node["uuid"]}, timeout=10).json()
+    assert [r["id"] for r in listed["requests"]] == [winner]
+
+
+def test_killed_worker_is_noticed_and_its_request_failed(service_factory) -> None:
+    service = service_factory(env={"CONDUCTOR_HEARTBEAT_INTERVAL": "0.5", "CONDUCTOR_HEARTBEAT_TIMEOUT": "3",
+                                   "CONDUCTOR_SWEEP_INTERVAL": "0.5"}, workers=2)
+    # Every BMC call blocks 30 s: the step is in progress when the worker dies.
+    create(service, "victim", fake_hang=30)
+    request_id = put(service, "victim", "provision", "manage")
+    deadline = time.monotonic() + 10
+    holder = None
+    while holder is None:
+        assert time.monotonic() < deadline, "no conductor took the request"
+        holder = requests.get(f"{service.url}/v1/requests/{request_id}", timeout=5).json()["conductor"]
+        time.sleep(0.05)
+    pid = next(c["pid"] for c in requests.get(f"{service.url}/v1/conductors", timeout=5).json()["conductors"]
+               if c["name"] == holder)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    finished = service.wait_request(request_id, timeout=20)
+    assert time.monotonic() - killed_at < 20  # noticed long before RQ's 600 s cleanup
+    assert finished["state"] == "failed"
+    assert f"Conductor {holder} stopped" in finished["error"]
+    node = requests.get(f"{service.url}/v1/nodes/victim", timeout=5).json()
+    assert node["reservation"] is None and node["request_id"] is None
+    assert node["provision_state"] == "enroll"  # verifying failed back to enroll
+    assert "stopped while running" in node["last_error"]
+    # The supervisor restarted the killed worker: two conductors alive again.
+    deadline = time.monotonic() + 20
+    while sum(c["alive"] for c in requests.get(f"{service.url}/v1/conductors", timeout=5).json()["conductors"]) < 2:
+        assert time.monotonic() < deadline, "killed worker was not restarted"
+        time.sleep(0.2)
+
+
+def test_data_survives_a_restart(settings, service_factory) -> None:
+    service = service_factory()
+    create(service, "keep")
+    request_id = put(service, "keep", "power", "power on")
+    assert service.wait_request(request_id)["state"] == "succeeded"
+    service.stop()
+    again = service_factory()
+    node = requests.get(f"{again.url}/v1/nodes/keep", timeout=5).json()
+    assert node["power_state"] == "power on"
+    assert requests.get(f"{again.url}/v1/requests/{request_id}", timeout=5).json()["state"] == "succeeded"
+
+
+def test_cli_import_set_cancel_history_delete(service_factory, tmp_path) -> None:
+    service = service_factory()
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"nodes": [
+        {"name": f"imp-{i}", "driver": "fake", "driver_info": {"fake_delay": 5}} for i in range(3)]}))
+    assert "Enrolled 3" in service.cli("node", "import", str(inventory)).stdout
+    assert "skipped 3" in service.cli("node", "import", str(inventory)).stdout
+    listed = json.loads(service.cli("--json", "node", "list").stdout)
+    assert [n["name"] for n in listed] == ["imp-0", "imp-1", "imp-2"]
+    service.cli("node", "set", "imp-0", "--maintenance", "--reason", "fan")
+    assert json.loads(service.cli("--json", "node", "list", "--maintenance").stdout)[0]["name"] == "imp-0"
+    # The only worker is stuck in a slow BMC call on imp-0: imp-1's request stays queued.
+    service.cli("node", "set", "imp-0", "-i", "fake_hang=3")
+    busy = json.loads(service.cli("--json", "node", "power", "on", "imp-0").stdout)
+    deadline = time.monotonic() + 10
+    while json.loads(service.cli("--json", "request", "show", busy["id"]).stdout)["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    queued = json.loads(service.cli("--json", "node", "power", "on", "imp-1").stdout)
+    assert "cancelled" in service.cli("request", "cancel", queued["id"]).stdout
+    result = service.cli("request", "cancel", busy["id"], check=False)
+    assert result.returncode == 1 and "request_not_cancellable" in result.stderr
+    history = json.loads(service.cli("--json", "node", "history", "imp-1").stdout)
+    assert history[0]["event"] == "request.cancelled"
+    states = json.loads(service.cli("--json", "node", "states", "imp-2").stdout)
+    assert states["provision_state"] == "enroll"
+    service.cli("node", "delete", "imp-2")
+    result = service.cli("node", "show", "imp-2", check=False)
+    assert result.returncode == 1 and "node_not_found" in result.stderr
+
+
+def test_db_upgrade_command(settings, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite'}", CONDUCTOR_DATA_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "conductor", "db", "upgrade"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from conductor import database
+
+    assert f"Schema at {database.head_revision()}." in result.stdout
