@@ -7,7 +7,7 @@ import socket
 
 import redis
 
-from conductor.callbacks.outbox import CallbackQueue, install_handoff
+from conductor.callbacks.outbox import CallbackQueue, install_wakeup
 from conductor.database import Database
 from conductor.settings import Settings
 from conductor.workqueue import WorkQueue, connect
@@ -35,13 +35,13 @@ class Context:
     ) -> Context:
         """Connect to what ``settings`` name (connections open lazily).
 
-        Callback deliveries emitted by a transaction of this context's
-        database are handed to the callbacks queue when it commits.
+        A transaction of this context's database that emitted callback
+        deliveries wakes the callback pumps when it commits.
         """
         connection = connect(settings, redis_timeout)
         db = Database.from_settings(settings)
         callbacks = CallbackQueue(connection, settings)
-        install_handoff(db, callbacks)
+        install_wakeup(db, callbacks)
         return cls(
             settings=settings,
             db=db,

@@ -31,9 +31,10 @@ from conductor.callbacks import secrets
 from conductor.exceptions import InvalidInput
 from conductor.models import CallbackDelivery, CallbackSubscription, Node, Request, utcnow
 
-#: Where :func:`emit` lists the deliveries of a session not yet committed
-#: (the hand-off to the queue after commit reads it).
+#: Set in a session's ``info`` by :func:`emit`: committing it wakes the pumps.
 PENDING_KEY = "callbacks.pending"
+#: The active subscriptions, read once per transaction.
+_SUBSCRIPTIONS_KEY = "callbacks.subscriptions"
 
 
 class EventType(enum.StrEnum):
@@ -102,6 +103,36 @@ def request_snapshot(request: Request) -> dict[str, Any]:
     }
 
 
+def _subscriptions(session: Session) -> list[Any]:
+    """The active subscriptions, read once per transaction of ``session``."""
+    cached = session.info.get(_SUBSCRIPTIONS_KEY)
+    if cached is None:
+        # No autoflush: the caller may be between two BMC calls with changes
+        # pending; flushing now would hold the database's write lock meanwhile.
+        with session.no_autoflush:
+            cached = session.execute(
+                sa.select(
+                    CallbackSubscription.id,
+                    CallbackSubscription.url,
+                    CallbackSubscription.events,
+                    CallbackSubscription.nodes,
+                    CallbackSubscription.client,
+                )
+                .where(CallbackSubscription.active.is_(True))
+                .order_by(CallbackSubscription.created_at)
+            ).all()
+        session.info[_SUBSCRIPTIONS_KEY] = cached
+    return cached  # type: ignore[no-any-return]
+
+
+@sa.event.listens_for(Session, "after_transaction_end")
+def _forget_subscriptions(session: Session, transaction: Any) -> None:
+    # The next transaction reads them again: a new subscription gets the
+    # events of every transaction that starts after it was committed.
+    if transaction.parent is None:
+        session.info.pop(_SUBSCRIPTIONS_KEY, None)
+
+
 def new_webhook_id() -> str:
     """A new delivery id (the ``webhook-id`` header): ``msg_`` and 32 hex digits."""
     return f"msg_{uuid.uuid4().hex}"
@@ -123,15 +154,7 @@ def emit(
     targets: list[tuple[str, str, str | None, str | None]] = []
     if event_type == EventType.REQUEST_FINISHED and request is not None and request.callback_url:
         targets.append((request.callback_url, secrets.signer_for(request.client), None, None))
-    # No autoflush: the caller may be between two BMC calls with changes
-    # pending; flushing now would hold the database's write lock meanwhile.
-    with session.no_autoflush:
-        subscriptions = session.scalars(
-            sa.select(CallbackSubscription)
-            .where(CallbackSubscription.active.is_(True))
-            .order_by(CallbackSubscription.created_at)
-        ).all()
-    for sub in subscriptions:
+    for sub in _subscriptions(session):
         if matches(sub.events, event_type) and (not sub.nodes or node.uuid in sub.nodes):
             targets.append((sub.url, secrets.signer_for(sub.client), sub.id, f"{sub.id}/{node.uuid}"))
     if not targets:
@@ -162,5 +185,5 @@ def emit(
         )
         session.add(delivery)
         added.append(delivery)
-    session.info.setdefault(PENDING_KEY, []).extend(added)
+    session.info[PENDING_KEY] = True
     return added

@@ -1,19 +1,19 @@
 """From the outbox table to the ``<ns>-callbacks`` queue.
 
 The database is the truth; the queue only says *which delivery to try
-next*.  Two ways in:
+next*.  The pump, in every callback worker, queues the deliveries that
+are due: new ones, retries whose time came, deliveries whose earlier
+sibling (same subscription, same node) is finally done, and work whose
+queue entry or worker was lost.  It runs every ``callback_poll_interval``
+seconds, and at once when woken: a transaction that emitted deliveries
+wakes the pumps when it commits (one cheap Redis command on the
+conductor's path; RQ jobs are built in the callback workers).  A lost
+wake-up only costs latency.
 
-* the hand-off: right after a transaction that emitted deliveries commits,
-  their ids are queued (best effort: Redis may be away);
-* the pump: every callback worker looks for due deliveries every
-  ``callback_poll_interval`` seconds and queues them - first attempts the
-  hand-off missed, retries that came due, deliveries whose earlier
-  sibling (same subscription, same node) is finally done, and work whose
-  queue entry or worker was lost.
-
-A delivery is queued at most once per ``requeue_after`` by the pump (the
-``enqueued_at`` mark); duplicates are harmless anyway, since attempting a
-delivery starts with a conditional claim (see ``delivery.claim``).
+A delivery is queued at most once per ``requeue_after`` by the pumps (the
+``enqueued_at`` mark, set by a conditional write); duplicates are harmless
+anyway, since attempting a delivery starts with a conditional claim (see
+``delivery.claim``).
 """
 
 from __future__ import annotations
@@ -39,17 +39,31 @@ LOG = logging.getLogger(__name__)
 
 #: The job function of the callbacks queue.
 DELIVER_FUNCTION = "conductor.callbacks.jobs.deliver"
-#: The pump leaves first attempts this long to the hand-off.
-HANDOFF_GRACE = 2.0
 
 
 class CallbackQueue:
-    """The RQ queue callback workers take deliveries from."""
+    """The RQ queue callback workers take deliveries from, and the pumps' wake-up."""
 
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
+        self.connection = connection
         self.queue = Queue(f"{settings.redis_namespace}-callbacks", connection=connection)
+        self.wake_key = f"{settings.redis_namespace}:callbacks:wake"
         # Longer than any one attempt may take (connect + reads + DNS).
         self.job_timeout = int(4 * settings.callback_timeout + 30)
+
+    def wake(self) -> None:
+        """Tell a pump that deliveries were emitted (one round trip).
+
+        :raises redis.RedisError: Redis cannot be reached.
+        """
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.lpush(self.wake_key, 1)
+        pipe.ltrim(self.wake_key, 0, 0)  # many wake-ups are one
+        pipe.execute()
+
+    def sleep(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a wake-up; whether one came."""
+        return self.connection.blpop([self.wake_key], timeout=timeout) is not None
 
     def enqueue(self, delivery_ids: Sequence[int]) -> None:
         """Queue one job per delivery.
@@ -77,21 +91,18 @@ class CallbackQueue:
         return int(self.queue.count)
 
 
-def install_handoff(db: Database, queue: CallbackQueue) -> None:
-    """Queue the deliveries of every transaction of ``db`` once it commits."""
+def install_wakeup(db: Database, queue: CallbackQueue) -> None:
+    """Wake the pumps whenever a transaction of ``db`` that emitted deliveries commits."""
 
     def after_commit(session: Session) -> None:
-        pending = session.info.pop(PENDING_KEY, None)
-        if not pending:
+        if not session.info.pop(PENDING_KEY, None):
             return
-        ids = [d.id for d in pending if d.id is not None]
         try:
-            queue.enqueue(ids)
+            queue.wake()
         except Exception as exc:
-            # The commit happened and must not look failed to the caller:
-            # the pump finds these deliveries in the database.
-            LOG.warning("Could not hand %d callback delivery(ies) to the queue (%s); "
-                        "the pump will", len(ids), exc)
+            # The commit happened and must not look failed to the caller;
+            # the pumps find the deliveries on their next round anyway.
+            LOG.warning("Could not wake the callback pumps (%s); deliveries wait for their next round", exc)
 
     def after_rollback(session: Session) -> None:
         session.info.pop(PENDING_KEY, None)
@@ -126,9 +137,8 @@ def eligible(now: dt.datetime) -> list[Any]:
 def due(session: Session, now: dt.datetime, limit: int, requeue_after: float | None = None) -> list[int]:
     """Ids of deliveries that may be attempted now, oldest first.
 
-    With ``requeue_after``, only those the pump should queue: not queued in
-    the last ``requeue_after`` seconds, and first attempts only once the
-    hand-off had its chance.
+    With ``requeue_after``, only those not queued in the last
+    ``requeue_after`` seconds (what a pump should queue).
     """
     query = sa.select(CallbackDelivery.id).where(CallbackDelivery.next_at <= now, *eligible(now))
     if requeue_after is not None:
@@ -136,11 +146,7 @@ def due(session: Session, now: dt.datetime, limit: int, requeue_after: float | N
             sa.or_(
                 CallbackDelivery.enqueued_at.is_(None),
                 CallbackDelivery.enqueued_at < now - dt.timedelta(seconds=requeue_after),
-            ),
-            sa.or_(
-                CallbackDelivery.attempts > 0,
-                CallbackDelivery.created_at < now - dt.timedelta(seconds=HANDOFF_GRACE),
-            ),
+            )
         )
     return list(session.scalars(query.order_by(CallbackDelivery.id).limit(limit)))
 

@@ -4,8 +4,9 @@ Callback workers are separate processes from conductor workers, so a slow
 or dead receiver (up to ``callback_timeout`` per attempt) never holds up
 a step that powers or provisions a node.  A background thread pumps due
 deliveries from the database into the queue every
-``callback_poll_interval`` seconds, and frees the leases of callback
-workers of this host that died mid-delivery.
+``callback_poll_interval`` seconds, or at once when a commit that emitted
+deliveries wakes it, and frees the leases of callback workers of this
+host that died mid-delivery.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import threading
 import time
 
+import redis
 from rq import SimpleWorker
 
 from conductor.callbacks import destinations, outbox, retry
@@ -49,7 +51,12 @@ class Pump(threading.Thread):
                 # The database or Redis briefly away must not stop the pump.
                 LOG.exception("Callback pump failed; retrying")
                 self.stopping.wait(1.0)
-            self.stopping.wait(settings.callback_poll_interval)
+                continue
+            try:
+                self.ctx.callbacks.sleep(settings.callback_poll_interval)
+            except redis.RedisError as exc:
+                LOG.warning("Callback pump cannot wait on Redis (%s); polling", exc)
+                self.stopping.wait(settings.callback_poll_interval)
 
     def stop(self) -> None:
         self.stopping.set()
