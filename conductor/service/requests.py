@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from conductor.callbacks import destinations, events, status
 from conductor.context import Context
@@ -119,6 +119,8 @@ def list_requests(
             )
         )
     query = query.order_by(Request.created_at.desc(), Request.id.desc()).limit(limit)
+    # One more query for the page's callback deliveries, not one per request.
+    query = query.options(selectinload(Request.callback_delivery))
     return list(session.scalars(query))
 
 

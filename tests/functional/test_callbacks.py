@@ -58,12 +58,18 @@ def test_up_delivers_signed_callbacks_and_subscriptions(service_factory, receive
     (own,) = receiver.at("/req")
     assert verify_signature(secret, own.headers, own.body)
     assert own.json["data"]["request"]["id"] == request_id
-    wait_until(lambda: len(receiver.at("/sub")) >= 2, what="subscription deliveries")
+
+    def all_delivered() -> list | None:
+        listed = requests.get(f"{service.url}/v1/subscriptions/{created['id']}/deliveries", timeout=10).json()
+        states = [d["state"] for d in listed["deliveries"]]
+        return states if states and set(states) == {"delivered"} else None
+
+    states = wait_until(all_delivered, what="subscription deliveries delivered")
+    assert len(receiver.at("/sub")) == len(states)
     assert all(verify_signature(secret, r.headers, r.body) for r in receiver.at("/sub"))
     types = [r.json["type"] for r in receiver.at("/sub")]
-    assert "request.finished" in types and "node.power_state.changed" in types
-    listed = service.cli("subscription", "deliveries", created["id"]).stdout
-    assert "delivered" in listed
+    assert types[-1] == "request.finished" and "node.power_state.changed" in types
+    assert "delivered" in service.cli("subscription", "deliveries", created["id"]).stdout
 
 
 def test_a_receiver_that_never_answers_does_not_delay_power_requests(service_factory, receiver) -> None:

@@ -266,3 +266,14 @@ def test_the_callback_lease_of_a_vanished_worker_runs_out(client, ctx, conductor
     drain_callbacks(ctx)
     (row,) = deliveries(ctx)
     assert row.state == "delivered" and row.attempts == 2 and row.claimed_by is None
+
+
+def test_request_lists_show_each_callback(client, ctx, conductor_ctx, node, receiver) -> None:
+    delivered = finished_request(client, conductor_ctx, receiver.url())
+    drain_callbacks(ctx)
+    plain = finished_request(client, conductor_ctx, None, "power off")
+    pending = finished_request(client, conductor_ctx, receiver.url(), "power on")
+    listed = {r["id"]: r["callback"] for r in client.get("/v1/requests").json["requests"]}
+    assert listed[delivered]["state"] == "delivered" and listed[delivered]["attempts"] == 1
+    assert listed[plain] is None
+    assert listed[pending]["state"] == "pending" and listed[pending]["id"].startswith("msg_")
