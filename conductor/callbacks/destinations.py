@@ -23,6 +23,7 @@ delivery, which then connects to the very address it checked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import socket
 from urllib.parse import urlsplit
@@ -121,10 +122,7 @@ class Policy:
 
         :raises InvalidInput: a malformed list entry.
         """
-        return cls(
-            allow=Rules.parse(settings.callback_allow, "callback_allow"),
-            deny=Rules.parse(settings.callback_deny, "callback_deny"),
-        )
+        return _policy(settings.callback_allow, settings.callback_deny)
 
     def check(self, target: Target) -> None:
         """Refuse a resolved target the lists do not admit.
@@ -147,6 +145,12 @@ class Policy:
 
 #: Why a destination was refused (the ``reason`` of the error).
 UNRESOLVABLE = "unresolvable"
+
+
+@functools.lru_cache(maxsize=8)
+def _policy(allow: str, deny: str) -> Policy:
+    # Parsed once per distinct pair of lists: the API checks every callback URL.
+    return Policy(allow=Rules.parse(allow, "callback_allow"), deny=Rules.parse(deny, "callback_deny"))
 
 
 def _denied(message: str, reason: str) -> CallbackUrlDenied:

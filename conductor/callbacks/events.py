@@ -31,7 +31,10 @@ from conductor.callbacks import secrets
 from conductor.exceptions import InvalidInput
 from conductor.models import CallbackDelivery, CallbackSubscription, Node, Request, utcnow
 
-#: Set in a session's ``info`` by :func:`emit`: committing it wakes the pumps.
+#: The delivery rows :func:`emit` buffered in a session's ``info``.
+_ROWS_KEY = "callbacks.rows"
+#: Set in a session's ``info`` once its deliveries are written: committing
+#: it wakes the pumps.
 PENDING_KEY = "callbacks.pending"
 #: The active subscriptions, read once per transaction.
 _SUBSCRIPTIONS_KEY = "callbacks.subscriptions"
@@ -144,11 +147,13 @@ def emit(
     node: Node,
     request: Request | None = None,
     **details: Any,
-) -> list[CallbackDelivery]:
+) -> int:
     """Record ``event_type`` for ``node`` as deliveries, in the caller's transaction.
 
     ``details`` (e.g. ``previous={...}``) are added to the body's ``data``.
-    Returns the deliveries added (none when nobody listens).
+    The rows are written when the session commits (one INSERT for all the
+    deliveries of the transaction, after its other changes); a rollback
+    drops them.  Returns how many deliveries the event makes.
     """
     now = utcnow()
     targets: list[tuple[str, str, str | None, str | None]] = []
@@ -158,32 +163,49 @@ def emit(
         if matches(sub.events, event_type) and (not sub.nodes or node.uuid in sub.nodes):
             targets.append((sub.url, secrets.signer_for(sub.client), sub.id, f"{sub.id}/{node.uuid}"))
     if not targets:
-        return []
+        return 0
     data: dict[str, Any] = {
         "node": node_snapshot(node),
         "request": request_snapshot(request) if request is not None else None,
         **details,
     }
     body = json.dumps({"type": str(event_type), "timestamp": _iso(now), "data": data})
-    added = []
+    rows = session.info.setdefault(_ROWS_KEY, [])
     for url, signer, subscription_id, order_key in targets:
-        delivery = CallbackDelivery(
-            webhook_id=new_webhook_id(),
-            event_type=str(event_type),
-            url=url,
-            signer=signer,
-            subscription_id=subscription_id,
-            request_id=request.id if request is not None else None,
-            node_uuid=node.uuid,
-            order_key=order_key,
-            body=body,
-            state="pending",
-            attempts=0,
-            next_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(delivery)
-        added.append(delivery)
+        rows.append({
+            "webhook_id": new_webhook_id(),
+            "event_type": str(event_type),
+            "url": url,
+            "signer": signer,
+            "subscription_id": subscription_id,
+            "request_id": request.id if request is not None else None,
+            "node_uuid": node.uuid,
+            "order_key": order_key,
+            "body": body,
+            "state": "pending",
+            "attempts": 0,
+            "next_at": now,
+            "created_at": now,
+            "updated_at": now,
+        })
+    return len(targets)
+
+
+_INSERT = sa.insert(CallbackDelivery.__table__)
+
+
+@sa.event.listens_for(Session, "before_commit")
+def _write_deliveries(session: Session) -> None:
+    rows = session.info.pop(_ROWS_KEY, None)
+    if not rows:
+        return
+    # The transaction's other changes first: on PostgreSQL the node's row
+    # lock then orders the delivery ids of concurrent transactions.
+    session.flush()
+    session.execute(_INSERT, rows)
     session.info[PENDING_KEY] = True
-    return added
+
+
+@sa.event.listens_for(Session, "after_soft_rollback")
+def _drop_deliveries(session: Session, _previous: Any) -> None:
+    session.info.pop(_ROWS_KEY, None)
