@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
+from conductor.models import Node
 from tests.callback_helpers import deliver_due, deliveries, drain_callbacks
 from tests.conftest import drain
 
@@ -205,3 +207,21 @@ def test_delivery_status_is_listed_newest_first_in_pages(client, ctx, conductor_
     assert second["deliveries"] == listed[1:2]
     bad = client.get(f"/v1/subscriptions/{sub['id']}/deliveries?marker=msg_nope")
     assert bad.status_code == 400
+
+
+def test_abort_is_a_provision_event_and_its_request_calls_back(client, ctx, receiver) -> None:
+    make_node(client, "n1")
+    subscribe(client, receiver.url("/sub"), ["node.provision_state.changed"])
+    with ctx.db.begin() as session:
+        session.execute(sa.update(Node).values(provision_state="clean wait"))
+    response = client.put("/v1/nodes/n1/states/provision",
+                          json={"target": "abort", "callback_url": receiver.url("/own")})
+    assert response.status_code == 202 and response.json["state"] == "succeeded"
+    assert response.json["callback"]["state"] == "pending"
+    drain_callbacks(ctx)
+    (event,) = [r.json for r in receiver.at("/sub")]
+    assert event["data"]["previous"] == {"provision_state": "clean wait"}
+    assert event["data"]["node"]["provision_state"] == "clean failed" and event["data"]["event"] == "abort"
+    (own,) = [r.json for r in receiver.at("/own")]
+    assert own["type"] == "request.finished" and own["data"]["request"]["target"] == "abort"
+    assert client.get(f"/v1/requests/{response.json['id']}").json["callback"]["state"] == "delivered"
