@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from conductor.context import Context
 from conductor.models import CallbackDelivery, Node, NodeHistory
 from tests.callback_helpers import Reply, deliver_due, deliveries, drain_callbacks, verify_signature
-from tests.conftest import drain
+from tests.conftest import drain, free_port
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_a_receiver_that_times_out_is_retried(client, settings, conductor_ctx, n
 def test_connection_refused_is_retried_then_given_up_after_the_window(client, settings, conductor_ctx, node) -> None:
     brief = Context.build(settings.replace(callback_retry_window=0.5))
     try:
-        request_id = finished_request(client, conductor_ctx, "http://127.0.0.1:9/closed")
+        request_id = finished_request(client, conductor_ctx, f"http://127.0.0.1:{free_port()}/closed")
         deliver_due(brief)
         callback = callback_of(client, request_id)
         assert callback["state"] == "pending" and "cannot connect" in callback["last_error"]
