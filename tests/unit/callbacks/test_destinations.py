@@ -9,6 +9,7 @@ import pytest
 from conductor.callbacks import destinations
 from conductor.exceptions import CallbackUrlDenied, InvalidInput
 from conductor.models import CallbackSubscription, Request
+from conductor.settings import load
 
 
 def _has_ipv6_loopback() -> bool:
@@ -116,3 +117,15 @@ def test_denied_subscription_url_is_400_and_not_stored(client, ctx) -> None:
     assert response.status_code == 400 and response.json["code"] == "callback_url_denied"
     with ctx.db.session() as session:
         assert session.query(CallbackSubscription).count() == 0
+
+
+def test_lists_come_from_a_toml_array_or_the_environment(tmp_path) -> None:
+    config = tmp_path / "conductor.toml"
+    config.write_text('callback_deny = ["10.0.0.0/8", "*.internal"]\n', encoding="utf-8")
+    from_file = load({"data_dir": tmp_path}, env={"CONDUCTOR_CONFIG": str(config)})
+    assert from_file.callback_deny == "10.0.0.0/8,*.internal"
+    with pytest.raises(CallbackUrlDenied):
+        destinations.check(from_file, "http://10.1.2.3/")
+    from_env = load({"data_dir": tmp_path}, env={"CONDUCTOR_CALLBACK_ALLOW": "127.0.0.2, hooks.test"})
+    policy = destinations.Policy.from_settings(from_env)
+    assert policy.allow.hosts == ("hooks.test",) and len(policy.allow.networks) == 1
