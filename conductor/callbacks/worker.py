@@ -26,6 +26,9 @@ from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
 RQ_SOCKET_TIMEOUT = 600.0
+#: Rounds of the pump start at least this far apart: a burst of commits
+#: waking it costs one round, not one each.
+MIN_ROUND_INTERVAL = 0.05
 
 
 class Pump(threading.Thread):
@@ -39,7 +42,10 @@ class Pump(threading.Thread):
     def run(self) -> None:
         settings = self.ctx.settings
         next_release = time.monotonic() + settings.sweep_interval
+        last_round = 0.0
         while not self.stopping.is_set():
+            self.stopping.wait(max(0.0, last_round + MIN_ROUND_INTERVAL - time.monotonic()))
+            last_round = time.monotonic()
             try:
                 queued = outbox.pump(self.ctx.db, self.ctx.callbacks, settings.requeue_after)
                 if queued:
