@@ -41,7 +41,8 @@ setup(
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
-        "test": ["pytest>=8.0", "psycopg[binary]>=3.1"],
+        # standardwebhooks: the reference verifier, checked against our signatures.
+        "test": ["pytest>=8.0", "psycopg[binary]>=3.1", "standardwebhooks>=1.0"],
     },
     entry_points={
         "console_scripts": [

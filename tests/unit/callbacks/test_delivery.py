@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import sqlalchemy as sa
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conductor.context import Context
 from conductor.models import CallbackDelivery, Node, NodeHistory
@@ -277,3 +278,15 @@ def test_request_lists_show_each_callback(client, ctx, conductor_ctx, node, rece
     assert listed[delivered]["state"] == "delivered" and listed[delivered]["attempts"] == 1
     assert listed[plain] is None
     assert listed[pending]["state"] == "pending" and listed[pending]["id"].startswith("msg_")
+
+
+def test_the_standard_webhooks_reference_library_verifies_deliveries(client, ctx, conductor_ctx, node, receiver) -> None:
+    old = client.post("/v1/callbacks/secret/rotate").json["secret"]
+    new = client.post("/v1/callbacks/secret/rotate").json["secret"]
+    finished_request(client, conductor_ctx, receiver.url())
+    drain_callbacks(ctx)
+    (got,) = receiver.received
+    for secret in (old, new):  # both sign during the overlap
+        assert Webhook(secret).verify(got.body, got.headers)["type"] == "request.finished"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(got.body.replace(b"succeeded", b"failed"), got.headers)
