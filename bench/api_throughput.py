@@ -30,7 +30,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import socket

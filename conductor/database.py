@@ -75,24 +75,22 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
-    def listen(self, name: str, listener: Any) -> None:
-        """Register a session event listener (e.g. ``after_commit``) for this database's sessions."""
-        event.listen(self._sessions, name, listener)
+    def listen(self, event_name: str, fn: Any) -> None:
+        """Call ``fn`` on session event ``event_name`` of every session of this database."""
+        event.listen(self._sessions, event_name, fn)
 
     def dispose(self) -> None:
         """Close every pooled connection (call after fork, and at exit)."""
         self.engine.dispose()
 
 
-def _migrations_dir() -> str:
-    """The Alembic environment: ``db/`` beside the imported ``conductor`` package
-    in a source checkout, else the installed ``conductor.migrations``.
-
-    An editable install maps ``conductor.migrations`` to the checkout it was
-    installed from, which is the wrong one for another worktree.
-    """
+def _script_location() -> str:
+    # In a source checkout the migrations sit in ``db/`` beside the package.
+    # Prefer them: with an editable install of *another* checkout on the path
+    # (a git worktree run with PYTHONPATH), ``conductor.migrations`` would
+    # resolve to that checkout's migrations, not the ones matching our models.
     source = Path(__file__).resolve().parent.parent / "db"
-    if (source / "env.py").exists():
+    if (source / "env.py").is_file():
         return str(source)
     return str(resources.files("conductor.migrations"))
 
@@ -101,7 +99,7 @@ def _alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", _migrations_dir())
+    config.set_main_option("script_location", _script_location())
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
@@ -115,6 +113,15 @@ def upgrade(url: str, revision: str = "head") -> None:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(_alembic_config(url), revision)
+
+
+def head_revision() -> str:
+    """The newest migration's revision (what :func:`upgrade` reaches by default)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return str(head)
 
 
 def current_revision(url: str) -> str | None:

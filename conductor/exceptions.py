@@ -9,10 +9,12 @@ The whole tree::
     |   +-- NodeNotFound (404 node_not_found)
     |   +-- RequestNotFound (404 request_not_found)
     |   +-- TokenNotFound (404 token_not_found)
+    |   +-- SubscriptionNotFound (404 subscription_not_found)
     +-- InvalidInput (400 validation_error)
     |   +-- InvalidTransition (400 invalid_transition)
     |   +-- NodeInMaintenance (400 node_in_maintenance)
     |   +-- UnknownDriver (400 unknown_driver)
+    |   +-- CallbackUrlDenied (400 callback_url_denied)
     +-- Conflict (409 conflict)
     |   +-- TransitionInProgress (409 transition_in_progress)
     |   +-- RequestNotCancellable (409 request_not_cancellable)
@@ -108,6 +110,10 @@ class TokenNotFound(NotFound):
     """No API token with that id."""
 
     code = "token_not_found"
+class SubscriptionNotFound(NotFound):
+    """No callback subscription with that id."""
+
+    code = "subscription_not_found"
 
 
 class InvalidInput(ConductorError):
@@ -133,6 +139,12 @@ class UnknownDriver(InvalidInput):
     """No driver by that name is loaded."""
 
     code = "unknown_driver"
+
+
+class CallbackUrlDenied(InvalidInput):
+    """The callback destination is not allowed (deny list, allow list, or unresolvable)."""
+
+    code = "callback_url_denied"
 
 
 class Conflict(ConductorError):

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> dt.datetime:
@@ -51,7 +51,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 class Base(DeclarativeBase):
     """Base of every table."""
 
-    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON}
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
 
 
 class Node(Base):
@@ -118,6 +118,14 @@ class Request(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    #: The delivery of this request's own callback (None until it finishes).
+    callback_delivery: Mapped[CallbackDelivery | None] = relationship(
+        primaryjoin="and_(Request.id == foreign(CallbackDelivery.request_id), "
+        "CallbackDelivery.subscription_id.is_(None))",
+        viewonly=True,
+        uselist=False,
+    )
 
     __table_args__ = (
         Index("ix_requests_node_created", "node_id", "created_at"),
@@ -204,3 +212,89 @@ class ThrottleRecord(Base):
     values: Mapped[dict[str, Any]] = mapped_column(default=dict)
     version: Mapped[int] = mapped_column(default=1)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+class CallbackSecret(Base):
+    """The webhook signing secret of one client (``""``: the deployment's own).
+
+    The plaintext is kept because HMAC needs it; the API shows it once, when
+    it is created, and never again.  After a rotation the previous secret
+    keeps signing (both signatures are sent) until ``previous_expires_at``.
+    """
+
+    __tablename__ = "callback_secrets"
+
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(64))
+    previous_secret: Mapped[str | None] = mapped_column(String(64))
+    previous_expires_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    rotated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CallbackSubscription(Base):
+    """A standing order to POST matching events to ``url``."""
+
+    __tablename__ = "callback_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    #: Event type patterns (``*`` is a wildcard).
+    events: Mapped[list[str]] = mapped_column(default=list)
+    #: Node UUIDs whose events are wanted; empty means every node.
+    nodes: Mapped[list[str]] = mapped_column(default=list)
+    #: Who created it: its deliveries are signed with this client's secret.
+    client: Mapped[str | None] = mapped_column(String(64))
+    #: False once the receiver answered 410 Gone.
+    active: Mapped[bool] = mapped_column(default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CallbackDelivery(Base):
+    """One event to POST to one URL: the outbox row and its delivery status.
+
+    Written in the same transaction as the state change it reports, so it
+    is never lost; delivered (and retried) by the callback workers.  There
+    is deliberately no foreign key: a delivery outlives a deleted node,
+    request or subscription.
+    """
+
+    __tablename__ = "callback_deliveries"
+
+    #: Also the delivery order: for one ``order_key``, lower ids go first.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The ``webhook-id`` header: the same on every attempt.
+    webhook_id: Mapped[str] = mapped_column(String(40), unique=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    #: Whose secret signs it (``""``: the deployment's).
+    signer: Mapped[str] = mapped_column(String(64), default="")
+    subscription_id: Mapped[str | None] = mapped_column(String(40))
+    request_id: Mapped[str | None] = mapped_column(String(40))
+    node_uuid: Mapped[str | None] = mapped_column(String(36))
+    #: Deliveries sharing a key (one subscription, one node) go out in order.
+    order_key: Mapped[str | None] = mapped_column(String(80))
+    #: The exact JSON body, fixed when the event happened.
+    body: Mapped[str] = mapped_column(Text)
+    #: ``pending``, ``delivered`` or ``failed``.
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: When the next attempt is due (while pending).
+    next_at: Mapped[dt.datetime | None]
+    #: When a pump last put it on the callbacks queue.
+    enqueued_at: Mapped[dt.datetime | None]
+    #: A worker is attempting it until then (``claimed_by`` says which).
+    lease_until: Mapped[dt.datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_callback_deliveries_due", "state", "next_at"),
+        Index("ix_callback_deliveries_order", "order_key", "id"),
+        Index("ix_callback_deliveries_request", "request_id"),
+        Index("ix_callback_deliveries_subscription", "subscription_id", "id"),
+    )

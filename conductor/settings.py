@@ -84,6 +84,27 @@ class Settings:
     auth_enabled: bool = True
     #: How long an ``Idempotency-Key`` is remembered.
     idempotency_retention: float = 86400.0
+    #: Callback (webhook) delivery: worker processes started by ``up``; how
+    #: long a receiver may take (to connect, and for each read); the delays
+    #: in seconds before each retry (the first attempt is immediate; the
+    #: last delay repeats) and for how long after the event attempts go on;
+    #: the +/- fraction of random jitter applied to each delay.
+    callback_workers: int = 1
+    callback_timeout: float = 10.0
+    callback_retry_schedule: str = "5,30,120,600,1800,3600"
+    callback_retry_window: float = 86400.0
+    callback_jitter: float = 0.2
+    #: How often each callback worker looks for due deliveries in the database.
+    callback_poll_interval: float = 0.5
+    #: Callback destinations: comma-separated host names (``*.example.com``)
+    #: and networks (CIDR).  A non-empty allow list admits only what it
+    #: names; the deny list always wins.  Loopback is allowed by default.
+    callback_allow: str = ""
+    callback_deny: str = (
+        "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32,metadata.google.internal"
+    )
+    #: How long a rotated-out signing secret keeps signing (both are sent).
+    callback_secret_overlap: float = 86400.0
 
     log_level: str = "INFO"
 
@@ -137,6 +158,9 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if isinstance(value, list | tuple):
+            # A list in the TOML file for a comma-separated setting.
+            return ",".join(str(v) for v in value)
         return str(value)
     except (TypeError, ValueError):
         raise InvalidInput(

@@ -1,9 +1,10 @@
 """``conductor up``: API, workers and (by default) Redis on one box, supervised.
 
 The supervisor starts the embedded Redis unless ``REDIS_URL`` is set,
-upgrades the schema, then runs ``conductor api`` and one
-``conductor worker`` per ``--workers`` as child processes with their logs
-in ``<data dir>/logs``.  A child that dies is restarted (with a growing
+upgrades the schema, then runs ``conductor api``, one ``conductor worker``
+per ``--workers`` and one ``conductor callback-worker`` per
+``--callback-workers`` as child processes with their logs in
+``<data dir>/logs``.  A child that dies is restarted (with a growing
 delay if it keeps dying).  SIGINT/SIGTERM stop everything in order:
 API, workers (warm shutdown: the current step finishes), then Redis.
 """
@@ -123,6 +124,11 @@ class Supervisor:
             Child(f"worker-{i}", exe + ["worker", "--workers", "1"], logs / f"worker-{i}.log", env=env)
             for i in range(settings.workers)
         ]
+        self.children += [
+            Child(f"callback-worker-{i}", exe + ["callback-worker", "--workers", "1"],
+                  logs / f"callback-worker-{i}.log", env=env)
+            for i in range(settings.callback_workers)
+        ]
         for child in self.children:
             child.start()
         self._wait_for_api(wait)
@@ -162,7 +168,14 @@ class Supervisor:
         """Stop the API, then the workers (warm), then Redis."""
         self.stopping.set()
         for child in self.children:
-            child.stop(timeout=10 if child.name == "api" else self.settings.job_timeout)
+            if child.name == "api":
+                timeout = 10.0
+            elif child.name.startswith("callback-worker"):
+                # A delivery in flight lasts at most about two timeouts.
+                timeout = 2 * self.settings.callback_timeout + 5
+            else:
+                timeout = self.settings.job_timeout
+            child.stop(timeout=timeout)
         if self.redis is not None:
             self.redis.stop()
             self.redis = None

@@ -7,8 +7,9 @@ import ipaddress
 from flask import Flask, Response
 
 from conductor import __version__, metrics
-from conductor.api import admission, conductors, errors, nodes, requests, throttle, tokens
+from conductor.api import admission, callbacks, conductors, errors, nodes, requests, subscriptions, throttle, tokens
 from conductor.api.common import close_session
+from conductor.callbacks import destinations
 from conductor.context import Context
 from conductor.exceptions import InvalidInput
 from conductor.settings import Settings, load
@@ -60,10 +61,12 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["conductor"] = ctx
+    # Fail at start, not on the first callback, on malformed callback lists.
+    destinations.Policy.from_settings(ctx.settings)
     api = errors.ConductorApi(app)
     errors.register(app)
     admission.install(app)
-    for module in (nodes, requests, conductors, throttle, tokens):
+    for module in (nodes, requests, conductors, throttle, tokens, subscriptions, callbacks):
         api.register_blueprint(module.blp)
     app.teardown_appcontext(close_session)
 

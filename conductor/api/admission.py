@@ -26,6 +26,7 @@ from conductor import logs, metrics
 from conductor.api.common import context, session
 from conductor.auth import tokens
 from conductor.auth.roles import Role, allows
+from conductor.callbacks.secrets import ADDRESS_PREFIX
 from conductor.context import Context
 from conductor.exceptions import Forbidden, QueueFull, RateLimited, Unauthorized
 from conductor.throttle import buckets, idempotency
@@ -73,7 +74,8 @@ def idempotency_key() -> IdempotencyKey | None:
 
 def _authenticate(ctx: Context) -> tokens.Principal:
     if not ctx.settings.auth_enabled:
-        return tokens.Principal(client=(request.remote_addr or "unknown")[:64], role=Role.ADMIN)
+        address = f"{ADDRESS_PREFIX}{request.remote_addr or 'unknown'}"
+        return tokens.Principal(client=address[:64], role=Role.ADMIN)
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("This API needs a token: send 'Authorization: Bearer <token>'.")

@@ -105,6 +105,15 @@ class ProvisionChange(Strict):
     callback_url = _CALLBACK
 
 
+class CallbackStatus(ma.Schema):
+    id = ma.fields.String(allow_none=True, metadata={"description": "The webhook-id of the delivery"})
+    state = ma.fields.String(metadata={"description": "pending, delivered or failed"})
+    attempts = ma.fields.Integer()
+    last_status = ma.fields.Integer(allow_none=True, metadata={"description": "HTTP status of the last attempt"})
+    last_error = ma.fields.String(allow_none=True)
+    next_at = ma.fields.DateTime(allow_none=True, metadata={"description": "When the next attempt is due"})
+
+
 class RequestOut(ma.Schema):
     id = ma.fields.String()
     node_uuid = ma.fields.String()
@@ -116,6 +125,9 @@ class RequestOut(ma.Schema):
     error = ma.fields.String(allow_none=True)
     conductor = ma.fields.String(allow_none=True)
     callback_url = ma.fields.String(allow_none=True)
+    callback = ma.fields.Nested(
+        CallbackStatus, allow_none=True, metadata={"description": "Delivery of callback_url (null without one)"}
+    )
     created_at = ma.fields.DateTime()
     started_at = ma.fields.DateTime(allow_none=True)
     finished_at = ma.fields.DateTime(allow_none=True)
@@ -209,6 +221,9 @@ class Token(ma.Schema):
 
 class TokenCreated(Token):
     token = ma.fields.String(metadata={"description": "The secret; shown only in this response"})
+    signing_secret = ma.fields.String(
+        metadata={"description": "Signs this client's callbacks (Standard Webhooks); shown only in this response"}
+    )
 
 
 class TokenQuery(Strict):
@@ -217,3 +232,65 @@ class TokenQuery(Strict):
 
 class TokenList(ma.Schema):
     tokens = ma.fields.List(ma.fields.Nested(Token))
+class SubscriptionCreate(Strict):
+    url = ma.fields.Url(schemes={"http", "https"}, require_tld=False, required=True)
+    events = ma.fields.List(
+        ma.fields.String(), required=True, validate=validate.Length(min=1),
+        metadata={"description": "Event types; * is a wildcard (node.*, *)"},
+    )
+    nodes = ma.fields.List(
+        ma.fields.String(), load_default=list, metadata={"description": "Node UUIDs or names; empty: all"}
+    )
+
+
+class Subscription(ma.Schema):
+    id = ma.fields.String()
+    url = ma.fields.String()
+    events = ma.fields.List(ma.fields.String())
+    nodes = ma.fields.List(ma.fields.String(), metadata={"description": "Node UUIDs; empty: all"})
+    active = ma.fields.Boolean(metadata={"description": "False once the receiver answered 410"})
+    disabled_reason = ma.fields.String(allow_none=True)
+    created_at = ma.fields.DateTime()
+    updated_at = ma.fields.DateTime()
+
+
+class SubscriptionList(ma.Schema):
+    subscriptions = ma.fields.List(ma.fields.Nested(Subscription))
+
+
+class Delivery(ma.Schema):
+    id = ma.fields.String(metadata={"description": "The webhook-id header"})
+    event_type = ma.fields.String()
+    node_uuid = ma.fields.String(allow_none=True)
+    request_id = ma.fields.String(allow_none=True)
+    state = ma.fields.String()
+    attempts = ma.fields.Integer()
+    last_status = ma.fields.Integer(allow_none=True)
+    last_error = ma.fields.String(allow_none=True)
+    next_at = ma.fields.DateTime(allow_none=True)
+    created_at = ma.fields.DateTime()
+    finished_at = ma.fields.DateTime(allow_none=True)
+
+
+class DeliveryQuery(Strict):
+    limit = ma.fields.Integer(load_default=50, validate=validate.Range(1, MAX_PAGE))
+    marker = ma.fields.String(load_default=None, metadata={"description": "id of the last delivery seen"})
+
+
+class DeliveryList(ma.Schema):
+    deliveries = ma.fields.List(ma.fields.Nested(Delivery))
+    next = ma.fields.String(allow_none=True)
+
+
+class CallbackSecret(ma.Schema):
+    client = ma.fields.String(metadata={"description": "Whose secret ('' is the deployment's)"})
+    exists = ma.fields.Boolean()
+    fingerprint = ma.fields.String(allow_none=True, metadata={"description": "sha256 prefix, to tell secrets apart"})
+    created_at = ma.fields.DateTime(allow_none=True)
+    rotated_at = ma.fields.DateTime(allow_none=True)
+    previous_fingerprint = ma.fields.String(allow_none=True)
+    previous_expires_at = ma.fields.DateTime(allow_none=True, metadata={"description": "Until then both sign"})
+
+
+class CallbackSecretRotated(CallbackSecret):
+    secret = ma.fields.String(metadata={"description": "The new secret: shown this once only"})

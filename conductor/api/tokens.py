@@ -24,11 +24,16 @@ class Tokens(MethodView):
     @blp.arguments(schemas.TokenCreate)
     @blp.response(201, schemas.TokenCreated)
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        """Create a token with a role: ``reader``, ``operator`` or ``admin``."""
+        """Create a token with a role: ``reader``, ``operator`` or ``admin``.
+
+        The response is the only place its secret and its callback signing
+        secret are ever shown.
+        """
         db_session = session()
-        token, secret = tokens.create(db_session, body["role"], body["name"])
+        issued = tokens.issue(db_session, body["role"], body["name"])
         db_session.commit()
-        return {**tokens.to_dict(token), "token": secret}, {"Location": f"/v1/tokens/{token.id}"}
+        body = {**tokens.to_dict(issued.token), "token": issued.secret, "signing_secret": issued.signing_secret}
+        return body, {"Location": f"/v1/tokens/{issued.token.id}", "Cache-Control": "no-store"}
 
 
 @blp.route("/<token_id>")

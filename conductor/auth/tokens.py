@@ -84,6 +84,27 @@ def create(session: Session, role: str, name: str | None = None) -> tuple[ApiTok
     return token, secret
 
 
+@dataclasses.dataclass(frozen=True)
+class Issued:
+    """A new token with its secrets; both are shown once, at creation."""
+
+    token: ApiToken
+    secret: str
+    #: The key that signs this client's callbacks (Standard Webhooks).
+    signing_secret: str
+
+
+def issue(session: Session, role: str, name: str | None = None) -> Issued:
+    """Create a token and its callback signing secret; the caller commits.
+
+    :raises InvalidInput: unknown role or a name that is too long.
+    """
+    from conductor.callbacks import secrets as signing_secrets
+
+    token, secret = create(session, role, name)
+    return Issued(token, secret, signing_secrets.create_for_client(session, token.id))
+
+
 def list_tokens(session: Session, include_revoked: bool = False) -> list[ApiToken]:
     """Every token, oldest first (secrets are not known)."""
     query = sa.select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)

@@ -1,12 +1,13 @@
 """The ``conductor`` command: client commands over HTTP, and the servers.
 
 Client commands (``node``, ``request``, ``conductors``, ``token``,
-``throttle``) talk to the API at ``--url`` / ``$CONDUCTOR_URL`` and work
-against a remote deployment.  They authenticate with ``--token`` /
-``$CONDUCTOR_TOKEN``, else, when the URL is the one a local ``conductor up``
-serves, with the admin token it wrote into the data directory.
-Server commands (``up``, ``api``, ``worker``, ``db``) import the server
-side lazily so that the client starts fast.
+``throttle``, ``subscription``, ``callbacks``) talk to the API at ``--url``
+/ ``$CONDUCTOR_URL`` and work against a remote deployment.  They
+authenticate with ``--token`` / ``$CONDUCTOR_TOKEN``, else, when the URL is
+the one a local ``conductor up`` serves, with the admin token it wrote into
+the data directory.  Server commands (``up``, ``api``, ``worker``,
+``callback-worker``, ``db``) import the server side lazily so that the
+client starts fast.
 """
 
 from __future__ import annotations
@@ -95,13 +96,15 @@ def finish_request(obj: Obj, request: dict[str, Any], wait: bool, timeout: float
 
 
 def _register() -> None:
-    from conductor.cli import admin, nodes, requests_cmd, server
+    from conductor.cli import admin, callbacks_cmd, nodes, requests_cmd, server
 
     main.add_command(nodes.node)
     main.add_command(requests_cmd.request)
     main.add_command(requests_cmd.conductors)
     main.add_command(admin.token)
     main.add_command(admin.throttle)
+    main.add_command(callbacks_cmd.callbacks)
+    main.add_command(callbacks_cmd.subscription)
     for command in server.COMMANDS:
         main.add_command(command)
 

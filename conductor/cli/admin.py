@@ -39,6 +39,7 @@ def create(obj: Obj, role: str, name: str | None, direct: bool) -> None:
         return
     click.echo(created["token"])
     click.echo(f"Token {created['id']} ({created['role']}); the secret above is shown only now.", err=True)
+    click.echo(f"Callback signing secret: {created['signing_secret']} (shown only now).", err=True)
 
 
 def _create_direct(role: str, name: str | None) -> dict[str, Any]:
@@ -52,9 +53,14 @@ def _create_direct(role: str, name: str | None) -> dict[str, Any]:
         db = Database.from_settings(settings)
         try:
             with db.session() as session:
-                created, secret = tokens.create(session, role, name)
+                issued = tokens.issue(session, role, name)
                 session.commit()
-                return {**tokens.to_dict(created), "created_at": created.created_at.isoformat(), "token": secret}
+                return {
+                    **tokens.to_dict(issued.token),
+                    "created_at": issued.token.created_at.isoformat(),
+                    "token": issued.secret,
+                    "signing_secret": issued.signing_secret,
+                }
         finally:
             db.dispose()
     except InvalidInput as exc:

@@ -10,7 +10,7 @@ from conductor.cli import Obj, finish_request, pass_obj
 
 REQUEST_KEYS = [
     "id", "node_uuid", "kind", "target", "params", "state", "step", "error", "conductor",
-    "callback_url", "created_at", "started_at", "finished_at",
+    "callback_url", "callback", "created_at", "started_at", "finished_at",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Server commands: ``up``, ``api``, ``worker`` and ``db``.
+"""Server commands: ``up``, ``api``, ``worker``, ``callback-worker`` and ``db``.
 
 Imports of the server side happen inside the commands so that client
 commands stay fast.
@@ -37,15 +37,16 @@ def _settings(**overrides: Any) -> Any:
 @_data_dir
 @click.option("--workers", type=int, default=None, help="Conductor worker processes [1].")
 @click.option("--api-workers", type=int, default=None, help="API processes [2].")
+@click.option("--callback-workers", type=int, default=None, help="Callback worker processes [1].")
 def up(host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
-       api_workers: int | None) -> None:
-    """Run the API and conductor workers on this box (embedded Redis and SQLite by default)."""
+       api_workers: int | None, callback_workers: int | None) -> None:
+    """Run the API, conductor and callback workers on this box (embedded Redis and SQLite by default)."""
     from conductor import logs
     from conductor.exceptions import InvalidInput
     from conductor.supervisor import Supervisor
 
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir, workers=workers,
-                         api_workers=api_workers)
+                         api_workers=api_workers, callback_workers=callback_workers)
     logs.setup(settings.log_level)
     supervisor = Supervisor(settings)
 
@@ -63,7 +64,8 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
             click.echo(f"Admin token     {settings.admin_token_file}   ({state}; the CLI uses it for this URL)")
         else:
             click.echo("Authentication  OFF (auth_enabled = false; loopback only)")
-        click.echo(f"Workers         {settings.workers}; Redis {'embedded' if supervisor.redis else settings.redis_url}")
+        click.echo(f"Workers         {settings.workers} (+{settings.callback_workers} for callbacks); "
+                   f"Redis {'embedded' if supervisor.redis else settings.redis_url}")
         click.echo("Press Ctrl-C to stop.")
         supervisor.watch()
     except (RuntimeError, InvalidInput) as exc:
@@ -98,20 +100,32 @@ def api(host: str | None, port: int | None, api_workers: int | None, data_dir: P
 @_data_dir
 def worker(workers: int | None, burst: bool, data_dir: Path | None) -> None:
     """Run conductor worker(s): take queued requests and drive the hardware."""
+    settings = _settings(workers=workers, data_dir=data_dir)
+    _run_workers("conductor", settings.workers, settings, burst)
+
+
+@click.command("callback-worker")
+@click.option("--workers", type=int, default=None, help="Callback worker processes [1].")
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty (for tests and scripts).")
+@_data_dir
+def callback_worker(workers: int | None, burst: bool, data_dir: Path | None) -> None:
+    """Run callback worker(s): deliver signed callbacks, with retries."""
+    settings = _settings(callback_workers=workers, data_dir=data_dir)
+    _run_workers("callbacks", settings.callback_workers, settings, burst)
+
+
+def _run_workers(kind: str, count: int, settings: Any, burst: bool) -> None:
+    """Run ``count`` workers of ``kind`` (in this process when just one)."""
     import multiprocessing
 
-    from conductor import logs
-    from conductor.engine import worker as engine_worker
-
-    settings = _settings(workers=workers, data_dir=data_dir)
-    logs.setup(settings.log_level)
-    if settings.workers <= 1:
-        engine_worker.run(settings, burst=burst)
+    if count <= 1:
+        _worker_child(kind, settings, burst)
         return
     spawn = multiprocessing.get_context("spawn")
     procs = [
-        spawn.Process(target=_worker_child, args=(settings, burst), name=f"worker-{i}")
-        for i in range(settings.workers)
+        spawn.Process(target=_worker_child, args=(kind, settings, burst),
+                      name=f"worker-{i}" if kind == "conductor" else f"callback-worker-{i}")
+        for i in range(count)
     ]
     for proc in procs:
         proc.start()
@@ -134,11 +148,21 @@ def _interrupt(pid: int) -> None:
     os.kill(pid, signal.SIGINT)
 
 
-def _worker_child(settings: Any, burst: bool) -> None:
+def _worker_child(kind: str, settings: Any, burst: bool) -> None:
     from conductor import logs
-    from conductor.engine import worker as engine_worker
+    from conductor.exceptions import InvalidInput
 
     logs.setup(settings.log_level)
+    if kind == "callbacks":
+        from conductor.callbacks import worker as callback_worker_module
+
+        try:
+            callback_worker_module.run(settings, burst=burst)
+        except InvalidInput as exc:
+            raise click.ClickException(exc.message) from None
+        return
+    from conductor.engine import worker as engine_worker
+
     engine_worker.run(settings, burst=burst)
 
 
@@ -160,4 +184,4 @@ def db_upgrade(revision: str, data_dir: Path | None) -> None:
     click.echo(f"Schema at {database.current_revision(settings.sqlalchemy_url)}.")
 
 
-COMMANDS = [up, api, worker, db]
+COMMANDS = [up, api, worker, callback_worker, db]

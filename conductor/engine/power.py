@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from conductor.callbacks import events
 from conductor.drivers.base import DONE, Poll, StepResult
 from conductor.engine.task import Task
 from conductor.exceptions import DriverError
@@ -34,7 +35,7 @@ RESULT = {P.POWER_ON: P.POWER_ON, P.POWER_OFF: P.POWER_OFF, P.SOFT_POWER_OFF: P.
 
 
 def observe(task: Task, state: P | None) -> None:
-    """Record the power state the hardware reports (history on change)."""
+    """Record the power state the hardware reports (history and callbacks on change)."""
     node = task.node
     if state is not None and node.power_state != state:
         before = node.power_state
@@ -46,6 +47,13 @@ def observe(task: Task, state: P | None) -> None:
             f"Power state {before or 'unknown'} -> {state}.",
             request_id=task.request.id,
             conductor=task.conductor,
+        )
+        events.emit(
+            task.session,
+            events.EventType.POWER_STATE_CHANGED,
+            node,
+            task.request,
+            previous={"power_state": before},
         )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
+from conductor.callbacks import events
 from conductor.drivers.base import DONE, Done, StepResult, Wait
 from conductor.engine import power
 from conductor.engine.task import Task
@@ -20,7 +21,7 @@ from conductor.exceptions import DriverError
 from conductor.fsm import machine, table
 from conductor.fsm.states import Event, ProvisionTarget
 from conductor.fsm.states import ProvisionState as S
-from conductor.models import Node
+from conductor.models import Node, Request
 from conductor.service import history
 
 #: Requests whose cleaning is automated (may be switched off in the settings).
@@ -30,7 +31,7 @@ AUTOMATED_CLEAN_TARGETS = frozenset({ProvisionTarget.PROVIDE, ProvisionTarget.DE
 def fire(
     session: Session, node: Node, event: Event, request_id: str | None, conductor: str | None
 ) -> None:
-    """Fire ``event`` on ``node`` and record it in its history."""
+    """Fire ``event`` on ``node``; record it in its history and for callbacks."""
     before = node.provision_state
     node.provision_state = str(machine.next_state(before, event))
     history.record(
@@ -40,6 +41,17 @@ def fire(
         f"{before} -> {node.provision_state} ({event}).",
         request_id=request_id,
         conductor=conductor,
+    )
+    with session.no_autoflush:
+        # Normally in the identity map already: no query.
+        request = session.get(Request, request_id) if request_id else None
+    events.emit(
+        session,
+        events.EventType.PROVISION_STATE_CHANGED,
+        node,
+        request,
+        previous={"provision_state": before},
+        event=str(event),
     )
 
 

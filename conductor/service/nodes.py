@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conductor import drivers
+from conductor.callbacks import events
 from conductor.drivers.base import is_secret
 from conductor.exceptions import (
     InvalidInput,
@@ -166,7 +167,8 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
     """Apply a JSON merge patch (RFC 7396) to a node and commit.
 
     ``driver_info`` and ``properties`` are merged key by key (``null``
-    removes a key); other fields are replaced.
+    removes a key); other fields are replaced.  Turning maintenance on or
+    off is a ``node.maintenance`` callback event.
 
     :raises NodeNotFound: no such node.
     :raises InvalidInput: unknown or invalid fields.
@@ -180,6 +182,7 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
             errors={k: "not patchable" for k in unknown},
         )
     node = find(session, ident)
+    maintenance_before = node.maintenance
     values: dict[str, Any] = {}
     if "name" in changes:
         values["name"] = _check_name(changes["name"])
@@ -224,6 +227,9 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
                 f"Maintenance {'on' if values['maintenance'] else 'off'}"
                 + (f": {values.get('maintenance_reason')}" if values.get("maintenance_reason") else "."),
             )
+            if values["maintenance"] != maintenance_before:
+                session.refresh(node)
+                events.emit(session, events.EventType.MAINTENANCE, node)
         session.commit()
     except IntegrityError:
         session.rollback()

@@ -28,9 +28,10 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from conductor import logs, metrics
+from conductor.callbacks import destinations, events, status
 from conductor.context import Context
 from conductor.exceptions import (
     InvalidInput,
@@ -126,6 +127,8 @@ def list_requests(
             )
         )
     query = query.order_by(Request.created_at.desc(), Request.id.desc()).limit(limit)
+    # One more query for the page's callback deliveries, not one per request.
+    query = query.options(selectinload(Request.callback_delivery))
     return list(session.scalars(query))
 
 
@@ -153,7 +156,7 @@ def submit_power(
     """Accept a power change of node ``ident``.
 
     :raises NodeNotFound, InvalidInput, InvalidTransition, TransitionInProgress,
-        IdempotencyKeyReused, QueueUnavailable: as the API documents.
+        IdempotencyKeyReused, CallbackUrlDenied, QueueUnavailable: as the API documents.
     """
     if target not in POWER_TARGETS:
         raise InvalidInput(
@@ -188,7 +191,7 @@ def submit_provision(
     """Accept a provision state change of node ``ident`` (``abort`` acts at once).
 
     :raises NodeNotFound, InvalidTransition, NodeInMaintenance,
-        TransitionInProgress, RequestNotCancellable, IdempotencyKeyReused,
+        TransitionInProgress, RequestNotCancellable, IdempotencyKeyReused, CallbackUrlDenied,
         QueueUnavailable: as the API documents.
     """
     if target == ProvisionTarget.ABORT:
@@ -276,6 +279,8 @@ def _submit(
     idempotency_key: IdempotencyKey | None,
     validate: Callable[[Any], dict[str, Any]],
 ) -> Submitted:
+    if callback_url:
+        destinations.check(ctx.settings, callback_url)
     by_uuid = nodes.looks_like_uuid(ident)
     key = str(uuidlib.UUID(ident)) if by_uuid else ident
     retention = ctx.settings.idempotency_retention
@@ -398,7 +403,11 @@ def finish(
     error: str | None = None,
     conductor: str | None = None,
 ) -> None:
-    """End ``request`` in ``state`` and free its node, in the caller's transaction."""
+    """End ``request`` in ``state`` and free its node, in the caller's transaction.
+
+    Records the ``request.finished`` callbacks (the request's own
+    ``callback_url`` and matching subscriptions) in the same transaction.
+    """
     now = utcnow()
     request.state = str(state)
     request.error = error
@@ -422,6 +431,7 @@ def finish(
         conductor=conductor,
         severity="error" if state == RequestState.FAILED else "info",
     )
+    events.emit(session, events.EventType.REQUEST_FINISHED, node, request)
 
 
 def cancel(ctx: Context, request_id: str) -> Request:
@@ -504,7 +514,19 @@ def _abort_waiting(session: Session, node: Node, request: Request, reason: str) 
             f"{before} -> {node.provision_state} (aborted).",
             request_id=request.id,
         )
+        _emit_abort(session, node, request, before)
     finish(session, node, request, RequestState.CANCELLED, reason)
+
+
+def _emit_abort(session: Session, node: Node, request: Request, before: str) -> None:
+    events.emit(
+        session,
+        events.EventType.PROVISION_STATE_CHANGED,
+        node,
+        request,
+        previous={"provision_state": before},
+        event=str(Event.ABORT),
+    )
 
 
 def abort(
@@ -520,7 +542,10 @@ def abort(
     :raises InvalidTransition: the node is not in a wait state.
     :raises RequestNotCancellable: the waiting request is running a step.
     :raises IdempotencyKeyReused: the key was used for another request.
+    :raises CallbackUrlDenied: the callback destination is refused.
     """
+    if callback_url:
+        destinations.check(ctx.settings, callback_url)
     with ctx.db.session() as session:
         if idempotency_key is not None:
             replayed = idempotency.find(session, idempotency_key)
@@ -557,6 +582,7 @@ def abort(
             node.provision_state = str(machine.next_state(before, Event.ABORT))
             node.target_provision_state = None
             history.record(session, node, "provision.abort", f"{before} -> {node.provision_state} (aborted).")
+            _emit_abort(session, node, abort_request, before)
         finish(session, node, abort_request, RequestState.SUCCEEDED)
         try:
             if idempotency_key is not None:
@@ -590,6 +616,7 @@ def to_dict(request: Request) -> dict[str, Any]:
         "error": request.error,
         "conductor": request.conductor,
         "callback_url": request.callback_url,
+        "callback": status.request_callback(request),
         "created_at": request.created_at,
         "started_at": request.started_at,
         "finished_at": request.finished_at,

@@ -36,6 +36,13 @@ EXPECTED = {
     ("GET", "/v1/tokens"): ADMIN,
     ("POST", "/v1/tokens"): ADMIN,
     ("DELETE", "/v1/tokens/<token_id>"): ADMIN,
+    ("GET", "/v1/subscriptions"): READER,
+    ("POST", "/v1/subscriptions"): OPERATOR,
+    ("GET", "/v1/subscriptions/<subscription_id>"): READER,
+    ("DELETE", "/v1/subscriptions/<subscription_id>"): OPERATOR,
+    ("GET", "/v1/subscriptions/<subscription_id>/deliveries"): READER,
+    ("GET", "/v1/callbacks/secret"): READER,
+    ("POST", "/v1/callbacks/secret/rotate"): OPERATOR,
 }
 RANK = {READER: 0, OPERATOR: 1, ADMIN: 2}
 
@@ -134,7 +141,7 @@ def test_without_auth_clients_are_told_apart_by_address(settings, ctx) -> None:
                                    environ_base={"REMOTE_ADDR": "127.0.0.9"})
         assert accepted.status_code == 202
         with ctx.db.session() as session:
-            assert session.get(Request, accepted.json["id"]).client == "127.0.0.9"
+            assert session.get(Request, accepted.json["id"]).client == "addr:127.0.0.9"
     finally:
         open_ctx.close()
 
@@ -144,3 +151,22 @@ def test_the_api_description_declares_bearer_tokens(anonymous) -> None:
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
     assert spec["security"] == [{"bearerAuth": []}]
     assert {"/v1/throttle", "/v1/tokens", "/v1/tokens/{token_id}"} <= set(spec["paths"])
+
+
+def test_a_new_token_comes_with_its_callback_signing_secret(client) -> None:
+    created = client.post("/v1/tokens", json={"role": "operator", "name": "ci"})
+    assert created.status_code == 201
+    assert created.headers["Cache-Control"] == "no-store"
+    signing = created.json["signing_secret"]
+    assert signing.startswith("whsec_")
+    operator = bearer(created.json["token"])
+    shown = client.get("/v1/callbacks/secret", headers=operator).json
+    assert shown["exists"] is True
+    assert signing not in client.get("/v1/tokens").get_data(as_text=True)
+
+
+def test_without_auth_the_deployment_secret_signs(settings) -> None:
+    from conductor.callbacks import secrets
+
+    assert secrets.signer_for("addr:127.0.0.9") == secrets.signer_for(None) == ""
+    assert secrets.signer_for("tok-0123") == "tok-0123"

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from conductor.engine import runner
 from conductor.fsm.states import PowerState
-from conductor.models import Node, Request
+from conductor.models import Node
 from tests.conftest import drain
 
 

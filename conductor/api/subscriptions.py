@@ -1,0 +1,58 @@
+"""``/v1/subscriptions``: standing callback subscriptions and their deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+
+from conductor.api import schemas
+from conductor.api.common import Blueprint, client_identity, context, next_link, session
+from conductor.callbacks import subscriptions
+
+blp = Blueprint(
+    "subscriptions", __name__, url_prefix="/v1/subscriptions", description="Callback subscriptions"
+)
+
+
+@blp.route("")
+class Subscriptions(MethodView):
+    @blp.response(200, schemas.SubscriptionList)
+    def get(self) -> dict[str, Any]:
+        """List the subscriptions."""
+        return {"subscriptions": [subscriptions.to_dict(s) for s in subscriptions.list_subscriptions(session())]}
+
+    @blp.arguments(schemas.SubscriptionCreate)
+    @blp.response(201, schemas.Subscription)
+    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """Subscribe a URL to events, optionally of some nodes only (400 ``callback_url_denied``)."""
+        created = subscriptions.create(
+            session(), context().settings, body["url"], body["events"], body["nodes"], client_identity()
+        )
+        return subscriptions.to_dict(created), {"Location": f"/v1/subscriptions/{created.id}"}
+
+
+@blp.route("/<subscription_id>")
+class SubscriptionItem(MethodView):
+    @blp.response(200, schemas.Subscription)
+    def get(self, subscription_id: str) -> dict[str, Any]:
+        """Show a subscription."""
+        return subscriptions.to_dict(subscriptions.get(session(), subscription_id))
+
+    @blp.response(204)
+    def delete(self, subscription_id: str) -> None:
+        """Delete a subscription; its pending deliveries fail."""
+        subscriptions.delete(session(), subscription_id)
+
+
+@blp.route("/<subscription_id>/deliveries")
+class SubscriptionDeliveries(MethodView):
+    @blp.arguments(schemas.DeliveryQuery, location="query")
+    @blp.response(200, schemas.DeliveryList)
+    def get(self, args: dict[str, Any], subscription_id: str) -> dict[str, Any]:
+        """The subscription's deliveries, newest first, in pages of ``limit`` before ``marker``."""
+        items = subscriptions.deliveries(session(), subscription_id, args["limit"], args["marker"])
+        return {
+            "deliveries": items,
+            "next": next_link(items, args["limit"], items[-1]["id"] if items else None),
+        }

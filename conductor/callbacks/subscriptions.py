@@ -1,0 +1,142 @@
+"""Subscriptions: standing orders to POST matching events to a URL.
+
+A subscription names event type patterns (``node.*``, ``*``...) and,
+optionally, the nodes it is about (by UUID or name, stored as UUIDs).  Its
+deliveries are signed with the secret of the client that created it, and
+go out in order for each node.  Deleting a subscription fails its pending
+deliveries; so does a receiver answering 410 Gone, which also disables it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from conductor.callbacks import delivery, destinations, events
+from conductor.callbacks.status import delivery_to_dict
+from conductor.exceptions import InvalidInput, SubscriptionNotFound
+from conductor.models import CallbackDelivery, CallbackSubscription, utcnow
+from conductor.service import nodes as node_service
+from conductor.settings import Settings
+
+
+def new_subscription_id() -> str:
+    """A new subscription id, ``sub-`` followed by 32 hex digits."""
+    return f"sub-{uuid.uuid4().hex}"
+
+
+def create(
+    session: Session,
+    settings: Settings,
+    url: str,
+    event_patterns: Sequence[str],
+    node_idents: Sequence[str] | None = None,
+    client: str | None = None,
+) -> CallbackSubscription:
+    """Create a subscription and commit.
+
+    :raises InvalidInput: bad event patterns or URL.
+    :raises CallbackUrlDenied: the URL's destination is refused.
+    :raises NodeNotFound: a node of the filter does not exist.
+    """
+    patterns = events.check_patterns(event_patterns)
+    destinations.check(settings, url)
+    node_uuids: list[str] = []
+    for ident in node_idents or ():
+        found = node_service.find(session, ident).uuid
+        if found not in node_uuids:
+            node_uuids.append(found)
+    subscription = CallbackSubscription(
+        id=new_subscription_id(),
+        url=url,
+        events=patterns,
+        nodes=node_uuids,
+        client=client,
+        active=True,
+    )
+    session.add(subscription)
+    session.commit()
+    return subscription
+
+
+def get(session: Session, subscription_id: str) -> CallbackSubscription:
+    """The subscription ``subscription_id``.
+
+    :raises SubscriptionNotFound: no such subscription.
+    """
+    subscription = session.get(CallbackSubscription, subscription_id)
+    if subscription is None:
+        raise SubscriptionNotFound(
+            f"Subscription {subscription_id} not found.", subscription_id=subscription_id
+        )
+    return subscription
+
+
+def list_subscriptions(session: Session) -> list[CallbackSubscription]:
+    """Every subscription, oldest first."""
+    return list(
+        session.scalars(
+            sa.select(CallbackSubscription).order_by(CallbackSubscription.created_at, CallbackSubscription.id)
+        )
+    )
+
+
+def delete(session: Session, subscription_id: str) -> None:
+    """Delete a subscription, failing its pending deliveries, and commit.
+
+    :raises SubscriptionNotFound: no such subscription.
+    """
+    # The conditional write first (SQLite), then the deliveries.
+    deleted = session.execute(
+        sa.delete(CallbackSubscription).where(CallbackSubscription.id == subscription_id)
+    ).rowcount
+    if deleted != 1:
+        session.rollback()
+        raise SubscriptionNotFound(
+            f"Subscription {subscription_id} not found.", subscription_id=subscription_id
+        )
+    now = utcnow()
+    session.execute(
+        sa.update(CallbackDelivery)
+        .where(CallbackDelivery.subscription_id == subscription_id, CallbackDelivery.state == delivery.PENDING)
+        .values(state=delivery.FAILED, last_error="The subscription was deleted.", next_at=None,
+                finished_at=now, updated_at=now)
+    )
+    session.commit()
+
+
+def deliveries(
+    session: Session, subscription_id: str, limit: int, before: str | None = None
+) -> list[dict[str, Any]]:
+    """The subscription's deliveries, newest first, older than delivery ``before``.
+
+    :raises SubscriptionNotFound: no such subscription.
+    :raises InvalidInput: ``before`` names no delivery.
+    """
+    get(session, subscription_id)
+    query = sa.select(CallbackDelivery).where(CallbackDelivery.subscription_id == subscription_id)
+    if before:
+        anchor = session.scalar(sa.select(CallbackDelivery.id).where(CallbackDelivery.webhook_id == before))
+        if anchor is None:
+            raise InvalidInput(f"Marker delivery {before} not found.", errors={"marker": "unknown delivery"})
+        query = query.where(CallbackDelivery.id < anchor)
+    rows = session.scalars(query.order_by(CallbackDelivery.id.desc()).limit(limit))
+    return [delivery_to_dict(row) for row in rows]
+
+
+def to_dict(subscription: CallbackSubscription) -> dict[str, Any]:
+    """The API form of a subscription."""
+    return {
+        "id": subscription.id,
+        "url": subscription.url,
+        "events": list(subscription.events),
+        "nodes": list(subscription.nodes),
+        "active": subscription.active,
+        "disabled_reason": subscription.disabled_reason,
+        "created_at": subscription.created_at,
+        "updated_at": subscription.updated_at,
+    }
