@@ -1,0 +1,361 @@
+"""Load figures for the BMC simulator and the IPMI client (prints, never asserts).
+
+Usage (from the repository root)::
+
+    python bench/bmcsim_load.py start   --count 1000 --shards 1,4
+    python bench/bmcsim_load.py models  --count 200 --duration 8 \
+        --models plain-serial,serial,threads4,threads16,plain-threads16,procs2,procs4
+    python bench/bmcsim_load.py reboots --count 1000 --delay 2 --procs 4
+    python bench/bmcsim_load.py storm   --count 1000 --duration 60 --ipmitool 16 --pyghmi 4
+
+``models``: calls/s of ``get_power`` on open sessions, per concurrency model
+(``plain-*`` = pyghmi's own ``Command``, no fixes; the rest = BMCClient).
+Each model runs in fresh processes; a worker that makes no progress for
+``--hang`` seconds is reported as hung and killed.
+
+``reboots``: N power-off-then-on cycles driven the way conductor jobs are
+meant to (send, never sleep on a BMC, poll later), by P processes.
+
+``storm``: sustained concurrent load (ipmitool processes re-logging all the
+time plus pyghmi clients) against a fleet, reporting shard restarts,
+probe misses and per-shard errors: whether the fleet wedges, and survives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing as mp
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conductor.bmcsim import Fleet  # noqa: E402
+
+
+def _load() -> str:
+    return "load %.2f %.2f %.2f" % os.getloadavg()
+
+
+# --- start --------------------------------------------------------------------------
+def bench_start(args: argparse.Namespace) -> None:
+    import psutil
+
+    for shards in [int(s) for s in args.shards.split(",")]:
+        with Fleet(count=args.count, shards=shards) as fleet:
+            me = psutil.Process()
+            kids = [psutil.Process(s["pid"]) for s in fleet.shards()]
+            rss = me.memory_info().rss + sum(k.memory_info().rss for k in kids)
+            uss = me.memory_full_info().uss + sum(k.memory_full_info().uss for k in kids)
+            began = time.monotonic()
+        print(f"start count={args.count} shards={shards}: ready in {fleet.started_in:.2f} s, "
+              f"RSS total {rss / 2**20:.0f} MB (USS {uss / 2**20:.0f} MB; control "
+              f"{me.memory_info().rss / 2**20:.0f} MB), stop {time.monotonic() - began:.2f} s; {_load()}")
+
+
+# --- models -------------------------------------------------------------------------
+def _make_caller(bmc: dict[str, Any], plain: bool) -> Any:
+    if plain:
+        from pyghmi.ipmi import command
+
+        cmd = command.Command(bmc["host"], bmc["username"].encode(), bmc["password"].encode(),
+                              port=bmc["port"])
+        return lambda: cmd.raw_command(netfn=0, command=1)
+    from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
+
+    client = BMCClient(BMCCredentials(bmc["host"], bmc["port"], bmc["username"], bmc["password"]),
+                       retries=1)
+    client.check_credentials()  # log in now, outside the timed phase
+    return client.get_power
+
+
+def _thread_loop(bmcs: list[dict[str, Any]], plain: bool, duration: float, out: dict[str, Any],
+                 progress: list[float]) -> None:
+    lat: list[float] = []
+    errors: collections.Counter[str] = collections.Counter()
+    began = time.monotonic()
+    callers = []
+    for bmc in bmcs:  # log in to each BMC once (timed separately)
+        try:
+            callers.append(_make_caller(bmc, plain))
+        except Exception as exc:  # report, do not die: we are measuring failures
+            errors[f"login: {type(exc).__name__}: {exc}"[:80]] += 1
+        progress[0] = time.monotonic()
+    out["login_s"] = time.monotonic() - began
+    out["logins"] = len(callers)
+    stop_at = time.monotonic() + duration  # the call phase is timed on its own
+    i = 0
+    while callers and time.monotonic() < stop_at:
+        call = callers[i % len(callers)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            call()
+        except Exception as exc:  # report, do not die: we are measuring failures
+            errors[f"{type(exc).__name__}: {exc}"[:80]] += 1
+        lat.append(time.perf_counter() - t0)
+        progress[0] = time.monotonic()
+    out["lat"] = lat
+    out["errors"] = errors
+
+
+def _proc_main(bmcs: list[dict[str, Any]], threads: int, plain: bool, duration: float,
+               results: mp.Queue, hang: float) -> None:
+    outs: list[dict[str, Any]] = [{} for _ in range(threads)]
+    progress = [[time.monotonic()] for _ in range(threads)]
+    workers = []
+    for t in range(threads):
+        part = bmcs[t::threads]
+        thread = threading.Thread(target=_thread_loop, args=(part, plain, duration, outs[t], progress[t]),
+                                  daemon=True)
+        thread.start()
+        workers.append(thread)
+    hung = 0
+    for t, thread in enumerate(workers):
+        while thread.is_alive():
+            thread.join(1.0)
+            if thread.is_alive() and time.monotonic() - progress[t][0] > hang:
+                hung += 1
+                break
+    lat = [x for o in outs for x in o.get("lat", [])]
+    errors: collections.Counter[str] = collections.Counter()
+    for o in outs:
+        errors.update(o.get("errors", {}))
+    results.put({"lat": lat, "errors": dict(errors), "hung": hung,
+                 "login_s": max(o.get("login_s", 0.0) for o in outs),
+                 "logins": sum(o.get("logins", 0) for o in outs)})
+    _exit_now(results)
+
+
+def _exit_now(results: mp.Queue) -> None:
+    """Flush our result, then exit without waiting for (possibly hung) threads."""
+    results.close()
+    results.join_thread()
+    os._exit(0)
+
+
+def _parse_model(name: str) -> tuple[bool, int, int]:
+    plain = name.startswith("plain-")
+    name = name.removeprefix("plain-")
+    procs, threads = 1, 1
+    for part in name.split("x"):
+        if part.startswith("procs"):
+            procs = int(part[5:])
+        elif part.startswith("threads"):
+            threads = int(part[7:])
+        elif part != "serial":
+            raise SystemExit(f"unknown model {name}")
+    return plain, procs, threads
+
+
+def run_model(bmcs: list[dict[str, Any]], model: str, duration: float, hang: float) -> dict[str, Any]:
+    """Run one concurrency model against ``bmcs``; returns its figures."""
+    plain, procs, threads = _parse_model(model)
+    ctx = mp.get_context("spawn")
+    results: mp.Queue = ctx.Queue()
+    children = []
+    for p in range(procs):
+        child = ctx.Process(target=_proc_main, args=(bmcs[p::procs], threads, plain, duration, results, hang))
+        child.start()
+        children.append(child)
+    collected = []
+    deadline = time.monotonic() + duration + hang + 30 + 30.0 * len(bmcs) / 1000
+    while len(collected) < procs and time.monotonic() < deadline:
+        try:
+            collected.append(results.get(timeout=1.0))
+        except Exception:  # queue.Empty: keep waiting until the deadline
+            continue
+    for child in children:
+        child.join(2)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    lat = sorted(x for r in collected for x in r["lat"])
+    errors: collections.Counter[str] = collections.Counter()
+    for r in collected:
+        errors.update(r["errors"])
+    hung = sum(r["hung"] for r in collected) + (procs - len(collected)) * threads
+    calls = len(lat)
+    return {
+        "model": model, "calls": calls, "calls_s": calls / duration if calls else 0.0,
+        "p50_ms": 1e3 * lat[calls // 2] if calls else None,
+        "p99_ms": 1e3 * lat[int(calls * 0.99)] if calls else None,
+        "max_ms": 1e3 * lat[-1] if calls else None,
+        "slow_over_100ms": sum(1 for x in lat if x > 0.1),
+        "errors": sum(errors.values()), "error_kinds": dict(errors.most_common(3)),
+        "hung_workers": hung, "login_s": max((r["login_s"] for r in collected), default=None),
+        "logins": sum(r["logins"] for r in collected),
+    }
+
+
+def bench_models(args: argparse.Namespace) -> None:
+    with Fleet(count=args.count, shards=args.shards) as fleet:
+        bmcs = [{"host": b.host, "port": b.port, "username": b.username, "password": b.password}
+                for b in fleet.bmcs]
+        print(f"fleet {args.count} BMCs, {fleet.shard_count} shards; {_load()}")
+        summary: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for round_no in range(args.rounds):  # interleaved, so machine noise hits every model
+            for model in args.models.split(","):
+                r = run_model(bmcs, model, args.duration, args.hang)
+                summary[model].append(r)
+                print(f"[{round_no + 1}] {r['model']:>18}: {r['calls_s']:6.0f} calls/s  "
+                      f"p50 {r['p50_ms'] or 0:6.2f} ms  p99 {r['p99_ms'] or 0:7.1f} ms  "
+                      f"max {r['max_ms'] or 0:6.0f} ms  >100ms {r['slow_over_100ms']:4d}  "
+                      f"errors {r['errors']:3d}  hung {r['hung_workers']}  "
+                      f"logins {r['logins']} in {r['login_s'] or 0:.1f} s  "
+                      f"shard restarts {len(fleet.restarts)}  {_load()}"
+                      + (f"\n{'':>24}errors: {r['error_kinds']}" if r["errors"] else ""), flush=True)
+        print("summary (median [min-max] calls/s over rounds; totals of errors/hung/slow):")
+        for model, runs in summary.items():
+            rates = sorted(r["calls_s"] for r in runs)
+            print(f"  {model:>18}: {statistics.median(rates):6.0f} [{rates[0]:.0f}-{rates[-1]:.0f}]  "
+                  f"errors {sum(r['errors'] for r in runs)}  hung {sum(r['hung_workers'] for r in runs)}  "
+                  f">100ms {sum(r['slow_over_100ms'] for r in runs)}  "
+                  f"login {statistics.median(r['login_s'] or 0 for r in runs):.1f} s")
+
+
+# --- reboots ------------------------------------------------------------------------
+def _reboot_worker(bmcs: list[dict[str, Any]], delay: float, poll: float, results: mp.Queue) -> None:
+    """Reboot each BMC (off, wait off, on, wait on) without ever sleeping on one BMC."""
+    from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
+    from conductor.exceptions import BMCError
+
+    clients = [BMCClient(BMCCredentials(b["host"], b["port"], b["username"], b["password"]), retries=2)
+               for b in bmcs]
+    # (due time, index, phase): phases 0 send off, 1 poll off, 2 send on, 3 poll on
+    import heapq
+
+    now = time.monotonic()
+    queue = [(now, i, 0) for i in range(len(clients))]
+    heapq.heapify(queue)
+    calls = errors = 0
+    done_at: list[float] = []
+    while queue:
+        due, i, phase = heapq.heappop(queue)
+        wait = due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # nothing else is due: the whole worker is idle
+        client = clients[i]
+        try:
+            calls += 1
+            if phase == 0:
+                client.set_power("off")
+                heapq.heappush(queue, (time.monotonic() + delay, i, 1))
+            elif phase == 1:
+                if client.get_power() == "off":
+                    heapq.heappush(queue, (time.monotonic(), i, 2))
+                else:
+                    heapq.heappush(queue, (time.monotonic() + poll, i, 1))
+            elif phase == 2:
+                client.set_power("on")
+                heapq.heappush(queue, (time.monotonic() + delay, i, 3))
+            elif client.get_power() == "on":
+                done_at.append(time.monotonic())
+            else:
+                heapq.heappush(queue, (time.monotonic() + poll, i, 3))
+        except BMCError:
+            errors += 1
+            heapq.heappush(queue, (time.monotonic() + poll, i, phase))
+    results.put({"calls": calls, "errors": errors, "done": done_at})
+    _exit_now(results)
+
+
+def bench_reboots(args: argparse.Namespace) -> None:
+    with Fleet(count=args.count, delay=args.delay, initial_power="on", shards=args.shards) as fleet:
+        bmcs = [{"host": b.host, "port": b.port, "username": b.username, "password": b.password}
+                for b in fleet.bmcs]
+        ctx = mp.get_context("spawn")
+        results: mp.Queue = ctx.Queue()
+        start = time.monotonic()
+        procs = [ctx.Process(target=_reboot_worker, args=(bmcs[p::args.procs], args.delay, args.poll, results))
+                 for p in range(args.procs)]
+        for proc in procs:
+            proc.start()
+        collected = [results.get(timeout=600) for _ in procs]
+        for proc in procs:
+            proc.join()
+        done = sorted(t for r in collected for t in r["done"])
+        total = done[-1] - start if done else float("nan")
+        print(f"reboots count={args.count} delay={args.delay} procs={args.procs} shards={fleet.shard_count}: "
+              f"{len(done)} done in {total:.1f} s (first {done[0] - start:.1f} s, median "
+              f"{statistics.median(done) - start:.1f} s); IPMI calls {sum(r['calls'] for r in collected)}, "
+              f"errors {sum(r['errors'] for r in collected)}; shard restarts {len(fleet.restarts)}; {_load()}")
+
+
+# --- storm --------------------------------------------------------------------------
+def bench_storm(args: argparse.Namespace) -> None:
+    with Fleet(count=args.count, shards=args.shards, probe_interval=1.0) as fleet:
+        bmcs = fleet.bmcs
+        stop_at = time.monotonic() + args.duration
+        counts: collections.Counter[str] = collections.Counter()
+
+        def ipmitool_loop() -> None:
+            while time.monotonic() < stop_at:
+                b = random.choice(bmcs)
+                verb = random.choice(["status", "on", "off"])
+                rc = subprocess.run(["ipmitool", "-I", "lanplus", "-C", "3", "-N", "1", "-R", "2",
+                                     "-H", b.host, "-p", str(b.port), "-U", b.username, "-P", b.password,
+                                     "chassis", "power", verb], capture_output=True).returncode
+                counts["ipmitool ok" if rc == 0 else "ipmitool failed"] += 1
+
+        threads = [threading.Thread(target=ipmitool_loop, daemon=True) for _ in range(args.ipmitool)]
+        for thread in threads:
+            thread.start()
+        plain_bmcs = [{"host": b.host, "port": b.port, "username": b.username, "password": b.password}
+                      for b in bmcs]
+        print(f"storm: {args.count} BMCs, {fleet.shard_count} shards, {args.ipmitool} ipmitool loops, "
+              f"{args.pyghmi} pyghmi processes, {args.duration:.0f} s")
+        r = run_model(plain_bmcs, f"procs{args.pyghmi}", args.duration, hang=30) if args.pyghmi else None
+        for thread in threads:
+            thread.join()
+        print(f"  ipmitool: {dict(counts)}")
+        if r:
+            print(f"  pyghmi: {r['calls_s']:.0f} calls/s, errors {r['errors']}, hung {r['hung_workers']}, "
+                  f"max {r['max_ms'] or 0:.0f} ms")
+        for s in fleet.shards():
+            print(f"  shard {s['shard']}: restarts {s['restarts']}, errors {s['errors']}, "
+                  f"probe misses now {s['probe_misses']}")
+        for restart in fleet.restarts:
+            print(f"  restart: {restart.as_dict()}")
+        print(f"  {_load()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("start")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--shards", default="1,4")
+    p = sub.add_parser("models")
+    p.add_argument("--count", type=int, default=200)
+    p.add_argument("--shards", type=int)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--hang", type=float, default=20.0)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--models", default="plain-serial,serial,threads4,threads16,plain-threads16,procs2,procs4")
+    p = sub.add_parser("reboots")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--delay", type=float, default=2.0)
+    p.add_argument("--poll", type=float, default=0.5)
+    p.add_argument("--procs", type=int, default=4)
+    p.add_argument("--shards", type=int)
+    p = sub.add_parser("storm")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--shards", type=int)
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--ipmitool", type=int, default=16)
+    p.add_argument("--pyghmi", type=int, default=4)
+    args = parser.parse_args()
+    {"start": bench_start, "models": bench_models, "reboots": bench_reboots, "storm": bench_storm}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
