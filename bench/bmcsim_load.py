@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python bench/bmcsim_load.py start   --count 1000 --shards 1,4
     python bench/bmcsim_load.py models  --count 200 --duration 8 \
         --models plain-serial,serial,threads4,threads16,plain-threads16,procs2,procs4
-    python bench/bmcsim_load.py reboots --count 1000 --delay 2 --procs 4
+    python bench/bmcsim_load.py reboots --count 1000 --delay 2 --model procs4
     python bench/bmcsim_load.py storm   --count 1000 --duration 60 --ipmitool 16 --pyghmi 4
 
 ``models``: calls/s of ``get_power`` on open sessions, per concurrency model
@@ -223,18 +223,32 @@ def bench_models(args: argparse.Namespace) -> None:
 
 
 # --- reboots ------------------------------------------------------------------------
-def _reboot_worker(bmcs: list[dict[str, Any]], delay: float, poll: float, results: mp.Queue) -> None:
-    """Reboot each BMC (off, wait off, on, wait on) without ever sleeping on one BMC."""
-    from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
-    from conductor.exceptions import BMCError
+class _PlainPower:
+    """The bare baseline: pyghmi's own Command API, nothing of ours."""
 
-    clients = [BMCClient(BMCCredentials(b["host"], b["port"], b["username"], b["password"]), retries=2)
-               for b in bmcs]
-    # (due time, index, phase): phases 0 send off, 1 poll off, 2 send on, 3 poll on
+    def __init__(self, bmc: dict[str, Any]) -> None:
+        from pyghmi.ipmi import command
+
+        self.cmd = command.Command(bmc["host"], bmc["username"].encode(), bmc["password"].encode(),
+                                   port=bmc["port"])
+
+    def set_power(self, state: str) -> None:
+        self.cmd.set_power(state, wait=False)
+
+    def get_power(self) -> str:
+        return self.cmd.get_power()["powerstate"]
+
+
+def _reboot_thread(bmcs: list[dict[str, Any]], delay: float, poll: float, plain: bool,
+                   out: dict[str, Any]) -> None:
+    """Reboot each BMC (off, wait off, on, wait on) without ever sleeping on one BMC."""
     import heapq
 
-    now = time.monotonic()
-    queue = [(now, i, 0) for i in range(len(clients))]
+    from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
+
+    clients: list[Any] = [None] * len(bmcs)
+    # (due time, index, phase): phases 0 send off, 1 poll off, 2 send on, 3 poll on
+    queue = [(time.monotonic(), i, 0) for i in range(len(bmcs))]
     heapq.heapify(queue)
     calls = errors = 0
     done_at: list[float] = []
@@ -242,18 +256,20 @@ def _reboot_worker(bmcs: list[dict[str, Any]], delay: float, poll: float, result
         due, i, phase = heapq.heappop(queue)
         wait = due - time.monotonic()
         if wait > 0:
-            time.sleep(wait)  # nothing else is due: the whole worker is idle
-        client = clients[i]
+            time.sleep(wait)  # nothing else is due: this worker is idle
         try:
+            if clients[i] is None:  # first contact: log in (counted in the total time)
+                b = bmcs[i]
+                clients[i] = _PlainPower(b) if plain else BMCClient(
+                    BMCCredentials(b["host"], b["port"], b["username"], b["password"]), retries=2)
+            client = clients[i]
             calls += 1
             if phase == 0:
                 client.set_power("off")
                 heapq.heappush(queue, (time.monotonic() + delay, i, 1))
             elif phase == 1:
-                if client.get_power() == "off":
-                    heapq.heappush(queue, (time.monotonic(), i, 2))
-                else:
-                    heapq.heappush(queue, (time.monotonic() + poll, i, 1))
+                nxt = (i, 2) if client.get_power() == "off" else (i, 1)
+                heapq.heappush(queue, (time.monotonic() + (0 if nxt[1] == 2 else poll), *nxt))
             elif phase == 2:
                 client.set_power("on")
                 heapq.heappush(queue, (time.monotonic() + delay, i, 3))
@@ -261,33 +277,57 @@ def _reboot_worker(bmcs: list[dict[str, Any]], delay: float, poll: float, result
                 done_at.append(time.monotonic())
             else:
                 heapq.heappush(queue, (time.monotonic() + poll, i, 3))
-        except BMCError:
+        except Exception:  # BMCError or pyghmi's own: count it and try again later
             errors += 1
             heapq.heappush(queue, (time.monotonic() + poll, i, phase))
-    results.put({"calls": calls, "errors": errors, "done": done_at})
+    out.update(calls=calls, errors=errors, done=done_at)
+
+
+def _reboot_proc(bmcs: list[dict[str, Any]], delay: float, poll: float, plain: bool, threads: int,
+                 results: mp.Queue) -> None:
+    outs: list[dict[str, Any]] = [{} for _ in range(threads)]
+    workers = [threading.Thread(target=_reboot_thread, args=(bmcs[t::threads], delay, poll, plain, outs[t]),
+                                daemon=True) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    results.put({"calls": sum(o.get("calls", 0) for o in outs), "errors": sum(o.get("errors", 0) for o in outs),
+                 "done": [t for o in outs for t in o.get("done", [])]})
     _exit_now(results)
 
 
 def bench_reboots(args: argparse.Namespace) -> None:
+    plain, procs, threads = _parse_model(args.model)
     with Fleet(count=args.count, delay=args.delay, initial_power="on", shards=args.shards) as fleet:
         bmcs = [{"host": b.host, "port": b.port, "username": b.username, "password": b.password}
                 for b in fleet.bmcs]
         ctx = mp.get_context("spawn")
         results: mp.Queue = ctx.Queue()
-        start = time.monotonic()
-        procs = [ctx.Process(target=_reboot_worker, args=(bmcs[p::args.procs], args.delay, args.poll, results))
-                 for p in range(args.procs)]
-        for proc in procs:
-            proc.start()
-        collected = [results.get(timeout=600) for _ in procs]
-        for proc in procs:
-            proc.join()
+        children = [ctx.Process(target=_reboot_proc, args=(bmcs[p::procs], args.delay, args.poll, plain,
+                                                           threads, results)) for p in range(procs)]
+        load = _load()
+        start = time.monotonic()  # includes process start and every login
+        for child in children:
+            child.start()
+        collected = []
+        for _ in children:
+            try:
+                collected.append(results.get(timeout=args.timeout))
+            except Exception:  # queue.Empty: a worker hung
+                break
+        for child in children:
+            child.join(1)
+            if child.is_alive():
+                child.kill()
+                child.join()
         done = sorted(t for r in collected for t in r["done"])
         total = done[-1] - start if done else float("nan")
-        print(f"reboots count={args.count} delay={args.delay} procs={args.procs} shards={fleet.shard_count}: "
-              f"{len(done)} done in {total:.1f} s (first {done[0] - start:.1f} s, median "
-              f"{statistics.median(done) - start:.1f} s); IPMI calls {sum(r['calls'] for r in collected)}, "
-              f"errors {sum(r['errors'] for r in collected)}; shard restarts {len(fleet.restarts)}; {_load()}")
+        print(f"reboots model={args.model} count={args.count} delay={args.delay} shards={fleet.shard_count}: "
+              f"{len(done)}/{args.count} done in {total:.1f} s (median node {statistics.median(done) - start:.1f} s)"
+              f"{'' if len(collected) == procs else ' HUNG'}; IPMI calls {sum(r['calls'] for r in collected)}, "
+              f"errors {sum(r['errors'] for r in collected)}; shard restarts {len(fleet.restarts)}; "
+              f"before: {load}", flush=True)
 
 
 # --- storm --------------------------------------------------------------------------
@@ -345,8 +385,9 @@ def main() -> None:
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--delay", type=float, default=2.0)
     p.add_argument("--poll", type=float, default=0.5)
-    p.add_argument("--procs", type=int, default=4)
+    p.add_argument("--model", default="procs4", help="as in models, e.g. plain-threads16, procs4")
     p.add_argument("--shards", type=int)
+    p.add_argument("--timeout", type=float, default=300.0)
     p = sub.add_parser("storm")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--shards", type=int)
