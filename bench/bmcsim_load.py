@@ -7,6 +7,7 @@ Usage (from the repository root)::
         --models plain-serial,serial,threads4,threads16,plain-threads16,procs2,procs4
     python bench/bmcsim_load.py reboots --count 1000 --delay 2 --model procs4
     python bench/bmcsim_load.py storm   --count 1000 --duration 60 --ipmitool 16 --pyghmi 4
+    python bench/bmcsim_load.py storm   --target plain --count 1000 --duration 60 --ipmitool 16
 
 ``models``: calls/s of ``get_power`` on open sessions, per concurrency model
 (``plain-*`` = pyghmi's own ``Command``, no fixes; the rest = BMCClient).
@@ -107,6 +108,62 @@ def _thread_loop(bmcs: list[dict[str, Any]], plain: bool, duration: float, out: 
     out["errors"] = errors
 
 
+def _async_loop(bmcs: list[dict[str, Any]], duration: float, out: dict[str, Any],
+                progress: list[float]) -> None:
+    """pyghmi's callback API: one request in flight per BMC, all from this one thread.
+
+    Sessions are opened with our Command (pyghmi's synchronous login loses
+    wake-ups); then each call is ``Session.raw_command(callback=...)`` and
+    this thread turns pyghmi's loop with ``Session.wait_for_rsp``.
+    """
+    from pyghmi.ipmi.private import session as ipmi_session
+
+    from conductor.drivers.ipmi_client import _Command
+
+    lat: list[float] = []
+    errors: collections.Counter[str] = collections.Counter()
+    began = time.monotonic()
+    sessions = []
+    for bmc in bmcs:
+        try:
+            sessions.append(_Command(bmc["host"], bmc["username"].encode(), bmc["password"].encode(),
+                                     bmc["port"]).ipmi_session)
+        except Exception as exc:  # report, do not die: we are measuring failures
+            errors[f"login: {exc}"[:80]] += 1
+    out["login_s"] = time.monotonic() - began
+    out["logins"] = len(sessions)
+    ready: collections.deque[Any] = collections.deque(sessions)
+    sent_at: dict[Any, float] = {}
+
+    def make_callback(sess: Any) -> Any:
+        def callback(response: dict[str, Any]) -> None:
+            # what raw_command's synchronous path does after a reply
+            sess.incommand = False
+            while sess.evq:
+                sess.evq.popleft().set()
+            lat.append(time.perf_counter() - sent_at.pop(sess))
+            if "error" in response:
+                errors[str(response["error"])[:80]] += 1
+            ready.append(sess)
+        return callback
+
+    callbacks = {sess: make_callback(sess) for sess in sessions}
+    stop_at = time.monotonic() + duration
+    while time.monotonic() < stop_at:
+        while ready:
+            sess = ready.popleft()
+            sent_at[sess] = time.perf_counter()
+            try:
+                sess.raw_command(netfn=0, command=1, callback=callbacks[sess])
+            except Exception as exc:  # report, do not die
+                errors[f"{type(exc).__name__}: {exc}"[:80]] += 1
+                sent_at.pop(sess, None)
+        ipmi_session.Session.wait_for_rsp(timeout=0.05)
+        progress[0] = time.monotonic()
+    out["lat"] = lat
+    out["errors"] = errors
+
+
 def _proc_main(bmcs: list[dict[str, Any]], threads: int, plain: bool, duration: float,
                results: mp.Queue, hang: float) -> None:
     outs: list[dict[str, Any]] = [{} for _ in range(threads)]
@@ -114,8 +171,10 @@ def _proc_main(bmcs: list[dict[str, Any]], threads: int, plain: bool, duration: 
     workers = []
     for t in range(threads):
         part = bmcs[t::threads]
-        thread = threading.Thread(target=_thread_loop, args=(part, plain, duration, outs[t], progress[t]),
-                                  daemon=True)
+        target = _async_loop if plain is None else _thread_loop
+        args = (part, duration, outs[t], progress[t]) if plain is None else (part, plain, duration, outs[t],
+                                                                             progress[t])
+        thread = threading.Thread(target=target, args=args, daemon=True)
         thread.start()
         workers.append(thread)
     hung = 0
@@ -142,8 +201,9 @@ def _exit_now(results: mp.Queue) -> None:
     os._exit(0)
 
 
-def _parse_model(name: str) -> tuple[bool, int, int]:
-    plain = name.startswith("plain-")
+def _parse_model(name: str) -> tuple[bool | None, int, int]:
+    """``[plain-][procsP][xthreadsT|xasync]`` -> (plain, P, T); plain None means async."""
+    plain: bool | None = name.startswith("plain-")
     name = name.removeprefix("plain-")
     procs, threads = 1, 1
     for part in name.split("x"):
@@ -151,6 +211,8 @@ def _parse_model(name: str) -> tuple[bool, int, int]:
             procs = int(part[5:])
         elif part.startswith("threads"):
             threads = int(part[7:])
+        elif part == "async":
+            plain = None
         elif part != "serial":
             raise SystemExit(f"unknown model {name}")
     return plain, procs, threads
@@ -331,41 +393,109 @@ def bench_reboots(args: argparse.Namespace) -> None:
 
 
 # --- storm --------------------------------------------------------------------------
+class _Target:
+    """What the storm hits: our Fleet, or the plain one-process pyghmi server."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.fleet: Fleet | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        if args.target == "fleet":
+            self.fleet = Fleet(count=args.count, shards=args.shards).start()
+            self.bmcs = [(b.host, b.port, b.username, b.password) for b in self.fleet.bmcs]
+        else:
+            from conductor.bmcsim.fleet import find_free_ports
+
+            base = find_free_ports(args.count)
+            script = Path(__file__).with_name("plain_pyghmi_fleet.py")
+            self.process = subprocess.Popen([sys.executable, str(script), str(base), str(args.count)],
+                                            stdout=subprocess.PIPE)
+            assert self.process.stdout is not None
+            self.process.stdout.readline()
+            self.bmcs = [("127.0.0.1", base + i, "admin", "password") for i in range(args.count)]
+
+    def stop(self) -> None:
+        if self.fleet:
+            self.fleet.stop()
+        if self.process:
+            self.process.kill()
+            self.process.wait()
+
+
+def _probe(host: str, port: int, timeout: float) -> bool:
+    import socket
+
+    from conductor.bmcsim.supervisor import PROBE_REQUEST
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendto(PROBE_REQUEST, (host, port))
+            return bool(sock.recvfrom(512)[0])
+        except OSError:
+            return False
+
+
 def bench_storm(args: argparse.Namespace) -> None:
-    with Fleet(count=args.count, shards=args.shards, probe_interval=1.0) as fleet:
-        bmcs = fleet.bmcs
-        stop_at = time.monotonic() + args.duration
-        counts: collections.Counter[str] = collections.Counter()
+    target = _Target(args)
+    began = time.monotonic()
+    stop_at = began + args.duration
+    counts: collections.Counter[str] = collections.Counter()
+    outages: list[tuple[float, float]] = []  # (start, end) of client-visible total outages
 
-        def ipmitool_loop() -> None:
-            while time.monotonic() < stop_at:
-                b = random.choice(bmcs)
-                verb = random.choice(["status", "on", "off"])
+    def ipmitool_loop() -> None:
+        while time.monotonic() < stop_at:
+            host, port, user, password = random.choice(target.bmcs)
+            verb = random.choice(["status", "on", "off"])
+            try:
                 rc = subprocess.run(["ipmitool", "-I", "lanplus", "-C", "3", "-N", "1", "-R", "2",
-                                     "-H", b.host, "-p", str(b.port), "-U", b.username, "-P", b.password,
-                                     "chassis", "power", verb], capture_output=True).returncode
-                counts["ipmitool ok" if rc == 0 else "ipmitool failed"] += 1
+                                     "-H", host, "-p", str(port), "-U", user, "-P", password,
+                                     "chassis", "power", verb], capture_output=True, timeout=30).returncode
+            except subprocess.TimeoutExpired:
+                rc = -1
+            counts["ipmitool ok" if rc == 0 else "ipmitool failed"] += 1
 
-        threads = [threading.Thread(target=ipmitool_loop, daemon=True) for _ in range(args.ipmitool)]
-        for thread in threads:
-            thread.start()
-        plain_bmcs = [{"host": b.host, "port": b.port, "username": b.username, "password": b.password}
-                      for b in bmcs]
-        print(f"storm: {args.count} BMCs, {fleet.shard_count} shards, {args.ipmitool} ipmitool loops, "
-              f"{args.pyghmi} pyghmi processes, {args.duration:.0f} s")
-        r = run_model(plain_bmcs, f"procs{args.pyghmi}", args.duration, hang=30) if args.pyghmi else None
-        for thread in threads:
-            thread.join()
-        print(f"  ipmitool: {dict(counts)}")
-        if r:
-            print(f"  pyghmi: {r['calls_s']:.0f} calls/s, errors {r['errors']}, hung {r['hung_workers']}, "
-                  f"max {r['max_ms'] or 0:.0f} ms")
-        for s in fleet.shards():
-            print(f"  shard {s['shard']}: restarts {s['restarts']}, errors {s['errors']}, "
-                  f"probe misses now {s['probe_misses']}")
-        for restart in fleet.restarts:
+    def monitor() -> None:
+        """Every 0.5 s ask 5 random BMCs; all silent = an outage (what a client sees)."""
+        down_since: float | None = None
+        while time.monotonic() < stop_at:
+            sample = random.sample(target.bmcs, min(5, len(target.bmcs)))
+            alive = any(_probe(h, p, 0.5) for h, p, _, _ in sample)
+            now = time.monotonic()
+            if not alive and down_since is None:
+                down_since = now
+            elif alive and down_since is not None:
+                outages.append((down_since - began, now - began))
+                down_since = None
+            time.sleep(0.5)
+        if down_since is not None:
+            outages.append((down_since - began, float("inf")))
+
+    threads = [threading.Thread(target=ipmitool_loop, daemon=True) for _ in range(args.ipmitool)]
+    threads.append(threading.Thread(target=monitor, daemon=True))
+    for thread in threads:
+        thread.start()
+    print(f"storm on {args.target}: {args.count} BMCs, {args.ipmitool} ipmitool loops, "
+          f"{args.pyghmi} pyghmi processes (fleet only), {args.duration:.0f} s; {_load()}", flush=True)
+    result = None
+    if args.pyghmi and target.fleet is not None:
+        plain_bmcs = [{"host": h, "port": p, "username": u, "password": pw} for h, p, u, pw in target.bmcs]
+        result = run_model(plain_bmcs, f"procs{args.pyghmi}", args.duration, hang=30)
+    for thread in threads:
+        thread.join(args.duration + 60)
+    print(f"  ipmitool calls: {dict(counts)}")
+    if result:
+        print(f"  pyghmi clients: {result['calls_s']:.0f} calls/s, errors {result['errors']}, "
+              f"hung {result['hung_workers']}, max {result['max_ms'] or 0:.0f} ms")
+    print(f"  client-visible outages (s from start): {[(round(a, 1), round(b, 1)) for a, b in outages]}")
+    if target.fleet is not None:
+        for s in target.fleet.shards():
+            print(f"  shard {s['shard']}: restarts {s['restarts']}, packet errors {s['errors']}")
+        for restart in target.fleet.restarts:
             print(f"  restart: {restart.as_dict()}")
-        print(f"  {_load()}")
+    elif target.process is not None:
+        print(f"  plain server process: {'alive' if target.process.poll() is None else 'exited ' + str(target.process.returncode)}")
+    print(f"  {_load()}")
+    target.stop()
 
 
 def main() -> None:
@@ -389,6 +519,7 @@ def main() -> None:
     p.add_argument("--shards", type=int)
     p.add_argument("--timeout", type=float, default=300.0)
     p = sub.add_parser("storm")
+    p.add_argument("--target", choices=["fleet", "plain"], default="fleet")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--shards", type=int)
     p.add_argument("--duration", type=float, default=60.0)

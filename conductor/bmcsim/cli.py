@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -55,10 +56,13 @@ def _remote(ctx: click.Context) -> RemoteFleet:
 @click.option("--shards", type=int, help="Shard processes (default: one per 250 BMCs).")
 @click.option("--initial-power", type=click.Choice(["on", "off"]), default="off", show_default=True)
 @click.option("--ready-json", is_flag=True, help="Print one JSON line when ready (for scripts).")
+@click.option("--exit-with-parent", is_flag=True,
+              help="Stop when the process that started this one exits (for test harnesses).")
 @click.option("--log-level", default="WARNING", show_default=True)
 def run(count: int, base_port: int, host: str, delay: float, control_port: int,
         inventory_path: str | None, password_mode: str, username: str, password: str,
-        shards: int | None, initial_power: str, ready_json: bool, log_level: str) -> None:
+        shards: int | None, initial_power: str, ready_json: bool, exit_with_parent: bool,
+        log_level: str) -> None:
     """Run a fleet in the foreground until interrupted."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -89,7 +93,14 @@ def run(count: int, base_port: int, host: str, delay: float, control_port: int,
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    if exit_with_parent:
+        parent = os.getppid()
+        # A harness killed with SIGKILL cannot stop us; notice it instead.
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                break
+    else:
+        stop.wait()
     server.stop()
     fleet.stop()
 

@@ -231,7 +231,7 @@ class RemoteFleet:
         """
         args = [sys.executable, "-m", "conductor.bmcsim.cli", "run", "--count", str(count),
                 "--delay", str(delay), "--control-port", "0", "--password-mode", password_mode,
-                "--ready-json"]
+                "--ready-json", "--exit-with-parent"]
         if base_port is not None:
             args += ["--base-port", str(base_port)]
         if shards is not None:
