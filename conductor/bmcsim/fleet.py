@@ -18,22 +18,17 @@ For a fleet in another process, see :class:`conductor.bmcsim.control.RemoteFleet
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
 import math
 import os
-import queue
 import secrets
-import selectors
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
-from conductor.bmcsim.events import PowerEvent, PowerHook
+from conductor.bmcsim.events import EventHub, PowerEvent, PowerHook
 from conductor.bmcsim.inventory import BMCSpec, inventory_document, write_inventory
 from conductor.bmcsim.state import FAULT_NAMES, Faults, PowerState, StateTable
 from conductor.bmcsim.supervisor import Restart, ShardProcess, wedge_reason
@@ -46,18 +41,6 @@ EVENT_HISTORY = 10_000
 
 class FleetError(RuntimeError):
     """The fleet could not start, or a BMC name is unknown."""
-
-
-@dataclass
-class _Shared:
-    """Events and hooks, shared by the reader and dispatcher threads."""
-
-    hooks: list[PowerHook] = field(default_factory=list)
-    history: collections.deque[PowerEvent] = field(
-        default_factory=lambda: collections.deque(maxlen=EVENT_HISTORY))
-    seq: int = 0
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    queue: queue.SimpleQueue[PowerEvent | None] = field(default_factory=queue.SimpleQueue)
 
 
 class Fleet:
@@ -105,18 +88,11 @@ class Fleet:
             for i in range(count)
         ]
         self._by_name = {bmc.name: bmc for bmc in self.bmcs}
-        self._shared = _Shared()
+        self._hub = EventHub([bmc.name for bmc in self.bmcs], EVENT_HISTORY)
         self._table: StateTable | None = None
         self._shards: list[ShardProcess] = []
-        # The event reader thread owns the selector; others hand it new pipes
-        # through this queue and wake it with a byte on _wake_w.
-        self._selector = selectors.DefaultSelector()
-        self._new_pipes: queue.SimpleQueue[tuple[int, ShardProcess]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._threads: list[threading.Thread] = []
+        self._watchdog_thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._buffers: dict[int, bytes] = {}
         self.restarts: list[Restart] = []
         self.started_in: float | None = None
 
@@ -133,16 +109,17 @@ class Fleet:
         for shard_id in range(self.shard_count):
             specs = [bmc.shard_config() for bmc in self.bmcs if bmc.shard == shard_id]
             self._shards.append(ShardProcess(shard_id, specs, self.host, self._table, self._stderr))
-        self._start_thread(self._read_events, "bmcsim-events")
-        self._start_thread(self._dispatch, "bmcsim-hooks")
+        self._hub.start()
         try:
             for shard in self._shards:
-                self._register(shard, shard.spawn())
+                self._hub.add_pipe(shard.spawn(), shard)
             self._wait_ready(self._shards)
         except BaseException:
             self.stop()
             raise
-        self._start_thread(self._watchdog, "bmcsim-watchdog")
+        self._watchdog_thread = threading.Thread(target=self._watchdog, name="bmcsim-watchdog",
+                                                 daemon=True)
+        self._watchdog_thread.start()
         self.started_in = time.monotonic() - began
         LOG.info("fleet of %d BMCs on %s:%d-%d started in %.2f s (%d shards)", self.count, self.host,
                  self.base_port, self.base_port + self.count - 1, self.started_in, self.shard_count)
@@ -151,24 +128,13 @@ class Fleet:
     def stop(self) -> None:
         """Stop every shard process and thread; safe to call twice."""
         self._stopping.set()
+        if self._watchdog_thread is not None:
+            self._watchdog_thread.join(10)
+            self._watchdog_thread = None
         for shard in self._shards:
             with shard.lock:
                 shard.terminate()
-        self._shared.queue.put(None)
-        if self._wake_w >= 0:
-            os.write(self._wake_w, b"x")  # the reader leaves its select() now
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(5)
-        self._threads.clear()
-        for key in list(self._selector.get_map().values()):
-            self._selector.unregister(key.fileobj)
-            os.close(key.fd)
-        while not self._new_pipes.empty():
-            os.close(self._new_pipes.get()[0])
-        if self._wake_w >= 0:
-            os.close(self._wake_w)
-            self._wake_w = -1
+        self._hub.stop()
         if self._table is not None:
             self._table.close()
             self._table = None
@@ -268,20 +234,16 @@ class Fleet:
         event order; an exception in a hook is logged and does not stop
         the others.  See :class:`~conductor.bmcsim.events.PowerEvent`.
         """
-        self._shared.hooks.append(hook)
+        self._hub.add_hook(hook)
         return hook
 
     def remove_power_hook(self, hook: PowerHook) -> None:
         """Stop calling ``hook``."""
-        self._shared.hooks.remove(hook)
+        self._hub.remove_hook(hook)
 
     def events(self, since: int = 0, timeout: float = 0.0) -> list[PowerEvent]:
         """Events with ``seq > since`` (the last 10,000), waiting up to ``timeout`` for one."""
-        shared = self._shared
-        with shared.cond:
-            if timeout and shared.seq <= since:
-                shared.cond.wait_for(lambda: shared.seq > since, timeout)
-            return [ev for ev in shared.history if ev.seq > since]
+        return self._hub.events(since, timeout)
 
     # --- supervision ----------------------------------------------------------------
     def shards(self) -> list[dict[str, Any]]:
@@ -313,7 +275,7 @@ class Fleet:
             LOG.warning("restarting shard %d (BMCs %s..%s): %s", shard, proc.bmcs[0]["name"],
                         proc.bmcs[-1]["name"], reason)
             proc.kill()
-            self._register(proc, proc.spawn())
+            self._hub.add_pipe(proc.spawn(), proc)
             self._wait_ready([proc])
             proc.restarts += 1
             record = Restart(shard, reason, time.time(), time.monotonic() - began)
@@ -328,19 +290,7 @@ class Fleet:
             raise FleetError("the fleet is not running")
         return self._table
 
-    # --- threads ------------------------------------------------------------------
-    def _start_thread(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _register(self, shard: ShardProcess, fd: int) -> None:
-        self._new_pipes.put((fd, shard))
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass  # stopping
-
+    # --- internals ------------------------------------------------------------------
     def _wait_ready(self, shards: list[ShardProcess]) -> None:
         deadline = time.monotonic() + self.start_timeout
         for shard in shards:
@@ -354,66 +304,6 @@ class Fleet:
                     raise FleetError(f"shard {shard.shard} could not start: {reason}")
                 if time.monotonic() > deadline:
                     raise FleetError(f"shard {shard.shard} not ready after {self.start_timeout} s")
-
-    def _read_events(self) -> None:
-        """Read event lines from every shard's pipe (a shard never blocks on us)."""
-        while not self._stopping.is_set():
-            while not self._new_pipes.empty():
-                fd, shard = self._new_pipes.get()
-                self._selector.register(fd, selectors.EVENT_READ, shard)
-                self._buffers[fd] = b""
-            for key, _ in self._selector.select(0.5):
-                if key.data is None:
-                    os.read(self._wake_r, 4096)
-                else:
-                    self._read_pipe(key.fd, key.data)
-
-    def _read_pipe(self, fd: int, shard: ShardProcess) -> None:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            chunk = b""
-        if not chunk:  # that shard process is gone; a successor gets a new pipe
-            self._selector.unregister(fd)
-            self._buffers.pop(fd, None)
-            os.close(fd)
-            return
-        *lines, rest = (self._buffers.get(fd, b"") + chunk).split(b"\n")
-        self._buffers[fd] = rest
-        for line in lines:
-            self._handle_line(line, shard)
-
-    def _handle_line(self, line: bytes, shard: ShardProcess) -> None:
-        try:
-            message = json.loads(line)
-        except ValueError:
-            LOG.error("shard %d sent garbage: %r", shard.shard, line[:200])
-            return
-        kind = message.get("type")
-        if kind == "ready":
-            shard.ready.set()
-        elif kind == "failed":
-            shard.failure = message.get("error", "unknown error")
-        elif kind == "power":
-            shared = self._shared
-            with shared.cond:
-                shared.seq += 1
-                event = PowerEvent.from_message(message, self.bmcs[message["index"]].name, shared.seq)
-                shared.history.append(event)
-                shared.cond.notify_all()
-            shared.queue.put(event)
-
-    def _dispatch(self) -> None:
-        """Call the hooks for each event, in order, in this one thread."""
-        while True:
-            event = self._shared.queue.get()
-            if event is None:
-                return
-            for hook in list(self._shared.hooks):
-                try:
-                    hook(event)
-                except Exception:  # a hook's bug must not stop the fleet's events
-                    LOG.exception("power hook %r failed on %s", hook, event)
 
     def _watchdog(self) -> None:
         """Probe every shard; restart the dead and the wedged."""
