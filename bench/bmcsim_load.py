@@ -29,6 +29,7 @@ import collections
 import multiprocessing as mp
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -407,8 +408,9 @@ class _Target:
 
             base = find_free_ports(args.count)
             script = Path(__file__).with_name("plain_pyghmi_fleet.py")
+            self.stderr_path = Path(args.plain_stderr)
             self.process = subprocess.Popen([sys.executable, str(script), str(base), str(args.count)],
-                                            stdout=subprocess.PIPE)
+                                            stdout=subprocess.PIPE, stderr=self.stderr_path.open("wb"))
             assert self.process.stdout is not None
             self.process.stdout.readline()
             self.bmcs = [("127.0.0.1", base + i, "admin", "password") for i in range(args.count)]
@@ -454,18 +456,34 @@ def bench_storm(args: argparse.Namespace) -> None:
                 rc = -1
             counts["ipmitool ok" if rc == 0 else "ipmitool failed"] += 1
 
+    recovered_after: list[float] = []
+
     def monitor() -> None:
-        """Every 0.5 s ask 5 random BMCs; all silent = an outage (what a client sees)."""
+        """Every 0.5 s ask 5 random BMCs; all silent = an outage (what a client sees).
+
+        Keeps watching for ``--recovery`` seconds after the load stops, to tell
+        a permanent wedge from an overload that clears by itself.
+        """
         down_since: float | None = None
-        while time.monotonic() < stop_at:
+        last_dump = 0.0
+        watch_until = stop_at + args.recovery
+        while time.monotonic() < watch_until:
             sample = random.sample(target.bmcs, min(5, len(target.bmcs)))
             alive = any(_probe(h, p, 0.5) for h, p, _, _ in sample)
             now = time.monotonic()
-            if not alive and down_since is None:
-                down_since = now
-            elif alive and down_since is not None:
+            if not alive:
+                if down_since is None:
+                    down_since = now
+                if target.process is not None and now - last_dump >= 5:
+                    last_dump = now  # ask the plain server where it is stuck
+                    target.process.send_signal(signal.SIGUSR1)
+            elif down_since is not None:
                 outages.append((down_since - began, now - began))
+                if down_since < stop_at <= now:
+                    recovered_after.append(now - stop_at)
                 down_since = None
+            if alive and now >= stop_at:
+                break  # up after the load: nothing more to learn
             time.sleep(0.5)
         if down_since is not None:
             outages.append((down_since - began, float("inf")))
@@ -481,19 +499,25 @@ def bench_storm(args: argparse.Namespace) -> None:
         plain_bmcs = [{"host": h, "port": p, "username": u, "password": pw} for h, p, u, pw in target.bmcs]
         result = run_model(plain_bmcs, f"procs{args.pyghmi}", args.duration, hang=30)
     for thread in threads:
-        thread.join(args.duration + 60)
+        thread.join(args.duration + args.recovery + 60)
     print(f"  ipmitool calls: {dict(counts)}")
     if result:
         print(f"  pyghmi clients: {result['calls_s']:.0f} calls/s, errors {result['errors']}, "
               f"hung {result['hung_workers']}, max {result['max_ms'] or 0:.0f} ms")
     print(f"  client-visible outages (s from start): {[(round(a, 1), round(b, 1)) for a, b in outages]}")
+    if outages and outages[-1][1] == float("inf"):
+        print(f"  still not answering {args.recovery:.0f} s after the load stopped: wedged")
+    elif recovered_after:
+        print(f"  answered again {recovered_after[0]:.1f} s after the load stopped")
     if target.fleet is not None:
         for s in target.fleet.shards():
             print(f"  shard {s['shard']}: restarts {s['restarts']}, packet errors {s['errors']}")
         for restart in target.fleet.restarts:
             print(f"  restart: {restart.as_dict()}")
     elif target.process is not None:
-        print(f"  plain server process: {'alive' if target.process.poll() is None else 'exited ' + str(target.process.returncode)}")
+        state = "alive" if target.process.poll() is None else f"exited {target.process.returncode}"
+        print(f"  plain server process: {state}; its stderr (stack dumps at each outage): "
+              f"{target.stderr_path}")
     print(f"  {_load()}")
     target.stop()
 
@@ -520,10 +544,12 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=300.0)
     p = sub.add_parser("storm")
     p.add_argument("--target", choices=["fleet", "plain"], default="fleet")
+    p.add_argument("--plain-stderr", default="/tmp/plain_pyghmi_fleet.stderr")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--shards", type=int)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--ipmitool", type=int, default=16)
+    p.add_argument("--recovery", type=float, default=30.0, help="seconds to watch after the load")
     p.add_argument("--pyghmi", type=int, default=4)
     args = parser.parse_args()
     {"start": bench_start, "models": bench_models, "reboots": bench_reboots, "storm": bench_storm}[args.cmd](args)

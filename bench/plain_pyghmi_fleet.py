@@ -8,7 +8,10 @@ This is what FINDINGS.md measured wedging under load; bench/bmcsim_load.py
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
+import threading
 import traceback
 
 import pyghmi.ipmi.bmc as bmc
@@ -50,7 +53,21 @@ class PlainBmc(bmc.Bmc):
         return self.power == "on"
 
 
+def _log_thread_deaths() -> None:
+    """pyghmi's I/O thread dying is the suspected wedge: say so on stderr."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        print(f"THREAD DIED: {args.thread.name if args.thread else '?'}: {args.exc_type.__name__}: "
+              f"{args.exc_value}", file=sys.stderr, flush=True)
+        previous(args)
+
+    threading.excepthook = hook
+
+
 def main() -> None:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stack dump on demand
+    _log_thread_deaths()
     base, count = int(sys.argv[1]), int(sys.argv[2])
     bmcs = [PlainBmc(base + i) for i in range(count)]
     print(f"ready {len(bmcs)}", flush=True)
