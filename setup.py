@@ -48,6 +48,7 @@ setup(
     entry_points={
         "console_scripts": [
             "conductor=conductor.cli:main",
+            "conductor-bmcsim=conductor.bmcsim.cli:main",
         ],
     },
 )

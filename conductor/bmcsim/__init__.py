@@ -1,0 +1,20 @@
+"""A fleet of simulated BMCs speaking real IPMI 2.0 (RMCP+, lanplus) on UDP.
+
+Public API:
+
+* :class:`Fleet` - run a fleet from this process (shards are child processes).
+* :class:`RemoteFleet` - drive a fleet running elsewhere over its HTTP
+  control API (``RemoteFleet.spawn(...)`` starts one as a subprocess).
+* :class:`PowerEvent` - what power hooks receive.
+* :class:`Faults`, :class:`BMCSpec`.
+"""
+
+from __future__ import annotations
+
+from conductor.bmcsim.control import RemoteFleet
+from conductor.bmcsim.events import PowerEvent, PowerHook
+from conductor.bmcsim.fleet import Fleet, FleetError
+from conductor.bmcsim.inventory import BMCSpec
+from conductor.bmcsim.state import Faults
+
+__all__ = ["BMCSpec", "Faults", "Fleet", "FleetError", "PowerEvent", "PowerHook", "RemoteFleet"]

@@ -1,0 +1,202 @@
+"""``conductor sim ...`` / ``conductor-bmcsim ...``: run and steer a BMC fleet.
+
+``run`` starts a fleet in the foreground; every other command talks to a
+running one through its control API (``--control`` or the environment
+variable ``BMCSIM_CONTROL_URL``; default ``http://127.0.0.1:8623``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from conductor.bmcsim.control import ControlServer, RemoteFleet
+from conductor.bmcsim.fleet import Fleet, FleetError
+
+DEFAULT_CONTROL_PORT = 8623
+DEFAULT_BASE_PORT = 6230
+
+
+@click.group(name="sim")
+@click.option("--control", "control_url", envvar="BMCSIM_CONTROL_URL", show_default=True,
+              default=f"http://127.0.0.1:{DEFAULT_CONTROL_PORT}",
+              help="Control API of a running simulator.")
+@click.pass_context
+def sim(ctx: click.Context, control_url: str) -> None:
+    """Simulated BMCs speaking IPMI 2.0 (lanplus) on UDP."""
+    ctx.obj = control_url
+
+
+def _remote(ctx: click.Context) -> RemoteFleet:
+    return RemoteFleet(ctx.obj)
+
+
+@sim.command()
+@click.option("--count", default=10, show_default=True, help="Number of BMCs.")
+@click.option("--base-port", default=DEFAULT_BASE_PORT, show_default=True,
+              help="UDP port of the first BMC; the others follow.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--delay", default=0.0, show_default=True, help="Seconds a power transition takes.")
+@click.option("--control-port", default=DEFAULT_CONTROL_PORT, show_default=True,
+              help="Port of the HTTP control API (0: any free port).")
+@click.option("--inventory", "inventory_path", type=click.Path(dir_okay=False),
+              help="Write the node inventory to this file.")
+@click.option("--password-mode", type=click.Choice(["same", "per-bmc"]), default="same",
+              show_default=True, help="One password for all, or a random one per BMC.")
+@click.option("--username", default="admin", show_default=True)
+@click.option("--password", default="password", show_default=True,
+              help="Password of every BMC with --password-mode same.")
+@click.option("--shards", type=int, help="Shard processes (default: one per 250 BMCs).")
+@click.option("--initial-power", type=click.Choice(["on", "off"]), default="off", show_default=True)
+@click.option("--ready-json", is_flag=True, help="Print one JSON line when ready (for scripts).")
+@click.option("--exit-with-parent", is_flag=True,
+              help="Stop when the process that started this one exits (for test harnesses).")
+@click.option("--log-level", default="WARNING", show_default=True)
+def run(count: int, base_port: int, host: str, delay: float, control_port: int,
+        inventory_path: str | None, password_mode: str, username: str, password: str,
+        shards: int | None, initial_power: str, ready_json: bool, exit_with_parent: bool,
+        log_level: str) -> None:
+    """Run a fleet in the foreground until interrupted."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fleet = Fleet(count, base_port=base_port, host=host, delay=delay, username=username,
+                  password=password, password_mode=password_mode, shards=shards,
+                  initial_power=initial_power)
+    try:
+        fleet.start()
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        server = ControlServer(fleet, control_port).start()
+    except OSError as exc:
+        fleet.stop()
+        raise click.ClickException(f"control port {control_port}: {exc}") from None
+    if inventory_path:
+        fleet.write_inventory(inventory_path)
+    ready = {"control_url": server.url, "host": host, "base_port": fleet.base_port, "count": count,
+             "shards": fleet.shard_count, "started_in": round(fleet.started_in or 0.0, 3),
+             "inventory": inventory_path}
+    if ready_json:
+        click.echo(json.dumps(ready))
+    else:
+        click.echo(f"{count} BMCs on {host}:{fleet.base_port}-{fleet.base_port + count - 1} "
+                   f"({fleet.shard_count} shards) started in {ready['started_in']} s; "
+                   f"control API {server.url}" + (f"; inventory {inventory_path}" if inventory_path else ""))
+    sys.stdout.flush()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if exit_with_parent:
+        parent = os.getppid()
+        # A harness killed with SIGKILL cannot stop us; notice it instead.
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                break
+    else:
+        stop.wait()
+    server.stop()
+    fleet.stop()
+
+
+@sim.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_bmcs(ctx: click.Context, as_json: bool) -> None:
+    """List BMCs with their state."""
+    states = _call(_remote(ctx).states)
+    if as_json:
+        click.echo(json.dumps(states, indent=2))
+        return
+    click.echo(f"{'NAME':<12} {'PORT':>6} {'POWER':<5} {'PENDING':<8} {'BOOT':<8} FAULTS")
+    for state in states:
+        click.echo(f"{state['name']:<12} {state['port']:>6} {state['power']:<5} "
+                   f"{state['pending'] or '-':<8} {state['boot_device']:<8} {_faults(state['faults'])}")
+
+
+@sim.command()
+@click.argument("name")
+@click.pass_context
+def show(ctx: click.Context, name: str) -> None:
+    """Show one BMC."""
+    click.echo(json.dumps(_call(_remote(ctx).state, name), indent=2))
+
+
+@sim.command()
+@click.argument("name")
+@click.option("--drop", type=float, help="Fraction of packets to drop (0..1).")
+@click.option("--latency", type=float, help="Seconds added to every packet.")
+@click.option("--reject-password", is_flag=True, default=None, help="Refuse the password.")
+@click.option("--stuck", is_flag=True, default=None, help="Accept power commands, never act.")
+@click.option("--flap", is_flag=True, default=None, help="Power toggles by itself.")
+@click.option("--flap-period", type=float, help="Seconds between flaps.")
+@click.option("--unreachable", is_flag=True, default=None, help="Drop every packet.")
+@click.option("--ignore-acpi", is_flag=True, default=None, help="Ignore soft power off.")
+@click.option("--clear", is_flag=True, help="Remove every fault first.")
+@click.pass_context
+def fault(ctx: click.Context, name: str, clear: bool, **faults: Any) -> None:
+    """Set (or --clear) faults of one BMC, at run time."""
+    remote = _remote(ctx)
+    changes = {k: v for k, v in faults.items() if v is not None}
+    state = _call(remote.clear_faults, name) if clear else None
+    if changes or state is None:
+        state = _call(remote.set_fault, name, **changes)
+    click.echo(f"{name}: {_faults(state['faults'])}")
+
+
+@sim.command()
+@click.argument("name")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.pass_context
+def power(ctx: click.Context, name: str, state: str) -> None:
+    """Set a BMC's power directly, behind the conductor's back (drift)."""
+    result = _call(_remote(ctx).set_power, name, state)
+    click.echo(f"{name}: power {result['power']}")
+
+
+@sim.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.pass_context
+def inventory(ctx: click.Context, path: str) -> None:
+    """Write the inventory of the running fleet to PATH (mode 0600)."""
+    written = _call(_remote(ctx).write_inventory, path)
+    click.echo(f"wrote {written}")
+
+
+@sim.command()
+@click.pass_context
+def shards(ctx: click.Context) -> None:
+    """Show the shard processes and their restarts."""
+    click.echo(json.dumps(_call(_remote(ctx).shards), indent=2))
+
+
+def _call(func: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return func(*args, **kwargs)
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _faults(faults: dict[str, Any]) -> str:
+    parts = [name for name in ("reject_password", "stuck", "flap", "unreachable", "ignore_acpi")
+             if faults.get(name)]
+    if faults.get("drop"):
+        parts.append(f"drop={faults['drop']}")
+    if faults.get("latency"):
+        parts.append(f"latency={faults['latency']}")
+    return ",".join(parts) or "-"
+
+
+def main() -> None:
+    """Console script ``conductor-bmcsim``."""
+    sim(prog_name="conductor-bmcsim")
+
+
+if __name__ == "__main__":
+    main()

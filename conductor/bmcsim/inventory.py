@@ -1,0 +1,75 @@
+"""BMC descriptions and the inventory file ``conductor node import`` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+#: Stable per-BMC UUIDs (the RAKP exchange carries the BMC's GUID).
+_UUID_NAMESPACE = uuid.UUID("7b3cf2a4-6f0e-4a51-9d8e-6c1d2f0b9a10")
+
+
+@dataclass(frozen=True)
+class BMCSpec:
+    """One simulated BMC's identity and credentials (the password is not in repr)."""
+
+    name: str
+    index: int
+    host: str
+    port: int
+    username: str
+    password: str = field(repr=False)
+    shard: int = 0
+
+    @property
+    def uuid(self) -> uuid.UUID:
+        """The BMC's GUID, stable across restarts."""
+        return uuid.uuid5(_UUID_NAMESPACE, self.name)
+
+    def driver_info(self) -> dict[str, Any]:
+        """``driver_info`` of the node this BMC controls."""
+        return {"ipmi_address": self.host, "ipmi_port": self.port,
+                "ipmi_username": self.username, "ipmi_password": self.password}
+
+    def public_dict(self) -> dict[str, Any]:
+        """Identity without the password (for listings)."""
+        return {"name": self.name, "address": self.host, "port": self.port,
+                "username": self.username, "shard": self.shard}
+
+    def shard_config(self) -> dict[str, Any]:
+        """What a shard process needs to serve this BMC."""
+        return {"index": self.index, "name": self.name, "port": self.port,
+                "username": self.username, "password": self.password, "uuid": str(self.uuid)}
+
+
+def inventory_document(bmcs: Iterable[BMCSpec]) -> dict[str, Any]:
+    """``{"nodes": [{"name", "driver": "ipmi", "driver_info": {...}}]}``."""
+    return {"nodes": [{"name": bmc.name, "driver": "ipmi", "driver_info": bmc.driver_info()}
+                      for bmc in bmcs]}
+
+
+def write_inventory(bmcs: Iterable[BMCSpec], path: str | os.PathLike[str]) -> Path:
+    """Write the inventory to ``path`` atomically, readable by its owner only.
+
+    :raises OSError: the file cannot be written.
+    """
+    return write_document(inventory_document(bmcs), path)
+
+
+def write_document(document: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write an inventory document (mode 0600: it holds passwords).
+
+    :raises OSError: the file cannot be written.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, target)
+    return target

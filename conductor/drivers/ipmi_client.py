@@ -1,0 +1,398 @@
+"""IPMI over LAN (RMCP+) client: the only driver-side module that imports pyghmi.
+
+:class:`BMCClient` talks to one BMC.  Every failure, whether pyghmi raised
+it (``IpmiException``) or returned it (``{'error': ...}``), becomes one
+:class:`~conductor.exceptions.BMCError` whose message says what to do
+about it; the password is never part of a message or a log line.
+
+Timeouts are retried with exponential backoff and jitter; nothing else is
+(a wrong password stays wrong, and retrying it can lock the account).
+
+How pyghmi behaves, and what this module does about it (pyghmi 1.6.19):
+
+* Sessions are shared process-wide per (BMC, user, password) and survive
+  between calls, so a call on an open session is one round trip (~0.3 ms on
+  loopback).  We build a ``Command`` per call: it is cheap, and pyghmi's
+  session lookup drops sessions that went stale while idle.
+* Credentials must be ``bytes``: with ``str``, the second ``Command`` to the
+  same BMC does not find the first session (it compares the stored
+  ``bytes`` with the given ``str``) and hangs for ever.
+* The synchronous wait in ``Session.awaitresponse`` registers for the reply
+  only after sending; a reply that arrives first sits in the session's
+  queue while the caller sleeps until its retry timer (0.5-1 s).  On a fast
+  BMC that happened to ~1-3% of calls (measured; see docs/ipmi-notes.md).
+  :class:`_Session` overrides that one method to look at the queue first
+  and to wait in short slices.
+* ``Command.set_power`` costs three round trips (OEM probe, power read,
+  control); :meth:`BMCClient.set_power` sends the standard Chassis Control
+  command directly, which every IPMI 2.0 BMC implements.
+* One process, one thread per pyghmi at a time: pyghmi's session state is
+  not thread-safe (see docs/ipmi-notes.md for what threads did).  Drive many
+  BMCs from several processes, each calling serially.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from pyghmi import exceptions as pyghmi_exc
+from pyghmi.ipmi import command as ipmi_command
+from pyghmi.ipmi.private import session as ipmi_session
+from pyghmi.ipmi.private import util as ipmi_util
+
+from conductor.exceptions import BMCError
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Longest single sleep while waiting for a reply; bounds the cost of a
+#: wake-up pyghmi misses (see :class:`_Session`).
+WAIT_SLICE = 0.02
+
+
+class PowerAction(enum.StrEnum):
+    """Power commands a BMC accepts (IPMI Chassis Control)."""
+
+    ON = "on"
+    OFF = "off"
+    SOFT = "soft"  # ACPI shutdown request to the OS
+    CYCLE = "cycle"
+    RESET = "reset"
+
+
+#: Chassis Control (netfn 0, command 2) data byte per action (IPMI 2.0 28.3).
+_CHASSIS_CONTROL = {
+    PowerAction.OFF: 0,
+    PowerAction.ON: 1,
+    PowerAction.CYCLE: 2,
+    PowerAction.RESET: 3,
+    PowerAction.SOFT: 5,
+}
+#: Our boot device names -> pyghmi's.
+_TO_PYGHMI_BOOT = {"pxe": "pxe", "disk": "hd", "cdrom": "cdrom", "bios": "bios",
+                   "default": "default", "safe": "safe", "floppy": "floppy"}
+#: pyghmi's names (as get_bootdev returns them) -> ours.
+_FROM_PYGHMI_BOOT = {"network": "pxe", "hd": "disk", "optical": "cdrom", "setup": "bios",
+                     "default": "default", "safe": "safe", "floppy": "floppy"}
+BOOT_DEVICES = tuple(_TO_PYGHMI_BOOT)
+
+# Substrings of pyghmi messages that mean "these credentials are refused".
+_AUTH_ERRORS = ("Incorrect password", "Unauthorized name", "Invalid RAKP4 integrity",
+                "Unauthorized role", "Invalid role", "while requesting privelege")
+# ... and "nobody answered" (pyghmi raises IpmiException(None) when a login
+# times out, and returns {'error': 'timeout'} when a command does).
+_TIMEOUT_ERRORS = ("timeout", "Session no longer connected", "None")
+
+
+@dataclass(frozen=True)
+class BMCCredentials:
+    """Where a BMC is and how to log in; the password never shows in a repr."""
+
+    address: str
+    port: int = 623
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """``address:port`` as shown in messages (IPv6 in brackets)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BootSetting:
+    """The boot device override a BMC reports."""
+
+    device: str
+    persistent: bool
+    uefi: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The shape ``ManagementInterface.get_boot_device`` returns."""
+        return {"boot_device": self.device, "persistent": self.persistent, "uefi": self.uefi}
+
+
+class _Timeout(Exception):
+    """Internal: one attempt got no answer (retryable)."""
+
+
+class _Session(ipmi_session.Session):
+    """pyghmi's client session with its lost wake-up fixed.
+
+    ``Session.awaitresponse`` sends, then registers with pyghmi's I/O thread
+    to be woken by the next datagram *from that BMC*.  When the reply is
+    already in ``self.pktqueue`` by then (a fast BMC, a busy client), no
+    further datagram comes and the caller sleeps until the retry timer.
+    This copy of pyghmi 1.6.19's method differs in three marked places.
+    """
+
+    #: ``_monotonic_time()`` after which the current call gives up (set per call by
+    #: BMCClient); pyghmi alone keeps retransmitting and re-logging for up
+    #: to ~30 s on an established session to a BMC that went away.
+    call_deadline: float | None = None
+
+    def awaitresponse(self, retry: bool, netfn: int, command: int) -> None:
+        self.awaitingresponse = True
+        try:
+            alltimeout = ipmi_util._monotonic_time() + (self._getmaxtimeout() * 2)
+            while (retry and ipmi_session.unmatched(self.lastresponse, netfn, command)
+                   and (self.logging or self.logged or self.onlogpayload)):
+                # (1) handle a reply that arrived before we started waiting.
+                self.process_pktqueue()
+                if not ipmi_session.unmatched(self.lastresponse, netfn, command):
+                    break
+                timeout = self.expiration - ipmi_util._monotonic_time()
+                # (2) never sleep longer than a slice, so a wake-up lost in
+                # the window between (1) and registering costs milliseconds.
+                ipmi_session._io_wait(min(timeout, WAIT_SLICE), self.sockaddr)
+                while self.iterwaiters:
+                    waiter = self.iterwaiters.pop()
+                    waiter({"success": True})
+                self.process_pktqueue()
+                if ipmi_util._monotonic_time() > alltimeout:
+                    self._mark_broken()
+                    raise pyghmi_exc.IpmiException("Session no longer connected")
+                # (3) our per-call deadline
+                if self.call_deadline is not None and ipmi_util._monotonic_time() > self.call_deadline:
+                    self._mark_broken()
+                    raise pyghmi_exc.IpmiException("timeout")
+                with ipmi_util.protect(ipmi_session.WAITING_SESSIONS):
+                    if (self in self.waiting_sessions
+                            and self.expiration < ipmi_util._monotonic_time()):
+                        self.waiting_sessions.pop(self, None)
+                        if not self.lastpayload and not self.logging:
+                            return
+                        self._timedout()
+        finally:
+            self.awaitingresponse = False
+
+
+    def _mark_broken(self, error: Any = None) -> None:
+        # pyghmi's _mark_broken logs out, and logout's raw_command first
+        # waits (_cmdwait) for the command in flight to finish; that is the
+        # very command that just failed, so it blocked until that command's
+        # own expiry (10-20 s).  A broken session has nothing in flight.
+        self.incommand = False
+        super()._mark_broken(error)
+
+
+class _Command(ipmi_command.Command):
+    """``Command`` bound to a :class:`_Session`.
+
+    ``Command.__init__`` always builds a plain ``Session``; these are the
+    attributes it sets, with our session instead.
+    """
+
+    def __init__(self, bmc: str, userid: bytes, password: bytes, port: int) -> None:
+        self.onlogon = None
+        self.bmc = bmc
+        self._sdrcachedir = None
+        self._sdr = None
+        self._oem = None
+        self._oemknown = False
+        self._netchannel = None
+        self._ipv6support = None
+        self.certverify = None
+        self.kwargs: dict[str, Any] = {}
+        self.ipmi_session = _Session(bmc=bmc, userid=userid, password=password, port=port)
+
+
+class BMCClient:
+    """Power and boot-device control of one BMC over IPMI (lanplus).
+
+    :param credentials: where the BMC is and how to log in.
+    :param timeout: seconds one attempt on an open session may take (a login
+        attempt is bounded by pyghmi itself, at about 5 s).
+    :param retries: extra attempts after a timeout (never after a refusal).
+    :param backoff: seconds before the first retry; doubles each time.
+    :param max_backoff: cap of one backoff sleep.
+    :param jitter: each sleep is scaled by a random factor in ``1 +- jitter``.
+    :param sleep: injectable for tests.
+    """
+
+    def __init__(self, credentials: BMCCredentials, *, timeout: float = 5.0, retries: int = 2, backoff: float = 0.5,
+                 max_backoff: float = 4.0, jitter: float = 0.5,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.credentials = credentials
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.jitter = jitter
+        self._sleep = sleep
+        self._session: _Session | None = None
+
+    def __repr__(self) -> str:
+        return f"BMCClient({self.credentials!r})"
+
+    # --- public API -----------------------------------------------------------
+    def get_power(self) -> str:
+        """``'on'`` or ``'off'``.
+
+        :raises BMCError: refused, failed or no answer.
+        """
+        what = "read the power state"
+
+        def action(cmd: _Command) -> str:
+            response = self._raw(cmd, what, netfn=0, command=1)
+            return "on" if response["data"][0] & 1 else "off"
+
+        return self._call(what, action)
+
+    def set_power(self, action: str) -> None:
+        """Send a power command and return without waiting for the transition.
+
+        :param action: ``on``, ``off``, ``soft`` (ACPI), ``cycle`` or ``reset``.
+        :raises ValueError: unknown action.
+        :raises BMCError: refused, failed or no answer.
+        """
+        try:
+            directive = _CHASSIS_CONTROL[PowerAction(str(action))]
+        except ValueError:
+            raise ValueError(f"unknown power action {action!r}; expected one of "
+                             f"{', '.join(PowerAction)}") from None
+        what = f"power {action}"
+        self._call(what, lambda cmd: self._raw(cmd, what, netfn=0, command=2, data=[directive]))
+
+    def get_boot_device(self) -> BootSetting:
+        """The boot device override and its flags.
+
+        :raises BMCError: refused, failed or no answer.
+        """
+        what = "read the boot device"
+
+        def action(cmd: _Command) -> BootSetting:
+            result = self._checked(cmd.get_bootdev(), what)
+            device = result.get("bootdev")
+            name = _FROM_PYGHMI_BOOT.get(device, device) if isinstance(device, str) else f"selector-{device}"
+            return BootSetting(device=name, persistent=bool(result.get("persistent")),
+                               uefi=bool(result.get("uefimode")))
+
+        return self._call(what, action)
+
+    def set_boot_device(self, device: str, persistent: bool = False, uefi: bool = False) -> None:
+        """Set the boot device for the next boot (every boot if ``persistent``).
+
+        :raises ValueError: unknown device.
+        :raises BMCError: refused, failed or no answer.
+        """
+        if device not in _TO_PYGHMI_BOOT:
+            raise ValueError(f"unknown boot device {device!r}; expected one of {', '.join(BOOT_DEVICES)}")
+        what = f"set the boot device to {device}"
+        self._call(what, lambda cmd: self._checked(
+            cmd.set_bootdev(_TO_PYGHMI_BOOT[device], persist=persistent, uefiboot=uefi), what))
+
+    def check_credentials(self) -> str:
+        """Log in (or reuse the session) and read the power state.
+
+        Cheap: one round trip on an open session, a login plus one otherwise.
+        A wrong password never matches an open session (pyghmi keys sessions
+        by password too), so it is always tried against the BMC.
+
+        :returns: the power state read on the way.
+        :raises BMCError: the credentials were refused, or no answer.
+        """
+        return self.get_power()
+
+    def close(self) -> None:
+        """Log out of the session this client last used (others re-login)."""
+        session, self._session = self._session, None
+        if session is None or not getattr(session, "logged", 0):
+            return
+        try:
+            session.logout()
+        except (pyghmi_exc.IpmiException, OSError) as exc:
+            LOG.debug("logout from BMC %s failed: %s", self.credentials.endpoint, exc)
+
+    # --- internals --------------------------------------------------------------
+    def _command(self) -> _Command:
+        creds = self.credentials
+        cmd = _Command(creds.address, creds.username.encode("utf-8"), creds.password.encode("utf-8"),
+                       creds.port)
+        self._session = cmd.ipmi_session
+        return cmd
+
+    def _call(self, what: str, action: Callable[[_Command], T]) -> T:
+        """Run ``action`` on a (re)used session, retrying timeouts only.
+
+        :raises BMCError: refused, failed, or no answer after every attempt.
+        """
+        endpoint = self.credentials.endpoint
+        attempts = self.retries + 1
+        start = time.monotonic()
+        for attempt in range(1, attempts + 1):
+            try:
+                cmd = self._command()
+                # No silent re-login inside a command: pyghmi's nested login
+                # waits for the in-flight command to expire first.  A timed-out
+                # command fails this attempt instead; the next one logs in.
+                cmd.ipmi_session.logontries = 0
+                # pyghmi's clock (os.times()[4], 10 ms ticks), not time.monotonic()
+                cmd.ipmi_session.call_deadline = ipmi_util._monotonic_time() + self.timeout
+                return action(cmd)
+            except (pyghmi_exc.IpmiException, _Timeout) as exc:
+                message = str(exc)
+                if _is_auth_error(message):
+                    raise BMCError(f"BMC {endpoint} rejected the password for user "
+                                   f"{self.credentials.username!r}; check the node's ipmi_username "
+                                   f"and ipmi_password", bmc=endpoint) from exc
+                if not isinstance(exc, _Timeout) and not _is_timeout(message):
+                    raise BMCError(f"BMC {endpoint} could not {what}: {message}", bmc=endpoint) from exc
+            except socket.gaierror as exc:
+                raise BMCError(f"BMC address {self.credentials.address!r} does not resolve: "
+                               f"{exc.strerror}", bmc=endpoint) from exc
+            except (AssertionError, IndexError, KeyError, TypeError) as exc:
+                # pyghmi asserts on (and indexes into) replies without checking
+                # their length; a malformed reply lands here.
+                raise BMCError(f"BMC {endpoint} sent a malformed reply when asked to {what}",
+                               bmc=endpoint) from exc
+            if attempt < attempts:
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
+                LOG.info("BMC %s did not answer (attempt %d of %d to %s); retrying in %.2f s",
+                         endpoint, attempt, attempts, what, delay)
+                self._sleep(delay)
+        elapsed = time.monotonic() - start
+        raise BMCError(f"BMC {endpoint} did not answer within {elapsed:.0f} s "
+                       f"({attempts} attempt{'s' if attempts > 1 else ''}) when asked to {what}; "
+                       f"check its address, port and network", bmc=endpoint)
+
+    def _raw(self, cmd: _Command, what: str, **kwargs: Any) -> dict[str, Any]:
+        """One raw IPMI request; an error reply becomes BMCError or _Timeout."""
+        return self._checked(cmd.raw_command(**kwargs), what)
+
+    def _checked(self, result: Any, what: str) -> Any:
+        """Turn a returned ``{'error': ...}`` or completion code into an exception.
+
+        :raises _Timeout: the error is a timeout (the caller retries).
+        :raises BMCError: any other error.
+        """
+        if not isinstance(result, dict):
+            return result
+        message = result.get("error")
+        if not message and result.get("code"):
+            message = ipmi_util.get_ipmi_error(result) if "command" in result else f"code {result['code']:#x}"
+        if not message:
+            return result
+        if _is_timeout(message):
+            raise _Timeout(message)
+        raise BMCError(f"BMC {self.credentials.endpoint} could not {what}: {message}",
+                       bmc=self.credentials.endpoint)
+
+
+def _is_auth_error(message: str) -> bool:
+    return any(marker in message for marker in _AUTH_ERRORS)
+
+
+def _is_timeout(message: Any) -> bool:
+    if message is None:
+        return False
+    text = str(message)
+    return text == "" or any(marker in text for marker in _TIMEOUT_ERRORS)
