@@ -27,18 +27,26 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url`` with the conductor's connection settings."""
+    """An engine for ``url`` with the conductor's connection settings.
+
+    Statement parameters are hidden from error messages: they may hold
+    secrets (BMC passwords in ``driver_info``) and errors get logged.
+    """
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            hide_parameters=True,
+            **kwargs,
         )
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    # Never put statement parameters (a driver_info password...) in error texts.
+    return sa.create_engine(url, hide_parameters=True, **kwargs)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

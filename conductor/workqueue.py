@@ -91,11 +91,15 @@ class WorkQueue:
         )
 
     def enqueue_batch(self, request_ids: Sequence[str]) -> None:
-        """Queue the next step of several requests as one job."""
+        """Queue the next step of several requests as one job.
+
+        The job's timeout is ``job_timeout`` per step of the batch: it bounds
+        a hung step, not a batch of slow ones.
+        """
         self.queue.enqueue_call(
             STEP_FUNCTION,
             args=(list(request_ids),),
-            timeout=self.job_timeout,
+            timeout=self.job_timeout * max(1, len(request_ids)),
             result_ttl=0,
             failure_ttl=86400,
             description=f"steps of {len(request_ids)} request(s)",

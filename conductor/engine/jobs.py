@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 
 import redis
+from rq.timeouts import BaseTimeoutException
 
 from conductor.context import Context
 from conductor.throttle.drain import DrainMeter
@@ -41,8 +42,17 @@ def run_steps(request_ids: Sequence[str]) -> None:
     from conductor.engine.runner import run_step
 
     ctx = current()
-    for request_id in request_ids:
-        run_step(ctx, request_id)
+    for done, request_id in enumerate(request_ids):
+        try:
+            run_step(ctx, request_id)
+        except BaseTimeoutException:
+            # The hung step's request was failed; the rest of the batch runs
+            # in a new job rather than being lost with this one.
+            rest = list(request_ids[done + 1 :])
+            for other in rest:
+                ctx.queue.schedule(other, 0)
+            LOG.warning("Job timed out; %d request(s) of its batch rescheduled", len(rest))
+            raise
     # One job left the work queue: what the API's queue_full Retry-After is based on.
     try:
         DrainMeter(ctx.redis, ctx.settings.redis_namespace).record(1)

@@ -23,12 +23,16 @@ import logging
 import time
 from collections.abc import Callable
 
+import redis
+import sqlalchemy as sa
+from rq.timeouts import BaseTimeoutException
+
 
 from conductor import logs
 from conductor.context import Context
 from conductor.drivers.base import Done, Poll, StepResult, Wait
 from conductor.engine import power, provision
-from conductor.engine.task import StepNotRunnable, Task, node_task
+from conductor.engine.task import StepFenced, StepNotRunnable, Task, hold_claim, node_task
 from conductor.exceptions import ConductorError, NodeLocked, RequestNotFound
 from conductor.fsm.states import RequestKind, RequestState
 from conductor.models import Node, Request, utcnow
@@ -72,18 +76,32 @@ def _run_step(ctx: Context, request_id: str) -> None:
     except StepNotRunnable:
         LOG.debug("Request %s: not runnable (cancelled, finished or taken); skipped", request_id)
         return
+    except StepFenced as exc:
+        LOG.warning("Request %s: %s", request_id, exc)
+        return
     except NodeLocked as exc:
         _retry_locked(ctx, request_id, exc)
         return
     except RequestNotFound:
         LOG.info("Request %s vanished (node deleted?); skipped", request_id)
         return
+    except BaseTimeoutException:
+        # RQ's job timeout: this step hung (a BMC call that never returned).
+        LOG.error("Request %s: step exceeded the job timeout in conductor %s", request_id, ctx.name)
+        fail_request(ctx, request_id, f"A step exceeded the job timeout ({ctx.settings.job_timeout:g} s).",
+                     owner=ctx.name)
+        raise
     except Exception:
         LOG.exception("Request %s: internal error in conductor %s", request_id, ctx.name)
-        fail_request(ctx, request_id, f"Internal error in conductor {ctx.name}; see its log.")
+        fail_request(ctx, request_id, f"Internal error in conductor {ctx.name}; see its log.", owner=ctx.name)
         return
     if isinstance(result, Poll):
-        ctx.queue.schedule(request_id, result.after)
+        try:
+            ctx.queue.schedule(request_id, result.after)
+        except redis.RedisError as exc:
+            # The database says when it is due; the sweeper re-arms it.
+            LOG.error("Request %s: could not set its timer (%s); the sweeper will re-arm it", request_id, exc)
+            return
         LOG.debug("Request %s: next step in %.2f s (%s)", request_id, result.after, result.reason)
     elif isinstance(result, Done):
         LOG.info("Request %s succeeded", request_id)
@@ -107,9 +125,10 @@ def _record(task: Task, result: StepResult) -> None:
 def _retry_locked(ctx: Context, request_id: str, exc: NodeLocked) -> None:
     """Put the request back to sleep, or fail it once it waited too long."""
     with ctx.db.begin() as session:
-        request = session.get(Request, request_id)
-        if request is None or request.conductor != ctx.name:
+        if not hold_claim(session, ctx, request_id):
             return
+        request = session.get(Request, request_id)
+        assert request is not None
         progress = dict(request.progress or {})
         since = progress.setdefault("locked_since", time.time())
         waited = time.time() - since
@@ -126,30 +145,50 @@ def _retry_locked(ctx: Context, request_id: str, exc: NodeLocked) -> None:
         request.progress = progress
         request.conductor = None
         request.wake_at = utcnow() + dt.timedelta(seconds=delay)
-    ctx.queue.schedule(request_id, delay)
+    try:
+        ctx.queue.schedule(request_id, delay)
+    except redis.RedisError as error:
+        LOG.error("Request %s: could not set its timer (%s); the sweeper will re-arm it", request_id, error)
+        return
     LOG.info("Request %s: %s; retrying in %.1f s", request_id, exc.message, delay)
 
 
-def fail_request(ctx: Context, request_id: str, message: str, conductor: str | None = None) -> None:
-    """Fail a request outside of a step (crash, dead conductor), freeing its node.
+_ACTIVE = [RequestState.QUEUED, RequestState.RUNNING, RequestState.WAITING]
+_FENCE_FAIL = {
+    owned: sa.update(Request.__table__)
+    .where(
+        Request.__table__.c.id == sa.bindparam("rid"),
+        Request.__table__.c.state.in_(_ACTIVE),
+        Request.__table__.c.conductor == sa.bindparam("owner") if owned else Request.__table__.c.conductor.is_(None),
+    )
+    .values(updated_at=sa.bindparam("now"))
+    for owned in (True, False)
+}
 
-    A busy or waiting provision state fails through the state machine.
+
+def fail_request(ctx: Context, request_id: str, message: str, owner: str | None) -> bool:
+    """Fail a request outside of a step (crash, dead conductor, timeout), freeing its node.
+
+    Conditional: only if the request is still active and its claim is held
+    by ``owner`` (the conductor that was running it; None: nobody), so that
+    concurrent sweeps fail it once.  A busy or waiting provision state fails
+    through the state machine.  Returns whether it failed the request.
     """
     with ctx.db.begin() as session:
+        with session.no_autoflush:
+            params = {"rid": request_id, "owner": owner, "now": utcnow()}
+            if session.execute(_FENCE_FAIL[owner is not None], params).rowcount != 1:
+                return False
         request = session.get(Request, request_id)
-        if request is None or request.state not in (
-            RequestState.QUEUED,
-            RequestState.RUNNING,
-            RequestState.WAITING,
-        ):
-            return
+        assert request is not None
         node = session.get(Node, request.node_id)
         assert node is not None
+        recorder = owner or ctx.name
         if request.kind == RequestKind.PROVISION:
-            provision.fail_node(session, node, message, request.id, conductor or ctx.name)
+            provision.fail_node(session, node, message, request.id, recorder)
         else:
             node.last_error = message
-        if node.reservation == (conductor or ctx.name):
+        if owner is not None and node.reservation == owner:
             node.reservation = None
-        request_service.finish(session, node, request, RequestState.FAILED, message, conductor or ctx.name)
-
+        request_service.finish(session, node, request, RequestState.FAILED, message, recorder)
+    return True

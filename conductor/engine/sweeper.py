@@ -49,16 +49,17 @@ def recover_conductor(ctx: Context, name: str) -> int:
                 )
             )
         )
+    failed = 0
     for request_id in stuck:
         LOG.warning("Request %s was being run by conductor %s, which stopped; failing it", request_id, name)
-        fail_request(
+        failed += fail_request(
             ctx,
             request_id,
             f"Conductor {name} stopped while running this request; its outcome on the "
             "hardware is unknown.",
-            conductor=name,
+            owner=name,
         )
-    return len(stuck)
+    return failed
 
 
 def sweep(ctx: Context) -> dict[str, int]:

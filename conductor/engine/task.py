@@ -135,8 +135,41 @@ _RELEASE = (
 )
 
 
+# Fences: a step's results are committed only while this conductor still
+# holds both the node's reservation and the request's claim (a conductor
+# declared dead by the others' sweep has lost both, whatever it believes).
+_FENCE_NODE = (
+    sa.update(_nodes)
+    .where(_nodes.c.id == sa.bindparam("node_id"), _nodes.c.reservation == sa.bindparam("me"))
+    .values(reservation=None)
+)
+_FENCE_REQUEST = (
+    sa.update(_requests)
+    .where(_requests.c.id == sa.bindparam("rid"), _requests.c.conductor == sa.bindparam("me"))
+    .values(updated_at=sa.bindparam("now", type_=UTCDateTime()))
+)
+
+
 class StepNotRunnable(Exception):
     """The request was cancelled, finished, or another conductor runs its step."""
+
+
+class StepFenced(Exception):
+    """This conductor lost the node's reservation or the request's claim mid-step.
+
+    Another conductor's sweep declared this one dead and resolved the
+    request; the step's results were discarded.
+    """
+
+
+def hold_claim(session: Session, ctx: Context, request_id: str) -> bool:
+    """In the caller's transaction: whether this conductor still holds the request's claim.
+
+    The check is a conditional write, so it also locks the row until commit.
+    """
+    with session.no_autoflush:
+        params = {"rid": request_id, "me": ctx.name, "now": utcnow()}
+        return session.execute(_FENCE_REQUEST, params).rowcount == 1
 
 
 def release(ctx: Context, node_id: int) -> None:
@@ -171,6 +204,7 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
     resolve).
 
     :raises StepNotRunnable: nothing to do (cancelled, finished, taken).
+    :raises StepFenced: the claim or reservation was taken away during the step.
     :raises NodeLocked: another conductor holds the node (the claim is ours).
     :raises RequestNotFound: the request vanished (its node was deleted).
     """
@@ -191,8 +225,15 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
                 task = Task(ctx, session, node, request)
                 yield task
                 task.save_progress()
-                node.reservation = None
                 node.updated_at = utcnow()
+                with session.no_autoflush:
+                    released = session.execute(_FENCE_NODE, {"node_id": node_id, "me": ctx.name}).rowcount
+                if released != 1 or not hold_claim(session, ctx, request_id):
+                    session.rollback()
+                    raise StepFenced(
+                        f"Conductor {ctx.name} lost node {node.uuid} or request {request_id} "
+                        "during a step; its results were discarded."
+                    )
                 session.commit()
         except BaseException:
             session.rollback()

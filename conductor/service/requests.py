@@ -52,7 +52,7 @@ from conductor.fsm.states import (
     RequestKind,
     RequestState,
 )
-from conductor.models import Node, Request, new_request_id, utcnow
+from conductor.models import IdempotencyRecord, Node, Request, new_request_id, utcnow
 from conductor.service import history, nodes
 from conductor.throttle import idempotency
 from conductor.throttle.idempotency import IdempotencyKey
@@ -382,17 +382,44 @@ def _enqueue_or_abandon(ctx: Context, request: Request) -> None:
         ctx.queue.enqueue_request(request.id)
     except redis.RedisError as exc:
         LOG.error("Cannot enqueue request %s: %s", request.id, exc)
-        with ctx.db.session() as session:
-            current = session.get(Request, request.id)
-            if current is not None and current.state == RequestState.QUEUED:
-                node = session.get(Node, current.node_id)
-                assert node is not None
-                finish(session, node, current, RequestState.FAILED, "The work queue is unavailable.")
-                session.commit()
+        _abandon(ctx, request.id, "The work queue is unavailable; the request was not accepted.")
         raise QueueUnavailable(
             "The work queue is unavailable; the request was not accepted. Retry later.",
             retry_after=5,
         ) from None
+
+
+def _abandon(ctx: Context, request_id: str, reason: str) -> None:
+    """Undo the acceptance of a request the client is told was not accepted.
+
+    The row stays (failed, for the record) but nothing else treats it as
+    accepted: its node is freed, its ``Idempotency-Key`` is forgotten (a
+    retry with the same key makes a new request) and no callback fires.
+    """
+    with ctx.db.session() as session:
+        with session.no_autoflush:
+            taken = session.execute(
+                sa.update(_requests_t)
+                .where(_requests_t.c.id == request_id, _requests_t.c.state == RequestState.QUEUED)
+                .values(state=RequestState.FAILED, error=reason, finished_at=utcnow(), updated_at=utcnow())
+            ).rowcount
+        if taken != 1:
+            session.rollback()
+            return
+        session.execute(sa.delete(IdempotencyRecord).where(IdempotencyRecord.request_id == request_id))
+        request = session.get(Request, request_id)
+        assert request is not None
+        node = session.get(Node, request.node_id)
+        assert node is not None
+        if node.active_request_id == request_id:
+            node.active_request_id = None
+            node.target_power_state = None if request.kind == RequestKind.POWER else node.target_power_state
+            node.target_provision_state = (
+                None if request.kind == RequestKind.PROVISION else node.target_provision_state
+            )
+        history.record(session, node, "request.rejected", f"Request {request.kind} {request.target} not accepted: {reason}",
+                       request_id=request_id, severity="error")
+        session.commit()
 
 
 def finish(

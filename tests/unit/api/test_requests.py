@@ -146,7 +146,24 @@ def test_redis_down_is_503_and_leaves_nothing_dangling(client, ctx, node, monkey
     assert states["request_id"] is None and states["target_power_state"] is None
     (recorded,) = client.get("/v1/requests").json["requests"]
     assert recorded["state"] == "failed"
-    assert "queue" in recorded["error"]
+    assert "not accepted" in recorded["error"]
+    assert recorded["callback"] is None
+    events = [h["event"] for h in client.get("/v1/nodes/n1/history").json["history"]]
+    assert events[0] == "request.rejected"
+
+
+def test_a_retry_with_the_same_idempotency_key_after_a_503_is_a_new_request(client, ctx, node, monkeypatch) -> None:
+    headers = {"Idempotency-Key": '"retry-me"'}
+    with monkeypatch.context() as patch:
+        patch.setattr(ctx.queue.queue, "enqueue_call",
+                      lambda *a, **k: (_ for _ in ()).throw(redis.ConnectionError("refused")))
+        refused = client.put("/v1/nodes/n1/states/power", json={"target": "power on"}, headers=headers)
+    assert refused.status_code == 503
+    retried = client.put("/v1/nodes/n1/states/power", json={"target": "power on"}, headers=headers)
+    assert retried.status_code == 202
+    assert retried.json["state"] == "queued"
+    again = client.put("/v1/nodes/n1/states/power", json={"target": "power on"}, headers=headers)
+    assert again.json["id"] == retried.json["id"]
 
 
 def test_a_real_unreachable_redis_is_503(settings, node, client, admin_token) -> None:
