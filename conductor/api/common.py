@@ -12,12 +12,19 @@ from sqlalchemy.orm import Session
 from webargs.flaskparser import FlaskParser
 
 from conductor.context import Context
+from conductor.exceptions import InvalidInput
 
 
 class Parser(FlaskParser):
     """Our contract answers 400 ``validation_error``, not webargs' 422."""
 
     DEFAULT_VALIDATION_STATUS = 400
+
+    def _raw_load_json(self, req: Any) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except RecursionError:
+            raise InvalidInput("The JSON body is nested too deeply.", errors={"json": "nested too deeply"}) from None
 
 
 class Blueprint(_Blueprint):

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 import marshmallow as ma
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
@@ -116,8 +116,26 @@ class ConductorApi(Api):
         return handle_http_error(error)
 
 
+def reject_nul() -> Response | None:
+    """Refuse NUL characters anywhere in the path, query or JSON body (400).
+
+    PostgreSQL cannot store them and would answer with a 500; no field of
+    this API has a use for them.
+    """
+    if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
+        return error_response(400, "validation_error", "NUL characters are not allowed in the URL.",
+                              errors={"url": "NUL character"})
+    if request.content_length and request.mimetype == "application/json":
+        body = request.get_data(cache=True)
+        if b"\\u0000" in body or b"\x00" in body:
+            return error_response(400, "validation_error", "NUL characters are not allowed in the body.",
+                                  errors={"json": "NUL character"})
+    return None
+
+
 def register(app: Flask) -> None:
-    """Install the error handlers on ``app``."""
+    """Install the error handlers on ``app`` (and the NUL guard, which runs first)."""
+    app.before_request(reject_nul)
     app.register_error_handler(ConductorError, handle_conductor_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected)

@@ -89,6 +89,7 @@ class NodeStates(ma.Schema):
 _CALLBACK = ma.fields.Url(
     schemes={"http", "https"},
     require_tld=False,
+    validate=validate.Length(max=2048),
     load_default=None,
     allow_none=True,
     metadata={"description": "POSTed to when the request finishes"},
@@ -159,7 +160,9 @@ class HistoryEntry(ma.Schema):
 
 class HistoryQuery(Strict):
     limit = ma.fields.Integer(load_default=50, validate=validate.Range(1, MAX_PAGE))
-    marker = ma.fields.Integer(load_default=None, metadata={"description": "id of the last entry seen"})
+    marker = ma.fields.Integer(
+        load_default=None, validate=validate.Range(0, 2**63 - 1), metadata={"description": "id of the last entry seen"}
+    )
 
 
 class HistoryList(ma.Schema):

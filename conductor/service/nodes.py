@@ -7,6 +7,7 @@ a patch that sends back the mask keeps the stored value.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid as uuidlib
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from conductor import drivers
 from conductor.callbacks import events
 from conductor.drivers.base import is_secret
 from conductor.exceptions import (
+    Conflict,
     InvalidInput,
     NodeNameInUse,
     NodeNotDeletable,
@@ -84,6 +86,20 @@ def _check_dict(field: str, value: Any) -> dict[str, Any]:
     return value
 
 
+#: The largest ``driver_info`` or ``properties`` a node may hold (as JSON).
+MAX_FIELD_BYTES = 64 * 1024
+
+
+def _check_size(field: str, value: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(value, separators=(",", ":")))
+    if size > MAX_FIELD_BYTES:
+        raise InvalidInput(
+            f"{field} is {size} bytes as JSON; at most {MAX_FIELD_BYTES} are allowed.",
+            errors={field: f"at most {MAX_FIELD_BYTES} bytes"},
+        )
+    return value
+
+
 def create(session: Session, fields: Mapping[str, Any]) -> Node:
     """Enrol a node (provision state ``enroll``, power unknown) and commit.
 
@@ -91,7 +107,7 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
     :raises NodeNameInUse: the name is taken.
     """
     driver_name = fields["driver"]
-    driver_info = _check_dict("driver_info", fields.get("driver_info") or {})
+    driver_info = _check_size("driver_info", _check_dict("driver_info", fields.get("driver_info") or {}))
     drivers.validate(driver_name, driver_info)
     node_uuid = fields.get("uuid")
     if node_uuid is not None:
@@ -105,7 +121,7 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
         driver=driver_name,
         driver_info=dict(driver_info),
         driver_internal_info={},
-        properties=dict(_check_dict("properties", fields.get("properties") or {})),
+        properties=dict(_check_size("properties", _check_dict("properties", fields.get("properties") or {}))),
         provision_state=ProvisionState.ENROLL,
         maintenance=bool(fields.get("maintenance", False)),
         maintenance_reason=fields.get("maintenance_reason"),
@@ -181,14 +197,31 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
             f"Cannot patch {', '.join(unknown)}; patchable: {', '.join(sorted(PATCHABLE))}.",
             errors={k: "not patchable" for k in unknown},
         )
-    node = find(session, ident)
-    maintenance_before = node.maintenance
+    for _attempt in range(_PATCH_ATTEMPTS):
+        node = session.scalars(
+            sa.select(Node).where(ident_clause(ident)).execution_options(populate_existing=True)
+        ).one_or_none()
+        if node is None:
+            raise NodeNotFound(f"Node {ident} not found.", node=ident)
+        values = _patched_values(node, changes)
+        if not values:
+            return node
+        if _apply_patch(session, node, values, changes):
+            session.refresh(node)
+            return node
+    raise Conflict(f"Node {ident} is changing too fast to be patched; retry.")
+
+
+_PATCH_ATTEMPTS = 5
+
+
+def _patched_values(node: Node, changes: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "name" in changes:
         values["name"] = _check_name(changes["name"])
     if "properties" in changes:
-        values["properties"] = _merge(
-            node.properties, _check_dict("properties", changes["properties"] or {}), False
+        values["properties"] = _check_size(
+            "properties", _merge(node.properties, _check_dict("properties", changes["properties"] or {}), False)
         )
     if "maintenance" in changes:
         if not isinstance(changes["maintenance"], bool):
@@ -204,21 +237,33 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
         driver_info = _merge(
             node.driver_info, _check_dict("driver_info", changes.get("driver_info") or {}), True
         )
-        drivers.validate(driver_name, driver_info)
+        drivers.validate(driver_name, _check_size("driver_info", driver_info))
         values.update(driver=driver_name, driver_info=driver_info)
-    if not values:
-        return node
-    values["updated_at"] = utcnow()
-    query = sa.update(Node).where(Node.id == node.id)
+    return values
+
+
+def _apply_patch(session: Session, node: Node, values: dict[str, Any], changes: Mapping[str, Any]) -> bool:
+    """Write ``values`` if the node is unchanged since it was read; commit.
+
+    The merged JSON fields were computed from what was read, so a concurrent
+    change (another patch, a conductor's step) must not be overwritten:
+    ``updated_at`` is the version.  Returns False to retry.
+    """
+    read_at = node.updated_at
+    maintenance_before = node.maintenance
+    query = sa.update(Node).where(Node.id == node.id, Node.updated_at == read_at)
     if DRIVER_FIELDS & set(changes):
         query = query.where(Node.active_request_id.is_(None))
     try:
-        if session.execute(query.values(**values)).rowcount != 1:
+        if session.execute(query.values(**values, updated_at=utcnow())).rowcount != 1:
             session.rollback()
-            raise TransitionInProgress(
-                "Cannot change the driver or driver_info while a transition is in progress.",
-                request_id=node.active_request_id,
-            )
+            session.refresh(node)
+            if DRIVER_FIELDS & set(changes) and node.active_request_id is not None:
+                raise TransitionInProgress(
+                    "Cannot change the driver or driver_info while a transition is in progress.",
+                    request_id=node.active_request_id,
+                )
+            return False
         if "maintenance" in values:
             history.record(
                 session,
@@ -234,8 +279,7 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
     except IntegrityError:
         session.rollback()
         raise NodeNameInUse(f"A node named {values.get('name')} already exists.") from None
-    session.refresh(node)
-    return node
+    return True
 
 
 def delete(session: Session, ident: str) -> None:

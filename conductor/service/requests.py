@@ -331,7 +331,12 @@ def _submit(
             )
             # The INSERT comes first so that SQLite takes its write lock
             # (waiting, not failing) before the conditional UPDATE.
-            conn.execute(_INSERT_REQUEST, _row_of(request))
+            try:
+                conn.execute(_INSERT_REQUEST, _row_of(request))
+            except IntegrityError:
+                # The node was deleted since we read it: look again (-> 404).
+                conn.rollback()
+                continue
             won = conn.execute(
                 _CLAIM_NODE[(target_column, stale_active is not None)],
                 {"node_id": node.id, "stale": stale_active, "expected_state": node.provision_state,

@@ -175,3 +175,54 @@ def test_non_json_body_is_400(client) -> None:
     response = client.post("/v1/nodes", data="driver=fake", content_type="text/plain")
     assert response.status_code == 400
     assert response.json["code"] == "validation_error"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/nodes/a%00b", None),
+        ("GET", "/v1/nodes?marker=a%00b", None),
+        ("GET", "/v1/requests?node=a%00b", None),
+        ("POST", "/v1/nodes", {"driver": "fake", "maintenance_reason": "a\u0000b"}),
+    ],
+)
+def test_nul_characters_are_400_not_500(client, method, path, body) -> None:
+    response = client.open(path, method=method, json=body)
+    assert response.status_code == 400
+    assert response.json["code"] == "validation_error"
+
+
+def test_deeply_nested_json_is_400(client) -> None:
+    body = '{"driver": "fake", "properties": {"a": ' + "[" * 100000 + "]" * 100000 + "}}"
+    response = client.post("/v1/nodes", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["code"] == "validation_error"
+
+
+def test_oversized_fields_and_markers_are_400(client) -> None:
+    big = {"driver": "fake", "properties": {"blob": "x" * (70 * 1024)}}
+    response = client.post("/v1/nodes", json=big)
+    assert response.status_code == 400 and "properties" in response.json["errors"]
+    create(client, name="h1")
+    assert client.get("/v1/nodes/h1/history?marker=" + "9" * 30).status_code == 400
+
+
+def test_concurrent_patches_of_driver_info_are_both_kept(client, ctx, monkeypatch) -> None:
+    from conductor.service import nodes as node_service
+
+    create(client, name="p1", driver_info={"fake_delay": 1})
+    real_apply = node_service._apply_patch
+    real_patch = node_service.patch
+    raced = []
+
+    def apply_after_a_rival(session, node, values, changes):  # type: ignore[no-untyped-def]
+        if not raced:
+            raced.append(True)  # another API process's PATCH lands between our read and our write
+            with ctx.db.session() as other:
+                real_patch(other, "p1", {"driver_info": {"fake_fail": "boom"}})
+        return real_apply(session, node, values, changes)
+
+    monkeypatch.setattr(node_service, "_apply_patch", apply_after_a_rival)
+    response = client.patch("/v1/nodes/p1", json={"driver_info": {"fake_hang": 1}})
+    assert response.status_code == 200
+    assert response.json["driver_info"] == {"fake_delay": 1, "fake_fail": "boom", "fake_hang": 1}
