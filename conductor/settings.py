@@ -41,9 +41,9 @@ class Settings:
 
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
     #: SQLAlchemy URL; empty means the SQLite file ``<data_dir>/conductor.sqlite``.
-    database_url: str = ""
+    database_url: str = dataclasses.field(default="", repr=False)
     #: Redis URL; empty means the embedded Redis of ``conductor up``.
-    redis_url: str = ""
+    redis_url: str = dataclasses.field(default="", repr=False)
     #: Prefix of every Redis key and RQ queue name of this deployment.
     redis_namespace: str = "conductor"
 

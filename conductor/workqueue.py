@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 from rq import Queue
+from rq.serializers import JSONSerializer
 from rq.job import Job
 from rq.exceptions import NoSuchJobError
 
@@ -70,7 +71,7 @@ class WorkQueue:
         self.connection = connection
         self.namespace = settings.redis_namespace
         self.job_timeout = int(settings.job_timeout)
-        self.queue = Queue(f"{self.namespace}-work", connection=connection)
+        self.queue = Queue(f"{self.namespace}-work", connection=connection, serializer=JSONSerializer)
         self.timers_key = f"{self.namespace}:timers"
         self.pumped_key = f"{self.namespace}:pumped"
         self._pop_due = connection.register_script(_POP_DUE)
@@ -110,7 +111,7 @@ class WorkQueue:
         self.connection.zrem(self.timers_key, request_id)
         self.connection.zrem(self.pumped_key, request_id)
         try:
-            Job.fetch(request_id, connection=self.connection).cancel()
+            Job.fetch(request_id, connection=self.connection, serializer=JSONSerializer).cancel()
         except NoSuchJobError:
             pass
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask.views import MethodView
 
-from conductor.api import schemas
-from conductor.api.common import Blueprint, client_identity, context, session
+from conductor.api import admission, schemas
+from conductor.api.common import Blueprint, context, session
 from conductor.callbacks import secrets
 
 blp = Blueprint("callbacks", __name__, url_prefix="/v1/callbacks", description="Callback signing")
@@ -18,7 +18,7 @@ class Secret(MethodView):
     @blp.response(200, schemas.CallbackSecret)
     def get(self) -> dict[str, Any]:
         """The caller's signing secret: its fingerprint and dates, never the secret."""
-        return secrets.describe(session(), client_identity())
+        return secrets.describe(session(), admission.client())
 
 
 @blp.route("/secret/rotate")
@@ -30,7 +30,7 @@ class Rotate(MethodView):
         The previous secret keeps signing (both signatures are sent) for
         ``callback_secret_overlap`` seconds.
         """
-        client = client_identity()
+        client = admission.client()
         secret = secrets.rotate(session(), client, context().settings.callback_secret_overlap)
         body = {**secrets.describe(session(), client), "secret": secret}
         return body, {"Cache-Control": "no-store"}

@@ -38,12 +38,6 @@ def context() -> Context:
     return current_app.extensions["conductor"]  # type: ignore[no-any-return]
 
 
-def client_identity() -> str | None:
-    """Who is calling: the principal admission authenticated (None before it ran)."""
-    principal = g.get("principal")
-    return principal.client if principal is not None else None
-
-
 def session() -> Session:
     """The request's database session (closed at teardown)."""
     if "db_session" not in g:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import g
 from flask.views import MethodView
 
-from conductor.api import schemas
-from conductor.api.common import Blueprint, client_identity, context, next_link, session
+from conductor.api import admission, schemas
+from conductor.api.common import Blueprint, context, next_link, session
+from conductor.auth.roles import Role
 from conductor.callbacks import subscriptions
 
 blp = Blueprint(
@@ -15,19 +17,26 @@ blp = Blueprint(
 )
 
 
+def _owner() -> str | None:
+    """Whose subscriptions the caller may see: its own, or every one for admins."""
+    principal = g.principal
+    return subscriptions.EVERYONE if principal.role == Role.ADMIN else principal.client
+
+
 @blp.route("")
 class Subscriptions(MethodView):
     @blp.response(200, schemas.SubscriptionList)
     def get(self) -> dict[str, Any]:
         """List the subscriptions."""
-        return {"subscriptions": [subscriptions.to_dict(s) for s in subscriptions.list_subscriptions(session())]}
+        found = subscriptions.list_subscriptions(session(), _owner())
+        return {"subscriptions": [subscriptions.to_dict(s) for s in found]}
 
     @blp.arguments(schemas.SubscriptionCreate)
     @blp.response(201, schemas.Subscription)
     def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """Subscribe a URL to events, optionally of some nodes only (400 ``callback_url_denied``)."""
         created = subscriptions.create(
-            session(), context().settings, body["url"], body["events"], body["nodes"], client_identity()
+            session(), context().settings, body["url"], body["events"], body["nodes"], admission.client()
         )
         return subscriptions.to_dict(created), {"Location": f"/v1/subscriptions/{created.id}"}
 
@@ -37,12 +46,12 @@ class SubscriptionItem(MethodView):
     @blp.response(200, schemas.Subscription)
     def get(self, subscription_id: str) -> dict[str, Any]:
         """Show a subscription."""
-        return subscriptions.to_dict(subscriptions.get(session(), subscription_id))
+        return subscriptions.to_dict(subscriptions.get(session(), subscription_id, _owner()))
 
     @blp.response(204)
     def delete(self, subscription_id: str) -> None:
         """Delete a subscription; its pending deliveries fail."""
-        subscriptions.delete(session(), subscription_id)
+        subscriptions.delete(session(), subscription_id, _owner())
 
 
 @blp.route("/<subscription_id>/deliveries")
@@ -51,7 +60,7 @@ class SubscriptionDeliveries(MethodView):
     @blp.response(200, schemas.DeliveryList)
     def get(self, args: dict[str, Any], subscription_id: str) -> dict[str, Any]:
         """The subscription's deliveries, newest first, in pages of ``limit`` before ``marker``."""
-        items = subscriptions.deliveries(session(), subscription_id, args["limit"], args["marker"])
+        items = subscriptions.deliveries(session(), subscription_id, args["limit"], args["marker"], _owner())
         return {
             "deliveries": items,
             "next": next_link(items, args["limit"], items[-1]["id"] if items else None),

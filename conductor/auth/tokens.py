@@ -118,12 +118,16 @@ def revoke(ctx: Context, token_id: str) -> ApiToken:
 
     :raises TokenNotFound: no such token.
     """
+    from conductor.callbacks import subscriptions
+
     with ctx.db.session() as session:
-        session.execute(
+        revoked = session.execute(
             sa.update(ApiToken)
             .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
-        )
+        ).rowcount
+        if revoked:
+            subscriptions.deactivate_for_client(session, token_id, "The token that created it was revoked.")
         session.commit()
         token = session.get(ApiToken, token_id)
         if token is None:

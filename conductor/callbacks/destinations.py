@@ -98,15 +98,32 @@ class Rules:
 
     def contains(self, address: IPAddress) -> bool:
         """Whether ``address`` lies in one of the networks."""
-        candidates: list[IPAddress] = [address]
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            candidates.append(address.ipv4_mapped)
+        candidates = embedded_addresses(address)
         return any(a in net for a in candidates for net in self.networks if a.version == net.version)
 
     @property
     def empty(self) -> bool:
         """Whether the list names nothing."""
         return not self.hosts and not self.networks
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_addresses(address: IPAddress) -> list[IPAddress]:
+    """``address`` and the IPv4 addresses it carries (mapped, NAT64, 6to4, compatible).
+
+    A deny list of IPv4 networks must also catch them in their IPv6 forms.
+    """
+    found: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            found.append(address.ipv4_mapped)
+        if address.sixtofour is not None:
+            found.append(address.sixtofour)
+        if address in _NAT64 or int(address) >> 32 == 0:  # NAT64, or IPv4-compatible ::a.b.c.d
+            found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +149,9 @@ class Policy:
         if self.deny.matches_host(target.host):
             raise _denied(f"host {target.host} is on the deny list", "denied")
         for address in target.addresses:
+            if any(a.is_unspecified for a in embedded_addresses(address)):
+                # 0.0.0.0 and :: connect to this host's own listeners.
+                raise _denied(f"{target.host} is the unspecified address {address}", "denied")
             if self.deny.contains(address):
                 raise _denied(f"{target.host} resolves to {address}, which is on the deny list", "denied")
         if self.allow.empty or self.allow.matches_host(target.host):

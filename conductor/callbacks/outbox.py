@@ -27,7 +27,10 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+
+from conductor.procs import pid_alive
 from rq import Queue
+from rq.serializers import JSONSerializer
 from sqlalchemy.orm import Session, aliased
 
 from conductor.callbacks.events import PENDING_KEY
@@ -46,7 +49,7 @@ class CallbackQueue:
 
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
         self.connection = connection
-        self.queue = Queue(f"{settings.redis_namespace}-callbacks", connection=connection)
+        self.queue = Queue(f"{settings.redis_namespace}-callbacks", connection=connection, serializer=JSONSerializer)
         self.wake_key = f"{settings.redis_namespace}:callbacks:wake"
         # Longer than any one attempt may take (connect + reads + DNS).
         self.job_timeout = int(4 * settings.callback_timeout + 30)
@@ -182,16 +185,6 @@ def pump(db: Database, queue: CallbackQueue, requeue_after: float, limit: int = 
     return len(marked)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def release_dead_leases(db: Database, hostname: str | None = None) -> int:
     """Free the leases held by processes of this host that no longer exist.
 
@@ -204,11 +197,11 @@ def release_dead_leases(db: Database, hostname: str | None = None) -> int:
         holders = set(
             session.scalars(
                 sa.select(CallbackDelivery.claimed_by)
-                .where(CallbackDelivery.state == "pending", CallbackDelivery.claimed_by.like(f"{prefix}%"))
+                .where(CallbackDelivery.state == "pending", CallbackDelivery.claimed_by.startswith(prefix, autoescape=True))
                 .distinct()
             )
         )
-    dead = [h for h in holders if h and h[len(prefix):].isdigit() and not _pid_alive(int(h[len(prefix):]))]
+    dead = [h for h in holders if h and h[len(prefix):].isdigit() and not pid_alive(int(h[len(prefix):]))]
     if not dead:
         return 0
     with db.begin() as session:

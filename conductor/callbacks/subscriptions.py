@@ -63,36 +63,48 @@ def create(
     return subscription
 
 
-def get(session: Session, subscription_id: str) -> CallbackSubscription:
-    """The subscription ``subscription_id``.
+#: ``owner`` value that sees every subscription (admins, or auth off).
+EVERYONE = None
 
-    :raises SubscriptionNotFound: no such subscription.
+
+def _owned(owner: str | None) -> sa.ColumnElement[bool]:
+    return sa.true() if owner is EVERYONE else CallbackSubscription.client == owner
+
+
+def get(session: Session, subscription_id: str, owner: str | None = EVERYONE) -> CallbackSubscription:
+    """The subscription ``subscription_id``, if ``owner`` created it (``EVERYONE``: any).
+
+    A client sees only its own subscriptions: their URLs may carry secrets.
+
+    :raises SubscriptionNotFound: no such subscription (of that owner).
     """
     subscription = session.get(CallbackSubscription, subscription_id)
-    if subscription is None:
+    if subscription is None or (owner is not EVERYONE and subscription.client != owner):
         raise SubscriptionNotFound(
             f"Subscription {subscription_id} not found.", subscription_id=subscription_id
         )
     return subscription
 
 
-def list_subscriptions(session: Session) -> list[CallbackSubscription]:
-    """Every subscription, oldest first."""
+def list_subscriptions(session: Session, owner: str | None = EVERYONE) -> list[CallbackSubscription]:
+    """The subscriptions ``owner`` created (``EVERYONE``: all), oldest first."""
     return list(
         session.scalars(
-            sa.select(CallbackSubscription).order_by(CallbackSubscription.created_at, CallbackSubscription.id)
+            sa.select(CallbackSubscription)
+            .where(_owned(owner))
+            .order_by(CallbackSubscription.created_at, CallbackSubscription.id)
         )
     )
 
 
-def delete(session: Session, subscription_id: str) -> None:
-    """Delete a subscription, failing its pending deliveries, and commit.
+def delete(session: Session, subscription_id: str, owner: str | None = EVERYONE) -> None:
+    """Delete a subscription ``owner`` created, failing its pending deliveries, and commit.
 
-    :raises SubscriptionNotFound: no such subscription.
+    :raises SubscriptionNotFound: no such subscription (of that owner).
     """
     # The conditional write first (SQLite), then the deliveries.
     deleted = session.execute(
-        sa.delete(CallbackSubscription).where(CallbackSubscription.id == subscription_id)
+        sa.delete(CallbackSubscription).where(CallbackSubscription.id == subscription_id, _owned(owner))
     ).rowcount
     if deleted != 1:
         session.rollback()
@@ -110,14 +122,14 @@ def delete(session: Session, subscription_id: str) -> None:
 
 
 def deliveries(
-    session: Session, subscription_id: str, limit: int, before: str | None = None
+    session: Session, subscription_id: str, limit: int, before: str | None = None, owner: str | None = EVERYONE
 ) -> list[dict[str, Any]]:
     """The subscription's deliveries, newest first, older than delivery ``before``.
 
     :raises SubscriptionNotFound: no such subscription.
     :raises InvalidInput: ``before`` names no delivery.
     """
-    get(session, subscription_id)
+    get(session, subscription_id, owner)
     query = sa.select(CallbackDelivery).where(CallbackDelivery.subscription_id == subscription_id)
     if before:
         anchor = session.scalar(sa.select(CallbackDelivery.id).where(CallbackDelivery.webhook_id == before))
@@ -126,6 +138,15 @@ def deliveries(
         query = query.where(CallbackDelivery.id < anchor)
     rows = session.scalars(query.order_by(CallbackDelivery.id.desc()).limit(limit))
     return [delivery_to_dict(row) for row in rows]
+
+
+def deactivate_for_client(session: Session, client: str, reason: str) -> int:
+    """Stop the subscriptions of ``client`` (its token was revoked), in the caller's transaction."""
+    return session.execute(
+        sa.update(CallbackSubscription)
+        .where(CallbackSubscription.client == client, CallbackSubscription.active.is_(True))
+        .values(active=False, disabled_reason=reason, updated_at=utcnow())
+    ).rowcount
 
 
 def to_dict(subscription: CallbackSubscription) -> dict[str, Any]:

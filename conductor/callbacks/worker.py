@@ -18,6 +18,7 @@ import time
 
 import redis
 from rq import SimpleWorker
+from rq.serializers import JSONSerializer
 
 from conductor.callbacks import destinations, outbox, retry
 from conductor.context import Context
@@ -86,7 +87,8 @@ def run(settings: Settings, burst: bool = False) -> None:
     pump.start()
     try:
         worker = SimpleWorker(
-            [ctx.callbacks.queue], connection=ctx.redis, name=f"callbacks.{ctx.hostname}.{os.getpid()}"
+            [ctx.callbacks.queue], connection=ctx.redis, name=f"callbacks.{ctx.hostname}.{os.getpid()}",
+            serializer=JSONSerializer,
         )
         worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
     finally:

@@ -65,7 +65,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
         else:
             click.echo("Authentication  OFF (auth_enabled = false; loopback only)")
         click.echo(f"Workers         {settings.workers} (+{settings.callback_workers} for callbacks); "
-                   f"Redis {'embedded' if supervisor.redis else settings.redis_url}")
+                   f"Redis {'embedded' if supervisor.redis else _without_password(settings.redis_url)}")
         click.echo("Press Ctrl-C to stop.")
         supervisor.watch()
     except (RuntimeError, InvalidInput) as exc:
@@ -182,6 +182,17 @@ def db_upgrade(revision: str, data_dir: Path | None) -> None:
     logs.setup("WARNING")
     database.upgrade(settings.sqlalchemy_url, revision)
     click.echo(f"Schema at {database.current_revision(settings.sqlalchemy_url)}.")
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for printing)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 COMMANDS = [up, api, worker, callback_worker, db]

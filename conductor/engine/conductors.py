@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from conductor.context import Context
 from conductor.database import Database
 from conductor.models import ConductorRecord, utcnow
+from conductor.procs import pid_alive
 
 MAX_SLOTS = 1024
 
@@ -32,16 +33,6 @@ class Registration:
     reclaimed: bool
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def register(ctx: Context) -> Registration:
     """Take a conductor name for this process and record it online.
 
@@ -49,6 +40,7 @@ def register(ctx: Context) -> Registration:
     """
     base = ctx.settings.base_name
     stale_before = utcnow() - dt.timedelta(seconds=ctx.settings.heartbeat_timeout)
+    quiet_before = utcnow() - dt.timedelta(seconds=2 * ctx.settings.heartbeat_interval)
     for slot in range(MAX_SLOTS):
         name = f"{base}-w{slot}"
         now = utcnow()
@@ -66,10 +58,18 @@ def register(ctx: Context) -> Registration:
                     session.rollback()
                     continue
                 return Registration(name, reclaimed=False)
+            # A slot is free when its conductor stopped, went silent, or was
+            # a process of this host that is gone *and* has missed a couple
+            # of heartbeats: a same-named host in another PID namespace (a
+            # container) would otherwise look dead while it is working.
             free = (
                 not row.online
                 or row.heartbeat_at < stale_before
-                or (row.hostname == ctx.hostname and not _pid_alive(row.pid))
+                or (
+                    row.hostname == ctx.hostname
+                    and not pid_alive(row.pid)
+                    and row.heartbeat_at < quiet_before
+                )
             )
             if not free:
                 continue
@@ -88,13 +88,20 @@ def register(ctx: Context) -> Registration:
     raise RuntimeError(f"No free conductor slot for {base}: {MAX_SLOTS} live conductors?")
 
 
-def heartbeat(ctx: Context) -> None:
-    """Record that this conductor is alive."""
+def heartbeat(ctx: Context) -> bool:
+    """Record that this conductor is alive.
+
+    Returns False when its slot no longer names this process (it was
+    declared dead and taken over): the conductor must stop taking work.
+    """
     with ctx.db.begin() as session:
-        session.execute(
-            sa.update(ConductorRecord)
-            .where(ConductorRecord.name == ctx.name, ConductorRecord.pid == os.getpid())
-            .values(heartbeat_at=utcnow(), online=True)
+        return (
+            session.execute(
+                sa.update(ConductorRecord)
+                .where(ConductorRecord.name == ctx.name, ConductorRecord.pid == os.getpid())
+                .values(heartbeat_at=utcnow(), online=True)
+            ).rowcount
+            == 1
         )
 
 

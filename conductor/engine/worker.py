@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import redis
 import sqlalchemy.exc
 from rq import SimpleWorker
+from rq.serializers import JSONSerializer
 
 from conductor.context import Context
 from conductor.engine import conductors, jobs, sweeper
@@ -92,7 +94,11 @@ class Chores(threading.Thread):
             try:
                 self.ctx.queue.pump_timers()
                 if now >= next_beat:
-                    conductors.heartbeat(self.ctx)
+                    if not conductors.heartbeat(self.ctx):
+                        LOG.error("Conductor %s was taken over by another process; stopping", self.ctx.name)
+                        self.stopping.set()
+                        os.kill(os.getpid(), signal.SIGTERM)  # RQ's warm shutdown
+                        return
                     next_beat = now + settings.heartbeat_interval
                 if now >= next_sweep:
                     fixed = sweeper.sweep(self.ctx)
@@ -127,7 +133,7 @@ def run(settings: Settings, burst: bool = False) -> None:
     chores.start()
     try:
         worker = ConductorWorker(
-            [ctx.queue.queue], connection=ctx.redis, name=f"{ctx.name}.{os.getpid()}"
+            [ctx.queue.queue], connection=ctx.redis, name=f"{ctx.name}.{os.getpid()}", serializer=JSONSerializer
         )
         worker.conductor_ctx = ctx
         worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)

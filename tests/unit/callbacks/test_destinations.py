@@ -129,3 +129,16 @@ def test_lists_come_from_a_toml_array_or_the_environment(tmp_path) -> None:
     from_env = load({"data_dir": tmp_path}, env={"CONDUCTOR_CALLBACK_ALLOW": "127.0.0.2, hooks.test"})
     policy = destinations.Policy.from_settings(from_env)
     assert policy.allow.hosts == ("hooks.test",) and len(policy.allow.networks) == 1
+
+
+def test_unspecified_and_ipv6_wrapped_addresses_are_caught(settings) -> None:
+    import pytest as _pytest
+
+    from conductor.callbacks import destinations
+    from conductor.exceptions import CallbackUrlDenied
+
+    denying_loopback = settings.replace(callback_deny="127.0.0.0/8,169.254.0.0/16")
+    for url in ("http://0.0.0.0:6379/", "http://[::]/", "http://[::ffff:127.0.0.1]/",
+                "http://[64:ff9b::7f00:1]/", "http://[2002:7f00:1::]/", "http://[::169.254.169.254]/"):
+        with _pytest.raises(CallbackUrlDenied):
+            destinations.check(denying_loopback, url)

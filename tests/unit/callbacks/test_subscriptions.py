@@ -226,3 +226,28 @@ def test_abort_is_a_provision_event_and_its_request_calls_back(client, ctx, rece
     (own,) = [r.json for r in receiver.at("/own")]
     assert own["type"] == "request.finished" and own["data"]["request"]["target"] == "abort"
     assert client.get(f"/v1/requests/{response.json['id']}").json["callback"]["state"] == "delivered"
+
+
+def test_subscriptions_belong_to_their_creator(client, ctx, receiver) -> None:
+    from tests.conftest import bearer, make_token
+
+    alice, bob = bearer(make_token(ctx, "operator", "alice")), bearer(make_token(ctx, "operator", "bob"))
+    created = client.post("/v1/subscriptions", json={"url": receiver.url("/a?key=s3cret"), "events": ["*"]},
+                          headers=alice)
+    assert created.status_code == 201
+    sub_id = created.json["id"]
+    assert client.get("/v1/subscriptions", headers=bob).json["subscriptions"] == []
+    assert client.get(f"/v1/subscriptions/{sub_id}", headers=bob).status_code == 404
+    assert client.delete(f"/v1/subscriptions/{sub_id}", headers=bob).status_code == 404
+    assert [s["id"] for s in client.get("/v1/subscriptions", headers=alice).json["subscriptions"]] == [sub_id]
+    assert client.get(f"/v1/subscriptions/{sub_id}").status_code == 200  # admin sees all
+
+
+def test_revoking_a_token_stops_its_subscriptions(client, ctx, receiver) -> None:
+    created = client.post("/v1/tokens", json={"role": "operator", "name": "leaving"}).json
+    operator = {"Authorization": f"Bearer {created['token']}"}
+    sub_id = client.post("/v1/subscriptions", json={"url": receiver.url("/x"), "events": ["*"]},
+                         headers=operator).json["id"]
+    assert client.delete(f"/v1/tokens/{created['id']}").status_code == 200
+    shown = client.get(f"/v1/subscriptions/{sub_id}").json
+    assert shown["active"] is False and "revoked" in shown["disabled_reason"]

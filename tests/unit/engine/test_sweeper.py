@@ -23,7 +23,8 @@ def test_names_are_slots_and_a_dead_process_slot_is_reclaimed(settings) -> None:
     assert a.name.endswith("-w0") and b.name.endswith("-w1")
     assert not a.reclaimed
     with first.db.begin() as session:  # w0's process dies (pid of no process)
-        session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 7))
+        session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(
+            pid=2**22 + 7, heartbeat_at=utcnow() - dt.timedelta(seconds=3 * settings.heartbeat_interval)))
     again = conductors.register(Context.build(settings))
     assert again == conductors.Registration(a.name, reclaimed=True)
 
@@ -64,7 +65,8 @@ def test_restarted_conductor_clears_its_own_previous_life(client, ctx, settings)
     with ctx.db.begin() as session:
         session.execute(sa.update(Node).values(reservation=name))
         session.execute(sa.update(Request).values(state="running", conductor=name))
-        session.execute(sa.update(ConductorRecord).values(pid=2**22 + 9))  # its process is gone
+        session.execute(sa.update(ConductorRecord).values(  # its process is gone, its heartbeat quiet
+            pid=2**22 + 9, heartbeat_at=utcnow() - dt.timedelta(seconds=3 * settings.heartbeat_interval)))
     reborn = Context.build(settings)
     registration = conductors.register(reborn)
     assert registration == conductors.Registration(name, reclaimed=True)
@@ -83,7 +85,22 @@ def test_queued_request_whose_job_vanished_is_enqueued_again(client, ctx) -> Non
         session.execute(sa.update(Request).values(created_at=utcnow() - dt.timedelta(minutes=5)))
     assert sweeper.sweep(ctx)["requeued"] == 1
     assert request_id in ctx.queue.queue.job_ids
+    ctx.redis.delete(f"{ctx.settings.redis_namespace}:requeue-sweep")  # the next sweep interval
     assert sweeper.sweep(ctx)["requeued"] == 0  # now it is there
+    assert ctx.queue.queue.job_ids.count(request_id) == 1
+
+
+def test_only_one_conductor_per_interval_requeues(client, ctx, settings) -> None:
+    request_id = _node_with_request(client)
+    ctx.queue.cancel(request_id)
+    ctx.redis.delete(f"rq:job:{request_id}")
+    with ctx.db.begin() as session:
+        session.execute(sa.update(Request).values(created_at=utcnow() - dt.timedelta(minutes=5)))
+    other = Context.build(settings)
+    other.name = "other-w0"
+    assert sweeper.sweep(ctx)["requeued"] == 1
+    ctx.queue.cancel(request_id)  # lost again at once: the other conductor's sweep waits its turn
+    assert sweeper.sweep(other)["requeued"] == 0
 
 
 def test_sleeping_request_whose_timer_vanished_is_rearmed(client, ctx) -> None:
@@ -125,3 +142,22 @@ def test_a_request_waiting_in_a_batch_job_is_not_mistaken_for_lost(client, ctx) 
     assert ctx.queue.pump_timers() == 1  # now inside a batch job, behind a long queue
     assert sweeper.sweep(ctx)["rearmed"] == 0
     assert ctx.redis.zscore(ctx.queue.timers_key, request_id) is None
+
+
+def test_a_live_slot_of_a_same_named_host_is_not_taken(settings) -> None:
+    """A conductor in another PID namespace (a container) heartbeats under the same host name."""
+    first = Context.build(settings)
+    a = conductors.register(first)
+    with first.db.begin() as session:  # its pid means nothing here, but it is heartbeating
+        session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 5))
+    second = conductors.register(Context.build(settings))
+    assert second.name != a.name and not second.reclaimed
+
+
+def test_a_conductor_whose_slot_was_taken_over_learns_it_from_its_heartbeat(settings) -> None:
+    ctx = Context.build(settings)
+    ctx.name = conductors.register(ctx).name
+    assert conductors.heartbeat(ctx) is True
+    with ctx.db.begin() as session:
+        session.execute(sa.update(ConductorRecord).values(pid=os.getpid() + 1))
+    assert conductors.heartbeat(ctx) is False

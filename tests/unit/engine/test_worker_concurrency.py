@@ -45,7 +45,8 @@ def test_a_paused_worker_takes_the_job_once_the_knob_is_raised(ctx, conductor_ct
         throttle_settings.update(ctx, {"worker_concurrency": 0})
 
     jobs.install(conductor_ctx)
-    worker = ConductorWorker([conductor_ctx.queue.queue], connection=conductor_ctx.redis, name="test-worker")
+    worker = ConductorWorker([conductor_ctx.queue.queue], connection=conductor_ctx.redis, name="test-worker",
+                             serializer=conductor_ctx.queue.queue.serializer)
     worker.conductor_ctx = conductor_ctx
     flipper = threading.Thread(target=raise_knob)
     flipper.start()
