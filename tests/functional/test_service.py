@@ -93,9 +93,8 @@ def test_killed_worker_is_noticed_and_its_request_failed(service_factory) -> Non
     pid = next(c["pid"] for c in service.http.get(f"{service.url}/v1/conductors", timeout=5).json()["conductors"]
                if c["name"] == holder)
     os.kill(pid, signal.SIGKILL)
-    killed_at = time.monotonic()
+    # wait_request gives up after 20 s: noticed long before RQ's 600 s cleanup.
     finished = service.wait_request(request_id, timeout=20)
-    assert time.monotonic() - killed_at < 20  # noticed long before RQ's 600 s cleanup
     assert finished["state"] == "failed"
     assert f"Conductor {holder} stopped" in finished["error"]
     node = service.http.get(f"{service.url}/v1/nodes/victim", timeout=5).json()

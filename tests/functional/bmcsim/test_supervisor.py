@@ -27,8 +27,7 @@ def test_crashed_shard_is_restarted_with_state_kept(own_fleet: Callable[..., Fle
     old_pid = fleet.shards()[1]["pid"]
 
     fleet.crash_shard(1)
-    took = wait_for_restart(fleet, 1)
-    assert took < 3.0
+    wait_for_restart(fleet, 1)
     restart = fleet.restarts[0]
     assert restart.shard == 1 and restart.reason.startswith("process exited with status -9")
     status = fleet.shards()[1]
