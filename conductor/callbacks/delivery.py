@@ -67,8 +67,13 @@ class Outcome:
 
 
 def lease_seconds(settings: Settings) -> float:
-    """How long an attempt may hold a delivery (DNS, connect, reads, margin)."""
-    return 2 * settings.callback_timeout + 5
+    """How long an attempt may hold a delivery.
+
+    Longer than the attempt's job may live (RQ kills it at its timeout), so
+    a lease never runs out while its attempt could still be sending: no
+    receiver gets two concurrent attempts of one delivery.
+    """
+    return outbox.job_timeout(settings) + 5
 
 
 def claim(ctx: Context, delivery_id: int, holder: str) -> CallbackDelivery | None:
@@ -129,7 +134,8 @@ def post(target: destinations.Target, headers: dict[str, str], body: bytes, time
 
 
 def _pool(target: destinations.Target, address: str, timeout: float) -> urllib3.HTTPConnectionPool:
-    limits = urllib3.Timeout(connect=timeout, read=timeout)
+    # ``total`` bounds connect + reads together (a receiver dripping bytes).
+    limits = urllib3.Timeout(connect=timeout, read=timeout, total=2 * timeout)
     if target.scheme == "https":
         return urllib3.HTTPSConnectionPool(
             address, target.port, timeout=limits, maxsize=1, retries=False,

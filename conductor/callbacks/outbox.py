@@ -44,6 +44,11 @@ LOG = logging.getLogger(__name__)
 DELIVER_FUNCTION = "conductor.callbacks.jobs.deliver"
 
 
+def job_timeout(settings: Settings) -> int:
+    """The RQ timeout of one delivery attempt (RQ kills the job after it)."""
+    return int(4 * settings.callback_timeout + 30)
+
+
 class CallbackQueue:
     """The RQ queue callback workers take deliveries from, and the pumps' wake-up."""
 
@@ -52,7 +57,7 @@ class CallbackQueue:
         self.queue = Queue(f"{settings.redis_namespace}-callbacks", connection=connection, serializer=JSONSerializer)
         self.wake_key = f"{settings.redis_namespace}:callbacks:wake"
         # Longer than any one attempt may take (connect + reads + DNS).
-        self.job_timeout = int(4 * settings.callback_timeout + 30)
+        self.job_timeout = job_timeout(settings)
 
     def wake(self) -> None:
         """Tell a pump that deliveries were emitted (one round trip).
