@@ -22,6 +22,7 @@ delivery, which then connects to the very address it checked.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import ipaddress
@@ -210,13 +211,22 @@ def parse(url: str) -> Target:
     )
 
 
-def resolve(target: Target) -> Target:
+#: How long a name may take to resolve (the API waits for it; a stuck
+#: resolver must not hold an API worker for its own 5-30 s).
+RESOLVE_TIMEOUT = 3.0
+_resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
+
+
+def resolve(target: Target, timeout: float = RESOLVE_TIMEOUT) -> Target:
     """``target`` with the addresses its host resolves to.
 
-    :raises CallbackUrlDenied: the host does not resolve.
+    :raises CallbackUrlDenied: the host does not resolve (within ``timeout``).
     """
+    lookup = _resolver.submit(socket.getaddrinfo, target.host, target.port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        infos = lookup.result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise _denied(f"host {target.host} did not resolve within {timeout:g} s", UNRESOLVABLE) from None
     except (socket.gaierror, UnicodeError) as exc:
         raise _denied(f"host {target.host} does not resolve ({exc})", UNRESOLVABLE) from None
     addresses: list[IPAddress] = []
