@@ -79,10 +79,35 @@ def _authenticate(ctx: Context) -> tokens.Principal:
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("This API needs a token: send 'Authorization: Bearer <token>'.")
+    if not tokens.cached(ctx, secret.strip())[0]:
+        _throttle_lookups(ctx)
     principal = tokens.authenticate(ctx, secret.strip())
     if principal is None:
         raise Unauthorized("The token is unknown or revoked.")
     return principal
+
+
+#: Token look-ups in the database per client address (a process remembers a
+#: looked-up token for a second, so real clients need about one a second).
+LOOKUP_RATE, LOOKUP_BURST = 5.0, 20
+
+
+def _throttle_lookups(ctx: Context) -> None:
+    """Bound the database look-ups of unknown tokens per address (a flood of bad tokens).
+
+    :raises RateLimited: the address looks up too many tokens.
+    """
+    limiter = _limiter(ctx)
+    bucket = limiter.bucket("token-lookup", request.remote_addr or "unknown", LOOKUP_RATE, LOOKUP_BURST)
+    try:
+        decision = limiter.admit([bucket])
+    except redis.RedisError:
+        return
+    if decision.outcome == buckets.RATE_LIMITED:
+        raise RateLimited(
+            f"Too many unknown tokens from this address; retry in {decision.retry_after} s.",
+            retry_after=decision.retry_after,
+        )
 
 
 def _limiter(ctx: Context) -> buckets.Limiter:

@@ -137,14 +137,23 @@ def revoke(ctx: Context, token_id: str) -> ApiToken:
     return token
 
 
+def cached(ctx: Context, secret: str) -> tuple[bool, Principal | None]:
+    """``(known, principal)``: whether this process looked the secret up lately, and what it found."""
+    cache: dict[str, tuple[float, Principal | None]] = ctx.cache.setdefault(_CACHE_KEY, {})
+    hit = cache.get(digest(secret))
+    if hit is not None and hit[0] > time.monotonic():
+        return True, hit[1]
+    return False, None
+
+
 def authenticate(ctx: Context, secret: str) -> Principal | None:
     """The principal a presented secret stands for (None: unknown or revoked)."""
+    known, principal = cached(ctx, secret)
+    if known:
+        return principal
     cache: dict[str, tuple[float, Principal | None]] = ctx.cache.setdefault(_CACHE_KEY, {})
     hashed = digest(secret)
     now = time.monotonic()
-    hit = cache.get(hashed)
-    if hit is not None and hit[0] > now:
-        return hit[1]
     with ctx.db.session() as session:
         token = session.scalars(
             sa.select(ApiToken).where(ApiToken.secret_hash == hashed, ApiToken.revoked_at.is_(None))

@@ -170,3 +170,12 @@ def test_without_auth_the_deployment_secret_signs(settings) -> None:
 
     assert secrets.signer_for("addr:127.0.0.9") == secrets.signer_for(None) == ""
     assert secrets.signer_for("tok-0123") == "tok-0123"
+
+
+def test_a_flood_of_unknown_tokens_is_throttled_per_address(anonymous) -> None:
+    from conductor.api.admission import LOOKUP_BURST
+
+    statuses = [anonymous.get("/v1/nodes", headers=bearer(f"cdt_bogus{i}")).status_code
+                for i in range(LOOKUP_BURST + 5)]
+    assert statuses[:LOOKUP_BURST] == [401] * LOOKUP_BURST
+    assert 503 in statuses[LOOKUP_BURST:]
