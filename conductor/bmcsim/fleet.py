@@ -323,6 +323,14 @@ class Fleet:
                     LOG.error("restart of shard %d failed: %s; will retry", shard.shard, exc)
 
 
+def _ephemeral_low(default: int = 32768) -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def find_free_ports(count: int, host: str = "127.0.0.1", attempts: int = 50) -> int:
     """A base port such that ``count`` consecutive UDP ports are free now.
 
@@ -330,8 +338,11 @@ def find_free_ports(count: int, host: str = "127.0.0.1", attempts: int = 50) -> 
     """
     import random
 
+    # Below the kernel's ephemeral range: ports picked there can be taken
+    # by any client's outgoing socket between this check and the shards' bind.
+    low, high = 10000, _ephemeral_low() - count
     for _ in range(attempts):
-        base = random.randint(20000, 60000 - count)
+        base = random.randint(low, max(low, high))
         socks: list[socket.socket] = []
         try:
             for port in range(base, base + count):
