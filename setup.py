@@ -44,7 +44,7 @@ setup(
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
         # standardwebhooks: the reference verifier, checked against our signatures.
-        "test": ["pytest>=8.0", "psycopg[binary]>=3.1", "standardwebhooks>=1.0"],
+        "test": ["pytest>=8.0", "pytest-timeout>=2.2", "psycopg[binary]>=3.1", "standardwebhooks>=1.0"],
     },
     entry_points={
         "console_scripts": [
