@@ -45,6 +45,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if url.startswith("postgresql"):
+        # Like SQLite's busy timeout: a statement waits at most this long for
+        # a lock, then fails (and its request with it) instead of hanging a
+        # worker for ever behind a stuck transaction.
+        kwargs.setdefault("connect_args", {"options": f"-c lock_timeout={SQLITE_BUSY_TIMEOUT_MS}"})
     # Never put statement parameters (a driver_info password...) in error texts.
     return sa.create_engine(url, hide_parameters=True, **kwargs)
 

@@ -63,14 +63,44 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _postgres_ready() -> bool:
     if not TEST_DATABASE_URL:
         return False
-    engine = sa.create_engine(TEST_DATABASE_URL)
-    with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
-        conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
+    statements = [f'DROP TABLE IF EXISTS "{table.name}" CASCADE' for table in reversed(Base.metadata.sorted_tables)]
+    _postgres_exclusive(statements + ["DROP TABLE IF EXISTS alembic_version"])
     database.upgrade(TEST_DATABASE_URL)
     return True
+
+
+def _postgres_exclusive(statements: list[str], attempts: int = 3) -> None:
+    """Run DDL that needs exclusive locks without ever waiting for ever.
+
+    A connection left behind by an earlier test (a service subprocess still
+    shutting down, a session idle in a transaction) would make TRUNCATE or
+    DROP wait indefinitely and stall the whole run.  Wait a few seconds,
+    then end the other connections to the test database and try again.
+    """
+    engine = sa.create_engine(TEST_DATABASE_URL)
+    try:
+        for attempt in range(attempts):
+            try:
+                with engine.begin() as conn:
+                    conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+                    for statement in statements:
+                        conn.execute(sa.text(statement))
+                return
+            except sa.exc.OperationalError as exc:
+                if "lock timeout" not in str(exc) or attempt == attempts - 1:
+                    raise
+            with engine.begin() as conn:
+                blockers = conn.execute(sa.text(
+                    "SELECT pid, state, left(query, 120) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )).all()
+                print(f"conftest: ending connections that blocked the reset: {blockers}", file=sys.stderr)
+                conn.execute(sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -78,11 +108,8 @@ def database_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """A migrated, empty database for this test."""
     if TEST_DATABASE_URL:
         request.getfixturevalue("_postgres_ready")
-        engine = sa.create_engine(TEST_DATABASE_URL)
-        with engine.begin() as conn:
-            names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-            conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        engine.dispose()
+        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        _postgres_exclusive([f"TRUNCATE {names} RESTART IDENTITY CASCADE"])
         return TEST_DATABASE_URL
     path = tmp_path / "conductor.sqlite"
     shutil.copy(request.getfixturevalue("_sqlite_template"), path)
