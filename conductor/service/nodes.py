@@ -382,3 +382,15 @@ def states(conn: sa.Connection, ident: str) -> dict[str, Any]:
         "request_id": row.active_request_id,
         "updated_at": row.updated_at,
     }
+
+
+def boot_device(session: Session, ident: str) -> dict[str, Any]:
+    """The boot device the conductor last set or read on node ``ident``, and when.
+
+    This is the conductor's record, not a live read of the BMC: a change
+    made behind its back shows only after the next boot device request.
+
+    :raises NodeNotFound: no such node.
+    """
+    record = (find(session, ident).driver_internal_info or {}).get("boot_device") or {}
+    return {key: record.get(key) for key in ("boot_device", "persistent", "observed_at", "source")}

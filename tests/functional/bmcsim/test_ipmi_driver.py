@@ -169,3 +169,29 @@ def test_commands_to_one_bmc_are_paced(service_factory, fleet: Fleet, new_bmc: C
     commands = [e for e in seen if e.cause in ("on", "off")]
     assert [e.cause for e in commands] == ["off", "on"]
     assert commands[1].time - commands[0].time >= 0.9
+
+
+def test_boot_device_through_the_api_and_the_cli(ipmi_service, fleet: Fleet,
+                                                 new_bmc: Callable[..., BMCSpec]) -> None:
+    service = ipmi_service()
+    bmc = new_bmc()
+    enroll(service, bmc)
+    manage(service, bmc)
+    result = service.cli("node", "boot-device", bmc.name, "pxe", "--wait")
+    assert "succeeded" in result.stderr
+    state = fleet.state(bmc.name)
+    assert (state["boot_device"], state["boot_persistent"]) == ("pxe", False)
+    response = service.http.put(f"{service.url}/v1/nodes/{bmc.name}/management/boot_device",
+                                json={"boot_device": "disk", "persistent": True}, timeout=10)
+    assert response.status_code == 202, response.text
+    assert service.wait_request(response.json()["id"])["state"] == "succeeded"
+    state = fleet.state(bmc.name)
+    assert (state["boot_device"], state["boot_persistent"]) == ("disk", True)
+    shown = service.http.get(f"{service.url}/v1/nodes/{bmc.name}/management/boot_device", timeout=10).json()
+    assert (shown["boot_device"], shown["persistent"], shown["source"]) == ("disk", True, "bmc")
+    assert '"boot_device": "disk"' in service.cli("--json", "node", "boot-device", bmc.name).stdout
+    for device in ("cdrom", "bios"):
+        response = service.http.put(f"{service.url}/v1/nodes/{bmc.name}/management/boot_device",
+                                    json={"boot_device": device}, timeout=10)
+        assert service.wait_request(response.json()["id"])["state"] == "succeeded"
+        assert fleet.state(bmc.name)["boot_device"] == device
