@@ -227,6 +227,9 @@ def _patched_values(node: Node, changes: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(changes["maintenance"], bool):
             raise InvalidInput("maintenance must be true or false.", errors={"maintenance": "boolean"})
         values["maintenance"] = changes["maintenance"]
+        # The operator takes over: a fault the conductor recorded (which the
+        # power state observer would clear by itself) is forgotten.
+        values["fault"] = None
         if not changes["maintenance"]:
             values["maintenance_reason"] = None
             values["fault"] = None
