@@ -139,6 +139,8 @@ class SyncTask:
         self.progress: dict[str, Any] = {}
         self.settings = ctx.settings
         self.conductor = ctx.name
+        self.held: dict[Any, Any] = {}
+        self.cleanups: list[Any] = []
 
     def update_internal_info(self, **changes: Any) -> None:
         """Merge ``changes`` into ``driver_internal_info`` (None removes a key)."""
@@ -176,6 +178,9 @@ def sync_node(ctx: Context, node_id: int) -> str:
                 outcome = _failed(task, exc.message)
             else:
                 outcome = _answered(task, state)
+            finally:
+                for cleanup in task.cleanups:
+                    cleanup()
             with session.no_autoflush:
                 still_ours = session.execute(_RELEASE, {"node_id": node_id, "me": ctx.name}).rowcount == 1
             if still_ours:
