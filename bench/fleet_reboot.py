@@ -30,7 +30,8 @@ Prints both times and their ratio (conductor / baseline).
 A wedged simulator (or a stuck service) does not hang the benchmark: when
 no request finishes for ``--stall`` seconds it probes BMCs with ipmitool,
 reports the simulator's shard restarts, and gives up (exit status 2); the
-whole timed phase is bounded by ``--timeout``.
+whole timed phase is bounded by ``--timeout``.  ``--inject-wedge`` shows
+it: every shard is SIGSTOPped after the submission (and never restarted).
 """
 
 from __future__ import annotations
@@ -260,6 +261,9 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             began = time.monotonic()
             submit_all(service, names, "power", {"target": "rebooting"}, args.submitters)
             submitted = time.monotonic() - began
+            if args.inject_wedge:
+                for shard in range(fleet.shard_count):
+                    fleet.wedge_shard(shard)  # SIGSTOP: alive, answering nothing
             wait_all(service, fleet, args.timeout, args.stall, "rebooting")
             total = time.monotonic() - began
             calls = {k: v - calls_before.get(k, 0) for k, v in service.bmc_calls().items()}
@@ -348,6 +352,9 @@ def main() -> int:
                         help="give up when no request finished for this long, seconds [45]")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment of `conductor up` (settings, e.g. CONDUCTOR_LOG_LEVEL=WARNING)")
+    parser.add_argument("--inject-wedge", action="store_true",
+                        help="test the detection: wedge every simulator shard after the submission "
+                             "(its watchdog disabled) and expect STALLED")
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare baseline")
     parser.add_argument("--no-conductor", action="store_true", help="only the bare baseline")
     args = parser.parse_args()
@@ -355,8 +362,10 @@ def main() -> int:
     print(f"fleet_reboot: {args.count} BMCs, delay {args.delay:g} s, {args.workers} worker(s), "
           f"{args.api_workers} API process(es); {_load()}", flush=True)
     conductor = baseline = None
+    # --inject-wedge: a watchdog that never restarts a shard, so the wedge stays.
+    probe_failures = 10**9 if args.inject_wedge else 3
     with Fleet(count=args.count, delay=args.delay, initial_power="on", shards=args.shards,
-               stderr=subprocess.DEVNULL) as fleet:
+               probe_failures=probe_failures, stderr=subprocess.DEVNULL) as fleet:
         try:
             if not args.no_conductor:
                 conductor = run_conductor(fleet, args)
