@@ -140,7 +140,11 @@ def run(settings: Settings, burst: bool = False) -> None:
             [ctx.queue.queue], connection=ctx.redis, name=f"{ctx.name}.{os.getpid()}", serializer=JSONSerializer
         )
         worker.conductor_ctx = ctx
-        worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+        # RQ's work() sets its loggers to the level it is given, which undid
+        # logs.setup()'s quieting of RQ: two INFO lines per job, about a tenth
+        # of the workers' CPU in the 1000-reboot benchmark (docs/ipmi.md).
+        rq_level = logging.getLevelName(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+        worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
     finally:
         chores.stop()
         conductors.unregister(ctx)
