@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy.orm import Session
 
+from conductor.drivers.base import TryLater
+
 if TYPE_CHECKING:
     from conductor.context import Context
     from conductor.drivers.base import Driver
@@ -143,12 +145,15 @@ class _TimedInterface:
             labels = {"driver": self._driver, "command": command}
             started = time.perf_counter()
             try:
-                return call(*args, **kwargs)
+                result = call(*args, **kwargs)
+            except TryLater:
+                raise  # busy or paced: the BMC was not asked, nothing to count
             except Exception:
                 _stash(self._session).append((BMC_ERRORS, labels, 1))
-                raise
-            finally:
                 _stash(self._session).append((BMC_DURATION, labels, time.perf_counter() - started))
+                raise
+            _stash(self._session).append((BMC_DURATION, labels, time.perf_counter() - started))
+            return result
 
         return timed
 

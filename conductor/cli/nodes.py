@@ -224,3 +224,24 @@ for _name, _target, _help in (
     ("abort", "abort", "Abort a wait (wait call-back, clean wait, inspect wait)."),
 ):
     node.add_command(_state_command("provision", _target, _help), _name)
+
+
+@node.command("boot-device")
+@click.argument("node_id", metavar="NODE")
+@click.argument("device", required=False, type=click.Choice(["pxe", "disk", "cdrom", "bios"]))
+@click.option("--persistent", is_flag=True, help="For every boot, not only the next one.")
+@_wait
+@_timeout
+@_callback
+@pass_obj
+def boot_device(obj: Obj, node_id: str, device: str | None, persistent: bool, wait: bool, timeout: float | None,
+                callback_url: str | None) -> None:
+    """Set the boot device (a request), or without DEVICE show the last one set or read."""
+    path = f"/v1/nodes/{node_id}/management/boot_device"
+    if device is None:
+        obj.out.item(obj.client.call("GET", path), ["boot_device", "persistent", "observed_at", "source"])
+        return
+    body: dict[str, Any] = {"boot_device": device, "persistent": persistent}
+    if callback_url:
+        body["callback_url"] = callback_url
+    finish_request(obj, obj.client.call("PUT", path, json=body), wait, timeout)

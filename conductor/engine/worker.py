@@ -4,7 +4,9 @@ The job loop is RQ's ``SimpleWorker`` (jobs run in this process, no fork
 per job): jobs are short steps that never sleep on hardware, and drivers
 keep their BMC sessions open across jobs.  A background thread does the
 chores: pump due timers into the work queue (every ``TIMER_TICK``), beat
-the conductor's heart and sweep for dead conductors and lost jobs.
+the conductor's heart, sweep for dead conductors and lost jobs, and start
+the power state observer's rounds (whose reads run as jobs, never in this
+thread: pyghmi is used by one thread per process).
 
 The operator's ``worker_concurrency`` knob (see :mod:`conductor.throttle.settings`)
 is obeyed between jobs: a worker whose slot (the ``-w<slot>`` of its
@@ -27,7 +29,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from conductor.context import Context
-from conductor.engine import conductors, jobs, sweeper
+from conductor.engine import conductors, jobs, power_sync, sweeper
 from conductor.settings import Settings
 from conductor.throttle import settings as throttle_settings
 
@@ -89,6 +91,7 @@ class Chores(threading.Thread):
     def run(self) -> None:
         settings = self.ctx.settings
         next_beat = next_sweep = time.monotonic()
+        observer = power_sync.Observer(self.ctx)
         while not self.stopping.is_set():
             now = time.monotonic()
             try:
@@ -105,6 +108,7 @@ class Chores(threading.Thread):
                     if any(fixed.values()):
                         LOG.info("Sweep: %s", fixed)
                     next_sweep = now + settings.sweep_interval
+                observer.tick(now)
             except Exception:
                 # A chore failing (database or Redis briefly away) must not
                 # stop the others; it is retried on the next tick.
@@ -136,7 +140,11 @@ def run(settings: Settings, burst: bool = False) -> None:
             [ctx.queue.queue], connection=ctx.redis, name=f"{ctx.name}.{os.getpid()}", serializer=JSONSerializer
         )
         worker.conductor_ctx = ctx
-        worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+        # RQ's work() sets its loggers to the level it is given, which undid
+        # logs.setup()'s quieting of RQ: two INFO lines per job, about a tenth
+        # of the workers' CPU in the 1000-reboot benchmark (docs/ipmi.md).
+        rq_level = logging.getLevelName(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+        worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
     finally:
         chores.stop()
         conductors.unregister(ctx)

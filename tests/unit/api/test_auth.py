@@ -26,6 +26,8 @@ EXPECTED = {
     ("GET", "/v1/nodes/<ident>/states"): READER,
     ("PUT", "/v1/nodes/<ident>/states/power"): OPERATOR,
     ("PUT", "/v1/nodes/<ident>/states/provision"): OPERATOR,
+    ("GET", "/v1/nodes/<ident>/management/boot_device"): READER,
+    ("PUT", "/v1/nodes/<ident>/management/boot_device"): OPERATOR,
     ("GET", "/v1/nodes/<ident>/history"): READER,
     ("GET", "/v1/requests"): READER,
     ("GET", "/v1/requests/<request_id>"): READER,

@@ -55,3 +55,23 @@ def test_a_paused_worker_takes_the_job_once_the_knob_is_raised(ctx, conductor_ct
     assert seen_while_paused == ["queued"]
     with ctx.db.session() as session:
         assert session.scalar(sa.select(Request.state).where(Request.id == request_id)) in ("running", "succeeded")
+
+
+def test_a_worker_keeps_rq_quiet_at_info(settings) -> None:
+    """RQ's work() would set its loggers to INFO (two lines per job); the worker keeps them at WARNING."""
+    import logging
+
+    from conductor import logs
+    from conductor.engine import worker
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in ("rq.worker", "rq.job")})
+    try:
+        logs.setup("INFO")
+        worker.run(settings, burst=True)
+        assert logging.getLogger("rq.worker").level >= logging.WARNING
+        assert logging.getLogger("rq.job").level >= logging.WARNING
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
