@@ -4,7 +4,8 @@ The job loop is RQ's ``SimpleWorker`` (jobs run in this process, no fork
 per job): jobs are short steps that never sleep on hardware, and drivers
 keep their BMC sessions open across jobs.  A background thread does the
 chores: pump due timers into the work queue (every ``TIMER_TICK``), beat
-the conductor's heart and sweep for dead conductors and lost jobs.
+the conductor's heart, fail agent waits past their timeout (the
+watchdog) and sweep for dead conductors and lost jobs.
 
 The operator's ``worker_concurrency`` knob (see :mod:`conductor.throttle.settings`)
 is obeyed between jobs: a worker whose slot (the ``-w<slot>`` of its
@@ -27,7 +28,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from conductor.context import Context
-from conductor.engine import conductors, jobs, sweeper
+from conductor.engine import conductors, jobs, sweeper, watchdog
 from conductor.settings import Settings
 from conductor.throttle import settings as throttle_settings
 
@@ -88,7 +89,7 @@ class Chores(threading.Thread):
 
     def run(self) -> None:
         settings = self.ctx.settings
-        next_beat = next_sweep = time.monotonic()
+        next_beat = next_sweep = next_watch = time.monotonic()
         while not self.stopping.is_set():
             now = time.monotonic()
             try:
@@ -100,6 +101,12 @@ class Chores(threading.Thread):
                         os.kill(os.getpid(), signal.SIGTERM)  # RQ's warm shutdown
                         return
                     next_beat = now + settings.heartbeat_interval
+                if now >= next_watch:
+                    # One conductor per interval (a Redis lock) fails overdue agent waits.
+                    timed_out = watchdog.check(self.ctx)
+                    if timed_out:
+                        LOG.warning("Watchdog: %d wait(s) timed out", timed_out)
+                    next_watch = now + settings.wait_check_interval
                 if now >= next_sweep:
                     fixed = sweeper.sweep(self.ctx)
                     if any(fixed.values()):

@@ -27,6 +27,8 @@ EXPECTED = {
     ("PUT", "/v1/nodes/<ident>/states/power"): OPERATOR,
     ("PUT", "/v1/nodes/<ident>/states/provision"): OPERATOR,
     ("GET", "/v1/nodes/<ident>/history"): READER,
+    # The agent's own token, checked by the view (tests/unit/api/test_heartbeat.py).
+    ("POST", "/v1/nodes/<ident>/heartbeat"): PUBLIC,
     ("GET", "/v1/requests"): READER,
     ("GET", "/v1/requests/<request_id>"): READER,
     ("DELETE", "/v1/requests/<request_id>"): OPERATOR,
