@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy.orm import Session
 
+from conductor.drivers.base import TryLater
+
 if TYPE_CHECKING:
     from conductor.context import Context
     from conductor.drivers.base import Driver
@@ -144,6 +146,8 @@ class _TimedInterface:
             started = time.perf_counter()
             try:
                 return call(*args, **kwargs)
+            except TryLater:
+                raise  # busy or paced: not an error of the BMC
             except Exception:
                 _stash(self._session).append((BMC_ERRORS, labels, 1))
                 raise

@@ -76,6 +76,23 @@ class Settings:
     #: whether a hard power off follows when it does not.
     soft_power_off_timeout: float = 30.0
     soft_power_off_fallback: bool = True
+    #: IPMI driver (see docs/ipmi.md).  One attempt of a call on an open
+    #: session may take ``ipmi_timeout`` (a login ~5 s more); a timed-out
+    #: attempt is retried ``ipmi_retries`` times after ``ipmi_backoff``
+    #: seconds (doubling, capped at ``ipmi_max_backoff``, each scaled by a
+    #: random factor in 1 +/- ``ipmi_jitter``).  A refused password is never
+    #: retried.
+    ipmi_timeout: float = 5.0
+    ipmi_retries: int = 2
+    ipmi_backoff: float = 0.5
+    ipmi_max_backoff: float = 4.0
+    ipmi_jitter: float = 0.5
+    #: At most one IPMI call in flight per BMC across every conductor (a
+    #: Redis lock per BMC); a step that finds the BMC busy is polled again
+    #: after ``ipmi_busy_retry`` seconds.  The least time between two
+    #: commands to a BMC is the live throttle knob ``bmc_min_interval``.
+    ipmi_one_in_flight: bool = True
+    ipmi_busy_retry: float = 0.1
     #: Whether undeploy and provide run automated cleaning.
     automated_clean: bool = True
     #: How long a node may wait for its agent in ``wait call-back``,

@@ -18,6 +18,7 @@ from conductor.exceptions import InvalidInput, UnknownDriver
 #: Driver name -> module whose ``driver()`` builds it.
 DRIVERS: dict[str, str] = {
     "fake": "conductor.drivers.fake",
+    "ipmi": "conductor.drivers.ipmi",
 }
 
 

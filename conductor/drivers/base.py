@@ -49,6 +49,22 @@ class Wait:
 StepResult = Done | Poll | Wait
 DONE = Done()
 
+
+class TryLater(Exception):
+    """The hardware cannot take a call right now; run the step again after ``after`` seconds.
+
+    Raised by driver methods that cannot return a :data:`StepResult` (a
+    power or boot device call) when the BMC is busy with another command or
+    must not be sent one yet (pacing).  It is not an error: the conductor
+    ends the step as if it had returned ``Poll(after)`` (nothing is failed,
+    the step's progress so far is kept).
+    """
+
+    def __init__(self, after: float, reason: str = "") -> None:
+        super().__init__(reason or f"try again in {after:.2f} s")
+        self.after = after
+        self.reason = reason
+
 #: ``driver_info`` keys ending in this are secrets: write-only in the API,
 #: never logged.
 SECRET_SUFFIX = "password"

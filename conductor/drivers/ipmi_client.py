@@ -98,6 +98,9 @@ class BMCCredentials:
     port: int = 623
     username: str = ""
     password: str = field(default="", repr=False)
+    #: IPMI privilege level to ask for (2 user, 3 operator, 4 administrator);
+    #: None: administrator, falling back to operator (pyghmi's default).
+    priv_level: int | None = None
 
     @property
     def endpoint(self) -> str:
@@ -190,7 +193,7 @@ class _Command(ipmi_command.Command):
     attributes it sets, with our session instead.
     """
 
-    def __init__(self, bmc: str, userid: bytes, password: bytes, port: int) -> None:
+    def __init__(self, bmc: str, userid: bytes, password: bytes, port: int, privlevel: int | None = None) -> None:
         self.onlogon = None
         self.bmc = bmc
         self._sdrcachedir = None
@@ -201,7 +204,7 @@ class _Command(ipmi_command.Command):
         self._ipv6support = None
         self.certverify = None
         self.kwargs: dict[str, Any] = {}
-        self.ipmi_session = _Session(bmc=bmc, userid=userid, password=password, port=port)
+        self.ipmi_session = _Session(bmc=bmc, userid=userid, password=password, port=port, privlevel=privlevel)
 
 
 class BMCClient:
@@ -315,7 +318,7 @@ class BMCClient:
     def _command(self) -> _Command:
         creds = self.credentials
         cmd = _Command(creds.address, creds.username.encode("utf-8"), creds.password.encode("utf-8"),
-                       creds.port)
+                       creds.port, creds.priv_level)
         self._session = cmd.ipmi_session
         return cmd
 

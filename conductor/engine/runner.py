@@ -8,7 +8,8 @@ Every way out of a step is logged and leaves the database consistent:
 * the node is reserved by someone else: retried a little later, failed
   after ``node_locked_timeout``;
 * the workflow is done: the request succeeds and the node is freed;
-* the workflow must poll: the request sleeps in a Redis timer;
+* the workflow must poll: the request sleeps in a Redis timer (also when
+  the driver says the BMC cannot take a call yet: ``TryLater``);
 * the workflow waits for the agent: the request is ``waiting``;
 * a driver error: the node's ``last_error`` is set, a busy provision state
   fails, the request fails;
@@ -30,7 +31,7 @@ from rq.timeouts import BaseTimeoutException
 
 from conductor import logs
 from conductor.context import Context
-from conductor.drivers.base import Done, Poll, StepResult, Wait
+from conductor.drivers.base import Done, Poll, StepResult, TryLater, Wait
 from conductor.engine import power, provision
 from conductor.engine.task import StepFenced, StepNotRunnable, Task, hold_claim, node_task
 from conductor.exceptions import ConductorError, NodeLocked, RequestNotFound
@@ -64,6 +65,11 @@ def _run_step(ctx: Context, request_id: str) -> None:
             step, fail = _WORKFLOWS[task.request.kind]
             try:
                 result = step(task)
+            except TryLater as exc:
+                # The BMC is busy or paced: end the step as a poll, keeping
+                # the progress made so far (nothing failed).
+                result = Poll(exc.after, exc.reason or "BMC busy")
+                _record(task, result)
             except ConductorError as exc:
                 LOG.info("Request %s failed: %s", request_id, exc.message)
                 fail(task, exc.message)

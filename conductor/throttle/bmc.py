@@ -48,3 +48,38 @@ def claim(ctx: Context, bmc: str, interval: float | None = None) -> float:
         script = ctx.cache[_SCRIPT] = ctx.redis.register_script(_CLAIM)
     reply = script(keys=[f"{ctx.settings.redis_namespace}:bmc:{bmc}"], args=[interval])
     return float(reply.decode() if isinstance(reply, bytes) else reply)
+
+
+# --- one command in flight per BMC --------------------------------------------------------
+#
+# A short lock per BMC in Redis (``<ns>:bmc-busy:<id>``), taken with SET NX PX
+# around every IPMI call, so that two conductors (or the power-state observer
+# and a request's step) never talk to one BMC at the same time.  It expires
+# on its own (``ttl``) if its holder dies mid-call.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_RELEASE_SCRIPT = "throttle.bmc.release"
+
+
+def acquire(ctx: Context, bmc: str, owner: str, ttl: float) -> bool:
+    """Take BMC ``bmc``'s in-flight lock for ``owner`` (at most ``ttl`` seconds); False if held.
+
+    :raises redis.RedisError: Redis cannot be reached.
+    """
+    key = f"{ctx.settings.redis_namespace}:bmc-busy:{bmc}"
+    return bool(ctx.redis.set(key, owner, nx=True, px=max(1, int(ttl * 1000))))
+
+
+def release(ctx: Context, bmc: str, owner: str) -> None:
+    """Give back BMC ``bmc``'s in-flight lock if ``owner`` still holds it.
+
+    :raises redis.RedisError: Redis cannot be reached.
+    """
+    script = ctx.cache.get(_RELEASE_SCRIPT)
+    if script is None:
+        script = ctx.cache[_RELEASE_SCRIPT] = ctx.redis.register_script(_RELEASE)
+    script(keys=[f"{ctx.settings.redis_namespace}:bmc-busy:{bmc}"], args=[owner])

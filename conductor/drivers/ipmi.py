@@ -1,0 +1,265 @@
+"""The ``ipmi`` driver: power and boot device over IPMI 2.0 (RMCP+, lanplus) with pyghmi.
+
+``driver_info``:
+
+* ``ipmi_address`` (required): the BMC's host name or IP address;
+* ``ipmi_port`` (default 623): its UDP port;
+* ``ipmi_username``, ``ipmi_password`` (a write-only secret: the API never
+  shows it, and it is never part of a message or a log line);
+* ``ipmi_priv_level`` (optional): ``ADMINISTRATOR``, ``OPERATOR`` or
+  ``USER``; by default administrator, falling back to operator.
+
+``validate()`` checks these without touching the BMC; the ``manage``
+transition proves them (``verify``: log in and read the power state).
+
+Every BMC call goes through :func:`_call`, which enforces, across every
+worker process and host (Redis is shared):
+
+* at most one call in flight per BMC (a short Redis lock per
+  ``address:port``; setting ``ipmi_one_in_flight``);
+* for commands that change the BMC's state (power, boot device), the least
+  interval ``bmc_min_interval`` (the live throttle knob) since the previous
+  one.  Reads are not paced: the power workflow reads right before and
+  after each command, and pacing those reads would starve the command;
+* when either says "not now", the step ends with :class:`TryLater` and the
+  conductor runs it again later: no job ever sleeps waiting for a BMC.
+
+Timeouts are retried inside :class:`BMCClient` with exponential backoff and
+jitter (``ipmi_timeout``, ``ipmi_retries``, ``ipmi_backoff``...); a refused
+password is never retried.  pyghmi itself is only imported by
+:mod:`conductor.drivers.ipmi_client`.
+
+Clients are cached per process (pyghmi keeps sessions per process; a
+conductor worker is a long-lived ``SimpleWorker`` that calls serially, so
+each BMC's session stays open between the steps of a request).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import redis
+
+from conductor.drivers import base, fake
+from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
+from conductor.exceptions import DriverError
+from conductor.fsm.states import PowerState
+from conductor.settings import Settings
+from conductor.throttle import bmc as bmc_throttle
+
+if TYPE_CHECKING:
+    from conductor.context import Context
+    from conductor.engine.task import Task
+
+T = TypeVar("T")
+
+#: Ironic's names of IPMI privilege levels -> the IPMI value.
+PRIV_LEVELS = {"ADMINISTRATOR": 4, "OPERATOR": 3, "USER": 2}
+#: IPMI 2.0 limits (bytes).
+MAX_USERNAME = 16
+MAX_PASSWORD = 20
+#: Most cached clients per process (the oldest is dropped beyond it).
+MAX_CLIENTS = 4096
+
+_FIELDS = {
+    "ipmi_address": base.Field("Host name or IP address of the BMC.", required=True),
+    "ipmi_port": base.Field("UDP port of the BMC (default 623)."),
+    "ipmi_username": base.Field("User name to log in to the BMC with."),
+    "ipmi_password": base.Field("Password of that user (write-only)."),
+    "ipmi_priv_level": base.Field("ADMINISTRATOR, OPERATOR or USER (default: administrator, else operator)."),
+}
+
+_POWER_ACTIONS = {
+    PowerState.POWER_ON: "on",
+    PowerState.POWER_OFF: "off",
+    PowerState.SOFT_POWER_OFF: "soft",
+}
+_FROM_BMC = {"on": PowerState.POWER_ON, "off": PowerState.POWER_OFF}
+
+
+def validate_info(driver_info: Mapping[str, Any]) -> dict[str, str]:
+    """Field errors of the ``ipmi_*`` keys of ``driver_info`` (never touches the BMC)."""
+    errors: dict[str, str] = {}
+    address = driver_info.get("ipmi_address")
+    if address is None:
+        errors["ipmi_address"] = "required"
+    elif not isinstance(address, str) or not address.strip() or len(address) > 255 or any(
+        c.isspace() for c in address
+    ):
+        errors["ipmi_address"] = "must be a host name or IP address"
+    port = driver_info.get("ipmi_port", 623)
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        errors["ipmi_port"] = "must be a port number (1-65535)"
+    for key, limit in (("ipmi_username", MAX_USERNAME), ("ipmi_password", MAX_PASSWORD)):
+        value = driver_info.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            errors[key] = "must be a string"
+        elif len(value.encode("utf-8")) > limit:
+            # Never echo the value: it may be the password.
+            errors[key] = f"must be at most {limit} bytes (IPMI 2.0)"
+    level = driver_info.get("ipmi_priv_level")
+    if level is not None and (not isinstance(level, str) or level.upper() not in PRIV_LEVELS):
+        errors["ipmi_priv_level"] = f"must be one of {', '.join(PRIV_LEVELS)}"
+    return errors
+
+
+def credentials(driver_info: Mapping[str, Any]) -> BMCCredentials:
+    """The BMC credentials a (valid) ``driver_info`` names.
+
+    :raises DriverError: ``driver_info`` is not valid (it changed under us).
+    """
+    errors = validate_info(driver_info)
+    if errors:
+        raise DriverError(
+            "Invalid driver_info for driver ipmi: " + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+        )
+    level = driver_info.get("ipmi_priv_level")
+    return BMCCredentials(
+        address=driver_info["ipmi_address"],
+        port=int(driver_info.get("ipmi_port", 623)),
+        username=driver_info.get("ipmi_username") or "",
+        password=driver_info.get("ipmi_password") or "",
+        priv_level=PRIV_LEVELS[level.upper()] if level else None,
+    )
+
+
+# --- per-process clients -----------------------------------------------------------------
+
+_clients: dict[tuple[Any, ...], BMCClient] = {}
+_owners = itertools.count()
+
+
+def client_for(creds: BMCCredentials, settings: Settings) -> BMCClient:
+    """This process's client for ``creds`` under ``settings`` (created once)."""
+    key = (creds, settings.ipmi_timeout, settings.ipmi_retries, settings.ipmi_backoff,
+           settings.ipmi_max_backoff, settings.ipmi_jitter)
+    client = _clients.get(key)
+    if client is None:
+        if len(_clients) >= MAX_CLIENTS:
+            _clients.pop(next(iter(_clients)))
+        client = _clients[key] = BMCClient(
+            creds, timeout=settings.ipmi_timeout, retries=settings.ipmi_retries, backoff=settings.ipmi_backoff,
+            max_backoff=settings.ipmi_max_backoff, jitter=settings.ipmi_jitter,
+        )
+    return client
+
+
+def lock_ttl(settings: Settings) -> float:
+    """How long one call can hold a BMC's in-flight lock: every attempt, login included, and its backoffs."""
+    attempts = settings.ipmi_retries + 1
+    return attempts * (settings.ipmi_timeout + 5.0) + attempts * settings.ipmi_max_backoff + 5.0
+
+
+def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClient], T], *,
+         command: bool) -> T:
+    """Run ``action`` on the node's BMC under the one-in-flight lock and, for a ``command``, the pacing.
+
+    :raises TryLater: the BMC is busy with another call, or a command is too soon.
+    :raises BMCError: the BMC refused, failed or did not answer.
+    :raises DriverError: Redis (which coordinates BMC access) is unavailable.
+    """
+    settings = ctx.settings
+    creds = credentials(driver_info)
+    endpoint = creds.endpoint
+    owner = None
+    try:
+        if settings.ipmi_one_in_flight:
+            owner = f"{ctx.name}:{next(_owners)}"
+            if not bmc_throttle.acquire(ctx, endpoint, owner, lock_ttl(settings)):
+                owner = None
+                raise base.TryLater(settings.ipmi_busy_retry * random.uniform(0.5, 1.5),
+                                    f"BMC {endpoint} is busy with another command")
+        if command:
+            wait = bmc_throttle.claim(ctx, endpoint)
+            if wait > 0:
+                raise base.TryLater(wait, f"BMC {endpoint}: bmc_min_interval")
+        return action(client_for(creds, settings))
+    except redis.RedisError as exc:
+        raise DriverError(f"Cannot coordinate access to BMC {endpoint}: Redis is unavailable ({exc}).") from exc
+    finally:
+        if owner is not None:
+            try:
+                bmc_throttle.release(ctx, endpoint, owner)
+            except redis.RedisError:
+                pass  # the lock expires on its own
+
+
+def read_power(ctx: Context, driver_info: Mapping[str, Any]) -> PowerState:
+    """The power state the BMC reports (for the power state observer as well as steps).
+
+    :raises TryLater: the BMC is busy with another call.
+    :raises BMCError: the BMC refused, failed or did not answer.
+    """
+    return _FROM_BMC[call(ctx, driver_info, lambda client: client.get_power(), command=False)]
+
+
+# --- interfaces ----------------------------------------------------------------------------
+
+class _Validating(base.Interface):
+    fields = _FIELDS
+
+    def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
+        return validate_info(driver_info)
+
+
+class IPMIPower(_Validating, base.PowerInterface):
+    """Power over IPMI Chassis Control / Chassis Status."""
+
+    def get_power_state(self, task: Task) -> PowerState | None:
+        return read_power(task.ctx, task.node.driver_info)
+
+    def set_power_state(self, task: Task, state: PowerState) -> None:
+        try:
+            action = _POWER_ACTIONS[PowerState(state)]
+        except (KeyError, ValueError):
+            raise DriverError(f"The ipmi driver cannot send power state {state!r}.") from None
+        call(task.ctx, task.node.driver_info, lambda client: client.set_power(action), command=True)
+
+    def verify(self, task: Task) -> PowerState | None:
+        # One call proves the credentials (a login if no session is open:
+        # pyghmi keys sessions by password too) and reads the power state.
+        return _FROM_BMC[call(task.ctx, task.node.driver_info, lambda client: client.check_credentials(),
+                              command=False)]
+
+
+class IPMIManagement(_Validating, base.ManagementInterface):
+    """Boot device over IPMI (Get/Set System Boot Options, parameter 5)."""
+
+    def get_boot_device(self, task: Task) -> dict[str, Any]:
+        setting = call(task.ctx, task.node.driver_info, lambda client: client.get_boot_device(), command=False)
+        return setting.as_dict()
+
+    def set_boot_device(self, task: Task, device: str, persistent: bool = False) -> None:
+        if device not in self.BOOT_DEVICES:
+            raise DriverError(f"Unknown boot device {device!r}; expected one of {', '.join(self.BOOT_DEVICES)}.")
+        call(task.ctx, task.node.driver_info,
+             lambda client: client.set_boot_device(device, persistent=persistent), command=True)
+
+
+class _NoFields(fake.FakeDeploy):
+    """The fake deploy interface without the fake driver's ``driver_info`` fields."""
+
+    fields: Mapping[str, base.Field] = {}
+
+    def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
+        return {}
+
+
+def driver() -> base.Driver:
+    """The ipmi driver."""
+    return base.Driver(
+        name="ipmi",
+        power=IPMIPower(),
+        management=IPMIManagement(),
+        # Placeholder: the deploy engineer (issue 4) replaces this with the
+        # ``pxe`` deploy interface.  Until then deploy/clean/inspect steps
+        # complete at once, as with the fake driver (fake_delay 0).
+        deploy=_NoFields(),
+    )
