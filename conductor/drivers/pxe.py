@@ -109,17 +109,24 @@ def _agent(name: str) -> Callable[[Task, dict[str, Any]], base.StepResult | None
 
 
 def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float) -> base.Wait:
+    # Each BMC command is marked done in ``progress`` as soon as it is sent:
+    # a paced or busy BMC (TryLater) ends the step and the retry resumes
+    # after the last command sent, never sending one twice.
     node, settings = task.node, task.settings
-    token = secrets.token_urlsafe(32)
-    command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "name": name, "params": _command_params(task, name)}
-    _management(task).set_boot_device(task, "pxe", persistent=False)
-    task.update_internal_info(agent_token_sha256=token_hash(token), agent_command=command, agent_result=None)
-    bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
-                    {"api_url": settings.agent_url, "node": node.uuid, "token": token})
+    if "command" not in progress:
+        token = secrets.token_urlsafe(32)
+        command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "name": name, "params": _command_params(task, name)}
+        task.update_internal_info(agent_token_sha256=token_hash(token), agent_command=command, agent_result=None)
+        bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
+                        {"api_url": settings.agent_url, "node": node.uuid, "token": token})
+        progress["command"] = command["id"]
+    if not progress.get("pxe_set"):
+        _management(task).set_boot_device(task, "pxe", persistent=False)
+        progress["pxe_set"] = True
     task.driver.power.set_power_state(task, P.POWER_ON)
-    progress.update(command_id=command["id"], waiting_since=time.time())
+    progress.update(command_id=progress["command"], waiting_since=time.time())
     history.record(task.session, node, "agent.command",
-                   f"Booting the agent from the network for {name} (command {command['id']}); "
+                   f"Booting the agent from the network for {name} (command {progress['command']}); "
                    f"waiting up to {timeout:g} s for its call-back.",
                    request_id=task.request.id, conductor=task.conductor)
     return base.Wait(f"agent {name}", timeout)
