@@ -83,6 +83,7 @@ class NodeStates(ma.Schema):
     target_provision_state = ma.fields.String(allow_none=True)
     last_error = ma.fields.String(allow_none=True)
     request_id = ma.fields.String(allow_none=True)
+    step = ma.fields.String(allow_none=True, metadata={"description": "The active request's current step"})
     updated_at = ma.fields.DateTime()
 
 
