@@ -303,13 +303,17 @@ class _PlainPower:
 
 
 def _reboot_thread(bmcs: list[dict[str, Any]], delay: float, poll: float, plain: bool,
-                   out: dict[str, Any]) -> None:
-    """Reboot each BMC (off, wait off, on, wait on) without ever sleeping on one BMC."""
+                   out: dict[str, Any], clients: list[Any] | None = None) -> None:
+    """Reboot each BMC (off, wait off, on, wait on) without ever sleeping on one BMC.
+
+    ``clients``: already logged-in clients (bench/fleet_reboot.py), else each
+    logs in at first contact.
+    """
     import heapq
 
     from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
 
-    clients: list[Any] = [None] * len(bmcs)
+    clients = list(clients) if clients is not None else [None] * len(bmcs)
     # (due time, index, phase): phases 0 send off, 1 poll off, 2 send on, 3 poll on
     queue = [(time.monotonic(), i, 0) for i in range(len(bmcs))]
     heapq.heapify(queue)

@@ -76,6 +76,8 @@ class Node(Base):
     maintenance_reason: Mapped[str | None] = mapped_column(Text)
     #: Why the conductor itself put the node into maintenance (e.g. ``power failure``).
     fault: Mapped[str | None] = mapped_column(String(64))
+    #: Power state reads in a row that failed (the power state observer's count).
+    power_sync_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: The short lock: the conductor talking to the BMC right now.
     reservation: Mapped[str | None] = mapped_column(String(255))
     #: The long lock: the request (queued, running or waiting) that owns the node.

@@ -93,6 +93,13 @@ class Settings:
     #: commands to a BMC is the live throttle knob ``bmc_min_interval``.
     ipmi_one_in_flight: bool = True
     ipmi_busy_retry: float = 0.1
+    #: Power state observer (see docs/ipmi.md): how often one conductor reads
+    #: the power state of every idle node (0: never), how many nodes one job
+    #: reads, and after how many failed reads in a row a node goes into
+    #: maintenance (fault ``power failure``; out again when its BMC answers).
+    power_sync_interval: float = 60.0
+    power_sync_batch: int = 50
+    power_sync_max_failures: int = 3
     #: Whether undeploy and provide run automated cleaning.
     automated_clean: bool = True
     #: How long a node may wait for its agent in ``wait call-back``,

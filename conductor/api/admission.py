@@ -40,9 +40,9 @@ LOG = logging.getLogger(__name__)
 PUBLIC_ENDPOINTS = frozenset({"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat"})
 #: Endpoints only admins may call, whatever the method.
 ADMIN_ENDPOINTS = frozenset({"throttle.Throttle", "tokens.Tokens", "tokens.TokenItem"})
-#: Endpoints that create work for the conductors: the queue depth applies,
-#: and they take an ``Idempotency-Key``.
-WORK_ENDPOINTS = frozenset({"nodes.PowerState", "nodes.ProvisionState"})
+#: Endpoints (-> request kind) whose writes create work for the conductors:
+#: the queue depth applies, and they take an ``Idempotency-Key``.
+WORK_ENDPOINTS = {"nodes.PowerState": "power", "nodes.ProvisionState": "provision", "nodes.BootDevice": "management"}
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LIMITER = "throttle.limiter"
 
@@ -192,11 +192,10 @@ def after_request(response: Response) -> Response:
         response.headers.update(buckets.headers(decision))
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="conductor"'
-    if request.endpoint in WORK_ENDPOINTS:
+    if request.endpoint in WORK_ENDPOINTS and request.method not in READ_METHODS:
         recorder = metrics.recorder(context())
         if response.status_code == 202:
-            kind = "power" if request.endpoint == "nodes.PowerState" else "provision"
-            recorder.inc(metrics.ACCEPTED, {"kind": kind})
+            recorder.inc(metrics.ACCEPTED, {"kind": WORK_ENDPOINTS[request.endpoint]})
         elif response.status_code >= 400:
             body = response.get_json(silent=True) or {}
             recorder.inc(metrics.REJECTED, {"reason": str(body.get("code", response.status_code))})

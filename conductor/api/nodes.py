@@ -110,6 +110,30 @@ class ProvisionState(MethodView):
         )
 
 
+@blp.route("/<ident>/management/boot_device")
+class BootDevice(MethodView):
+    @blp.response(200, schemas.BootDevice)
+    def get(self, ident: str) -> dict[str, Any]:
+        """The boot device the conductor last set or read, and when (not a live read of the BMC)."""
+        return nodes.boot_device(session(), ident)
+
+    @blp.arguments(schemas.BootDeviceChange)
+    @blp.response(202, schemas.RequestOut)
+    def put(self, body: dict[str, Any], ident: str) -> Response:
+        """Ask to set the boot device (a ``management`` request); answers at once with the request to poll."""
+        return _accepted(
+            request_service.submit_boot_device(
+                context(),
+                ident,
+                body["boot_device"],
+                body["persistent"],
+                body.get("callback_url"),
+                client=admission.client(),
+                idempotency_key=admission.idempotency_key(),
+            )
+        )
+
+
 @blp.route("/<ident>/history")
 class NodeHistory(MethodView):
     @blp.arguments(schemas.HistoryQuery, location="query")

@@ -6,7 +6,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from conductor.fsm.states import PowerState, ProvisionState, ProvisionTarget, RequestKind, RequestState
-from conductor.service.requests import POWER_TARGETS
+from conductor.service.requests import BOOT_DEVICES, POWER_TARGETS
 
 MAX_PAGE = 1000
 
@@ -100,6 +100,23 @@ _CALLBACK = ma.fields.Url(
 class PowerChange(Strict):
     target = ma.fields.String(required=True, validate=validate.OneOf([str(t) for t in POWER_TARGETS]))
     callback_url = _CALLBACK
+
+
+class BootDeviceChange(Strict):
+    boot_device = ma.fields.String(required=True, validate=validate.OneOf(list(BOOT_DEVICES)))
+    persistent = ma.fields.Boolean(load_default=False, metadata={"description": "Every boot, not only the next"})
+    callback_url = _CALLBACK
+
+
+class BootDevice(ma.Schema):
+    boot_device = ma.fields.String(allow_none=True, metadata={"description": "null: never set or read yet"})
+    persistent = ma.fields.Boolean(allow_none=True)
+    observed_at = ma.fields.String(
+        allow_none=True, metadata={"description": "When the conductor last set or read it (ISO 8601, UTC)"}
+    )
+    source = ma.fields.String(
+        allow_none=True, metadata={"description": "bmc: read back from the BMC; set: what was sent (read-back failed)"}
+    )
 
 
 class ProvisionChange(Strict):

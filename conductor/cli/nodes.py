@@ -244,3 +244,24 @@ for _name, _target, _help in (
     node.add_command(_state_command("provision", _target, _help), _name)
 node.add_command(_image_command("active", "Deploy an image: available -> active."), "deploy")
 node.add_command(_image_command("rebuild", "Deploy again: active -> active."), "rebuild")
+
+
+@node.command("boot-device")
+@click.argument("node_id", metavar="NODE")
+@click.argument("device", required=False, type=click.Choice(["pxe", "disk", "cdrom", "bios"]))
+@click.option("--persistent", is_flag=True, help="For every boot, not only the next one.")
+@_wait
+@_timeout
+@_callback
+@pass_obj
+def boot_device(obj: Obj, node_id: str, device: str | None, persistent: bool, wait: bool, timeout: float | None,
+                callback_url: str | None) -> None:
+    """Set the boot device (a request), or without DEVICE show the last one set or read."""
+    path = f"/v1/nodes/{node_id}/management/boot_device"
+    if device is None:
+        obj.out.item(obj.client.call("GET", path), ["boot_device", "persistent", "observed_at", "source"])
+        return
+    body: dict[str, Any] = {"boot_device": device, "persistent": persistent}
+    if callback_url:
+        body["callback_url"] = callback_url
+    finish_request(obj, obj.client.call("PUT", path, json=body), wait, timeout)

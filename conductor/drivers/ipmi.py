@@ -16,7 +16,8 @@ Every BMC call goes through :func:`_call`, which enforces, across every
 worker process and host (Redis is shared):
 
 * at most one call in flight per BMC (a short Redis lock per
-  ``address:port``; setting ``ipmi_one_in_flight``);
+  ``address:port``, held for the rest of the step that took it; setting
+  ``ipmi_one_in_flight``);
 * for commands that change the BMC's state (power, boot device), the least
   interval ``bmc_min_interval`` (the live throttle knob) since the previous
   one.  Reads are not paced: the power workflow reads right before and
@@ -49,6 +50,7 @@ from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState
 from conductor.settings import Settings
 from conductor.throttle import bmc as bmc_throttle
+from conductor.throttle import settings as throttle_settings
 
 if TYPE_CHECKING:
     from conductor.context import Context
@@ -152,14 +154,26 @@ def client_for(creds: BMCCredentials, settings: Settings) -> BMCClient:
 
 
 def lock_ttl(settings: Settings) -> float:
-    """How long one call can hold a BMC's in-flight lock: every attempt, login included, and its backoffs."""
+    """How long a BMC's in-flight lock lives without its holder: a few calls' every attempt and backoff."""
     attempts = settings.ipmi_retries + 1
-    return attempts * (settings.ipmi_timeout + 5.0) + attempts * settings.ipmi_max_backoff + 5.0
+    return 2 * (attempts * (settings.ipmi_timeout + 5.0) + attempts * settings.ipmi_max_backoff) + 5.0
+
+
+def _release_quietly(ctx: Context, endpoint: str, owner: str) -> None:
+    try:
+        bmc_throttle.release(ctx, endpoint, owner)
+    except redis.RedisError:
+        pass  # the lock expires on its own
 
 
 def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClient], T], *,
-         command: bool) -> T:
+         command: bool, holder: Any = None) -> T:
     """Run ``action`` on the node's BMC under the one-in-flight lock and, for a ``command``, the pacing.
+
+    ``holder`` (a :class:`~conductor.engine.task.Task`, or anything with its
+    ``held`` and ``cleanups``) keeps the BMC's lock until the step ends, so
+    the several calls of one step cost one Redis round trip, not two each;
+    without it the lock is given back after the call.
 
     :raises TryLater: the BMC is busy with another call, or a command is too soon.
     :raises BMCError: the BMC refused, failed or did not answer.
@@ -168,36 +182,45 @@ def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClie
     settings = ctx.settings
     creds = credentials(driver_info)
     endpoint = creds.endpoint
-    owner = None
+    release_after = None
     try:
-        if settings.ipmi_one_in_flight:
-            owner = f"{ctx.name}:{next(_owners)}"
-            if not bmc_throttle.acquire(ctx, endpoint, owner, lock_ttl(settings)):
-                owner = None
-                raise base.TryLater(settings.ipmi_busy_retry * random.uniform(0.5, 1.5),
-                                    f"BMC {endpoint} is busy with another command")
-        if command:
-            wait = bmc_throttle.claim(ctx, endpoint)
-            if wait > 0:
-                raise base.TryLater(wait, f"BMC {endpoint}: bmc_min_interval")
-        return action(client_for(creds, settings))
+        interval = throttle_settings.current(ctx).bmc_min_interval if command else 0.0
+        if not settings.ipmi_one_in_flight:
+            wait = bmc_throttle.claim(ctx, endpoint, interval) if interval > 0 else 0.0
+        else:
+            key = ("ipmi-bmc", endpoint)
+            owner = holder.held.get(key) if holder is not None else None
+            wait = 0.0
+            if owner is None or interval > 0:
+                token = owner or f"{ctx.name}:{next(_owners)}"
+                wait = bmc_throttle.enter(ctx, endpoint, token, lock_ttl(settings), interval)
+                if wait == bmc_throttle.BUSY:
+                    raise base.TryLater(settings.ipmi_busy_retry * random.uniform(0.5, 1.5),
+                                        f"BMC {endpoint} is busy with another command")
+                if wait == 0.0 and owner is None:
+                    if holder is not None:
+                        holder.held[key] = token
+                        holder.cleanups.append(lambda: _release_quietly(ctx, endpoint, token))
+                    else:
+                        release_after = token
+        if wait > 0:
+            raise base.TryLater(wait, f"BMC {endpoint}: bmc_min_interval")
     except redis.RedisError as exc:
         raise DriverError(f"Cannot coordinate access to BMC {endpoint}: Redis is unavailable ({exc}).") from exc
+    try:
+        return action(client_for(creds, settings))
     finally:
-        if owner is not None:
-            try:
-                bmc_throttle.release(ctx, endpoint, owner)
-            except redis.RedisError:
-                pass  # the lock expires on its own
+        if release_after is not None:
+            _release_quietly(ctx, endpoint, release_after)
 
 
-def read_power(ctx: Context, driver_info: Mapping[str, Any]) -> PowerState:
+def read_power(ctx: Context, driver_info: Mapping[str, Any], holder: Any = None) -> PowerState:
     """The power state the BMC reports (for the power state observer as well as steps).
 
     :raises TryLater: the BMC is busy with another call.
     :raises BMCError: the BMC refused, failed or did not answer.
     """
-    return _FROM_BMC[call(ctx, driver_info, lambda client: client.get_power(), command=False)]
+    return _FROM_BMC[call(ctx, driver_info, lambda client: client.get_power(), command=False, holder=holder)]
 
 
 # --- interfaces ----------------------------------------------------------------------------
@@ -213,34 +236,35 @@ class IPMIPower(_Validating, base.PowerInterface):
     """Power over IPMI Chassis Control / Chassis Status."""
 
     def get_power_state(self, task: Task) -> PowerState | None:
-        return read_power(task.ctx, task.node.driver_info)
+        return read_power(task.ctx, task.node.driver_info, holder=task)
 
     def set_power_state(self, task: Task, state: PowerState) -> None:
         try:
             action = _POWER_ACTIONS[PowerState(state)]
         except (KeyError, ValueError):
             raise DriverError(f"The ipmi driver cannot send power state {state!r}.") from None
-        call(task.ctx, task.node.driver_info, lambda client: client.set_power(action), command=True)
+        call(task.ctx, task.node.driver_info, lambda client: client.set_power(action), command=True, holder=task)
 
     def verify(self, task: Task) -> PowerState | None:
         # One call proves the credentials (a login if no session is open:
         # pyghmi keys sessions by password too) and reads the power state.
         return _FROM_BMC[call(task.ctx, task.node.driver_info, lambda client: client.check_credentials(),
-                              command=False)]
+                              command=False, holder=task)]
 
 
 class IPMIManagement(_Validating, base.ManagementInterface):
     """Boot device over IPMI (Get/Set System Boot Options, parameter 5)."""
 
     def get_boot_device(self, task: Task) -> dict[str, Any]:
-        setting = call(task.ctx, task.node.driver_info, lambda client: client.get_boot_device(), command=False)
+        setting = call(task.ctx, task.node.driver_info, lambda client: client.get_boot_device(), command=False,
+                       holder=task)
         return setting.as_dict()
 
     def set_boot_device(self, task: Task, device: str, persistent: bool = False) -> None:
         if device not in self.BOOT_DEVICES:
             raise DriverError(f"Unknown boot device {device!r}; expected one of {', '.join(self.BOOT_DEVICES)}.")
         call(task.ctx, task.node.driver_info,
-             lambda client: client.set_boot_device(device, persistent=persistent), command=True)
+             lambda client: client.set_boot_device(device, persistent=persistent), command=True, holder=task)
 
 
 class _NoFields(fake.FakeDeploy):

@@ -32,7 +32,7 @@ from rq.timeouts import BaseTimeoutException
 from conductor import logs
 from conductor.context import Context
 from conductor.drivers.base import Done, Poll, StepResult, TryLater, Wait
-from conductor.engine import power, provision
+from conductor.engine import management, power, provision
 from conductor.engine.task import StepFenced, StepNotRunnable, Task, hold_claim, node_task
 from conductor.exceptions import ConductorError, NodeLocked, RequestNotFound
 from conductor.fsm.states import RequestKind, RequestState
@@ -44,6 +44,7 @@ LOG = logging.getLogger(__name__)
 _WORKFLOWS: dict[str, tuple[Callable[[Task], StepResult], Callable[[Task, str], None]]] = {
     RequestKind.POWER: (power.step, power.fail),
     RequestKind.PROVISION: (provision.step, provision.fail),
+    RequestKind.MANAGEMENT: (management.step, management.fail),
 }
 _LOCK_RETRY_INITIAL = 0.2
 _LOCK_RETRY_MAX = 2.0

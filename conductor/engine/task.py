@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,6 +49,10 @@ class Task:
         self.request_progress: dict[str, Any] = copy.deepcopy(request.progress or {})
         #: The current step's share of it; workflows point it at a sub-dict.
         self.progress: dict[str, Any] = self.request_progress
+        #: What drivers hold for the rest of this step (e.g. a BMC's in-flight
+        #: lock), by their own keys; ``cleanups`` give it back when the step ends.
+        self.held: dict[Any, Any] = {}
+        self.cleanups: list[Callable[[], None]] = []
 
     @property
     def deploy(self) -> DeployInterface:
@@ -72,6 +76,16 @@ class Task:
     def update_properties(self, **changes: Any) -> None:
         """Merge ``changes`` into the node's ``properties`` (None removes a key)."""
         self.node.properties = _merged(self.node.properties, changes)
+
+    def run_cleanups(self) -> None:
+        """Give back what drivers held for the step (never raises)."""
+        cleanups, self.cleanups = self.cleanups, []
+        self.held.clear()
+        for cleanup in reversed(cleanups):
+            try:
+                cleanup()
+            except Exception:
+                LOG.exception("Cleanup after a step of node %s failed", self.node.uuid)
 
     def save_progress(self) -> None:
         """Copy the progress back into the request row (done before commit)."""
@@ -228,7 +242,10 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
             session.commit()
             with _host_lock(ctx, node.uuid):
                 task = Task(ctx, session, node, request)
-                yield task
+                try:
+                    yield task
+                finally:
+                    task.run_cleanups()
                 task.save_progress()
                 node.updated_at = utcnow()
                 with session.no_autoflush:

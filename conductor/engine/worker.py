@@ -5,7 +5,9 @@ per job): jobs are short steps that never sleep on hardware, and drivers
 keep their BMC sessions open across jobs.  A background thread does the
 chores: pump due timers into the work queue (every ``TIMER_TICK``), beat
 the conductor's heart, fail agent waits past their timeout (the
-watchdog) and sweep for dead conductors and lost jobs.
+watchdog), sweep for dead conductors and lost jobs, and start
+the power state observer's rounds (whose reads run as jobs, never in this
+thread: pyghmi is used by one thread per process).
 
 The operator's ``worker_concurrency`` knob (see :mod:`conductor.throttle.settings`)
 is obeyed between jobs: a worker whose slot (the ``-w<slot>`` of its
@@ -28,7 +30,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from conductor.context import Context
-from conductor.engine import conductors, jobs, sweeper, watchdog
+from conductor.engine import conductors, jobs, power_sync, sweeper, watchdog
 from conductor.settings import Settings
 from conductor.throttle import settings as throttle_settings
 
@@ -90,6 +92,7 @@ class Chores(threading.Thread):
     def run(self) -> None:
         settings = self.ctx.settings
         next_beat = next_sweep = next_watch = time.monotonic()
+        observer = power_sync.Observer(self.ctx)
         while not self.stopping.is_set():
             now = time.monotonic()
             try:
@@ -112,6 +115,7 @@ class Chores(threading.Thread):
                     if any(fixed.values()):
                         LOG.info("Sweep: %s", fixed)
                     next_sweep = now + settings.sweep_interval
+                observer.tick(now)
             except Exception:
                 # A chore failing (database or Redis briefly away) must not
                 # stop the others; it is retried on the next tick.

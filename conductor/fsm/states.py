@@ -76,6 +76,8 @@ class RequestKind(enum.StrEnum):
 
     POWER = "power"
     PROVISION = "provision"
+    #: Set the boot device (target: the device; params: ``persistent``).
+    MANAGEMENT = "management"
 
 
 class RequestState(enum.StrEnum):

@@ -227,6 +227,9 @@ def _patched_values(node: Node, changes: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(changes["maintenance"], bool):
             raise InvalidInput("maintenance must be true or false.", errors={"maintenance": "boolean"})
         values["maintenance"] = changes["maintenance"]
+        # The operator takes over: a fault the conductor recorded (which the
+        # power state observer would clear by itself) is forgotten.
+        values["fault"] = None
         if not changes["maintenance"]:
             values["maintenance_reason"] = None
             values["fault"] = None
@@ -385,3 +388,15 @@ def states(conn: sa.Connection, ident: str) -> dict[str, Any]:
         "step": row.step if row.active_request_id else None,
         "updated_at": row.updated_at,
     }
+
+
+def boot_device(session: Session, ident: str) -> dict[str, Any]:
+    """The boot device the conductor last set or read on node ``ident``, and when.
+
+    This is the conductor's record, not a live read of the BMC: a change
+    made behind its back shows only after the next boot device request.
+
+    :raises NodeNotFound: no such node.
+    """
+    record = (find(session, ident).driver_internal_info or {}).get("boot_device") or {}
+    return {key: record.get(key) for key in ("boot_device", "persistent", "observed_at", "source")}

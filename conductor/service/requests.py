@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, selectinload
 from conductor import logs, metrics
 from conductor.callbacks import destinations, events, status
 from conductor.context import Context
+from conductor.drivers.base import ManagementInterface
 from conductor.exceptions import (
     InvalidInput,
     InvalidTransition,
@@ -78,6 +79,8 @@ REFUSED_IN_MAINTENANCE = frozenset(
         ProvisionTarget.CLEAN,
     }
 )
+#: Boot devices a management request may set.
+BOOT_DEVICES = ManagementInterface.BOOT_DEVICES
 _SUBMIT_ATTEMPTS = 5
 
 
@@ -148,6 +151,17 @@ def active_counts(ctx: Context) -> dict[str, int]:
         return counts
 
 
+def _refuse_if_workflow_owns(node: Any, what: str) -> None:
+    """:raises InvalidTransition: a provisioning workflow controls the node's power and boot."""
+    if node.provision_state in table.POWER_OWNED_STATES:
+        raise InvalidTransition(
+            f"The {node.provision_state} workflow controls the power of node "
+            f"{node.uuid}; {what} are refused in that state.",
+            provision_state=node.provision_state,
+            allowed_targets=machine.allowed_targets(node.provision_state),
+        )
+
+
 def submit_power(
     ctx: Context,
     ident: str,
@@ -168,17 +182,35 @@ def submit_power(
         )
 
     def validate(node: Any) -> dict[str, Any]:
-        if node.provision_state in table.POWER_OWNED_STATES:
-            raise InvalidTransition(
-                f"The {node.provision_state} workflow controls the power of node "
-                f"{node.uuid}; power targets are refused in that state.",
-                provision_state=node.provision_state,
-                allowed_targets=machine.allowed_targets(node.provision_state),
-            )
+        _refuse_if_workflow_owns(node, "power targets")
         return {"target_power_state": target}
 
     return _submit(
         ctx, ident, RequestKind.POWER, target, {}, callback_url, client, idempotency_key, validate
+    )
+
+
+def submit_boot_device(
+    ctx: Context,
+    ident: str,
+    device: str,
+    persistent: bool = False,
+    callback_url: str | None = None,
+    client: str | None = None,
+    idempotency_key: IdempotencyKey | None = None,
+) -> Submitted:
+    """Accept setting node ``ident``'s boot device (a ``management`` request); errors as :func:`submit_power`."""
+    if device not in BOOT_DEVICES:
+        raise InvalidInput(f"Unknown boot device {device!r}; allowed: {', '.join(BOOT_DEVICES)}.",
+                           errors={"boot_device": "unknown boot device"})
+
+    def validate(node: Any) -> dict[str, Any]:
+        _refuse_if_workflow_owns(node, "boot device changes")
+        return {}  # no target column: the request itself says what it sets
+
+    return _submit(
+        ctx, ident, RequestKind.MANAGEMENT, device, {"persistent": bool(persistent)}, callback_url, client,
+        idempotency_key, validate,
     )
 
 
@@ -316,7 +348,7 @@ _ACTIVE_REQUEST = sa.select(_requests_t).where(_requests_t.c.id == sa.bindparam(
 _INSERT_REQUEST = sa.insert(_requests_t)
 
 
-def _claim_node(target_column: str, stale: bool) -> sa.Update:
+def _claim_node(target_column: str | None, stale: bool) -> sa.Update:
     owner = (
         _nodes_t.c.active_request_id == sa.bindparam("stale")
         if stale
@@ -327,13 +359,13 @@ def _claim_node(target_column: str, stale: bool) -> sa.Update:
         .where(_nodes_t.c.id == sa.bindparam("node_id"), owner,
                _nodes_t.c.provision_state == sa.bindparam("expected_state"))
         .values({"active_request_id": sa.bindparam("rid"), "updated_at": sa.bindparam("now"),
-                 target_column: sa.bindparam("target_state")})
+                 **({target_column: sa.bindparam("target_state")} if target_column else {})})
     )
 
 
 _CLAIM_NODE = {
     (column, stale): _claim_node(column, stale)
-    for column in ("target_power_state", "target_provision_state")
+    for column in ("target_power_state", "target_provision_state", None)
     for stale in (False, True)
 }
 
@@ -383,7 +415,8 @@ def _submit(
                     )
                 # The pointer outlived its request (should not happen); take it over.
                 stale_active = node.active_request_id
-            ((target_column, target_state),) = validate(node).items()
+            # The node column showing the target (none for a management request).
+            target_column, target_state = next(iter(validate(node).items()), (None, None))
             now = utcnow()
             request = Request(
                 id=new_request_id(),
@@ -488,10 +521,10 @@ def _abandon(ctx: Context, request_id: str, reason: str) -> None:
         assert node is not None
         if node.active_request_id == request_id:
             node.active_request_id = None
-            node.target_power_state = None if request.kind == RequestKind.POWER else node.target_power_state
-            node.target_provision_state = (
-                None if request.kind == RequestKind.PROVISION else node.target_provision_state
-            )
+            if request.kind == RequestKind.POWER:
+                node.target_power_state = None
+            elif request.kind == RequestKind.PROVISION:
+                node.target_provision_state = None
         history.record(session, node, "request.rejected", f"Request {request.kind} {request.target} not accepted: {reason}",
                        request_id=request_id, severity="error")
         session.commit()
@@ -520,7 +553,7 @@ def finish(
         node.active_request_id = None
         if request.kind == RequestKind.POWER:
             node.target_power_state = None
-        else:
+        elif request.kind == RequestKind.PROVISION:
             node.target_provision_state = None
     node.updated_at = now
     metrics.request_finished(session, request)

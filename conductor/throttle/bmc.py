@@ -15,6 +15,8 @@ script on the Redis server's clock, so two conductors never both send.
 
 from __future__ import annotations
 
+from typing import Any
+
 from conductor.context import Context
 from conductor.throttle import settings as throttle_settings
 
@@ -52,10 +54,31 @@ def claim(ctx: Context, bmc: str, interval: float | None = None) -> float:
 
 # --- one command in flight per BMC --------------------------------------------------------
 #
-# A short lock per BMC in Redis (``<ns>:bmc-busy:<id>``), taken with SET NX PX
-# around every IPMI call, so that two conductors (or the power-state observer
-# and a request's step) never talk to one BMC at the same time.  It expires
-# on its own (``ttl``) if its holder dies mid-call.
+# A short lock per BMC in Redis (``<ns>:bmc-busy:<id>``) held while a
+# conductor talks to the BMC, so that two conductors (or the power-state
+# observer and a request's step) never talk to one BMC at the same time.  It
+# expires on its own (``ttl``) if its holder dies.  Taking it (or confirming
+# we hold it) and, for a command, claiming the pacing slot is one script:
+# one round trip.
+_ENTER = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return '-1'
+end
+local interval = tonumber(ARGV[3])
+if interval > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local last = tonumber(redis.call('GET', KEYS[2]))
+  if last ~= nil and now - last < interval then
+    return tostring(interval - (now - last))
+  end
+  redis.call('SET', KEYS[2], tostring(now), 'PX', math.ceil(interval * 1000) + 1000)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return '0'
+"""
+_ENTER_SCRIPT = "throttle.bmc.enter"
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -63,15 +86,38 @@ end
 return 0
 """
 _RELEASE_SCRIPT = "throttle.bmc.release"
+#: What :func:`enter` returns when another holder has the BMC.
+BUSY = -1.0
 
 
-def acquire(ctx: Context, bmc: str, owner: str, ttl: float) -> bool:
-    """Take BMC ``bmc``'s in-flight lock for ``owner`` (at most ``ttl`` seconds); False if held.
+def _script(ctx: Context, name: str, source: str) -> Any:
+    script = ctx.cache.get(name)
+    if script is None:
+        script = ctx.cache[name] = ctx.redis.register_script(source)
+    return script
+
+
+def enter(ctx: Context, bmc: str, owner: str, ttl: float, interval: float = 0.0) -> float:
+    """Take (or keep) BMC ``bmc``'s in-flight lock for ``owner``; with ``interval``, also claim a command slot.
+
+    Returns 0.0 (go ahead: ``owner`` holds the lock for ``ttl`` s more),
+    :data:`BUSY` (another owner holds it), or the seconds until a command
+    may be sent (``interval`` since the last one not over; the lock is then
+    not taken, but kept if ``owner`` already held it).
 
     :raises redis.RedisError: Redis cannot be reached.
     """
-    key = f"{ctx.settings.redis_namespace}:bmc-busy:{bmc}"
-    return bool(ctx.redis.set(key, owner, nx=True, px=max(1, int(ttl * 1000))))
+    keys = [f"{ctx.settings.redis_namespace}:bmc-busy:{bmc}", f"{ctx.settings.redis_namespace}:bmc:{bmc}"]
+    reply = _script(ctx, _ENTER_SCRIPT, _ENTER)(keys=keys, args=[owner, max(1, int(ttl * 1000)), interval])
+    return float(reply.decode() if isinstance(reply, bytes) else reply)
+
+
+def acquire(ctx: Context, bmc: str, owner: str, ttl: float) -> bool:
+    """Take BMC ``bmc``'s in-flight lock for ``owner`` (at most ``ttl`` seconds); False if another holds it.
+
+    :raises redis.RedisError: Redis cannot be reached.
+    """
+    return enter(ctx, bmc, owner, ttl) == 0.0
 
 
 def release(ctx: Context, bmc: str, owner: str) -> None:
@@ -79,7 +125,4 @@ def release(ctx: Context, bmc: str, owner: str) -> None:
 
     :raises redis.RedisError: Redis cannot be reached.
     """
-    script = ctx.cache.get(_RELEASE_SCRIPT)
-    if script is None:
-        script = ctx.cache[_RELEASE_SCRIPT] = ctx.redis.register_script(_RELEASE)
-    script(keys=[f"{ctx.settings.redis_namespace}:bmc-busy:{bmc}"], args=[owner])
+    _script(ctx, _RELEASE_SCRIPT, _RELEASE)(keys=[f"{ctx.settings.redis_namespace}:bmc-busy:{bmc}"], args=[owner])

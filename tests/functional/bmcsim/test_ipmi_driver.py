@@ -169,3 +169,68 @@ def test_commands_to_one_bmc_are_paced(service_factory, fleet: Fleet, new_bmc: C
     commands = [e for e in seen if e.cause in ("on", "off")]
     assert [e.cause for e in commands] == ["off", "on"]
     assert commands[1].time - commands[0].time >= 0.9
+
+
+def test_boot_device_through_the_api_and_the_cli(ipmi_service, fleet: Fleet,
+                                                 new_bmc: Callable[..., BMCSpec]) -> None:
+    service = ipmi_service()
+    bmc = new_bmc()
+    enroll(service, bmc)
+    manage(service, bmc)
+    result = service.cli("node", "boot-device", bmc.name, "pxe", "--wait")
+    assert "succeeded" in result.stderr
+    state = fleet.state(bmc.name)
+    assert (state["boot_device"], state["boot_persistent"]) == ("pxe", False)
+    response = service.http.put(f"{service.url}/v1/nodes/{bmc.name}/management/boot_device",
+                                json={"boot_device": "disk", "persistent": True}, timeout=10)
+    assert response.status_code == 202, response.text
+    assert service.wait_request(response.json()["id"])["state"] == "succeeded"
+    state = fleet.state(bmc.name)
+    assert (state["boot_device"], state["boot_persistent"]) == ("disk", True)
+    shown = service.http.get(f"{service.url}/v1/nodes/{bmc.name}/management/boot_device", timeout=10).json()
+    assert (shown["boot_device"], shown["persistent"], shown["source"]) == ("disk", True, "bmc")
+    assert '"boot_device": "disk"' in service.cli("--json", "node", "boot-device", bmc.name).stdout
+    for device in ("cdrom", "bios"):
+        response = service.http.put(f"{service.url}/v1/nodes/{bmc.name}/management/boot_device",
+                                    json={"boot_device": device}, timeout=10)
+        assert service.wait_request(response.json()["id"])["state"] == "succeeded"
+        assert fleet.state(bmc.name)["boot_device"] == device
+
+
+def wait_node(service, name: str, predicate, timeout: float = 30.0) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    node = node_of(service, name)
+    while not predicate(node):
+        assert time.monotonic() < deadline, f"node never got there: {node}"
+        time.sleep(0.1)
+        node = node_of(service, name)
+    return node
+
+
+def test_observer_corrects_drift_and_fences_a_dead_bmc(ipmi_service, fleet: Fleet,
+                                                       new_bmc: Callable[..., BMCSpec]) -> None:
+    service = ipmi_service(CONDUCTOR_POWER_SYNC_INTERVAL="0.5", CONDUCTOR_POWER_SYNC_MAX_FAILURES="2",
+                           CONDUCTOR_IPMI_RETRIES="0")
+    drifting, dying = new_bmc(), new_bmc()
+    for bmc in (drifting, dying):
+        enroll(service, bmc)
+        manage(service, bmc)
+    # drift: the machine is powered on behind the conductor's back
+    fleet.set_power(drifting.name, "on")
+    node = wait_node(service, drifting.name, lambda n: n["power_state"] == "power on")
+    assert node["maintenance"] is False
+    history = service.http.get(f"{service.url}/v1/nodes/{drifting.name}/history", timeout=10).json()["history"]
+    assert any(e["event"] == "power.drift" and "power off -> power on" in e["message"] for e in history)
+    # a BMC that stops answering: maintenance after 2 failed reads in a row
+    fleet.set_fault(dying.name, unreachable=True)
+    node = wait_node(service, dying.name, lambda n: n["maintenance"], timeout=60)
+    assert node["fault"] == "power failure"
+    assert "failed 2 times in a row" in node["maintenance_reason"]
+    assert f"BMC {dying.host}:{dying.port} did not answer" in node["maintenance_reason"]
+    # the BMC answers again: out of maintenance, by the observer
+    fleet.clear_faults(dying.name)
+    node = wait_node(service, dying.name, lambda n: not n["maintenance"], timeout=60)
+    assert node["fault"] is None and node["maintenance_reason"] is None
+    events = [e["event"] for e in
+              service.http.get(f"{service.url}/v1/nodes/{dying.name}/history", timeout=10).json()["history"]]
+    assert events.index("maintenance.cleared") < events.index("maintenance.fault")  # newest first

@@ -90,3 +90,25 @@ def test_commands_are_paced_reads_are_not(conductor_ctx) -> None:
     assert ipmi.call(conductor_ctx, GOOD, lambda client: "read", command=False) == "read"
     # the lock was given back every time
     assert bmc_throttle.acquire(conductor_ctx, "10.0.0.7:6230", "x", 5)
+
+
+class Holder:
+    """What a step's Task offers the driver: ``held`` and ``cleanups``."""
+
+    def __init__(self) -> None:
+        self.held: dict = {}
+        self.cleanups: list = []
+
+
+def test_a_step_keeps_the_bmc_until_it_ends(conductor_ctx) -> None:
+    throttle_settings.update(conductor_ctx, {"bmc_min_interval": 0})
+    step = Holder()
+    assert ipmi.call(conductor_ctx, GOOD, lambda client: 1, command=False, holder=step) == 1
+    assert ipmi.call(conductor_ctx, GOOD, lambda client: 2, command=True, holder=step) == 2
+    # still held between the calls of the step: others are told to try later
+    with pytest.raises(TryLater):
+        ipmi.call(conductor_ctx, GOOD, lambda client: 3, command=False)
+    assert len(step.cleanups) == 1
+    for cleanup in step.cleanups:
+        cleanup()
+    assert ipmi.call(conductor_ctx, GOOD, lambda client: 4, command=False) == 4

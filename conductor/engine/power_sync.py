@@ -1,0 +1,258 @@
+"""The power state observer: read every idle node's power state, record drift, fence dead BMCs.
+
+Every ``power_sync_interval`` seconds one conductor (whichever first takes
+the round's Redis key, ``SET NX PX``) lists the nodes that have no
+transition in flight and enqueues them in jobs of ``power_sync_batch``
+nodes, which any conductor's workers run like request steps (so BMC calls
+stay serial per worker process, and the batches run in parallel across
+processes).  For each node, under its reservation:
+
+* the power state the BMC reports differs from the recorded one: the record
+  is corrected, with a ``power.drift`` history entry and a
+  ``node.power_state.changed`` callback event;
+* the BMC failed: the node's ``power_sync_failures`` grows; at
+  ``power_sync_max_failures`` in a row the node is put into maintenance
+  with ``fault = "power failure"`` (history ``maintenance.fault``, a
+  ``node.maintenance`` event);
+* the BMC answered: the count is reset, and a node this observer put into
+  maintenance (its ``fault`` is ``power failure``) is taken out again.
+
+Nodes skipped: with a request in flight or reserved, in ``enroll`` or
+``verifying`` (credentials not proven yet), and in maintenance for any
+other reason than ours (an operator's, left alone).  A BMC busy with
+another call is skipped for this round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from conductor import drivers, metrics
+from conductor.callbacks import events
+from conductor.context import Context
+from conductor.drivers.base import Driver, TryLater
+from conductor.exceptions import DriverError
+from conductor.fsm.states import PowerState, ProvisionState
+from conductor.models import Node
+from conductor.service import history
+
+LOG = logging.getLogger(__name__)
+
+#: The ``fault`` the observer sets, and the only one it clears.
+POWER_FAILURE = "power failure"
+#: The job function of one batch (imported by name in the workers).
+BATCH_FUNCTION = "conductor.engine.power_sync.run_batch"
+_SKIPPED_STATES = (ProvisionState.ENROLL, ProvisionState.VERIFYING)
+
+_nodes = Node.__table__
+_CANDIDATES = (
+    sa.select(_nodes.c.id)
+    .where(
+        _nodes.c.active_request_id.is_(None),
+        _nodes.c.reservation.is_(None),
+        _nodes.c.provision_state.not_in([str(s) for s in _SKIPPED_STATES]),
+        sa.or_(_nodes.c.maintenance.is_(False), _nodes.c.fault == POWER_FAILURE),
+    )
+    .order_by(_nodes.c.id)
+)
+# The observer reserves only an idle node; the API may accept a request for
+# it meanwhile (its step then finds the node reserved and retries shortly).
+_RESERVE_IDLE = (
+    sa.update(_nodes)
+    .where(_nodes.c.id == sa.bindparam("node_id"), _nodes.c.reservation.is_(None),
+           _nodes.c.active_request_id.is_(None))
+    .values(reservation=sa.bindparam("me"))
+)
+_RELEASE = (
+    sa.update(_nodes)
+    .where(_nodes.c.id == sa.bindparam("node_id"), _nodes.c.reservation == sa.bindparam("me"))
+    .values(reservation=None)
+)
+
+
+def _round_key(ctx: Context) -> str:
+    return f"{ctx.settings.redis_namespace}:power-sync:round"
+
+
+def start_round(ctx: Context) -> int | None:
+    """Start a round if no conductor started one in the last ``power_sync_interval``.
+
+    Returns how many nodes were enqueued, or None if another conductor has
+    the round.
+
+    :raises redis.RedisError: Redis cannot be reached.
+    """
+    settings = ctx.settings
+    interval_ms = max(1, int(settings.power_sync_interval * 1000))
+    # The key is left to expire: it marks the round as taken for one interval.
+    if not ctx.redis.set(_round_key(ctx), ctx.name or "?", nx=True, px=interval_ms):
+        return None
+    with ctx.db.engine.connect() as conn:
+        node_ids = list(conn.scalars(_CANDIDATES))
+    size = max(1, settings.power_sync_batch)
+    for start in range(0, len(node_ids), size):
+        batch = node_ids[start : start + size]
+        ctx.queue.queue.enqueue_call(
+            BATCH_FUNCTION,
+            args=(batch,),
+            # A dead BMC costs every retry (~17 s by default): bound per node.
+            timeout=int(settings.job_timeout) * len(batch),
+            result_ttl=0,
+            failure_ttl=3600,
+            description=f"power sync of {len(batch)} node(s)",
+        )
+    if node_ids:
+        LOG.info("Power sync: %d node(s) in %d batch(es)", len(node_ids), -(-len(node_ids) // size))
+    return len(node_ids)
+
+
+def run_batch(node_ids: Sequence[int]) -> None:
+    """Job: sync the power state of each node (see the module docstring)."""
+    from conductor.engine import jobs
+
+    ctx = jobs.current()
+    for node_id in node_ids:
+        try:
+            sync_node(ctx, node_id)
+        except Exception:
+            # One node's trouble (database hiccup, a driver bug) must not stop the batch.
+            LOG.exception("Power sync of node %s failed", node_id)
+
+
+class SyncTask:
+    """What a driver's ``get_power_state`` needs from a task, without a request."""
+
+    request = None
+
+    def __init__(self, ctx: Context, session: Session, node: Node, driver: Driver) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.node = node
+        self.driver = driver
+        self.progress: dict[str, Any] = {}
+        self.settings = ctx.settings
+        self.conductor = ctx.name
+        self.held: dict[Any, Any] = {}
+        self.cleanups: list[Any] = []
+
+    def update_internal_info(self, **changes: Any) -> None:
+        """Merge ``changes`` into ``driver_internal_info`` (None removes a key)."""
+        merged = dict(self.node.driver_internal_info or {})
+        for key, value in changes.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        self.node.driver_internal_info = merged
+
+
+def sync_node(ctx: Context, node_id: int) -> str:
+    """Read one node's power state and act on the outcome.
+
+    Returns what happened: ``skipped`` (busy, or not idle any more),
+    ``same``, ``drift``, ``failed``, ``maintenance`` (just put there) or
+    ``recovered`` (just taken out).
+    """
+    with ctx.db.engine.begin() as conn:
+        if conn.execute(_RESERVE_IDLE, {"node_id": node_id, "me": ctx.name}).rowcount != 1:
+            return "skipped"
+    try:
+        with ctx.db.session() as session:
+            node = session.get(Node, node_id)
+            if node is None:
+                return "skipped"
+            session.commit()  # nothing is held while the BMC talks
+            task = SyncTask(ctx, session, node, metrics.timed_driver(drivers.get(node.driver), session))
+            try:
+                state = task.driver.power.get_power_state(task)  # type: ignore[arg-type]
+            except TryLater:
+                outcome = "skipped"
+            except DriverError as exc:
+                outcome = _failed(task, exc.message)
+            else:
+                outcome = _answered(task, state)
+            finally:
+                for cleanup in task.cleanups:
+                    cleanup()
+            with session.no_autoflush:
+                still_ours = session.execute(_RELEASE, {"node_id": node_id, "me": ctx.name}).rowcount == 1
+            if still_ours:
+                session.commit()
+            else:
+                # A sweep declared this conductor dead meanwhile: drop the findings.
+                session.rollback()
+                outcome = "skipped"
+            return outcome
+    finally:
+        with ctx.db.engine.begin() as conn:
+            conn.execute(_RELEASE, {"node_id": node_id, "me": ctx.name})
+
+
+def _answered(task: SyncTask, state: PowerState | None) -> str:
+    node, session = task.node, task.session
+    outcome = "same"
+    node.power_sync_failures = 0
+    if state is not None and node.power_state != state:
+        before = node.power_state
+        node.power_state = str(state)
+        history.record(session, node, "power.drift",
+                       f"Power state {before or 'unknown'} -> {state}, found by the power state sync.",
+                       conductor=task.conductor, severity="warning")
+        events.emit(session, events.EventType.POWER_STATE_CHANGED, node, None,
+                    previous={"power_state": before}, source="power sync")
+        LOG.info("Node %s: power state drifted %s -> %s", node.uuid, before, state)
+        outcome = "drift"
+    if node.maintenance and node.fault == POWER_FAILURE:
+        node.maintenance = False
+        node.maintenance_reason = None
+        node.fault = None
+        history.record(session, node, "maintenance.cleared",
+                       "The BMC answers again: out of maintenance (power failure).", conductor=task.conductor)
+        events.emit(session, events.EventType.MAINTENANCE, node)
+        LOG.info("Node %s: BMC answers again; out of maintenance", node.uuid)
+        outcome = "recovered"
+    return outcome
+
+
+def _failed(task: SyncTask, message: str) -> str:
+    node, session = task.node, task.session
+    node.power_sync_failures = (node.power_sync_failures or 0) + 1
+    limit = task.settings.power_sync_max_failures
+    LOG.warning("Node %s: power state sync failed (%d in a row): %s", node.uuid, node.power_sync_failures, message)
+    if node.maintenance or node.power_sync_failures < limit:
+        return "failed"
+    node.maintenance = True
+    node.fault = POWER_FAILURE
+    node.maintenance_reason = (f"Power state sync failed {node.power_sync_failures} times in a row; "
+                               f"last error: {message}")
+    node.last_error = message
+    history.record(session, node, "maintenance.fault", f"Into maintenance: {node.maintenance_reason}",
+                   conductor=task.conductor, severity="error")
+    events.emit(session, events.EventType.MAINTENANCE, node)
+    return "maintenance"
+
+
+class Observer:
+    """Starts rounds from a conductor's chores thread, every ``power_sync_interval`` (0: never)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.next_round = time.monotonic() + min(ctx.settings.power_sync_interval, 5.0)
+
+    def tick(self, now: float) -> None:
+        """Start a round when due (a failure is logged and retried next interval)."""
+        interval = self.ctx.settings.power_sync_interval
+        if interval <= 0 or now < self.next_round:
+            return
+        self.next_round = now + interval
+        try:
+            start_round(self.ctx)
+        except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
+            LOG.warning("Power sync round not started: %s", exc)
