@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from conductor import bootfiles
 from conductor.bmcsim import BMCSpec, Fleet
 from conductor.bmcsim.agent import SimAgent
 from tests.functional.bmcsim.test_ipmi_driver import FAST_IPMI, enroll, node_of
@@ -158,9 +159,15 @@ def test_bad_agent_token_is_refused(deploy_service, agent: SimAgent, new_bmc: Ca
         assert time.monotonic() < deadline, agent.log[-5:]
         time.sleep(0.05)
     assert node_of(service, bmc.name)["provision_state"] == "wait call-back"
+    real = bootfiles.read(service.settings.pxe_dir, bootfiles.key_for(bmc.driver_info(), ""))["token"]
     response = service.http.delete(f"{service.url}/v1/requests/{request_id}", timeout=10)
     assert response.status_code == 200 and response.json()["state"] == "cancelled"
     assert node_of(service, bmc.name)["provision_state"] == "deploy failed"
+    # The real token never leaves the boot config: not in the API, history or logs.
+    seen = [service.http.get(f"{service.url}{path}", timeout=10).text for path in (
+        f"/v1/nodes/{bmc.name}", f"/v1/nodes/{bmc.name}/history?limit=200", f"/v1/requests/{request_id}")]
+    seen += [p.read_text() for p in (service.settings.data_dir / "logs").glob("*.log")]
+    assert not any(real in text for text in seen)
 
 
 def test_conductor_restart_mid_deploy(deploy_service, agent: SimAgent, new_bmc: Callable[..., BMCSpec]) -> None:
