@@ -38,6 +38,8 @@ from conductor.service import history
 
 if TYPE_CHECKING:
     from conductor.engine.task import Task
+    from conductor.models import Node
+    from conductor.settings import Settings
 
 #: Inventory keys an agent reports, copied into the node's ``properties``.
 INVENTORY_KEYS = ("cpus", "cpu_arch", "memory_mb", "local_gb", "disks", "nics")
@@ -134,9 +136,20 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
 
 def finish_agent(task: Task) -> None:
     """Forget the agent's token, command and boot config (its work is over)."""
-    node = task.node
-    bootfiles.remove(task.settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid))
-    task.update_internal_info(agent_token_sha256=None, agent_command=None)
+    forget_agent(task.settings, task.node)
+
+
+def forget_agent(settings: Settings, node: Node) -> None:
+    """Revoke ``node``'s agent token and remove its boot config (in the caller's transaction).
+
+    Also used when a wait ends without the agent (abort, cancel, timeout).
+    """
+    bootfiles.remove(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid))
+    info = dict(node.driver_internal_info or {})
+    if "agent_token_sha256" in info or "agent_command" in info:
+        info.pop("agent_token_sha256", None)
+        info.pop("agent_command", None)
+        node.driver_internal_info = info
 
 
 Phase = Callable[["Task", dict[str, Any]], "base.StepResult | None"]

@@ -21,6 +21,7 @@ import redis
 import sqlalchemy as sa
 
 from conductor.context import Context
+from conductor.drivers import pxe
 from conductor.engine import provision
 from conductor.fsm.states import ProvisionState as S
 from conductor.fsm.states import RequestState
@@ -91,6 +92,7 @@ def fail_overdue(ctx: Context, request_id: str) -> bool:
                        f"({setting}).")
         else:
             message = f"Timed out waiting in {state}."
+        pxe.forget_agent(ctx.settings, node)
         provision.fail_node(session, node, message, request.id, ctx.name)
         request_service.finish(session, node, request, RequestState.FAILED, message, ctx.name)
     LOG.warning("Request %s: %s", request_id, message)

@@ -47,6 +47,7 @@ from conductor.exceptions import (
     RequestNotFound,
     TransitionInProgress,
 )
+from conductor.drivers import pxe
 from conductor.fsm import machine, table
 from conductor.fsm.states import (
     ACTIVE_REQUEST_STATES,
@@ -58,6 +59,7 @@ from conductor.fsm.states import (
 )
 from conductor.models import IdempotencyRecord, Node, Request, new_request_id, utcnow
 from conductor.service import history, nodes
+from conductor.settings import Settings
 from conductor.throttle import idempotency
 from conductor.throttle.idempotency import IdempotencyKey
 
@@ -584,7 +586,7 @@ def cancel(ctx: Context, request_id: str) -> Request:
         if request.state == RequestState.WAITING:
             node = session.get(Node, request.node_id)
             assert node is not None
-            _abort_waiting(session, node, request, "Cancelled by the user.")
+            _abort_waiting(session, node, request, "Cancelled by the user.", ctx.settings)
             session.commit()
             _drop_job(ctx, request.id)
             return request
@@ -617,7 +619,7 @@ def _drop_job(ctx: Context, request_id: str) -> None:
         LOG.warning("Could not drop the job of request %s; the worker will skip it.", request_id)
 
 
-def _abort_waiting(session: Session, node: Node, request: Request, reason: str) -> None:
+def _abort_waiting(session: Session, node: Node, request: Request, reason: str, settings: Settings) -> None:
     """Abort the wait of ``request`` on ``node`` (``wait call-back`` and friends).
 
     :raises RequestNotCancellable: a step of it is running right now.
@@ -639,6 +641,8 @@ def _abort_waiting(session: Session, node: Node, request: Request, reason: str) 
         )
     session.refresh(request)
     if node.provision_state in table.WAIT_STATES:
+        # The agent's token dies with the wait (a late heartbeat gets 401).
+        pxe.forget_agent(settings, node)
         before = node.provision_state
         node.provision_state = str(machine.next_state(before, Event.ABORT))
         node.last_error = f"Aborted in {before}: {reason}"
@@ -711,7 +715,7 @@ def abort(
                     f"Request {waiting.id} is running a step that cannot be interrupted; retry shortly.",
                     request_id=waiting.id,
                 )
-            _abort_waiting(session, node, waiting, f"Aborted by request {abort_request.id}.")
+            _abort_waiting(session, node, waiting, f"Aborted by request {abort_request.id}.", ctx.settings)
         else:
             before = node.provision_state
             node.provision_state = str(machine.next_state(before, Event.ABORT))
