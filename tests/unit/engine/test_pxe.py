@@ -91,6 +91,7 @@ def test_deploy_waits_for_the_agent_then_boots_from_disk(client, anonymous, cond
     assert request["params"] == {"image_source": IMAGE, "configdrive": "<14 bytes>"}
     assert states(client)["provision_state"] == "wait call-back"
     assert states(client)["request_id"] == request_id
+    assert states(client)["step"] == "deploy 2/5: agent write_image"
     config = boot_config(settings, client)
     assert config["api_url"] == settings.agent_url and len(config["token"]) > 30
     command = agent(anonymous, settings, client)
@@ -242,6 +243,11 @@ def test_heartbeat_when_not_waiting_is_409(client, anonymous, conductor_ctx, set
     response = heartbeat(anonymous, "n1", token)
     assert response.status_code == 409 and response.json["code"] == "node_not_waiting"
     assert "not waiting for its agent" in response.json["message"]
+    # Nor can a running step be aborted or cancelled: it cannot be interrupted.
+    for response in (client.put("/v1/nodes/n1/states/provision", json={"target": "abort"}),
+                     client.delete(f"/v1/requests/{states(client)['request_id']}")):
+        assert response.status_code == 409 and response.json["code"] == "request_not_cancellable"
+        assert "cannot be interrupted" in response.json["message"] or "running" in response.json["message"]
 
 
 @pytest.mark.parametrize(("target", "wait", "failed", "how"), [
