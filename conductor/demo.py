@@ -116,11 +116,13 @@ class Demo:
         from conductor.settings import load
         from conductor.supervisor import Supervisor
 
+        # env={}: the demo never picks up a DATABASE_URL or REDIS_URL of a real
+        # deployment from the environment; it runs on its own embedded default.
         settings = load({
             "data_dir": self.data_dir, "api_port": self.port, "workers": self.workers,
             "power_poll_initial": 0.1, "power_poll_max": 0.5, "log_level": "WARNING",
             "deploy_callback_timeout": 120, "clean_callback_timeout": 120, "inspect_callback_timeout": 120,
-        })
+        }, env={})
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.fleet = Fleet(count=self.count, delay=self.power_delay, password_mode="per-bmc",
                            stderr=open(self.data_dir / "logs" / "bmcsim.log", "ab")).start()
@@ -191,6 +193,10 @@ class Demo:
     def _script(self) -> None:
         api = self._api()
         names = [bmc.name for bmc in self.fleet.bmcs]
+        existing = api.nodes()
+        if existing:
+            raise DemoError(f"{self.data_dir} already holds {len(existing)} node(s); the demo needs an empty "
+                            "data directory (omit --data-dir for a new temporary one)")
         self._phase(f"enrolling {len(names)} ipmi nodes from the simulator's inventory")
         for entry in self.fleet.inventory()["nodes"]:
             api.call("POST", "/v1/nodes", json=entry)
