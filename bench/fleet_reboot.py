@@ -69,6 +69,8 @@ DEFAULT_WORKERS = 3
 BASELINE_THREADS = 16
 BASELINE_POLL = 0.5
 ACTIVE_RE = re.compile(r'^conductor_requests_active\{state="(\w+)"\} ([0-9.e+]+)$', re.M)
+BMC_CALLS_RE = re.compile(r'^conductor_bmc_command_duration_seconds_count\{command="(\w+)",driver="ipmi"\} ([0-9.e+]+)$',
+                          re.M)
 
 
 class Stalled(Exception):
@@ -145,6 +147,11 @@ class Service:
         """Requests not finished (queued, running, waiting), from /metrics."""
         text = self.http.get(self.url + "/metrics", timeout=30).text
         return int(sum(float(n) for _state, n in ACTIVE_RE.findall(text)))
+
+    def bmc_calls(self) -> dict[str, int]:
+        """IPMI driver calls so far, by driver method, from /metrics."""
+        text = self.http.get(self.url + "/metrics", timeout=30).text
+        return {name: int(float(n)) for name, n in BMC_CALLS_RE.findall(text)}
 
     def outcomes(self, kind: str) -> dict[str, list[dict[str, Any]]]:
         """Every request of ``kind``, by state (following pages)."""
@@ -236,17 +243,19 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             print(f"  setup: enrolled {len(names)} in {enrolled:.1f} s, managed in {managed:.1f} s", flush=True)
 
             load = _load()
+            calls_before = service.bmc_calls()
             began = time.monotonic()
             submit_all(service, names, "power", {"target": "rebooting"}, args.submitters)
             submitted = time.monotonic() - began
             wait_all(service, fleet, args.timeout, args.stall, "rebooting")
             total = time.monotonic() - began
+            calls = {k: v - calls_before.get(k, 0) for k, v in service.bmc_calls().items()}
             outcomes = service.outcomes("power")
             durations = [
                 (_ts(r["finished_at"]) - _ts(r["created_at"])) for r in outcomes.get("succeeded", [])
             ]
             return {"total": total, "submitted": submitted, "succeeded": len(outcomes.get("succeeded", [])),
-                    "failed": outcomes.get("failed", []), "median_request": statistics.median(durations)
+                    "failed": outcomes.get("failed", []), "calls": calls, "median_request": statistics.median(durations)
                     if durations else float("nan"), "load": load}
         finally:
             service.stop()
@@ -342,6 +351,7 @@ def main() -> int:
                 print(f"conductor: {conductor['succeeded']}/{args.count} reboots succeeded in "
                       f"{conductor['total']:.1f} s (submitted in {conductor['submitted']:.1f} s; median request "
                       f"{conductor['median_request']:.1f} s); before: {conductor['load']}", flush=True)
+                print(f"  driver calls: {conductor['calls']}", flush=True)
                 if conductor["failed"]:
                     print(f"  {len(conductor['failed'])} FAILED, e.g.: {conductor['failed'][0]['error']}")
                 if not ok:

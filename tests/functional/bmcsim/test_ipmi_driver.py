@@ -234,3 +234,22 @@ def test_observer_corrects_drift_and_fences_a_dead_bmc(ipmi_service, fleet: Flee
     events = [e["event"] for e in
               service.http.get(f"{service.url}/v1/nodes/{dying.name}/history", timeout=10).json()["history"]]
     assert events.index("maintenance.cleared") < events.index("maintenance.fault")  # newest first
+
+
+def test_two_nodes_on_one_bmc_take_turns(ipmi_service, fleet: Fleet, new_bmc: Callable[..., BMCSpec]) -> None:
+    """The BMC's in-flight lock, end to end: the busy step is polled again, nothing fails."""
+    service = ipmi_service()
+    bmc = new_bmc(delay=0.2)
+    for name in ("blade-a", "blade-b"):
+        response = service.http.post(f"{service.url}/v1/nodes", json={"name": name, "driver": "ipmi",
+                                                                      "driver_info": bmc.driver_info()}, timeout=10)
+        assert response.status_code == 201, response.text
+        assert service.wait_request(put(service, name, "provision", "manage"))["state"] == "succeeded"
+    # Targets that agree (two reboots of one machine would undo each other's phases).
+    for target in ("power on", "power off", "power on"):
+        ids = [put(service, name, "power", target) for name in ("blade-a", "blade-b")]
+        assert [service.wait_request(rid)["state"] for rid in ids] == ["succeeded", "succeeded"]
+        assert fleet.state(bmc.name)["power"] == target.split()[-1]
+    ids = [service.http.put(f"{service.url}/v1/nodes/{name}/management/boot_device", json={"boot_device": "pxe"},
+                            timeout=10).json()["id"] for name in ("blade-a", "blade-b")]
+    assert [service.wait_request(rid)["state"] for rid in ids] == ["succeeded", "succeeded"]
