@@ -40,6 +40,8 @@ setup(
         "click>=8.1",
         "gunicorn>=22.0",
         "prometheus-client>=0.20",
+        # The live view of `conductor demo`.
+        "rich>=13",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],

@@ -4,6 +4,7 @@ The whole tree::
 
     ConductorError (500 internal_error)
     +-- Unauthorized (401 unauthorized)
+    |   +-- InvalidAgentToken (401 invalid_agent_token)
     +-- Forbidden (403 forbidden)
     +-- NotFound (404 not_found)
     |   +-- NodeNotFound (404 node_not_found)
@@ -21,6 +22,7 @@ The whole tree::
     |   +-- NodeNameInUse (409 node_name_in_use)
     |   +-- NodeNotDeletable (409 node_not_deletable)
     |   +-- NodeLocked (409 node_locked)
+    |   +-- NodeNotWaiting (409 node_not_waiting)
     +-- IdempotencyKeyReused (422 idempotency_key_reused)
     +-- ServiceUnavailable (503 service_unavailable)
     |   +-- QueueUnavailable (503 queue_unavailable)
@@ -78,6 +80,12 @@ class Unauthorized(ConductorError):
 
     status = 401
     code = "unauthorized"
+
+
+class InvalidAgentToken(Unauthorized):
+    """The heartbeat did not carry the agent token issued for the node's current workflow."""
+
+    code = "invalid_agent_token"
 
 
 class Forbidden(ConductorError):
@@ -182,6 +190,12 @@ class NodeLocked(Conflict):
     """A conductor holds the node's reservation."""
 
     code = "node_locked"
+
+
+class NodeNotWaiting(Conflict):
+    """The node is not waiting for its agent (no wait state, or its call-back was already taken)."""
+
+    code = "node_not_waiting"
 
 
 class IdempotencyKeyReused(ConductorError):

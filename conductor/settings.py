@@ -102,6 +102,19 @@ class Settings:
     power_sync_max_failures: int = 3
     #: Whether undeploy and provide run automated cleaning.
     automated_clean: bool = True
+    #: How long a node may wait for its agent in ``wait call-back``,
+    #: ``clean wait`` and ``inspect wait`` before the watchdog fails it.
+    deploy_callback_timeout: float = 1800.0
+    clean_callback_timeout: float = 1800.0
+    inspect_callback_timeout: float = 1800.0
+    #: How often (at most) one conductor of the deployment checks for overdue waits.
+    wait_check_interval: float = 1.0
+    #: The "TFTP root" of the pxe deploy: per-node boot configs (kernel
+    #: parameters: API URL and agent token) the booting agent reads.
+    #: Empty means ``<data_dir>/pxe``.
+    pxe_root: str = ""
+    #: The API URL agents call back; empty means ``http://<api_host>:<api_port>``.
+    agent_api_url: str = ""
 
     #: Whether the API requires bearer tokens.  Switching it off is only
     #: allowed while ``api_host`` is a loopback address.
@@ -146,6 +159,16 @@ class Settings:
     def api_url_file(self) -> Path:
         """Where ``conductor up`` records the URL it serves (the CLI's "local service")."""
         return self.data_dir / "api.url"
+
+    @property
+    def pxe_dir(self) -> Path:
+        """Where the pxe deploy writes per-node boot configs."""
+        return Path(self.pxe_root).expanduser() if self.pxe_root else self.data_dir / "pxe"
+
+    @property
+    def agent_url(self) -> str:
+        """The API URL given to agents."""
+        return self.agent_api_url or f"http://{self.api_host}:{self.api_port}"
 
     @property
     def base_name(self) -> str:

@@ -108,6 +108,8 @@ class Supervisor:
             DATABASE_URL=settings.sqlalchemy_url,
             REDIS_URL=settings.redis_url,
             CONDUCTOR_LOG_LEVEL=settings.log_level,
+            # Workers give it to the agents they boot (boot configs).
+            CONDUCTOR_AGENT_API_URL=settings.agent_url,
         )
         exe = [sys.executable, "-m", "conductor"]
         logs = settings.data_dir / "logs"

@@ -56,7 +56,10 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
         # Swagger UI's "Authorize" button takes a bearer token.
         API_SPEC_OPTIONS={
             "security": [{"bearerAuth": []}],
-            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+            "components": {"securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "agentToken": {"type": "apiKey", "in": "header", "name": "X-Agent-Token"},
+            }},
         },
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]

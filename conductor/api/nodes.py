@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 from flask.views import MethodView
 
 from conductor.api import admission, schemas
 from conductor.api.common import Blueprint, context, json_response, next_link, session
-from conductor.service import history, nodes
+from conductor.service import agent, history, nodes
 from conductor.service import requests as request_service
 
 blp = Blueprint("nodes", __name__, url_prefix="/v1/nodes", description="Nodes and their state changes")
@@ -146,3 +146,17 @@ class NodeHistory(MethodView):
             "history": [history.to_dict(e) for e in entries],
             "next": next_link(entries, args["limit"], entries[-1].id if entries else None),
         }
+
+
+@blp.route("/<ident>/heartbeat")
+class Heartbeat(MethodView):
+    @blp.arguments(schemas.Heartbeat)
+    @blp.response(200, schemas.HeartbeatAnswer)
+    @blp.doc(security=[{"agentToken": []}])
+    def post(self, body: dict[str, Any], ident: str) -> dict[str, Any]:
+        """The node's agent calls back (header ``X-Agent-Token``, not a bearer token).
+
+        Answered with the command to run; a ``command_result`` ends the
+        node's wait (once: 409 ``node_not_waiting`` afterwards).
+        """
+        return agent.heartbeat(context(), ident, request.headers.get("X-Agent-Token"), body)

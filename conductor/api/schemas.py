@@ -83,6 +83,7 @@ class NodeStates(ma.Schema):
     target_provision_state = ma.fields.String(allow_none=True)
     last_error = ma.fields.String(allow_none=True)
     request_id = ma.fields.String(allow_none=True)
+    step = ma.fields.String(allow_none=True, metadata={"description": "The active request's current step"})
     updated_at = ma.fields.DateTime()
 
 
@@ -121,6 +122,35 @@ class BootDevice(ma.Schema):
 class ProvisionChange(Strict):
     target = ma.fields.String(required=True, validate=validate.OneOf([str(t) for t in ProvisionTarget]))
     callback_url = _CALLBACK
+    image_source = ma.fields.String(
+        metadata={"description": "Image to deploy (active, rebuild; required there): an http(s)/file URL or an image name"}
+    )
+    configdrive = ma.fields.Raw(
+        metadata={"description": "Config drive (active, rebuild): a string or a JSON object, at most 64 KiB"}
+    )
+
+
+class CommandResult(Strict):
+    id = ma.fields.String(required=True, validate=validate.Length(max=64))
+    status = ma.fields.String(required=True, validate=validate.OneOf(["succeeded", "failed"]))
+    error = ma.fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    inventory = ma.fields.Dict(load_default=None, allow_none=True,
+                               metadata={"description": "inspect: cpus, cpu_arch, memory_mb, local_gb, disks, nics"})
+
+
+class Heartbeat(Strict):
+    agent_version = ma.fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    command_result = ma.fields.Nested(
+        CommandResult, load_default=None, allow_none=True,
+        metadata={"description": "The outcome of the command this agent was given"},
+    )
+
+
+class HeartbeatAnswer(ma.Schema):
+    node = ma.fields.String()
+    provision_state = ma.fields.String()
+    command = ma.fields.Dict(allow_none=True, metadata={"description": "What the agent must do: id, name, params"})
+    accepted = ma.fields.Boolean(metadata={"description": "The command_result was taken"})
 
 
 class CallbackStatus(ma.Schema):

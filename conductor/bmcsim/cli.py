@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -59,11 +60,25 @@ def _remote(ctx: click.Context) -> RemoteFleet:
 @click.option("--exit-with-parent", is_flag=True,
               help="Stop when the process that started this one exits (for test harnesses).")
 @click.option("--log-level", default="WARNING", show_default=True)
+@click.option("--agent/--no-agent", default=True, show_default=True,
+              help="Simulate deploy agents: machines network-booted by the conductor call it back.")
+@click.option("--pxe-root", type=click.Path(file_okay=False), default=None,
+              help="The conductor's TFTP root (its pxe_root; default <conductor data dir>/pxe).")
+@click.option("--agent-boot-delay", default=2.0, show_default=True, help="Seconds an agent takes to boot.")
+@click.option("--agent-work-duration", default=2.0, show_default=True,
+              help="Seconds an agent takes per command (write image, erase, inspect).")
+@click.option("--agent-failure-rate", default=0.0, show_default=True, help="Probability that a command fails.")
 def run(count: int, base_port: int, host: str, delay: float, control_port: int,
         inventory_path: str | None, password_mode: str, username: str, password: str,
         shards: int | None, initial_power: str, ready_json: bool, exit_with_parent: bool,
-        log_level: str) -> None:
-    """Run a fleet in the foreground until interrupted."""
+        log_level: str, agent: bool, pxe_root: str | None, agent_boot_delay: float,
+        agent_work_duration: float, agent_failure_rate: float) -> None:
+    """Run a fleet in the foreground until interrupted.
+
+    With --agent (the default) a machine powered on from pxe reads the boot
+    config the conductor wrote for it under --pxe-root and heartbeats to the
+    conductor's API (see docs/deploy.md).
+    """
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fleet = Fleet(count, base_port=base_port, host=host, delay=delay, username=username,
@@ -80,6 +95,14 @@ def run(count: int, base_port: int, host: str, delay: float, control_port: int,
         raise click.ClickException(f"control port {control_port}: {exc}") from None
     if inventory_path:
         fleet.write_inventory(inventory_path)
+    agents = None
+    if agent:
+        from conductor.bmcsim.agent import SimAgent
+        from conductor.settings import load
+
+        root = Path(pxe_root) if pxe_root else load().pxe_dir
+        agents = SimAgent(fleet, root, boot_delay=agent_boot_delay, work_duration=agent_work_duration,
+                          failure_rate=agent_failure_rate).start()
     ready = {"control_url": server.url, "host": host, "base_port": fleet.base_port, "count": count,
              "shards": fleet.shard_count, "started_in": round(fleet.started_in or 0.0, 3),
              "inventory": inventory_path}
@@ -102,6 +125,8 @@ def run(count: int, base_port: int, host: str, delay: float, control_port: int,
     else:
         stop.wait()
     server.stop()
+    if agents is not None:
+        agents.stop()
     fleet.stop()
 
 

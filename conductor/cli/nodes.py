@@ -202,6 +202,26 @@ def _state_command(kind: str, target: str, help_text: str) -> click.Command:
     return command
 
 
+def _image_command(target: str, help_text: str) -> click.Command:
+    @click.command(help=help_text)
+    @click.argument("node_id", metavar="NODE")
+    @click.option("--image", "image_source", required=True, help="Image to write: an http(s)/file URL or a name.")
+    @click.option("--configdrive", type=click.File("r"), default=None,
+                  help="File whose content is the config drive (at most 64 KiB).")
+    @_wait
+    @_timeout
+    @_callback
+    @pass_obj
+    def command(obj: Obj, node_id: str, image_source: str, configdrive: Any, wait: bool,
+                timeout: float | None, callback_url: str | None) -> None:
+        extra: dict[str, Any] = {"image_source": image_source}
+        if configdrive is not None:
+            extra["configdrive"] = configdrive.read()
+        _state_change(obj, node_id, "provision", target, wait, timeout, callback_url, extra)
+
+    return command
+
+
 for _name, _target, _help in (
     ("on", "power on", "Power the node on."),
     ("off", "power off", "Power the node off (hard)."),
@@ -218,12 +238,12 @@ for _name, _target, _help in (
     ("provide", "provide", "Clean and make available: manageable -> available."),
     ("inspect", "inspect", "Discover the hardware: manageable -> manageable."),
     ("clean", "clean", "Erase the node: manageable -> manageable."),
-    ("deploy", "active", "Deploy an image: available -> active."),
-    ("rebuild", "rebuild", "Deploy again: active -> active."),
     ("undeploy", "deleted", "Tear down and clean: active -> available."),
     ("abort", "abort", "Abort a wait (wait call-back, clean wait, inspect wait)."),
 ):
     node.add_command(_state_command("provision", _target, _help), _name)
+node.add_command(_image_command("active", "Deploy an image: available -> active."), "deploy")
+node.add_command(_image_command("rebuild", "Deploy again: active -> active."), "rebuild")
 
 
 @node.command("boot-device")

@@ -195,4 +195,51 @@ def _without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-COMMANDS = [up, api, worker, callback_worker, db]
+@click.command()
+@click.option("--nodes", "count", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Simulated BMCs (ipmi nodes).")
+@click.option("--exit", "exit_after", is_flag=True, help="Stop once the script is done (default: run until Ctrl-C).")
+@_data_dir
+@click.option("--port", type=int, default=6385, show_default=True, help="API port (another free one if taken).")
+@click.option("--boot-delay", type=float, default=1.5, show_default=True,
+              help="Seconds a simulated agent takes to boot.")
+@click.option("--work-duration", type=float, default=1.0, show_default=True,
+              help="Seconds a simulated agent takes per command (write image, erase, inspect).")
+def demo(count: int, exit_after: bool, data_dir: Path | None, port: int, boot_delay: float,
+         work_duration: float) -> None:
+    """Run the service with simulated BMCs and agents; deploy them all under a live view.
+
+    Uses a new temporary data directory unless --data-dir (or
+    $CONDUCTOR_DATA_DIR) names one.
+    """
+    import os
+
+    from conductor.demo import Demo, DemoError
+
+    chosen = data_dir or (Path(os.environ["CONDUCTOR_DATA_DIR"]) if os.environ.get("CONDUCTOR_DATA_DIR") else None)
+    run = Demo(nodes=count, data_dir=chosen, port=port, boot_delay=boot_delay, work_duration=work_duration)
+    stopping = {"flag": False}
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stopping["flag"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        run.console.print(f"Starting {count} simulated BMCs and the service in {run.data_dir} ...")
+        run.start()
+        summary = run.run_script()
+        run.print_summary(summary)
+        if not exit_after:
+            run.console.print("The service keeps running; press Ctrl-C to stop.")
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    except (DemoError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        run.console.print("Stopping...")
+        run.stop()
+
+
+COMMANDS = [up, api, worker, callback_worker, db, demo]

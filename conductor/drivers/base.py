@@ -161,22 +161,53 @@ class DeployInterface(Interface):
         """Discover the hardware into ``properties`` (state ``inspecting``)."""
 
 
+#: The ``driver_info`` key choosing a node's deploy interface.
+DEPLOY_INTERFACE_KEY = "deploy_interface"
+
+
 @dataclasses.dataclass(frozen=True)
 class Driver:
-    """A named composition of interfaces."""
+    """A named composition of interfaces.
+
+    ``deploy`` is the default deploy interface; ``deploy_interfaces`` lists
+    every deploy interface a node of this driver may choose by name with
+    ``driver_info.deploy_interface`` (the default is among them).
+    """
 
     name: str
     power: PowerInterface
     deploy: DeployInterface
     management: ManagementInterface | None = None
+    deploy_interfaces: Mapping[str, DeployInterface] = dataclasses.field(default_factory=dict)
 
     def interfaces(self) -> list[Interface]:
         """Every interface of the driver."""
-        return [i for i in (self.power, self.management, self.deploy) if i is not None]
+        deploys = [self.deploy, *(d for d in self.deploy_interfaces.values() if d is not self.deploy)]
+        return [i for i in (self.power, self.management, *deploys) if i is not None]
+
+    def deploy_for(self, driver_info: Mapping[str, Any]) -> DeployInterface:
+        """The deploy interface a node with ``driver_info`` uses (validated at create/patch)."""
+        name = driver_info.get(DEPLOY_INTERFACE_KEY)
+        if name is None:
+            return self.deploy
+        return self.deploy_interfaces[name]
+
+    def default_deploy_name(self) -> str:
+        """The name of the default deploy interface."""
+        for name, interface in self.deploy_interfaces.items():
+            if interface is self.deploy:
+                return name
+        return "default"
 
     def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
         """Field errors of ``driver_info`` for this driver (empty when valid)."""
         errors: dict[str, str] = {}
+        chosen = driver_info.get(DEPLOY_INTERFACE_KEY)
+        if chosen is not None and chosen not in self.deploy_interfaces:
+            errors[DEPLOY_INTERFACE_KEY] = (
+                f"must be one of {sorted(self.deploy_interfaces)} for driver {self.name} "
+                f"(default {self.default_deploy_name()})"
+            )
         for interface in self.interfaces():
             errors.update(interface.validate(driver_info))
         return errors
@@ -184,6 +215,11 @@ class Driver:
     def fields(self) -> dict[str, Field]:
         """Every ``driver_info`` field the driver reads."""
         merged: dict[str, Field] = {}
+        if self.deploy_interfaces:
+            merged[DEPLOY_INTERFACE_KEY] = Field(
+                f"Deploy interface: {', '.join(sorted(self.deploy_interfaces))} "
+                f"(default {self.default_deploy_name()})."
+            )
         for interface in self.interfaces():
             merged.update(interface.fields)
         return merged

@@ -132,7 +132,11 @@ class FakeDeploy(_Validating, base.DeployInterface):
 
 
 def driver() -> base.Driver:
-    """The fake driver."""
+    """The fake driver (deploy interface ``fake`` by default; ``pxe`` drives the agent protocol)."""
+    from conductor.drivers.pxe import PXEDeploy
+
+    deploy = FakeDeploy()
     return base.Driver(
-        name="fake", power=FakePower(), management=FakeManagement(), deploy=FakeDeploy()
+        name="fake", power=FakePower(), management=FakeManagement(), deploy=deploy,
+        deploy_interfaces={"fake": deploy, "pxe": PXEDeploy()},
     )

@@ -277,13 +277,19 @@ class _NoFields(fake.FakeDeploy):
 
 
 def driver() -> base.Driver:
-    """The ipmi driver."""
+    """The ipmi driver: deploy interface ``pxe`` (an agent booted from the network) by default.
+
+    ``deploy_interface: fake`` makes deploy, clean and inspect complete at
+    once (power and boot device still go to the BMC): for benchmarks of the
+    power path.
+    """
+    from conductor.drivers.pxe import PXEDeploy
+
+    deploy = PXEDeploy()
     return base.Driver(
         name="ipmi",
         power=IPMIPower(),
         management=IPMIManagement(),
-        # Placeholder: the deploy engineer (issue 4) replaces this with the
-        # ``pxe`` deploy interface.  Until then deploy/clean/inspect steps
-        # complete at once, as with the fake driver (fake_delay 0).
-        deploy=_NoFields(),
+        deploy=deploy,
+        deploy_interfaces={"pxe": deploy, "fake": _NoFields()},
     )

@@ -57,9 +57,9 @@ def observe(task: Task, state: P | None) -> None:
         )
 
 
-def _send(task: Task, command: P) -> None:
+def _send(task: Task, command: P, progress: dict[str, object]) -> None:
     task.driver.power.set_power_state(task, command)
-    task.progress.update(sent_at=time.time(), command=str(command), interval=None)
+    progress.update(sent_at=time.time(), command=str(command), interval=None)
     history.record(
         task.session,
         task.node,
@@ -91,7 +91,7 @@ def step(task: Task) -> StepResult:
             if current == want:
                 _next_phase(progress)
                 continue
-            _send(task, command)
+            _send(task, command, progress)
         # Check at once: a fast BMC is done without a continuation.
         current = task.driver.power.get_power_state(task)
         observe(task, current)
@@ -106,7 +106,7 @@ def step(task: Task) -> StepResult:
                     f"Node reports {current or 'unknown'} {elapsed:.0f} s after soft power off "
                     "was sent (the OS ignored ACPI; fall back to hard power off is disabled)."
                 )
-            _send(task, P.POWER_OFF)
+            _send(task, P.POWER_OFF, progress)
             return Poll(settings.power_poll_initial, "hard power off after soft power off timed out")
         if elapsed > settings.power_timeout:
             raise DriverError(
@@ -118,6 +118,39 @@ def step(task: Task) -> StepResult:
         progress["interval"] = interval
         return Poll(interval, f"waiting for {want}")
     return DONE
+
+
+def reach(task: Task, want: P, progress: dict[str, object]) -> Poll | None:
+    """Bring the node to power state ``want`` (on or off) as part of another workflow.
+
+    Sends the command once (unless the node is there already), then checks;
+    returns None once the BMC reports ``want``, else the :class:`Poll` to
+    come back with.  ``progress`` is the caller's continuation for this
+    phase.
+
+    :raises DriverError: the BMC failed or did not get there within ``power_timeout``.
+    """
+    settings = task.settings
+    if "sent_at" not in progress:
+        current = task.driver.power.get_power_state(task)
+        observe(task, current)
+        if current == want:
+            return None
+        _send(task, want, progress)
+    current = task.driver.power.get_power_state(task)
+    observe(task, current)
+    if current == want:
+        return None
+    elapsed = time.time() - float(progress["sent_at"])  # type: ignore[arg-type]
+    if elapsed > settings.power_timeout:
+        raise DriverError(
+            f"Node reports {current or 'unknown'} {elapsed:.0f} s after {want} was sent "
+            f"(timeout {settings.power_timeout:g} s)."
+        )
+    interval = min(float(progress.get("interval") or settings.power_poll_initial / 2) * 2,  # type: ignore[arg-type]
+                   settings.power_poll_max)
+    progress["interval"] = interval
+    return Poll(interval, f"waiting for {want}")
 
 
 def _next_phase(progress: dict[str, object]) -> None:

@@ -68,15 +68,15 @@ def _verify(task: Task) -> StepResult:
 def _clean(task: Task) -> StepResult:
     if task.request.target in AUTOMATED_CLEAN_TARGETS and not task.settings.automated_clean:
         return DONE
-    return task.driver.deploy.clean(task)
+    return task.deploy.clean(task)
 
 
 HANDLERS: dict[str, Callable[[Task], StepResult]] = {
     S.VERIFYING: _verify,
-    S.INSPECTING: lambda task: task.driver.deploy.inspect(task),
+    S.INSPECTING: lambda task: task.deploy.inspect(task),
     S.CLEANING: _clean,
-    S.DEPLOYING: lambda task: task.driver.deploy.deploy(task),
-    S.DELETING: lambda task: task.driver.deploy.tear_down(task),
+    S.DEPLOYING: lambda task: task.deploy.deploy(task),
+    S.DELETING: lambda task: task.deploy.tear_down(task),
 }
 
 

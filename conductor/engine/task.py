@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from conductor import drivers, metrics
 from conductor.context import Context
-from conductor.drivers.base import Driver
+from conductor.drivers.base import DeployInterface, Driver
 from conductor.exceptions import NodeLocked, RequestNotFound
 from conductor.fsm.states import RequestState
 from conductor.models import Node, Request, UTCDateTime, utcnow
@@ -53,6 +53,11 @@ class Task:
         #: lock), by their own keys; ``cleanups`` give it back when the step ends.
         self.held: dict[Any, Any] = {}
         self.cleanups: list[Callable[[], None]] = []
+
+    @property
+    def deploy(self) -> DeployInterface:
+        """The node's deploy interface (``driver_info.deploy_interface`` or the driver's default)."""
+        return self.driver.deploy_for(self.node.driver_info or {})
 
     @property
     def settings(self) -> Settings:

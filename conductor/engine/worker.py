@@ -4,7 +4,8 @@ The job loop is RQ's ``SimpleWorker`` (jobs run in this process, no fork
 per job): jobs are short steps that never sleep on hardware, and drivers
 keep their BMC sessions open across jobs.  A background thread does the
 chores: pump due timers into the work queue (every ``TIMER_TICK``), beat
-the conductor's heart, sweep for dead conductors and lost jobs, and start
+the conductor's heart, fail agent waits past their timeout (the
+watchdog), sweep for dead conductors and lost jobs, and start
 the power state observer's rounds (whose reads run as jobs, never in this
 thread: pyghmi is used by one thread per process).
 
@@ -29,7 +30,7 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from conductor.context import Context
-from conductor.engine import conductors, jobs, power_sync, sweeper
+from conductor.engine import conductors, jobs, power_sync, sweeper, watchdog
 from conductor.settings import Settings
 from conductor.throttle import settings as throttle_settings
 
@@ -90,7 +91,7 @@ class Chores(threading.Thread):
 
     def run(self) -> None:
         settings = self.ctx.settings
-        next_beat = next_sweep = time.monotonic()
+        next_beat = next_sweep = next_watch = time.monotonic()
         observer = power_sync.Observer(self.ctx)
         while not self.stopping.is_set():
             now = time.monotonic()
@@ -103,6 +104,12 @@ class Chores(threading.Thread):
                         os.kill(os.getpid(), signal.SIGTERM)  # RQ's warm shutdown
                         return
                     next_beat = now + settings.heartbeat_interval
+                if now >= next_watch:
+                    # One conductor per interval (a Redis lock) fails overdue agent waits.
+                    timed_out = watchdog.check(self.ctx)
+                    if timed_out:
+                        LOG.warning("Watchdog: %d wait(s) timed out", timed_out)
+                    next_watch = now + settings.wait_check_interval
                 if now >= next_sweep:
                     fixed = sweeper.sweep(self.ctx)
                     if any(fixed.values()):

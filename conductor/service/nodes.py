@@ -30,7 +30,7 @@ from conductor.exceptions import (
 )
 from conductor.fsm import table
 from conductor.fsm.states import ProvisionState
-from conductor.models import Node, utcnow
+from conductor.models import Node, Request, utcnow
 from conductor.service import history
 
 MASK = "******"
@@ -359,8 +359,10 @@ _STATE_COLUMNS = (
 )
 # Built once: clients poll this, and building a statement costs more than
 # running it on SQLite.
-_STATES_BY_UUID = sa.select(*_STATE_COLUMNS).where(Node.uuid == sa.bindparam("ident"))
-_STATES_BY_NAME = sa.select(*_STATE_COLUMNS).where(Node.name == sa.bindparam("ident"))
+# The active request's step comes along (what the workflow is doing now).
+_STATES = sa.select(*_STATE_COLUMNS, Request.step).outerjoin(Request, Request.id == Node.active_request_id)
+_STATES_BY_UUID = _STATES.where(Node.uuid == sa.bindparam("ident"))
+_STATES_BY_NAME = _STATES.where(Node.name == sa.bindparam("ident"))
 
 
 def states(conn: sa.Connection, ident: str) -> dict[str, Any]:
@@ -383,6 +385,7 @@ def states(conn: sa.Connection, ident: str) -> dict[str, Any]:
         "target_provision_state": row.target_provision_state,
         "last_error": row.last_error,
         "request_id": row.active_request_id,
+        "step": row.step if row.active_request_id else None,
         "updated_at": row.updated_at,
     }
 

@@ -20,7 +20,10 @@ hears 503, so nothing is left dangling.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import re
+import urllib.parse
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -44,6 +47,7 @@ from conductor.exceptions import (
     RequestNotFound,
     TransitionInProgress,
 )
+from conductor.drivers import pxe
 from conductor.fsm import machine, table
 from conductor.fsm.states import (
     ACTIVE_REQUEST_STATES,
@@ -55,6 +59,7 @@ from conductor.fsm.states import (
 )
 from conductor.models import IdempotencyRecord, Node, Request, new_request_id, utcnow
 from conductor.service import history, nodes
+from conductor.settings import Settings
 from conductor.throttle import idempotency
 from conductor.throttle.idempotency import IdempotencyKey
 
@@ -227,7 +232,10 @@ def submit_provision(
         QueueUnavailable: as the API documents.
     """
     if target == ProvisionTarget.ABORT:
+        if params:
+            check_provision_params(target, params)
         return abort(ctx, ident, callback_url, client, idempotency_key)
+    params = check_provision_params(target, params or {})
 
     def validate(node: Any) -> dict[str, Any]:
         machine.target_event(node.provision_state, target)
@@ -249,6 +257,70 @@ def submit_provision(
         idempotency_key,
         validate,
     )
+
+
+#: Targets that deploy an image: they need ``image_source``, may take ``configdrive``.
+IMAGE_TARGETS = frozenset({ProvisionTarget.ACTIVE, ProvisionTarget.REBUILD})
+MAX_CONFIGDRIVE = 64 * 1024
+MAX_IMAGE_SOURCE = 2048
+_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
+_IMAGE_SCHEMES = frozenset({"http", "https", "file"})
+
+
+def check_provision_params(target: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The provision request's extra inputs, checked (``image_source``, ``configdrive``).
+
+    :raises InvalidInput: a missing, malformed or oversized input, or one the target does not take.
+    """
+    errors: dict[str, str] = {}
+    known = {"image_source", "configdrive"}
+    for key in sorted(set(params) - known):
+        errors[key] = "unknown field"
+    if target not in IMAGE_TARGETS:
+        for key in sorted(known & set(params)):
+            errors[key] = f"only taken by the targets {', '.join(sorted(IMAGE_TARGETS))}"
+    else:
+        image = params.get("image_source")
+        if image is None or image == "":
+            errors["image_source"] = "required: an http(s) or file URL, or an image name"
+        elif not isinstance(image, str) or len(image) > MAX_IMAGE_SOURCE:
+            errors["image_source"] = f"must be a string of at most {MAX_IMAGE_SOURCE} characters"
+        elif "://" in image:
+            parsed = urllib.parse.urlsplit(image)
+            if parsed.scheme not in _IMAGE_SCHEMES or (parsed.scheme != "file" and not parsed.hostname):
+                errors["image_source"] = "must be an http(s) or file URL, or an image name"
+        elif not _IMAGE_NAME.match(image):
+            errors["image_source"] = "an image name is letters, digits and . _ : - (at most 255)"
+        drive = params.get("configdrive")
+        if drive is not None:
+            if not isinstance(drive, str | dict):
+                errors["configdrive"] = "must be a string or a JSON object"
+            else:
+                size = len((drive if isinstance(drive, str) else json.dumps(drive)).encode())
+                if size > MAX_CONFIGDRIVE:
+                    errors["configdrive"] = f"is {size} bytes; at most {MAX_CONFIGDRIVE} (64 KiB)"
+    if errors:
+        raise InvalidInput(
+            "Invalid provision request: " + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items())),
+            errors=errors,
+        )
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def public_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Request parameters as shown: the config drive (user data, keys) by size only, URL passwords masked."""
+    shown = dict(params or {})
+    drive = shown.get("configdrive")
+    if drive is not None:
+        size = len((drive if isinstance(drive, str) else json.dumps(drive)).encode())
+        shown["configdrive"] = f"<{size} bytes>"
+    image = shown.get("image_source")
+    if isinstance(image, str) and "@" in image and "://" in image:
+        parsed = urllib.parse.urlsplit(image)
+        if parsed.password:
+            netloc = f"{parsed.username}:******@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+            shown["image_source"] = urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+    return shown
 
 
 def _identical(active: Any, kind: str, target: str, params: Mapping[str, Any], callback_url: str | None) -> bool:
@@ -514,7 +586,7 @@ def cancel(ctx: Context, request_id: str) -> Request:
         if request.state == RequestState.WAITING:
             node = session.get(Node, request.node_id)
             assert node is not None
-            _abort_waiting(session, node, request, "Cancelled by the user.")
+            _abort_waiting(session, node, request, "Cancelled by the user.", ctx.settings)
             session.commit()
             _drop_job(ctx, request.id)
             return request
@@ -547,7 +619,7 @@ def _drop_job(ctx: Context, request_id: str) -> None:
         LOG.warning("Could not drop the job of request %s; the worker will skip it.", request_id)
 
 
-def _abort_waiting(session: Session, node: Node, request: Request, reason: str) -> None:
+def _abort_waiting(session: Session, node: Node, request: Request, reason: str, settings: Settings) -> None:
     """Abort the wait of ``request`` on ``node`` (``wait call-back`` and friends).
 
     :raises RequestNotCancellable: a step of it is running right now.
@@ -569,6 +641,8 @@ def _abort_waiting(session: Session, node: Node, request: Request, reason: str) 
         )
     session.refresh(request)
     if node.provision_state in table.WAIT_STATES:
+        # The agent's token dies with the wait (a late heartbeat gets 401).
+        pxe.forget_agent(settings, node)
         before = node.provision_state
         node.provision_state = str(machine.next_state(before, Event.ABORT))
         node.last_error = f"Aborted in {before}: {reason}"
@@ -641,7 +715,7 @@ def abort(
                     f"Request {waiting.id} is running a step that cannot be interrupted; retry shortly.",
                     request_id=waiting.id,
                 )
-            _abort_waiting(session, node, waiting, f"Aborted by request {abort_request.id}.")
+            _abort_waiting(session, node, waiting, f"Aborted by request {abort_request.id}.", ctx.settings)
         else:
             before = node.provision_state
             node.provision_state = str(machine.next_state(before, Event.ABORT))
@@ -675,7 +749,7 @@ def to_dict(request: Request) -> dict[str, Any]:
         "node_uuid": request.node_uuid,
         "kind": request.kind,
         "target": request.target,
-        "params": request.params or {},
+        "params": public_params(request.params),
         "state": request.state,
         "step": request.step,
         "error": request.error,

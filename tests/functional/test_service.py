@@ -28,7 +28,7 @@ def put(service, node, kind, target):  # type: ignore[no-untyped-def]
 def test_cli_drives_a_node_through_its_life(service_factory) -> None:
     service = service_factory(workers=2)
     service.cli("node", "create", "--driver", "fake", "--name", "life", "-i", "fake_delay=0.2")
-    for command in (["node", "manage"], ["node", "provide"], ["node", "deploy"], ["node", "reboot"],
+    for command in (["node", "manage"], ["node", "provide"], ["node", "deploy", "--image", "ubuntu-24.04"], ["node", "reboot"],
                     ["node", "power", "soft-off"], ["node", "undeploy"]):
         result = service.cli(*command, "life", "--wait")
         assert "succeeded" in result.stderr
@@ -46,7 +46,7 @@ def test_cli_wait_exits_non_zero_when_the_request_fails(service_factory) -> None
     result = service.cli("node", "manage", "bad", "--wait", check=False)
     assert result.returncode == 1
     assert "no BMC" in result.stderr
-    result = service.cli("node", "deploy", "bad", check=False)
+    result = service.cli("node", "deploy", "bad", "--image", "img", check=False)
     assert result.returncode == 1 and "invalid_transition" in result.stderr
 
 

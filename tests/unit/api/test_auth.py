@@ -29,6 +29,8 @@ EXPECTED = {
     ("GET", "/v1/nodes/<ident>/management/boot_device"): READER,
     ("PUT", "/v1/nodes/<ident>/management/boot_device"): OPERATOR,
     ("GET", "/v1/nodes/<ident>/history"): READER,
+    # The agent's own token, checked by the view (tests/unit/engine/test_pxe.py).
+    ("POST", "/v1/nodes/<ident>/heartbeat"): PUBLIC,
     ("GET", "/v1/requests"): READER,
     ("GET", "/v1/requests/<request_id>"): READER,
     ("DELETE", "/v1/requests/<request_id>"): OPERATOR,

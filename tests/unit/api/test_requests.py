@@ -53,7 +53,7 @@ def test_other_request_in_flight_is_409_with_the_active_request(client, node) ->
 
 
 def test_target_the_fsm_refuses_is_400_with_allowed_targets(client, node) -> None:
-    response = client.put("/v1/nodes/n1/states/provision", json={"target": "active"})
+    response = client.put("/v1/nodes/n1/states/provision", json={"target": "active", "image_source": "img"})
     assert response.status_code == 400
     assert response.json["code"] == "invalid_transition"
     assert response.json["allowed_targets"] == ["manage"]

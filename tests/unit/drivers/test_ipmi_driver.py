@@ -51,10 +51,16 @@ def test_credentials_carry_port_and_privilege() -> None:
     assert ipmi.credentials({"ipmi_address": "h"}).port == 623
 
 
-def test_the_driver_composes_power_management_and_a_placeholder_deploy() -> None:
+def test_the_driver_composes_power_management_and_pxe_deploy() -> None:
+    from conductor.drivers.pxe import PXEDeploy
+
     driver = drivers.get("ipmi")
     assert isinstance(driver.power, ipmi.IPMIPower) and isinstance(driver.management, ipmi.IPMIManagement)
-    assert set(driver.fields()) == set(ipmi._FIELDS)
+    assert isinstance(driver.deploy, PXEDeploy) and driver.default_deploy_name() == "pxe"
+    assert set(driver.deploy_interfaces) == {"pxe", "fake"}
+    assert set(driver.fields()) == set(ipmi._FIELDS) | {"deploy_interface"}
+    assert driver.validate({"ipmi_address": "h", "deploy_interface": "iscsi"}) == {
+        "deploy_interface": "must be one of ['fake', 'pxe'] for driver ipmi (default pxe)"}
 
 
 def test_one_call_in_flight_per_bmc(conductor_ctx) -> None:

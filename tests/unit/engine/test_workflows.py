@@ -20,7 +20,10 @@ def make_node(client, name="n1", **driver_info):  # type: ignore[no-untyped-def]
 
 
 def put(client, kind, target, node="n1"):  # type: ignore[no-untyped-def]
-    response = client.put(f"/v1/nodes/{node}/states/{kind}", json={"target": target})
+    body = {"target": target}
+    if target in ("active", "rebuild"):
+        body["image_source"] = "http://images.example/ubuntu.qcow2"
+    response = client.put(f"/v1/nodes/{node}/states/{kind}", json=body)
     assert response.status_code == 202, response.json
     return response.json["id"]
 

@@ -1,0 +1,200 @@
+"""The ``pxe`` deploy interface: network-boot an agent and let it do the work.
+
+Every workflow is a list of phases run as continuations (a job never
+sleeps: power changes are polled with ``Poll``, the agent is waited for
+with ``Wait``, holding no worker)::
+
+    deploy     power off -> agent "write_image" -> boot device disk (persistent)
+               -> power off -> power on                       (reboot into the image)
+    clean      power off -> agent "erase_disks" -> power off
+    inspect    power off -> agent "inspect"     -> power off  (inventory -> properties)
+    tear_down  power off
+
+An agent phase issues a new agent token (only its SHA-256 is kept, in the
+node's ``driver_internal_info``), records the command for the agent, writes
+the node's boot config (API URL, node, token; see :mod:`conductor.bootfiles`),
+sets the boot device to ``pxe`` (one time) and powers the node on, then
+waits (``wait call-back``, ``clean wait`` or ``inspect wait``).  The agent's
+heartbeat (:mod:`conductor.service.agent`) hands it the command and, when it
+reports the result, wakes the request; the phase then checks the result.
+The wait's timeout is ``deploy_callback_timeout`` (``clean_``,
+``inspect_``): the watchdog fails the node when it passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from conductor import bootfiles
+from conductor.drivers import base
+from conductor.exceptions import DriverError
+from conductor.fsm.states import PowerState as P
+from conductor.service import history
+
+if TYPE_CHECKING:
+    from conductor.engine.task import Task
+    from conductor.models import Node
+    from conductor.settings import Settings
+
+#: Inventory keys an agent reports, copied into the node's ``properties``.
+INVENTORY_KEYS = ("cpus", "cpu_arch", "memory_mb", "local_gb", "disks", "nics")
+
+
+def token_hash(token: str) -> str:
+    """What the conductor stores of an agent token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _power(want: P) -> Callable[[Task, dict[str, Any]], base.StepResult | None]:
+    def phase(task: Task, progress: dict[str, Any]) -> base.StepResult | None:
+        from conductor.engine import power
+
+        return power.reach(task, want, progress)
+
+    phase.__doc__ = f"power {'on' if want == P.POWER_ON else 'off'}"
+    return phase
+
+
+def _boot_disk(task: Task, progress: dict[str, Any]) -> None:
+    """boot device disk (persistent)"""
+    _management(task).set_boot_device(task, "disk", persistent=True)
+    return None
+
+
+def _management(task: Task) -> base.ManagementInterface:
+    if task.driver.management is None:
+        raise DriverError(f"Driver {task.driver.name} cannot set a boot device; pxe needs it.")
+    return task.driver.management
+
+
+def _command_params(task: Task, name: str) -> dict[str, Any]:
+    if name == "write_image":
+        params = task.request.params or {}
+        return {k: params[k] for k in ("image_source", "configdrive") if params.get(k) is not None}
+    return {}
+
+
+_TIMEOUT_SETTING = {
+    "write_image": "deploy_callback_timeout",
+    "erase_disks": "clean_callback_timeout",
+    "inspect": "inspect_callback_timeout",
+}
+
+
+def _agent(name: str) -> Callable[[Task, dict[str, Any]], base.StepResult | None]:
+    def phase(task: Task, progress: dict[str, Any]) -> base.StepResult | None:
+        timeout = float(getattr(task.settings, _TIMEOUT_SETTING[name]))
+        if "command_id" not in progress:
+            return _boot_agent(task, name, progress, timeout)
+        result = (task.node.driver_internal_info or {}).get("agent_result") or {}
+        if result.get("id") != progress["command_id"]:
+            # Woken without this command's result (should not happen): wait on,
+            # for what is left of the timeout.
+            left = max(0.0, timeout - (time.time() - float(progress["waiting_since"])))
+            return base.Wait(f"agent {name}", left)
+        finish_agent(task)
+        if result.get("status") != "succeeded":
+            raise DriverError(f"The agent failed to {name.replace('_', ' ')}: "
+                              f"{result.get('error') or 'no reason given'}")
+        if name == "inspect":
+            inventory = result.get("inventory") or {}
+            task.update_properties(**{k: inventory[k] for k in INVENTORY_KEYS if k in inventory})
+        return None
+
+    phase.__doc__ = f"agent {name}"
+    return phase
+
+
+def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float) -> base.Wait:
+    # Each BMC command is marked done in ``progress`` as soon as it is sent:
+    # a paced or busy BMC (TryLater) ends the step and the retry resumes
+    # after the last command sent, never sending one twice.
+    node, settings = task.node, task.settings
+    if "command" not in progress:
+        token = secrets.token_urlsafe(32)
+        command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "name": name, "params": _command_params(task, name)}
+        task.update_internal_info(agent_token_sha256=token_hash(token), agent_command=command, agent_result=None)
+        bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
+                        {"api_url": settings.agent_url, "node": node.uuid, "token": token})
+        progress["command"] = command["id"]
+    if not progress.get("pxe_set"):
+        _management(task).set_boot_device(task, "pxe", persistent=False)
+        progress["pxe_set"] = True
+    task.driver.power.set_power_state(task, P.POWER_ON)
+    progress.update(command_id=progress["command"], waiting_since=time.time())
+    history.record(task.session, node, "agent.command",
+                   f"Booting the agent from the network for {name} (command {progress['command']}); "
+                   f"waiting up to {timeout:g} s for its call-back.",
+                   request_id=task.request.id, conductor=task.conductor)
+    return base.Wait(f"agent {name}", timeout)
+
+
+def finish_agent(task: Task) -> None:
+    """Forget the agent's token, command and boot config (its work is over)."""
+    forget_agent(task.settings, task.node)
+
+
+def forget_agent(settings: Settings, node: Node) -> None:
+    """Revoke ``node``'s agent token and remove its boot config (in the caller's transaction).
+
+    Also used when a wait ends without the agent (abort, cancel, timeout).
+    """
+    bootfiles.remove(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid))
+    info = dict(node.driver_internal_info or {})
+    if "agent_token_sha256" in info or "agent_command" in info:
+        info.pop("agent_token_sha256", None)
+        info.pop("agent_command", None)
+        node.driver_internal_info = info
+
+
+Phase = Callable[["Task", dict[str, Any]], "base.StepResult | None"]
+FLOWS: dict[str, tuple[Phase, ...]] = {
+    "deploy": (_power(P.POWER_OFF), _agent("write_image"), _boot_disk, _power(P.POWER_OFF), _power(P.POWER_ON)),
+    "clean": (_power(P.POWER_OFF), _agent("erase_disks"), _power(P.POWER_OFF)),
+    "inspect": (_power(P.POWER_OFF), _agent("inspect"), _power(P.POWER_OFF)),
+    "tear_down": (_power(P.POWER_OFF),),
+}
+
+
+def run_flow(task: Task, flow: str) -> base.StepResult:
+    """Run ``FLOWS[flow]`` from where the task's progress says, as far as it goes now.
+
+    Each phase starts with a history entry (``deploy.step``) and shows in the
+    request's ``step``.
+    """
+    phases = FLOWS[flow]
+    progress = task.progress
+    while (index := int(progress.get("phase", 0))) < len(phases):
+        phase = phases[index]
+        label = f"{flow} {index + 1}/{len(phases)}: {phase.__doc__}"
+        task.request.step = label[:64]
+        if not progress.get(f"started{index}"):
+            progress[f"started{index}"] = time.time()
+            history.record(task.session, task.node, "deploy.step", f"Step {label}.",
+                           request_id=task.request.id, conductor=task.conductor)
+        result = phase(task, progress.setdefault(f"p{index}", {}))
+        if result is not None:
+            return result
+        progress["phase"] = index + 1
+    return base.DONE
+
+
+class PXEDeploy(base.DeployInterface):
+    """Deploy, clean and inspect through an agent booted from the network."""
+
+    def deploy(self, task: Task) -> base.StepResult:
+        return run_flow(task, "deploy")
+
+    def tear_down(self, task: Task) -> base.StepResult:
+        return run_flow(task, "tear_down")
+
+    def clean(self, task: Task) -> base.StepResult:
+        return run_flow(task, "clean")
+
+    def inspect(self, task: Task) -> base.StepResult:
+        return run_flow(task, "inspect")

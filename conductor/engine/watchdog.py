@@ -1,0 +1,99 @@
+"""The watchdog: fail waits for an agent that never called back.
+
+A workflow that waits for its agent (``wait call-back``, ``clean wait``,
+``inspect wait``) leaves its request ``waiting`` with ``wake_at`` set to the
+end of its timeout (``deploy_callback_timeout``, ``clean_callback_timeout``,
+``inspect_callback_timeout``).  Each conductor's chores call :func:`check`
+often; one conductor per ``wait_check_interval`` (a Redis lock) looks for
+overdue waits and fails them: the node goes to the matching failed state
+with a ``last_error`` naming the timeout, the request fails.
+
+Failing is conditional (the request must still be ``waiting`` with nobody
+running it), so a heartbeat, an abort or another conductor racing the
+watchdog wins or loses cleanly: the wait ends once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+import sqlalchemy as sa
+
+from conductor.context import Context
+from conductor.drivers import pxe
+from conductor.engine import provision
+from conductor.fsm.states import ProvisionState as S
+from conductor.fsm.states import RequestState
+from conductor.models import Node, Request, utcnow
+from conductor.service import requests as request_service
+
+LOG = logging.getLogger(__name__)
+BATCH = 200
+
+#: The setting bounding each wait state.
+TIMEOUT_SETTINGS = {
+    S.DEPLOY_WAIT: "deploy_callback_timeout",
+    S.CLEAN_WAIT: "clean_callback_timeout",
+    S.INSPECT_WAIT: "inspect_callback_timeout",
+}
+
+_TAKE = (
+    sa.update(Request.__table__)
+    .where(
+        Request.__table__.c.id == sa.bindparam("rid"),
+        Request.__table__.c.state == RequestState.WAITING,
+        Request.__table__.c.conductor.is_(None),
+        Request.__table__.c.wake_at <= sa.bindparam("now"),
+    )
+    .values(updated_at=sa.bindparam("now"))
+)
+
+
+def _my_turn(ctx: Context) -> bool:
+    try:
+        return bool(ctx.redis.set(f"{ctx.settings.redis_namespace}:wait-watchdog", ctx.name or "?", nx=True,
+                                  px=max(50, int(ctx.settings.wait_check_interval * 1000))))
+    except redis.RedisError as exc:
+        LOG.warning("Watchdog skipped: Redis unavailable (%s)", exc)
+        return False
+
+
+def check(ctx: Context) -> int:
+    """Fail the overdue waits (if it is this conductor's turn); returns how many."""
+    if not _my_turn(ctx):
+        return 0
+    now = utcnow()
+    with ctx.db.session() as session:
+        overdue = list(session.scalars(
+            sa.select(Request.id)
+            .where(Request.state == RequestState.WAITING, Request.wake_at.is_not(None), Request.wake_at <= now)
+            .order_by(Request.wake_at)
+            .limit(BATCH)
+        ))
+    return sum(fail_overdue(ctx, request_id) for request_id in overdue)
+
+
+def fail_overdue(ctx: Context, request_id: str) -> bool:
+    """Fail one overdue wait; False if it is no longer waiting (or not overdue)."""
+    with ctx.db.begin() as session:
+        with session.no_autoflush:
+            if session.execute(_TAKE, {"rid": request_id, "now": utcnow()}).rowcount != 1:
+                return False
+        request = session.get(Request, request_id)
+        assert request is not None
+        node = session.get(Node, request.node_id)
+        assert node is not None
+        state = node.provision_state
+        setting = TIMEOUT_SETTINGS.get(S(state)) if state in TIMEOUT_SETTINGS else None
+        if setting:
+            limit = getattr(ctx.settings, setting)
+            message = (f"Timed out in {state}: the agent did not call back within {limit:g} s "
+                       f"({setting}).")
+        else:
+            message = f"Timed out waiting in {state}."
+        pxe.forget_agent(ctx.settings, node)
+        provision.fail_node(session, node, message, request.id, ctx.name)
+        request_service.finish(session, node, request, RequestState.FAILED, message, ctx.name)
+    LOG.warning("Request %s: %s", request_id, message)
+    return True

@@ -1,0 +1,114 @@
+"""The agent's side of a wait: heartbeats that fetch a command and report its result.
+
+``POST /v1/nodes/<node>/heartbeat`` (header ``X-Agent-Token``) is how the
+agent booted by the ``pxe`` deploy interface talks to the conductor:
+
+* a heartbeat without ``command_result`` is answered with the command the
+  waiting workflow left for the agent (the same command every time until a
+  result is reported: a lost answer is simply asked again);
+* a heartbeat with ``command_result`` (``id``, ``status`` ``succeeded`` or
+  ``failed``, ``error``, ``inventory``) ends the wait: the request goes from
+  ``waiting`` back to ``queued`` by one conditional UPDATE, so of any number
+  of concurrent or repeated reports exactly one is acted on; the others
+  (and any heartbeat once the node no longer waits) get 409
+  ``node_not_waiting``.
+
+The token is compared with the SHA-256 the deploy interface stored when it
+issued it (a per-workflow secret, never a bearer API token): only that
+node's agent, for that workflow, is heard.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from conductor.context import Context
+from conductor.drivers.pxe import token_hash
+from conductor.exceptions import InvalidAgentToken, InvalidInput, NodeNotWaiting
+from conductor.fsm import table
+from conductor.fsm.states import RequestState
+from conductor.models import Node, Request, utcnow
+from conductor.service import history, nodes
+
+LOG = logging.getLogger(__name__)
+
+_WAKE = (
+    sa.update(Request.__table__)
+    .where(
+        Request.__table__.c.id == sa.bindparam("rid"),
+        Request.__table__.c.state == RequestState.WAITING,
+        Request.__table__.c.conductor.is_(None),
+    )
+    .values(state=RequestState.QUEUED, wake_at=None, updated_at=sa.bindparam("now"))
+)
+
+
+def _check_token(node: Node, token: str | None) -> None:
+    expected = (node.driver_internal_info or {}).get("agent_token_sha256")
+    if not token or not expected or not hmac.compare_digest(token_hash(token), expected):
+        raise InvalidAgentToken(
+            f"The agent token is missing or is not the one issued for node {node.uuid}'s current workflow."
+        )
+
+
+def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    """Handle one heartbeat of node ``ident``'s agent; returns the answer for the agent.
+
+    :raises NodeNotFound: no such node.
+    :raises InvalidAgentToken: the token is not the node's current agent token.
+    :raises NodeNotWaiting: the node is not waiting for its agent (or the result was already taken).
+    :raises InvalidInput: the result names another command than the one issued.
+    """
+    with ctx.db.session() as session:
+        node = nodes.find(session, ident)
+        _check_token(node, token)
+        request = session.get(Request, node.active_request_id) if node.active_request_id else None
+        if node.provision_state not in table.WAIT_STATES or request is None or request.state != RequestState.WAITING:
+            raise NodeNotWaiting(
+                f"Node {node.uuid} is {node.provision_state}, not waiting for its agent; "
+                "the heartbeat was not acted on.",
+                provision_state=node.provision_state,
+            )
+        command = dict((node.driver_internal_info or {}).get("agent_command") or {})
+        result = body.get("command_result")
+        if result is None:
+            return {"node": node.uuid, "provision_state": node.provision_state, "command": command or None}
+        if result.get("id") != command.get("id"):
+            raise InvalidInput(
+                f"command_result.id {result.get('id')!r} is not the command issued to this agent "
+                f"({command.get('id')!r}).",
+                errors={"command_result.id": "not the current command"},
+            )
+        woken = session.execute(_WAKE, {"rid": request.id, "now": utcnow()}).rowcount
+        if woken != 1:
+            session.rollback()
+            raise NodeNotWaiting(
+                f"Node {node.uuid}'s agent result was already taken (or the wait ended); "
+                "this heartbeat was not acted on.",
+                provision_state=node.provision_state,
+            )
+        stored = {"id": command["id"], "status": result["status"], "error": result.get("error")}
+        if result.get("inventory") is not None:
+            stored["inventory"] = result["inventory"]
+        info = dict(node.driver_internal_info or {})
+        info["agent_result"] = stored
+        node.driver_internal_info = info
+        outcome = result["status"] + (f": {result['error']}" if result.get("error") else "")
+        history.record(session, node, "agent.result",
+                       f"Agent reported {command.get('name')} {outcome}.", request_id=request.id,
+                       severity="info" if result["status"] == "succeeded" else "error")
+        request_id = request.id
+        state = node.provision_state
+        session.commit()
+    try:
+        ctx.queue.schedule(request_id, 0)
+    except redis.RedisError as exc:
+        # The request is queued in the database: the sweeper enqueues it again.
+        LOG.error("Request %s: could not queue its next step (%s); the sweeper will", request_id, exc)
+    LOG.info("Request %s: agent result accepted (%s)", request_id, result["status"])
+    return {"node": ident, "provision_state": state, "command": None, "accepted": True}
