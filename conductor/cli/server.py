@@ -199,7 +199,8 @@ def _without_password(url: str) -> str:
 @click.option("--nodes", "count", type=click.IntRange(1, 1000), default=20, show_default=True,
               help="Simulated BMCs (ipmi nodes).")
 @click.option("--exit", "exit_after", is_flag=True, help="Stop once the script is done (default: run until Ctrl-C).")
-@_data_dir
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="An empty data directory to use. Default: $CONDUCTOR_DATA_DIR, else a new temporary one.")
 @click.option("--port", type=int, default=6385, show_default=True, help="API port (another free one if taken).")
 @click.option("--boot-delay", type=float, default=1.5, show_default=True,
               help="Seconds a simulated agent takes to boot.")
