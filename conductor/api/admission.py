@@ -111,6 +111,36 @@ def _throttle_lookups(ctx: Context) -> None:
         )
 
 
+#: Agent heartbeats skip bearer auth (their token is checked against the
+#: node), so they get budgets of their own: per node (an agent calls about
+#: once per command and retries every 0.2 s at most) and for the deployment
+#: (a flood over many node names).  A refusal is 503 + Retry-After.
+HEARTBEAT_NODE_RATE, HEARTBEAT_NODE_BURST = 5.0, 20
+HEARTBEAT_ALL_RATE, HEARTBEAT_ALL_BURST = 1000.0, 2000
+
+
+def _throttle_heartbeats(ctx: Context) -> None:
+    """Bound agent heartbeats per node and overall, before any database look-up.
+
+    :raises RateLimited: the node's (or everybody's) heartbeat budget is empty.
+    """
+    limiter = _limiter(ctx)
+    node = str((request.view_args or {}).get("ident", ""))[:64]
+    wanted = [
+        limiter.bucket("heartbeat", "*", HEARTBEAT_ALL_RATE, HEARTBEAT_ALL_BURST),
+        limiter.bucket("heartbeat-node", node, HEARTBEAT_NODE_RATE, HEARTBEAT_NODE_BURST),
+    ]
+    try:
+        decision = limiter.admit(wanted)
+    except redis.RedisError:
+        return
+    if decision.outcome == buckets.RATE_LIMITED:
+        raise RateLimited(
+            f"Too many heartbeats for node {node}; retry in {decision.retry_after} s.",
+            retry_after=decision.retry_after,
+        )
+
+
 def _limiter(ctx: Context) -> buckets.Limiter:
     limiter = ctx.cache.get(_LIMITER)
     if limiter is None:
@@ -173,6 +203,8 @@ def before_request() -> None:
     endpoint = request.endpoint
     needed = required_role(endpoint, request.method)
     if needed is None:
+        if endpoint == "nodes.Heartbeat":
+            _throttle_heartbeats(context())
         return
     ctx = context()
     principal = _authenticate(ctx)

@@ -214,7 +214,14 @@ class SimAgent:
             if time.monotonic() > deadline:
                 self._note(bmc, f"gave up heartbeating ({status}): {detail}")
                 return None
-            if not self._sleep(bmc, generation, RETRY_INTERVAL):
+            pause = RETRY_INTERVAL
+            if status == 503:
+                # Throttled: come back when the API says (Retry-After, whole seconds).
+                try:
+                    pause = max(pause, float(response.headers.get("Retry-After", 1)))
+                except ValueError:
+                    pause = 1.0
+            if not self._sleep(bmc, generation, pause):
                 return None
         return None
 

@@ -211,6 +211,25 @@ def test_heartbeat_token_checks(client, anonymous, conductor_ctx, settings) -> N
     assert heartbeat(anonymous, "nothing", token).json["code"] == "node_not_found"
 
 
+def test_heartbeats_are_throttled_per_node_before_any_lookup(client, anonymous) -> None:
+    from conductor.api import admission
+
+    make_node(client)
+    make_node(client, "n2")
+    answers = []
+    while len(answers) < 500 and (not answers or answers[-1].status_code != 503):
+        answers.append(anonymous.post("/v1/nodes/n1/heartbeat", json={}, headers={"X-Agent-Token": "guess"}))
+    codes = [a.json["code"] for a in answers]
+    # The burst is spent on (refused) look-ups, then the flood stops before the database.
+    assert codes[: admission.HEARTBEAT_NODE_BURST] == ["invalid_agent_token"] * admission.HEARTBEAT_NODE_BURST
+    refused = answers[-1]
+    assert refused.status_code == 503 and refused.json["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) >= 1
+    # Another node's agent is not held back by the flood on n1.
+    other = anonymous.post("/v1/nodes/n2/heartbeat", json={}, headers={"X-Agent-Token": "guess"})
+    assert other.json["code"] == "invalid_agent_token"
+
+
 def test_a_result_is_acted_on_once(client, anonymous, conductor_ctx, settings) -> None:
     make_node(client)
     waiting_in(client, conductor_ctx, "clean")
