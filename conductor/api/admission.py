@@ -17,6 +17,7 @@ only ask :func:`client` and :func:`idempotency_key`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import redis
@@ -112,23 +113,30 @@ def _throttle_lookups(ctx: Context) -> None:
 
 
 #: Agent heartbeats skip bearer auth (their token is checked against the
-#: node), so they get budgets of their own: per node (an agent calls about
-#: once per command and retries every 0.2 s at most) and for the deployment
-#: (a flood over many node names).  A refusal is 503 + Retry-After.
+#: node), so they get budgets of their own, all taken before any database
+#: look-up: per node and presented token (an agent calls about once per
+#: command and retries every 0.2 s at most; keyed by token too, so guesses
+#: for a node never hold back its real agent), per caller address (one host
+#: may run many agents, e.g. the simulator) and for the deployment.  A
+#: refusal is 503 + Retry-After.
 HEARTBEAT_NODE_RATE, HEARTBEAT_NODE_BURST = 5.0, 20
+HEARTBEAT_ADDRESS_RATE, HEARTBEAT_ADDRESS_BURST = 200.0, 400
 HEARTBEAT_ALL_RATE, HEARTBEAT_ALL_BURST = 1000.0, 2000
 
 
 def _throttle_heartbeats(ctx: Context) -> None:
-    """Bound agent heartbeats per node and overall, before any database look-up.
+    """Bound agent heartbeats per node and token, per address and overall.
 
-    :raises RateLimited: the node's (or everybody's) heartbeat budget is empty.
+    :raises RateLimited: one of those budgets is empty.
     """
     limiter = _limiter(ctx)
     node = str((request.view_args or {}).get("ident", ""))[:64]
+    presented = hashlib.sha256(request.headers.get("X-Agent-Token", "").encode()).hexdigest()[:16]
     wanted = [
         limiter.bucket("heartbeat", "*", HEARTBEAT_ALL_RATE, HEARTBEAT_ALL_BURST),
-        limiter.bucket("heartbeat-node", node, HEARTBEAT_NODE_RATE, HEARTBEAT_NODE_BURST),
+        limiter.bucket("heartbeat-address", request.remote_addr or "unknown", HEARTBEAT_ADDRESS_RATE,
+                       HEARTBEAT_ADDRESS_BURST),
+        limiter.bucket("heartbeat-node", f"{node}:{presented}", HEARTBEAT_NODE_RATE, HEARTBEAT_NODE_BURST),
     ]
     try:
         decision = limiter.admit(wanted)
@@ -222,7 +230,8 @@ def after_request(response: Response) -> Response:
     decision = g.get("admission")
     if decision is not None:
         response.headers.update(buckets.headers(decision))
-    if response.status_code == 401:
+    if response.status_code == 401 and request.endpoint not in PUBLIC_ENDPOINTS:
+        # (The heartbeat's 401 is about its agent token, not a bearer token.)
         response.headers["WWW-Authenticate"] = 'Bearer realm="conductor"'
     if request.endpoint in WORK_ENDPOINTS and request.method not in READ_METHODS:
         recorder = metrics.recorder(context())

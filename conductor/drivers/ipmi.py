@@ -154,9 +154,14 @@ def client_for(creds: BMCCredentials, settings: Settings) -> BMCClient:
 
 
 def lock_ttl(settings: Settings) -> float:
-    """How long a BMC's in-flight lock lives without its holder: a few calls' every attempt and backoff."""
+    """How long a BMC's in-flight lock lives without its holder.
+
+    A step makes up to three calls (read, command, read), each with every
+    attempt and backoff in the worst case; four such calls plus slack, so the
+    lock never expires under a living step.
+    """
     attempts = settings.ipmi_retries + 1
-    return 2 * (attempts * (settings.ipmi_timeout + 5.0) + attempts * settings.ipmi_max_backoff) + 5.0
+    return 4 * (attempts * (settings.ipmi_timeout + 5.0) + attempts * settings.ipmi_max_backoff) + 5.0
 
 
 def _release_quietly(ctx: Context, endpoint: str, owner: str) -> None:

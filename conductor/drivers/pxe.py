@@ -110,7 +110,7 @@ def _agent(name: str) -> Callable[[Task, dict[str, Any]], base.StepResult | None
     return phase
 
 
-def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float) -> base.Wait:
+def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float) -> base.StepResult:
     # Each BMC command is marked done in ``progress`` as soon as it is sent:
     # a paced or busy BMC (TryLater) ends the step and the retry resumes
     # after the last command sent, never sending one twice.
@@ -122,6 +122,9 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
         bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
                         {"api_url": settings.agent_url, "node": node.uuid, "token": token})
         progress["command"] = command["id"]
+        # Commit the token's hash before the machine can boot and call back:
+        # an agent that answered before this step's commit would get 401.
+        return base.Poll(0.0, "agent token recorded")
     if not progress.get("pxe_set"):
         _management(task).set_boot_device(task, "pxe", persistent=False)
         progress["pxe_set"] = True

@@ -32,6 +32,7 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+from rq.timeouts import BaseTimeoutException
 from sqlalchemy.orm import Session
 
 from conductor import drivers, metrics
@@ -77,8 +78,23 @@ _RELEASE = (
 )
 
 
+# The observer's findings are written only if nobody changed the node while
+# the BMC talked (an operator's PATCH of maintenance, say): ``updated_at`` is
+# the version, as for PATCH.
+_RELEASE_UNCHANGED = (
+    sa.update(Node)
+    .where(Node.id == sa.bindparam("node_id"), Node.reservation == sa.bindparam("me"),
+           Node.updated_at == sa.bindparam("read_at"))
+    .values(reservation=None)
+)
+
+
 def _round_key(ctx: Context) -> str:
     return f"{ctx.settings.redis_namespace}:power-sync:round"
+
+
+def _pending_key(ctx: Context) -> str:
+    return f"{ctx.settings.redis_namespace}:power-sync:pending"
 
 
 def start_round(ctx: Context) -> int | None:
@@ -91,14 +107,25 @@ def start_round(ctx: Context) -> int | None:
     """
     settings = ctx.settings
     interval_ms = max(1, int(settings.power_sync_interval * 1000))
+    pending = int(ctx.redis.get(_pending_key(ctx)) or 0)
+    if pending > 0:
+        # Rounds never pile up in the work queue (dead BMCs make a round
+        # slower than the interval): this one is skipped.
+        LOG.info("Power sync: %d batch(es) of the previous round still pending; round skipped", pending)
+        return None
     # The key is left to expire: it marks the round as taken for one interval.
     if not ctx.redis.set(_round_key(ctx), ctx.name or "?", nx=True, px=interval_ms):
         return None
     with ctx.db.engine.connect() as conn:
         node_ids = list(conn.scalars(_CANDIDATES))
     size = max(1, settings.power_sync_batch)
-    for start in range(0, len(node_ids), size):
-        batch = node_ids[start : start + size]
+    batches = [node_ids[start : start + size] for start in range(0, len(node_ids), size)]
+    if batches:
+        # Each batch job decrements the count when it ends; the expiry (every
+        # batch's timeout, one after the other) forgets a batch whose worker died.
+        budget_ms = sum(int(settings.job_timeout) * len(b) for b in batches) * 1000
+        ctx.redis.pipeline().incrby(_pending_key(ctx), len(batches)).pexpire(_pending_key(ctx), budget_ms).execute()
+    for batch in batches:
         ctx.queue.queue.enqueue_call(
             BATCH_FUNCTION,
             args=(batch,),
@@ -118,12 +145,21 @@ def run_batch(node_ids: Sequence[int]) -> None:
     from conductor.engine import jobs
 
     ctx = jobs.current()
-    for node_id in node_ids:
+    try:
+        for node_id in node_ids:
+            try:
+                sync_node(ctx, node_id)
+            except BaseTimeoutException:
+                raise  # the job's time is up: the batch ends here
+            except Exception:
+                # One node's trouble (database hiccup, a driver bug) must not stop the batch.
+                LOG.exception("Power sync of node %s failed", node_id)
+    finally:
         try:
-            sync_node(ctx, node_id)
-        except Exception:
-            # One node's trouble (database hiccup, a driver bug) must not stop the batch.
-            LOG.exception("Power sync of node %s failed", node_id)
+            if ctx.redis.decr(_pending_key(ctx)) <= 0:
+                ctx.redis.delete(_pending_key(ctx))
+        except redis.RedisError as exc:
+            LOG.warning("Power sync: could not count the batch as done (%s); the count expires", exc)
 
 
 class SyncTask:
@@ -168,27 +204,36 @@ def sync_node(ctx: Context, node_id: int) -> str:
             node = session.get(Node, node_id)
             if node is None:
                 return "skipped"
+            read_at = node.updated_at
             session.commit()  # nothing is held while the BMC talks
             task = SyncTask(ctx, session, node, metrics.timed_driver(drivers.get(node.driver), session))
+            state: PowerState | None = None
+            error: str | None = None
+            busy = False
             try:
                 state = task.driver.power.get_power_state(task)  # type: ignore[arg-type]
             except TryLater:
-                outcome = "skipped"
+                busy = True
             except DriverError as exc:
-                outcome = _failed(task, exc.message)
-            else:
-                outcome = _answered(task, state)
+                error = exc.message
             finally:
                 for cleanup in task.cleanups:
                     cleanup()
             with session.no_autoflush:
-                still_ours = session.execute(_RELEASE, {"node_id": node_id, "me": ctx.name}).rowcount == 1
-            if still_ours:
-                session.commit()
-            else:
-                # A sweep declared this conductor dead meanwhile: drop the findings.
+                params = {"node_id": node_id, "me": ctx.name, "read_at": read_at}
+                still_ours = session.execute(_RELEASE_UNCHANGED, params).rowcount == 1
+            if not still_ours:
+                # The node changed meanwhile (an operator's PATCH), or a sweep
+                # declared this conductor dead: drop the findings.
                 session.rollback()
+                return "skipped"
+            if busy:
                 outcome = "skipped"
+            elif error is not None:
+                outcome = _failed(task, error)
+            else:
+                outcome = _answered(task, state)
+            session.commit()
             return outcome
     finally:
         with ctx.db.engine.begin() as conn:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from conductor.callbacks import events
+from conductor.drivers import pxe
 from conductor.drivers.base import DONE, Done, StepResult, Wait
 from conductor.engine import power
 from conductor.engine.task import Task
@@ -23,6 +24,7 @@ from conductor.fsm.states import Event, ProvisionTarget
 from conductor.fsm.states import ProvisionState as S
 from conductor.models import Node, Request
 from conductor.service import history
+from conductor.settings import Settings
 
 #: Requests whose cleaning is automated (may be switched off in the settings).
 AUTOMATED_CLEAN_TARGETS = frozenset({ProvisionTarget.PROVIDE, ProvisionTarget.DELETED})
@@ -113,9 +115,19 @@ def step(task: Task) -> StepResult:
 
 
 def fail_node(
-    session: Session, node: Node, message: str, request_id: str | None, conductor: str | None
+    session: Session,
+    node: Node,
+    message: str,
+    request_id: str | None,
+    conductor: str | None,
+    settings: Settings | None = None,
 ) -> None:
-    """Fail ``node`` out of a busy or wait state, recording ``message``."""
+    """Fail ``node`` out of a busy or wait state, recording ``message``.
+
+    With ``settings``, an agent phase's token and boot config go with it.
+    """
+    if settings is not None:
+        pxe.forget_agent(settings, node)
     node.last_error = message
     if node.provision_state in table.BUSY_STATES or node.provision_state in table.WAIT_STATES:
         fire(session, node, Event.FAIL, request_id, conductor)
@@ -123,4 +135,4 @@ def fail_node(
 
 def fail(task: Task, message: str) -> None:
     """Fail the task's node (see :func:`fail_node`)."""
-    fail_node(task.session, task.node, message, task.request.id, task.conductor)
+    fail_node(task.session, task.node, message, task.request.id, task.conductor, task.settings)

@@ -192,7 +192,7 @@ def fail_request(ctx: Context, request_id: str, message: str, owner: str | None)
         assert node is not None
         recorder = owner or ctx.name
         if request.kind == RequestKind.PROVISION:
-            provision.fail_node(session, node, message, request.id, recorder)
+            provision.fail_node(session, node, message, request.id, recorder, ctx.settings)
         else:
             node.last_error = message
         if owner is not None and node.reservation == owner:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from conductor.context import Context
 from conductor.drivers.pxe import token_hash
-from conductor.exceptions import InvalidAgentToken, InvalidInput, NodeNotWaiting
+from conductor.exceptions import InvalidAgentToken, InvalidInput, NodeNotFound, NodeNotWaiting
 from conductor.fsm import table
 from conductor.fsm.states import RequestState
 from conductor.models import Node, Request, utcnow
@@ -59,13 +59,19 @@ def _check_token(node: Node, token: str | None) -> None:
 def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
     """Handle one heartbeat of node ``ident``'s agent; returns the answer for the agent.
 
-    :raises NodeNotFound: no such node.
-    :raises InvalidAgentToken: the token is not the node's current agent token.
+    :raises InvalidAgentToken: no such node, or the token is not its current agent token.
     :raises NodeNotWaiting: the node is not waiting for its agent (or the result was already taken).
     :raises InvalidInput: the result names another command than the one issued.
     """
     with ctx.db.session() as session:
-        node = nodes.find(session, ident)
+        try:
+            node = nodes.find(session, ident)
+        except NodeNotFound:
+            # Same answer as a wrong token: the endpoint takes no bearer token
+            # and must not tell strangers which node names exist.
+            raise InvalidAgentToken(
+                f"The agent token is missing or is not the one issued for node {ident}'s current workflow."
+            ) from None
         _check_token(node, token)
         request = session.get(Request, node.active_request_id) if node.active_request_id else None
         if node.provision_state not in table.WAIT_STATES or request is None or request.state != RequestState.WAITING:

@@ -590,14 +590,24 @@ def cancel(ctx: Context, request_id: str) -> Request:
             session.commit()
             _drop_job(ctx, request.id)
             return request
+        # Only a request that never started: one queued again mid-workflow
+        # (an agent just reported) owns a busy or wait state that a cancel
+        # would leave behind with nobody to finish it.
         cancelled = session.execute(
             sa.update(Request)
-            .where(Request.id == request.id, Request.state == RequestState.QUEUED)
+            .where(Request.id == request.id, Request.state == RequestState.QUEUED, Request.started_at.is_(None))
             .values(state=RequestState.CANCELLED, updated_at=utcnow())
         ).rowcount
         if cancelled != 1:
             session.rollback()
             session.refresh(request)
+            if request.state == RequestState.QUEUED:
+                raise RequestNotCancellable(
+                    f"Request {request.id} has started and is between two steps that cannot be "
+                    "interrupted; retry shortly (or abort it while it waits for the agent).",
+                    request_id=request.id,
+                    state=request.state,
+                )
             raise RequestNotCancellable(
                 f"Request {request.id} is {request.state} and can no longer be cancelled.",
                 request_id=request.id,
@@ -718,6 +728,7 @@ def abort(
             _abort_waiting(session, node, waiting, f"Aborted by request {abort_request.id}.", ctx.settings)
         else:
             before = node.provision_state
+            pxe.forget_agent(ctx.settings, node)
             node.provision_state = str(machine.next_state(before, Event.ABORT))
             node.target_provision_state = None
             history.record(session, node, "provision.abort", f"{before} -> {node.provision_state} (aborted).")

@@ -92,14 +92,20 @@ def test_repeated_failures_mean_maintenance_and_an_answer_ends_it(client, conduc
     assert (node["maintenance"], node["fault"], node["maintenance_reason"]) == (False, None, None)
 
 
-def test_an_operators_maintenance_is_left_alone(client, conductor_ctx, monkeypatch) -> None:
+def into_observer_maintenance(client, ctx, monkeypatch) -> int:  # type: ignore[no-untyped-def]
+    """Node n1, whose BMC stopped answering, put into maintenance by the observer; its id."""
     make(client, "n1")
-    drain(conductor_ctx)
-    nid = node_id(conductor_ctx, "n1")
+    drain(ctx)
+    nid = node_id(ctx, "n1")
     monkeypatch.setattr(fake.FakePower, "get_power_state",
                         lambda self, task: (_ for _ in ()).throw(BMCError("no answer")))
-    for _ in range(conductor_ctx.settings.power_sync_max_failures):
-        power_sync.sync_node(conductor_ctx, nid)
+    for _ in range(ctx.settings.power_sync_max_failures):
+        power_sync.sync_node(ctx, nid)
+    return nid
+
+
+def test_an_operators_maintenance_is_left_alone(client, conductor_ctx, monkeypatch) -> None:
+    into_observer_maintenance(client, conductor_ctx, monkeypatch)
     # the operator takes over: the fault is forgotten, the observer no longer clears it
     assert client.patch("/v1/nodes/n1", json={"maintenance": True, "maintenance_reason": "RMA"}).status_code == 200
     assert client.get("/v1/nodes/n1").json["fault"] is None
@@ -130,3 +136,35 @@ def test_observer_disabled_by_zero_interval(conductor_ctx) -> None:
     disabled = dataclasses.replace(conductor_ctx, settings=conductor_ctx.settings.replace(power_sync_interval=0))
     power_sync.Observer(disabled).tick(float("inf"))  # never starts a round
     assert conductor_ctx.redis.get(power_sync._round_key(conductor_ctx)) is None
+
+
+def test_rounds_do_not_pile_up_while_batches_are_pending(client, conductor_ctx) -> None:
+    make(client, "n1")
+    drain(conductor_ctx)
+    assert power_sync.start_round(conductor_ctx) == 1
+    conductor_ctx.redis.delete(power_sync._round_key(conductor_ctx))  # the next interval is due
+    assert power_sync.start_round(conductor_ctx) is None  # its batch has not run yet
+    jobs.install(conductor_ctx)
+    try:
+        power_sync.run_batch([node_id(conductor_ctx, "n1")])
+    finally:
+        jobs.install(None)  # type: ignore[arg-type]
+    conductor_ctx.redis.delete(power_sync._round_key(conductor_ctx))
+    assert power_sync.start_round(conductor_ctx) == 1
+
+
+def test_an_operator_change_during_the_read_wins(client, conductor_ctx, monkeypatch) -> None:
+    nid = into_observer_maintenance(client, conductor_ctx, monkeypatch)
+    assert client.get("/v1/nodes/n1").json["fault"] == "power failure"
+
+    def answer_while_the_operator_patches(self, task):  # type: ignore[no-untyped-def]
+        patched = client.patch("/v1/nodes/n1", json={"maintenance": True, "maintenance_reason": "RMA"})
+        assert patched.status_code == 200, patched.json
+        return "power off"
+
+    monkeypatch.setattr(fake.FakePower, "get_power_state", answer_while_the_operator_patches)
+    assert power_sync.sync_node(conductor_ctx, nid) == "skipped"
+    node = client.get("/v1/nodes/n1").json
+    assert node["maintenance"] is True and node["maintenance_reason"] == "RMA" and node["fault"] is None
+    assert node["reservation"] is None
+

@@ -150,6 +150,28 @@ def test_agent_failure_is_deploy_failed_and_recoverable(client, anonymous, condu
     assert states(client)["provision_state"] == "active" and states(client)["last_error"] is None
 
 
+def test_a_failed_agent_phase_revokes_the_token_and_removes_the_boot_config(client, anonymous, conductor_ctx,
+                                                                               settings, monkeypatch) -> None:
+    from conductor.drivers import fake
+    from conductor.exceptions import DriverError
+
+    make_node(client)
+    to_available(client, anonymous, settings, conductor_ctx)
+
+    def refuse(self, task, device, persistent=False):  # type: ignore[no-untyped-def]
+        raise DriverError("BMC refused the boot device")
+
+    monkeypatch.setattr(fake.FakeManagement, "set_boot_device", refuse)
+    put(client, "active")
+    drain(conductor_ctx)
+    node = client.get("/v1/nodes/n1").json
+    assert node["provision_state"] == "deploy failed" and "refused the boot device" in node["last_error"]
+    assert boot_config(settings, client) is None
+    with conductor_ctx.db.session() as session:
+        info = session.scalars(sa.select(Node.driver_internal_info).where(Node.name == "n1")).one()
+    assert "agent_token_sha256" not in info and "agent_command" not in info
+
+
 def test_deleted_from_deploy_failed(client, anonymous, conductor_ctx, settings) -> None:
     make_node(client)
     to_available(client, anonymous, settings, conductor_ctx)
@@ -208,7 +230,9 @@ def test_heartbeat_token_checks(client, anonymous, conductor_ctx, settings) -> N
     response = client.post("/v1/nodes/n1/heartbeat", json={})
     assert response.status_code == 401
     assert heartbeat(anonymous, "n1", token).status_code == 200
-    assert heartbeat(anonymous, "nothing", token).json["code"] == "node_not_found"
+    # An unknown node gets the same answer as a wrong token (no listing of node names).
+    unknown = heartbeat(anonymous, "nothing", token)
+    assert unknown.status_code == 401 and unknown.json["code"] == "invalid_agent_token"
 
 
 def test_heartbeats_are_throttled_per_node_before_any_lookup(client, anonymous) -> None:
@@ -225,9 +249,11 @@ def test_heartbeats_are_throttled_per_node_before_any_lookup(client, anonymous) 
     refused = answers[-1]
     assert refused.status_code == 503 and refused.json["code"] == "rate_limited"
     assert int(refused.headers["Retry-After"]) >= 1
-    # Another node's agent is not held back by the flood on n1.
+    # Neither another node's agent nor the node's own agent (another token) is held back.
     other = anonymous.post("/v1/nodes/n2/heartbeat", json={}, headers={"X-Agent-Token": "guess"})
     assert other.json["code"] == "invalid_agent_token"
+    own = anonymous.post("/v1/nodes/n1/heartbeat", json={}, headers={"X-Agent-Token": "the-real-one"})
+    assert own.json["code"] == "invalid_agent_token"
 
 
 def test_a_result_is_acted_on_once(client, anonymous, conductor_ctx, settings) -> None:
@@ -250,6 +276,21 @@ def test_a_result_is_acted_on_once(client, anonymous, conductor_ctx, settings) -
     results = [e for e in client.get("/v1/nodes/n1/history?limit=100").json["history"]
                if e["event"] == "agent.result"]
     assert len(results) == 1
+
+
+def test_a_request_woken_by_its_agent_cannot_be_cancelled_mid_workflow(client, anonymous, conductor_ctx,
+                                                                        settings) -> None:
+    make_node(client)
+    request_id = waiting_in(client, conductor_ctx, "clean")
+    agent(anonymous, settings, client)  # the result queues the request again
+    assert client.get(f"/v1/requests/{request_id}").json["state"] == "queued"
+    refused = client.delete(f"/v1/requests/{request_id}")
+    assert refused.status_code == 409 and refused.json["code"] == "request_not_cancellable"
+    assert states(client)["provision_state"] == "clean wait"
+    drain(conductor_ctx)
+    # Nothing was left behind: the workflow finished.
+    assert client.get(f"/v1/requests/{request_id}").json["state"] == "succeeded"
+    assert states(client)["provision_state"] == "manageable"
 
 
 def test_heartbeat_when_not_waiting_is_409(client, anonymous, conductor_ctx, settings) -> None:
@@ -312,7 +353,10 @@ def test_watchdog_fails_overdue_waits(client, anonymous, settings) -> None:
         assert states(client)["provision_state"] == "clean wait"
         ctx.redis.delete(f"{quick.redis_namespace}:wait-watchdog")
         assert watchdog.check(ctx) == 1
-        assert watchdog.check(ctx) == 0  # once
+        # Once: a second look (its turn taken again) and a racing direct attempt find nothing.
+        ctx.redis.delete(f"{quick.redis_namespace}:wait-watchdog")
+        assert watchdog.check(ctx) == 0
+        assert watchdog.fail_overdue(ctx, request_id) is False
         request = client.get(f"/v1/requests/{request_id}").json
         assert request["state"] == "failed"
         node = states(client)
