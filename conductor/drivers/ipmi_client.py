@@ -255,13 +255,17 @@ _constructing = threading.local()
 
 
 class _Session(ipmi_session.Session):
-    """pyghmi's client session with its lost wake-up fixed.
+    """pyghmi's client session with its lost wake-up fixed and every wait bounded.
 
     ``Session.awaitresponse`` sends, then registers with pyghmi's I/O thread
     to be woken by the next datagram *from that BMC*.  When the reply is
     already in ``self.pktqueue`` by then (a fast BMC, a busy client), no
     further datagram comes and the caller sleeps until the retry timer.
     This copy of pyghmi 1.6.19's method differs in three marked places.
+
+    The login (``__init__``/``login``), the wait for a command in flight
+    (``_cmdwait``) and the command wait all stop at ``call_deadline``; a
+    session given up on is dropped from pyghmi's caches (``_forget``).
     """
 
     #: ``_monotonic_time()`` after which the current call gives up (set per call by
