@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 
 from conductor.drivers import base, fake
-from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
+from conductor.drivers.ipmi_client import LOGIN_TIMEOUT, BMCClient, BMCCredentials
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState
 from conductor.settings import Settings
@@ -161,7 +161,8 @@ def lock_ttl(settings: Settings) -> float:
     lock never expires under a living step.
     """
     attempts = settings.ipmi_retries + 1
-    return 4 * (attempts * (settings.ipmi_timeout + 5.0) + attempts * settings.ipmi_max_backoff) + 5.0
+    # (each attempt: a login bounded by LOGIN_TIMEOUT, then the command by ipmi_timeout)
+    return 4 * (attempts * (settings.ipmi_timeout + LOGIN_TIMEOUT) + attempts * settings.ipmi_max_backoff) + 5.0
 
 
 def _release_quietly(ctx: Context, endpoint: str, owner: str) -> None:
