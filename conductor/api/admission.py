@@ -101,15 +101,20 @@ def _throttle_lookups(ctx: Context) -> None:
     """
     limiter = _limiter(ctx)
     bucket = limiter.bucket("token-lookup", request.remote_addr or "unknown", LOOKUP_RATE, LOOKUP_BURST)
+    _admit_or_refuse(limiter, [bucket], "Too many unknown tokens from this address")
+
+
+def _admit_or_refuse(limiter: buckets.Limiter, wanted: list[buckets.Bucket], refusal: str) -> None:
+    """Take a token from every bucket of ``wanted`` (fail open without Redis).
+
+    :raises RateLimited: a bucket is empty; ``refusal`` starts the message.
+    """
     try:
-        decision = limiter.admit([bucket])
+        decision = limiter.admit(wanted)
     except redis.RedisError:
         return
     if decision.outcome == buckets.RATE_LIMITED:
-        raise RateLimited(
-            f"Too many unknown tokens from this address; retry in {decision.retry_after} s.",
-            retry_after=decision.retry_after,
-        )
+        raise RateLimited(f"{refusal}; retry in {decision.retry_after} s.", retry_after=decision.retry_after)
 
 
 #: Agent heartbeats skip bearer auth (their token is checked against the
@@ -138,15 +143,7 @@ def _throttle_heartbeats(ctx: Context) -> None:
                        HEARTBEAT_ADDRESS_BURST),
         limiter.bucket("heartbeat-node", f"{node}:{presented}", HEARTBEAT_NODE_RATE, HEARTBEAT_NODE_BURST),
     ]
-    try:
-        decision = limiter.admit(wanted)
-    except redis.RedisError:
-        return
-    if decision.outcome == buckets.RATE_LIMITED:
-        raise RateLimited(
-            f"Too many heartbeats for node {node}; retry in {decision.retry_after} s.",
-            retry_after=decision.retry_after,
-        )
+    _admit_or_refuse(limiter, wanted, f"Too many heartbeats for node {node}")
 
 
 def _limiter(ctx: Context) -> buckets.Limiter:
