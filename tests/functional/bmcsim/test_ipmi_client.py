@@ -303,18 +303,25 @@ def test_wedged_pyghmi_io_thread_does_not_hang_calls(fleet: Fleet, new_bmc: Call
                 return None
         return original(sock, size)
 
+    def wedge_the_io_thread() -> None:
+        # pyghmi's own wake-up byte on its first socket: the I/O thread leaves
+        # select, reads every socket in turn and, reaching `spare`, blocks.
+        wedged.clear()
+        first = ipmi_session.iosockets[0]
+        first.sendto(b"\x01", (ipmi_session.myself, first.getsockname()[1]))
+        assert wedged.wait(5), "the I/O thread never reached the spare socket"
+
     monkeypatch.setattr(ipmi_session, "_io_recvfrom", recvfrom_after_the_race)
     ipmi_session.iosockets.append(spare)
     try:
-        # a healthy BMC still answers (the first wait finds the thread stuck and frees it) ...
+        # a healthy BMC still answers with the I/O thread stuck (the call's wait frees it) ...
+        wedge_the_io_thread()
         assert client.get_power() == "off"
-        assert wedged.is_set()
         # ... and an unreachable one fails after its attempts, as in the CI test
-        wedged.clear()
+        wedge_the_io_thread()
         fleet.set_fault(bmc.name, unreachable=True)
         with pytest.raises(BMCError, match=r"did not answer within .*\(2 attempts\)"):
             client.get_power()
-        assert wedged.is_set()
         fleet.clear_faults(bmc.name)
         assert client.get_power() == "off"
     finally:
