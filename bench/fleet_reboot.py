@@ -25,7 +25,11 @@ Usage (from the repository root)::
    logins are done before its clock starts too, as the conductor's were
    (during ``manage``).  This reuses ``bench/bmcsim_load.py``'s reboot loop.
 
-Prints both times and their ratio (conductor / baseline).
+Prints both times and their ratio (conductor / baseline), and the CPU
+seconds the service's processes (workers, API, Redis, callbacks) and the
+simulator used during the timed phase, from ``/proc``: on a shared machine
+the wall time of the same run varies by a quarter, its CPU much less, so
+compare changes by CPU per reboot.
 
 A wedged simulator (or a stuck service) does not hang the benchmark: when
 no request finishes for ``--stall`` seconds it probes BMCs with ipmitool,
@@ -86,6 +90,53 @@ def _free_port() -> int:
 
 def _load() -> str:
     return "load %.2f %.2f %.2f" % os.getloadavg()
+
+
+# --- CPU accounting: a steadier figure than wall time on a shared machine ---------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command line, CPU seconds so far) of every process we may read."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        found[int(entry)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / _TICK)
+    return found
+
+
+def _role(cmdline: str) -> str:
+    for needle, role in (("callback-worker", "callbacks"), ("conductor worker", "workers"),
+                         ("conductor api", "API"), ("redis-server", "Redis"), ("bmcsim", "simulator"),
+                         ("conductor up", "supervisor")):
+        if needle in cmdline:
+            return role
+    return "other"
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this benchmark's processes (this one excluded), by role."""
+    procs = _processes()
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        children = [pid for pid, (ppid, _c, _t) in procs.items() if ppid == parent]
+        mine.update(children)
+        todo.extend(children)
+    totals: dict[str, float] = {}
+    for pid in mine:
+        role = _role(procs[pid][1])
+        totals[role] = totals.get(role, 0.0) + procs[pid][2]
+    return totals
 
 
 # --- the service ------------------------------------------------------------------------
@@ -258,6 +309,7 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
 
             load = _load()
             calls_before = service.bmc_calls()
+            cpu_before = cpu_by_role()
             began = time.monotonic()
             submit_all(service, names, "power", {"target": "rebooting"}, args.submitters)
             submitted = time.monotonic() - began
@@ -266,6 +318,8 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
                     fleet.wedge_shard(shard)  # SIGSTOP: alive, answering nothing
             wait_all(service, fleet, args.timeout, args.stall, "rebooting")
             total = time.monotonic() - began
+            cpu_after = cpu_by_role()
+            cpu = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
             calls = {k: v - calls_before.get(k, 0) for k, v in service.bmc_calls().items()}
             outcomes = service.outcomes("power")
             durations = [
@@ -273,7 +327,7 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             ]
             return {"total": total, "submitted": submitted, "succeeded": len(outcomes.get("succeeded", [])),
                     "failed": outcomes.get("failed", []), "calls": calls, "median_request": statistics.median(durations)
-                    if durations else float("nan"), "load": load}
+                    if durations else float("nan"), "load": load, "cpu": cpu}
         finally:
             service.stop()
 
@@ -374,6 +428,10 @@ def main() -> int:
                       f"{conductor['total']:.1f} s (submitted in {conductor['submitted']:.1f} s; median request "
                       f"{conductor['median_request']:.1f} s); before: {conductor['load']}", flush=True)
                 print(f"  driver calls: {conductor['calls']}", flush=True)
+                cpu = conductor["cpu"]
+                print(f"  CPU over the timed phase: {sum(cpu.values()):.1f} s ("
+                      + ", ".join(f"{role} {secs:.1f}" for role, secs in sorted(cpu.items(), key=lambda i: -i[1]))
+                      + f"); workers {1000 * cpu.get('workers', 0.0) / args.count:.1f} ms per reboot", flush=True)
                 if conductor["failed"]:
                     print(f"  {len(conductor['failed'])} FAILED, e.g.: {conductor['failed'][0]['error']}")
                 if not ok:
