@@ -132,6 +132,7 @@ class Request(Base):
     __table_args__ = (
         Index("ix_requests_node_created", "node_id", "created_at"),
         Index("ix_requests_state", "state"),
+        Index("ix_requests_finished_at", "finished_at"),  # the retention purge
     )
 
 
@@ -151,7 +152,10 @@ class NodeHistory(Base):
     provision_state: Mapped[str | None] = mapped_column(String(16))
     power_state: Mapped[str | None] = mapped_column(String(16))
 
-    __table_args__ = (Index("ix_node_history_node_id", "node_id", "id"),)
+    __table_args__ = (
+        Index("ix_node_history_node_id", "node_id", "id"),
+        Index("ix_node_history_created_at", "created_at"),  # the retention purge
+    )
 
 
 class ConductorRecord(Base):
@@ -299,4 +303,5 @@ class CallbackDelivery(Base):
         Index("ix_callback_deliveries_order", "order_key", "id"),
         Index("ix_callback_deliveries_request", "request_id"),
         Index("ix_callback_deliveries_subscription", "subscription_id", "id"),
+        Index("ix_callback_deliveries_finished_at", "finished_at"),  # the retention purge
     )

@@ -121,6 +121,14 @@ class Settings:
     auth_enabled: bool = True
     #: How long an ``Idempotency-Key`` is remembered.
     idempotency_retention: float = 86400.0
+    #: Retention (see conductor/engine/retention.py): finished requests and
+    #: ended callback deliveries are deleted this long after they ended
+    #: (never sooner than ``idempotency_retention``), node history entries
+    #: this long after they were written; 0 keeps them for ever.  One
+    #: conductor purges at most every ``purge_interval`` seconds (0: never).
+    request_retention: float = 30 * 86400.0
+    history_retention: float = 90 * 86400.0
+    purge_interval: float = 600.0
     #: Callback (webhook) delivery: worker processes started by ``up``; how
     #: long a receiver may take (to connect, and for each read); the delays
     #: in seconds before each retry (the first attempt is immediate; the

@@ -39,6 +39,7 @@ from conductor import drivers, metrics
 from conductor.callbacks import events
 from conductor.context import Context
 from conductor.drivers.base import Driver, TryLater
+from conductor.engine.task import release as release_node
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState, ProvisionState
 from conductor.models import Node
@@ -71,12 +72,6 @@ _RESERVE_IDLE = (
            _nodes.c.active_request_id.is_(None))
     .values(reservation=sa.bindparam("me"))
 )
-_RELEASE = (
-    sa.update(_nodes)
-    .where(_nodes.c.id == sa.bindparam("node_id"), _nodes.c.reservation == sa.bindparam("me"))
-    .values(reservation=None)
-)
-
 
 # The observer's findings are written only if nobody changed the node while
 # the BMC talked (an operator's PATCH of maintenance, say): ``updated_at`` is
@@ -236,8 +231,7 @@ def sync_node(ctx: Context, node_id: int) -> str:
             session.commit()
             return outcome
     finally:
-        with ctx.db.engine.begin() as conn:
-            conn.execute(_RELEASE, {"node_id": node_id, "me": ctx.name})
+        release_node(ctx, node_id)  # if the findings were not written (a no-op otherwise)
 
 
 def _answered(task: SyncTask, state: PowerState | None) -> str:

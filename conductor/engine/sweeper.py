@@ -13,7 +13,10 @@ sweeps are harmless):
 4. queued requests older than ``requeue_after`` whose job is no longer in
    Redis are enqueued again, and sleeping requests whose timer is overdue
    and gone get a new one (Redis lost them: the database is the truth);
-5. expired ``Idempotency-Key`` records are forgotten.
+5. expired ``Idempotency-Key`` records are forgotten;
+6. records older than their retention (finished requests, ended callback
+   deliveries, node history) are deleted, by one conductor at a time
+   (:mod:`conductor.engine.retention`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import redis
 import sqlalchemy as sa
 
 from conductor.context import Context
+from conductor.engine import retention
 from conductor.engine.runner import fail_request
 from conductor.fsm.states import RequestState
 from conductor.models import ConductorRecord, Node, Request, utcnow
@@ -91,7 +95,7 @@ def sweep(ctx: Context) -> dict[str, int]:
         )
     failed = sum(recover_conductor(ctx, name) for name in (holders | runners) - alive)
     forgotten = idempotency.purge_expired(ctx.db)
-    return {"failed": failed, **_requeue_lost(ctx, now), "keys_forgotten": forgotten}
+    return {"failed": failed, **_requeue_lost(ctx, now), "keys_forgotten": forgotten, **retention.maybe_purge(ctx)}
 
 
 def _requeue_lost(ctx: Context, now: dt.datetime) -> dict[str, int]:
