@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import os
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -22,6 +24,7 @@ from conductor.database import Database
 from conductor.models import ConductorRecord, utcnow
 from conductor.procs import pid_alive
 
+LOG = logging.getLogger(__name__)
 MAX_SLOTS = 1024
 
 
@@ -131,3 +134,17 @@ def list_conductors(db: Database, heartbeat_timeout: float) -> list[dict[str, An
             }
             for r in rows
         ]
+
+
+def my_turn(ctx: Context, chore: str, every: float) -> bool:
+    """Whether this process does ``chore`` now: one process of the deployment per ``every`` seconds.
+
+    The turn is a Redis key that expires after ``every``; taking it is one
+    atomic ``SET NX``.  Without Redis nobody's turn comes (logged).
+    """
+    try:
+        return bool(ctx.redis.set(f"{ctx.settings.redis_namespace}:{chore}", ctx.name or "api", nx=True,
+                                  px=max(50, int(every * 1000))))
+    except redis.RedisError as exc:
+        LOG.warning("%s skipped: Redis unavailable (%s)", chore, exc)
+        return False

@@ -120,14 +120,13 @@ def fail_node(
     message: str,
     request_id: str | None,
     conductor: str | None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> None:
     """Fail ``node`` out of a busy or wait state, recording ``message``.
 
-    With ``settings``, an agent phase's token and boot config go with it.
+    An agent phase's token and boot config go with it.
     """
-    if settings is not None:
-        pxe.forget_agent(settings, node)
+    pxe.forget_agent(settings, node)
     node.last_error = message
     if node.provision_state in table.BUSY_STATES or node.provision_state in table.WAIT_STATES:
         fire(session, node, Event.FAIL, request_id, conductor)

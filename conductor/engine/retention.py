@@ -7,9 +7,9 @@ deletes, at most every ``purge_interval`` seconds and in one conductor of
 the deployment at a time (a Redis key):
 
 * requests that finished (succeeded, failed, cancelled) more than
-  ``request_retention`` seconds ago, together with their ended callback
-  deliveries.  The cut-off is never sooner than ``idempotency_retention``,
-  so a remembered ``Idempotency-Key`` always replays an existing request;
+  ``request_retention`` seconds ago.  The cut-off is never sooner than
+  ``idempotency_retention``, so a remembered ``Idempotency-Key`` always
+  replays an existing request;
 * callback deliveries (subscriptions' too) that ended (delivered or
   failed) more than ``request_retention`` ago.  A pending delivery is never
   deleted;
@@ -28,11 +28,11 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-import redis
 import sqlalchemy as sa
 
 from conductor.callbacks.delivery import DELIVERED, FAILED
 from conductor.context import Context
+from conductor.engine import conductors
 from conductor.fsm.states import FINAL_REQUEST_STATES
 from conductor.models import CallbackDelivery, NodeHistory, Request, utcnow
 
@@ -45,17 +45,10 @@ _ENDED_DELIVERY = [DELIVERED, FAILED]
 
 def maybe_purge(ctx: Context) -> dict[str, int]:
     """Run :func:`purge` if no conductor did in the last ``purge_interval``; else count nothing."""
-    none = {"requests_purged": 0, "deliveries_purged": 0, "history_purged": 0}
     settings = ctx.settings
-    if settings.purge_interval <= 0 or (settings.request_retention <= 0 and settings.history_retention <= 0):
-        return none
-    try:
-        if not ctx.redis.set(f"{settings.redis_namespace}:purge", ctx.name or "api", nx=True,
-                             px=max(100, int(settings.purge_interval * 1000))):
-            return none
-    except redis.RedisError as exc:
-        LOG.warning("Purge of old records skipped: Redis unavailable (%s)", exc)
-        return none
+    if (settings.purge_interval <= 0 or (settings.request_retention <= 0 and settings.history_retention <= 0)
+            or not conductors.my_turn(ctx, "purge", settings.purge_interval)):
+        return {"requests_purged": 0, "deliveries_purged": 0, "history_purged": 0}
     return purge(ctx)
 
 
@@ -65,51 +58,43 @@ def purge(ctx: Context, now: dt.datetime | None = None) -> dict[str, int]:
     now = now or utcnow()
     requests = deliveries = history = 0
     if settings.request_retention > 0:
-        cutoff = now - dt.timedelta(seconds=max(settings.request_retention, settings.idempotency_retention))
-        for purged, with_deliveries in _batches(ctx, lambda conn: _purge_requests(conn, cutoff)):
-            requests += purged
-            deliveries += with_deliveries
+        finished = now - dt.timedelta(seconds=max(settings.request_retention, settings.idempotency_retention))
+        requests = _in_batches(ctx, lambda conn: _purge_requests(conn, finished))
         ended = now - dt.timedelta(seconds=settings.request_retention)
-        deliveries += sum(n for n, _ in _batches(ctx, lambda conn: (_purge_deliveries(conn, ended), 0)))
+        deliveries = _in_batches(ctx, lambda conn: _purge_deliveries(conn, ended))
     if settings.history_retention > 0:
         old = now - dt.timedelta(seconds=settings.history_retention)
-        history = sum(n for n, _ in _batches(ctx, lambda conn: (_purge_history(conn, old), 0)))
+        history = _in_batches(ctx, lambda conn: _purge_history(conn, old))
     if requests or deliveries or history:
         LOG.info("Purged old records: %d request(s), %d callback delivery(ies), %d history entry(ies)",
                  requests, deliveries, history)
     return {"requests_purged": requests, "deliveries_purged": deliveries, "history_purged": history}
 
 
-def _batches(ctx: Context, one: Callable[[sa.Connection], tuple[int, int]]) -> list[tuple[int, int]]:
-    """Run ``one`` batch per transaction until a batch is short (or the round's bound)."""
-    done = []
+def _in_batches(ctx: Context, one: Callable[[sa.Connection], int]) -> int:
+    """Run ``one`` batch per transaction until a batch is short (or the round's bound); rows deleted."""
+    total = 0
     for _ in range(PURGE_MAX_BATCHES):
         with ctx.db.engine.begin() as conn:
-            counts = one(conn)
-        done.append(counts)
-        if counts[0] < PURGE_BATCH:
+            deleted = one(conn)
+        total += deleted
+        if deleted < PURGE_BATCH:
             break
-    return done
+    return total
 
 
-def _purge_requests(conn: sa.Connection, cutoff: dt.datetime) -> tuple[int, int]:
-    ids = list(conn.scalars(
+def _purge_requests(conn: sa.Connection, cutoff: dt.datetime) -> int:
+    # Idempotency records of these requests go with them (ON DELETE CASCADE);
+    # none is still unexpired (see the cut-off).  Their deliveries have no
+    # foreign key and go by their own age (:func:`_purge_deliveries`).
+    ids = (
         sa.select(Request.id)
         .where(Request.state.in_(_FINISHED), Request.finished_at < cutoff)
         .order_by(Request.finished_at)
         .limit(PURGE_BATCH)
-    ))
-    if not ids:
-        return 0, 0
-    # Idempotency records of these requests go with them (ON DELETE CASCADE);
-    # none is still unexpired (see the cut-off).  A delivery still pending
-    # keeps its row: it does not need the request (its body is fixed).
-    deliveries = conn.execute(
-        sa.delete(CallbackDelivery).where(CallbackDelivery.request_id.in_(ids),
-                                          CallbackDelivery.state.in_(_ENDED_DELIVERY))
-    ).rowcount
-    conn.execute(sa.delete(Request).where(Request.id.in_(ids)))
-    return len(ids), deliveries
+        .scalar_subquery()
+    )
+    return int(conn.execute(sa.delete(Request).where(Request.id.in_(ids))).rowcount)
 
 
 def _purge_deliveries(conn: sa.Connection, cutoff: dt.datetime) -> int:

@@ -28,7 +28,7 @@ import redis
 import sqlalchemy as sa
 
 from conductor.context import Context
-from conductor.engine import retention
+from conductor.engine import conductors, retention
 from conductor.engine.runner import fail_request
 from conductor.fsm.states import RequestState
 from conductor.models import ConductorRecord, Node, Request, utcnow
@@ -101,12 +101,7 @@ def sweep(ctx: Context) -> dict[str, int]:
 def _requeue_lost(ctx: Context, now: dt.datetime) -> dict[str, int]:
     # One conductor per sweep interval does this (each would enqueue the
     # same lost requests again, multiplying the queue's length).
-    try:
-        if not ctx.redis.set(f"{ctx.settings.redis_namespace}:requeue-sweep", ctx.name or "api", nx=True,
-                             px=max(100, int(ctx.settings.sweep_interval * 900))):
-            return {"requeued": 0, "rearmed": 0}
-    except redis.RedisError as exc:
-        LOG.error("Sweep could not reach Redis: %s", exc)
+    if not conductors.my_turn(ctx, "requeue-sweep", 0.9 * ctx.settings.sweep_interval):
         return {"requeued": 0, "rearmed": 0}
     grace = dt.timedelta(seconds=ctx.settings.requeue_after)
     with ctx.db.session() as session:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import logging
 
-import redis
 import sqlalchemy as sa
 
 from conductor.context import Context
-from conductor.drivers import pxe
-from conductor.engine import provision
+from conductor.engine import conductors, provision
 from conductor.fsm.states import ProvisionState as S
 from conductor.fsm.states import RequestState
 from conductor.models import Node, Request, utcnow
@@ -50,18 +48,9 @@ _TAKE = (
 )
 
 
-def _my_turn(ctx: Context) -> bool:
-    try:
-        return bool(ctx.redis.set(f"{ctx.settings.redis_namespace}:wait-watchdog", ctx.name or "?", nx=True,
-                                  px=max(50, int(ctx.settings.wait_check_interval * 1000))))
-    except redis.RedisError as exc:
-        LOG.warning("Watchdog skipped: Redis unavailable (%s)", exc)
-        return False
-
-
 def check(ctx: Context) -> int:
     """Fail the overdue waits (if it is this conductor's turn); returns how many."""
-    if not _my_turn(ctx):
+    if not conductors.my_turn(ctx, "wait-watchdog", ctx.settings.wait_check_interval):
         return 0
     now = utcnow()
     with ctx.db.session() as session:
@@ -92,8 +81,7 @@ def fail_overdue(ctx: Context, request_id: str) -> bool:
                        f"({setting}).")
         else:
             message = f"Timed out waiting in {state}."
-        pxe.forget_agent(ctx.settings, node)
-        provision.fail_node(session, node, message, request.id, ctx.name)
+        provision.fail_node(session, node, message, request.id, ctx.name, ctx.settings)
         request_service.finish(session, node, request, RequestState.FAILED, message, ctx.name)
     LOG.warning("Request %s: %s", request_id, message)
     return True
