@@ -6,15 +6,26 @@ block, writers queue.  Python's sqlite3 starts a transaction lazily, just
 before the first write, so every state-changing function here starts with
 its conditional write and never upgrades a read snapshot (which SQLite
 refuses with ``SQLITE_BUSY`` instead of waiting).
+
+Transient errors (a connection lost or its backend terminated, a
+serialization failure or deadlock, SQLite busy or locked) are told apart by
+:func:`is_transient`; :func:`retrying` re-runs a whole unit of work (one
+transaction, from its start, never the rest of a broken one) a few times
+with a short jittered backoff.  Every unit retried this way is idempotent
+(conditional writes), so running it twice does no harm.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -23,7 +34,75 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conductor.settings import Settings
 
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: How many times :func:`retrying` runs a unit of work, and its backoff (s).
+RETRY_ATTEMPTS = 5
+RETRY_BASE_DELAY = 0.05
+RETRY_MAX_DELAY = 1.0
+#: What a client is told to wait when the database stays away (Retry-After).
+UNAVAILABLE_RETRY_AFTER = 2
+# SQLSTATEs worth another try: serialization failure, deadlock, the
+# backend terminated (admin shutdown, crash, cannot connect now), and the
+# whole "connection exception" class 08.
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+_SQLITE_TRANSIENT = ("database is locked", "database is busy", "database table is locked")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database error that running the unit of work again may cure.
+
+    Connection losses (SQLAlchemy's ``connection_invalidated``, a psycopg
+    ``OperationalError`` without a server SQLSTATE, class ``08``), a
+    terminated backend (``57P01``...), serialization failures (``40001``),
+    deadlocks (``40P01``) and SQLite's busy/locked.  Not constraint
+    violations, syntax errors or data errors: those would fail again.
+    """
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate:
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+    if isinstance(orig, sqlite3.Error):
+        return isinstance(orig, sqlite3.OperationalError) and any(t in str(orig) for t in _SQLITE_TRANSIENT)
+    # psycopg: an OperationalError the server sent no SQLSTATE for is the
+    # connection itself failing (closed, reset, consuming input failed).
+    return isinstance(exc, sa.exc.OperationalError) and type(orig).__module__.startswith("psycopg")
+
+
+def backoff(attempt: int) -> float:
+    """The pause before try ``attempt + 1`` (full jitter, capped)."""
+    return random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt))
+
+
+def retrying(unit: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
+    """Run ``unit`` (one whole transaction); run it again on a transient error.
+
+    ``unit`` must open its own transaction and be idempotent.  After
+    ``attempts`` tries the last transient error is raised.
+
+    :raises sqlalchemy.exc.DBAPIError: a permanent error, or retries exhausted.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return unit()
+        except sa.exc.DBAPIError as exc:
+            if attempt >= attempts or not is_transient(exc):
+                raise
+            pause = backoff(attempt)
+            LOG.warning("%s: transient database error (%s); try %d of %d in %.2f s",
+                        what, _brief(exc), attempt + 1, attempts, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _brief(exc: sa.exc.DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -28,6 +28,7 @@ The whole tree::
     |   +-- QueueUnavailable (503 queue_unavailable)
     |   +-- RateLimited (503 rate_limited)
     |   +-- QueueFull (503 queue_full)
+    |   +-- DatabaseUnavailable (503 database_unavailable)
     +-- DriverError (500 driver_error)
         +-- BMCError (502 bmc_error)
 
@@ -228,6 +229,12 @@ class QueueFull(ServiceUnavailable):
     """Too many requests wait for a conductor; nothing was recorded; retry after ``retry_after`` seconds."""
 
     code = "queue_full"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database failed transiently (connection lost, deadlock, busy) on every try; retry later."""
+
+    code = "database_unavailable"
 
 
 class DriverError(ConductorError):

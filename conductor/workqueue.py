@@ -17,6 +17,7 @@ conductors' sweeper from the database.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -151,7 +152,18 @@ class WorkQueue:
         )
         ids = [d.decode() if isinstance(d, bytes) else d for d in due]
         for start in range(0, len(ids), batch_size):
-            self.enqueue_batch(ids[start : start + batch_size])
+            try:
+                self.enqueue_batch(ids[start : start + batch_size])
+            except Exception:
+                # Not enqueued: give the rest their timers back (or, if Redis
+                # is away, the sweep re-arms them: forget the pumped marks).
+                rest = ids[start:]
+                with contextlib.suppress(redis.RedisError):
+                    pipe = self.connection.pipeline(transaction=True)
+                    pipe.zadd(self.timers_key, dict.fromkeys(rest, time.time()))
+                    pipe.zrem(self.pumped_key, *rest)
+                    pipe.execute()
+                raise
         return len(ids)
 
     def depth(self) -> int:

@@ -6,20 +6,28 @@
 * HTTP errors (unknown route, wrong method, bad body): the same shape;
   webargs' validation errors become 400 ``validation_error`` with the field
   errors in ``errors``.
+* A transient database error (connection lost, deadlock, SQLite busy):
+  the view runs again from the start, a few times (:func:`retry_views`);
+  when it keeps failing, 503 ``database_unavailable`` with ``Retry-After``.
 * Anything else: logged with its traceback, answered 500 ``internal_error``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import marshmallow as ma
+import sqlalchemy as sa
 from flask import Flask, Response, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from conductor.exceptions import ConductorError, QueueFull, RateLimited
+from conductor import database
+from conductor.api.common import close_session
+from conductor.exceptions import ConductorError, DatabaseUnavailable, QueueFull, RateLimited
 
 LOG = logging.getLogger(__name__)
 
@@ -102,6 +110,48 @@ def handle_http_error(error: HTTPException) -> Response:
     return response
 
 
+def handle_database_error(error: sa.exc.DBAPIError) -> Response:
+    if database.is_transient(error):
+        return handle_conductor_error(DatabaseUnavailable(
+            "The database is unavailable; retry later.", retry_after=database.UNAVAILABLE_RETRY_AFTER))
+    return handle_unexpected(error)
+
+
+#: Methods whose views may run again even after a commit of unknown outcome
+#: (a submission's retry finds its own request: 202, same id).
+_REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def _may_repeat(error: sa.exc.DBAPIError) -> bool:
+    # A failed statement means the transaction did not commit; a failure
+    # without one may be a COMMIT whose outcome is unknown: only views
+    # that are safe to repeat then.
+    return request.method in _REPEATABLE or error.statement is not None
+
+
+def retry_views(app: Flask) -> None:
+    """Run a view again from the start (new session) on a transient database error."""
+    dispatch: Callable[[], Any] = app.dispatch_request
+
+    def dispatch_with_retries() -> Any:
+        for attempt in range(1, database.RETRY_ATTEMPTS + 1):
+            try:
+                return dispatch()
+            except sa.exc.DBAPIError as error:
+                if attempt >= database.RETRY_ATTEMPTS or not database.is_transient(error) or not _may_repeat(error):
+                    raise
+                pause = database.backoff(attempt)
+                LOG.warning("%s %s: transient database error; running it again in %.2f s",
+                            request.method, request.path, pause)
+                close_session()
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    # An instance attribute: Flask's full_dispatch_request calls
+    # self.dispatch_request() for the view alone (not the hooks).
+    app.dispatch_request = dispatch_with_retries  # type: ignore[method-assign]
+
+
 def handle_unexpected(error: Exception) -> Response:
     LOG.exception("Unhandled error: %s", type(error).__name__)
     return error_response(500, "internal_error", "Internal error; see the conductor logs.")
@@ -138,4 +188,6 @@ def register(app: Flask) -> None:
     app.before_request(reject_nul)
     app.register_error_handler(ConductorError, handle_conductor_error)
     app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(sa.exc.DBAPIError, handle_database_error)
+    retry_views(app)
     app.register_error_handler(Exception, handle_unexpected)

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 import urllib3
 from sqlalchemy.orm import Session
 
+from conductor import database
 from conductor.callbacks import destinations, outbox, retry, secrets, signing
 from conductor.context import Context
 from conductor.exceptions import CallbackUrlDenied, InvalidInput
@@ -158,14 +159,15 @@ def attempt(ctx: Context, delivery_id: int) -> str | None:
     Returns its state afterwards, or None when it was not claimable.
     """
     holder = ctx.name or outbox.holder_name()
-    delivery = claim(ctx, delivery_id, holder)
+    # Claim and record are conditional writes: safe to run again on a
+    # transient database error (a lost claim's lease runs out).
+    delivery = database.retrying(lambda: claim(ctx, delivery_id, holder), f"Delivery {delivery_id}: claim")
     if delivery is None:
         LOG.debug("Delivery %s: not claimable now; skipped", delivery_id)
         return None
     settings = ctx.settings
     try:
-        with ctx.db.session() as session:
-            keys = secrets.signing_secrets(session, delivery.signer)
+        keys = database.retrying(lambda: _signing_secrets(ctx, delivery.signer), f"Delivery {delivery_id}: secrets")
         target = destinations.check(settings, delivery.url)
         body = delivery.body.encode()
         headers = signing.headers(delivery.webhook_id, int(time.time()), body, keys)
@@ -178,7 +180,12 @@ def attempt(ctx: Context, delivery_id: int) -> str | None:
         # A bug must not leave the delivery leased until the lease runs out.
         LOG.exception("Delivery %s: internal error", delivery_id)
         outcome = Outcome(None, "internal error in the callback worker; see its log")
-    return record(ctx, delivery, holder, outcome)
+    return database.retrying(lambda: record(ctx, delivery, holder, outcome), f"Delivery {delivery_id}: record")
+
+
+def _signing_secrets(ctx: Context, signer: str | None) -> list[str]:
+    with ctx.db.session() as session:
+        return secrets.signing_secrets(session, signer)
 
 
 def record(ctx: Context, delivery: CallbackDelivery, holder: str, outcome: Outcome) -> str | None:

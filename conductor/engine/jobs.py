@@ -39,7 +39,7 @@ def current() -> Context:
 
 def run_steps(request_ids: Sequence[str]) -> None:
     """Run the next step of each request (the work queue's only job)."""
-    from conductor.engine.runner import run_step
+    from conductor.engine.runner import DATABASE_RETRY_DELAY, run_step
 
     ctx = current()
     for done, request_id in enumerate(request_ids):
@@ -53,6 +53,15 @@ def run_steps(request_ids: Sequence[str]) -> None:
                 ctx.queue.schedule(other, 0)
             LOG.warning("Job timed out; %d request(s) of its batch rescheduled", len(rest))
             raise
+        except Exception:
+            # run_step resolves its request on every way out it knows; should
+            # one escape, the request (maybe popped from a timer) is not lost
+            # with this job: it gets a timer again, and the batch goes on.
+            LOG.exception("Request %s: step crashed; trying again in %.0f s", request_id, DATABASE_RETRY_DELAY)
+            try:
+                ctx.queue.schedule(request_id, DATABASE_RETRY_DELAY)
+            except redis.RedisError as exc:
+                LOG.error("Request %s: could not set its timer (%s); the sweeper will re-arm it", request_id, exc)
     # One job left the work queue: what the API's queue_full Retry-After is based on.
     try:
         DrainMeter(ctx.redis, ctx.settings.redis_namespace).record(1)

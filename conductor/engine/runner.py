@@ -13,6 +13,11 @@ Every way out of a step is logged and leaves the database consistent:
 * the workflow waits for the agent: the request is ``waiting``;
 * a driver error: the node's ``last_error`` is set, a busy provision state
   fails, the request fails;
+* a transient database error (connection lost, deadlock, SQLite busy):
+  the whole step runs again from the claim, a few times (the claim and
+  reservation this conductor holds are taken again, the BMC may hear the
+  step's command twice); if the database stays away, the request is put
+  back to sleep in a Redis timer, never failed and never left without one;
 * anything else: the same, with an "internal error" message (traceback in
   the log only).
 """
@@ -29,7 +34,7 @@ import sqlalchemy as sa
 from rq.timeouts import BaseTimeoutException
 
 
-from conductor import logs
+from conductor import database, logs
 from conductor.context import Context
 from conductor.drivers.base import Done, Poll, StepResult, TryLater, Wait
 from conductor.engine import management, power, provision
@@ -50,10 +55,58 @@ _LOCK_RETRY_INITIAL = 0.2
 _LOCK_RETRY_MAX = 2.0
 
 
+#: A step the database kept failing is tried again this much later (s).
+DATABASE_RETRY_DELAY = 2.0
+
+
 def run_step(ctx: Context, request_id: str) -> None:
     """Run the next step of request ``request_id`` (see the module docstring)."""
     with logs.request_context(request_id):
-        _run_step(ctx, request_id)
+        try:
+            database.retrying(lambda: _run_step(ctx, request_id), f"Request {request_id}")
+        except sa.exc.DBAPIError as exc:
+            if not database.is_transient(exc):
+                raise
+            retry_later(ctx, request_id, exc)
+
+
+def retry_later(ctx: Context, request_id: str, exc: Exception) -> None:
+    """Put a request whose step the database kept failing back to sleep.
+
+    The timer is set first (Redis): whatever the database does next, the
+    request is looked at again.  Then, if the database answers, this
+    conductor's claim and reservation are given back, so that any conductor
+    can run it.
+    """
+    LOG.warning("Request %s: the database keeps failing (%s); trying again in %.0f s",
+                request_id, exc, DATABASE_RETRY_DELAY)
+    try:
+        ctx.queue.schedule(request_id, DATABASE_RETRY_DELAY)
+    except redis.RedisError as error:
+        LOG.error("Request %s: could not set its timer (%s); the sweeper will re-arm it", request_id, error)
+    try:
+        database.retrying(lambda: _unclaim(ctx, request_id), f"Request {request_id}: giving back its claim")
+    except sa.exc.DBAPIError as error:
+        LOG.error("Request %s: could not give back its claim (%s); this conductor takes it again",
+                  request_id, error)
+
+
+def _unclaim(ctx: Context, request_id: str) -> None:
+    wake_at = utcnow() + dt.timedelta(seconds=DATABASE_RETRY_DELAY)
+    requests_t, nodes_t = Request.__table__, Node.__table__
+    with ctx.db.engine.begin() as conn:
+        conn.execute(
+            sa.update(requests_t)
+            .where(requests_t.c.id == request_id, requests_t.c.conductor == ctx.name,
+                   requests_t.c.state == RequestState.RUNNING)
+            .values(conductor=None, wake_at=wake_at, updated_at=utcnow())
+        )
+        conn.execute(
+            sa.update(nodes_t)
+            .where(nodes_t.c.id == sa.select(requests_t.c.node_id).where(requests_t.c.id == request_id)
+                   .scalar_subquery(), nodes_t.c.reservation == ctx.name)
+            .values(reservation=None)
+        )
 
 
 def _run_step(ctx: Context, request_id: str) -> None:
@@ -98,7 +151,9 @@ def _run_step(ctx: Context, request_id: str) -> None:
         fail_request(ctx, request_id, f"A step exceeded the job timeout ({ctx.settings.job_timeout:g} s).",
                      owner=ctx.name)
         raise
-    except Exception:
+    except Exception as exc:
+        if database.is_transient(exc):
+            raise  # run_step runs the whole step again
         LOG.exception("Request %s: internal error in conductor %s", request_id, ctx.name)
         fail_request(ctx, request_id, f"Internal error in conductor {ctx.name}; see its log.", owner=ctx.name)
         return

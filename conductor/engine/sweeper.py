@@ -27,6 +27,7 @@ import logging
 import redis
 import sqlalchemy as sa
 
+from conductor import database
 from conductor.context import Context
 from conductor.engine import conductors, retention
 from conductor.engine.runner import fail_request
@@ -67,7 +68,15 @@ def recover_conductor(ctx: Context, name: str) -> int:
 
 
 def sweep(ctx: Context) -> dict[str, int]:
-    """One sweep; returns counts of what it fixed."""
+    """One sweep; returns counts of what it fixed.
+
+    Every step is conditional, so a transient database error runs the whole
+    sweep again (a few times) rather than leaving it for the next interval.
+    """
+    return database.retrying(lambda: _sweep(ctx), "Sweep")
+
+
+def _sweep(ctx: Context) -> dict[str, int]:
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=ctx.settings.heartbeat_timeout)
     with ctx.db.begin() as session:

@@ -118,12 +118,15 @@ def _host_lock(ctx: Context, node_uuid: str) -> contextlib.AbstractContextManage
 _requests = Request.__table__
 _nodes = Node.__table__
 # Built once (the step path is hot; building a statement costs more than
-# running it): claim the request's next step, then reserve its node.
+# running it): claim the request's next step, then reserve its node.  A claim
+# or reservation this conductor already holds is taken again: one conductor
+# runs one step at a time, so it is what a step of ours that failed on a
+# database error left behind (its retry starts from the beginning).
 _CLAIM = (
     sa.update(_requests)
     .where(
         _requests.c.id == sa.bindparam("rid"),
-        _requests.c.conductor.is_(None),
+        sa.or_(_requests.c.conductor.is_(None), _requests.c.conductor == sa.bindparam("me")),
         _requests.c.state.in_([RequestState.QUEUED, RequestState.RUNNING]),
     )
     .values(
@@ -138,7 +141,7 @@ _RESERVE = (
     sa.update(_nodes)
     .where(
         _nodes.c.id == sa.select(_requests.c.node_id).where(_requests.c.id == sa.bindparam("rid")).scalar_subquery(),
-        _nodes.c.reservation.is_(None),
+        sa.or_(_nodes.c.reservation.is_(None), _nodes.c.reservation == sa.bindparam("me")),
     )
     .values(reservation=sa.bindparam("me"))
 )

@@ -19,6 +19,7 @@ import logging
 
 import sqlalchemy as sa
 
+from conductor import database
 from conductor.context import Context
 from conductor.engine import conductors, provision
 from conductor.fsm.states import ProvisionState as S
@@ -60,7 +61,9 @@ def check(ctx: Context) -> int:
             .order_by(Request.wake_at)
             .limit(BATCH)
         ))
-    return sum(fail_overdue(ctx, request_id) for request_id in overdue)
+    # Failing is conditional: safe to run again on a transient database error.
+    return sum(database.retrying(lambda rid=request_id: fail_overdue(ctx, rid), f"Watchdog: request {request_id}")
+               for request_id in overdue)
 
 
 def fail_overdue(ctx: Context, request_id: str) -> bool:

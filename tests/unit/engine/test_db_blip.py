@@ -1,0 +1,191 @@
+"""A database blip (connection lost, backend terminated, SQLite locked) loses nothing.
+
+The errors are real: on SQLite the driver's own ``sqlite3.OperationalError``
+("database is locked") is raised from the statement's execution path; on
+PostgreSQL (``TEST_DATABASE_URL``) the test terminates the backend of the
+very connection about to run the statement (``pg_terminate_backend``), so
+psycopg fails it as it would in production.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from conductor import database
+from conductor.engine import jobs, runner
+from conductor.models import Request
+from tests.conftest import drain
+
+CLAIM = r"^UPDATE requests SET state="  # the claim of a step (engine/task.py _CLAIM)
+STEP_FENCE = r"^UPDATE nodes SET reservation=.* WHERE nodes\.id = \S+ AND nodes\.reservation = "  # the step's release (and its undo)
+
+
+class Blip:
+    """Break the statements matching ``pattern`` (``times`` of them; None: all) with a real driver error."""
+
+    def __init__(self, engine: sa.Engine, pattern: str, times: int | None = 1) -> None:
+        self.engine = engine
+        self.pattern = re.compile(pattern)
+        self.left = times
+        self.fired = 0
+        self._admin = sa.create_engine(engine.url) if engine.dialect.name == "postgresql" else None
+
+    def __enter__(self) -> Blip:
+        event.listen(self.engine, "before_cursor_execute", self._hook)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._hook)
+        if self._admin is not None:
+            self._admin.dispose()
+
+    def _hook(self, conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not self.pattern.search(statement) or self.left == 0:
+            return
+        if self.left is not None:
+            self.left -= 1
+        self.fired += 1
+        if self._admin is None:
+            raise sqlite3.OperationalError("database is locked")
+        pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with self._admin.connect() as admin:
+            # Waits until the backend is gone: the statement then meets a dead connection.
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+
+
+@pytest.fixture
+def node(client) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    assert client.post("/v1/nodes", json={"name": "n1", "driver": "fake"}).status_code == 201
+    yield "n1"
+
+
+def _power_on(client) -> str:  # type: ignore[no-untyped-def]
+    response = client.put("/v1/nodes/n1/states/power", json={"target": "power on"})
+    assert response.status_code == 202, response.json
+    return str(response.json["id"])
+
+
+def _request(ctx, request_id: str) -> Request:  # type: ignore[no-untyped-def]
+    with ctx.db.session() as session:
+        request = session.get(Request, request_id)
+        assert request is not None
+        return request
+
+
+def test_a_step_whose_claim_breaks_runs_again_and_succeeds(client, node, conductor_ctx) -> None:
+    request_id = _power_on(client)
+    conductor_ctx.queue.queue.empty()  # a worker took the request's job
+    with Blip(conductor_ctx.db.engine, CLAIM) as blip:
+        runner.run_step(conductor_ctx, request_id)
+    assert blip.fired == 1
+    # Done, or sleeping in a timer: never left with neither.
+    assert _request(conductor_ctx, request_id).state == "succeeded" or conductor_ctx.queue.pending([request_id])
+    drain(conductor_ctx)
+    request = _request(conductor_ctx, request_id)
+    assert (request.state, request.error) == ("succeeded", None)
+
+
+def test_a_step_whose_commit_and_release_break_takes_its_own_claim_and_reservation_again(
+    client, node, conductor_ctx
+) -> None:
+    request_id = _power_on(client)
+    # The step's recording fails, then so does giving the node back: the
+    # retry finds the claim and the reservation still held by itself.
+    with Blip(conductor_ctx.db.engine, STEP_FENCE, times=2) as blip:
+        runner.run_step(conductor_ctx, request_id)
+    assert blip.fired == 2
+    drain(conductor_ctx)
+    request = _request(conductor_ctx, request_id)
+    assert (request.state, request.error) == ("succeeded", None)
+    assert client.get("/v1/nodes/n1").json["reservation"] is None
+
+
+def test_a_popped_timer_is_armed_again_while_the_database_stays_away(
+    client, node, conductor_ctx, monkeypatch
+) -> None:
+    request_id = _power_on(client)
+    queue = conductor_ctx.queue
+    queue.queue.empty()
+    # The request sleeps in a timer that falls due; a conductor pumps it into
+    # a batch job (the "pumped" mark keeps the sweep away), and the job's
+    # claim keeps failing.
+    queue.schedule(request_id, 0)
+    assert queue.pump_timers() == 1
+    assert conductor_ctx.redis.zscore(queue.timers_key, request_id) is None
+    monkeypatch.setattr(jobs, "_context", conductor_ctx)
+    with Blip(conductor_ctx.db.engine, CLAIM, times=None) as blip:
+        jobs.run_steps([request_id])
+    assert blip.fired == database.RETRY_ATTEMPTS
+    request = _request(conductor_ctx, request_id)
+    assert request.state == "queued" and request.conductor is None  # not failed, not held
+    assert conductor_ctx.redis.zscore(queue.timers_key, request_id) is not None  # armed again
+    queue.queue.empty()
+    drain(conductor_ctx)
+    assert _request(conductor_ctx, request_id).state == "succeeded"
+
+
+def test_a_read_that_breaks_is_answered_after_a_retry(client, node, ctx) -> None:
+    with Blip(ctx.db.engine, r"FROM nodes\b") as blip:
+        response = client.get("/v1/nodes/n1/states")
+    assert blip.fired == 1
+    assert response.status_code == 200, response.json
+
+
+def test_a_submission_whose_transaction_breaks_is_accepted_once(client, node, ctx) -> None:
+    with Blip(ctx.db.engine, r"^INSERT INTO requests\b") as blip:
+        request_id = _power_on(client)
+    assert blip.fired == 1
+    listed = client.get("/v1/requests", query_string={"node": "n1"}).json["requests"]
+    assert [r["id"] for r in listed] == [request_id]
+
+
+def test_the_api_answers_503_database_unavailable_when_the_database_stays_away(client, node, ctx) -> None:
+    with Blip(ctx.db.engine, r"FROM nodes\b", times=None) as blip:
+        response = client.get("/v1/nodes/n1/states")
+    assert blip.fired == database.RETRY_ATTEMPTS
+    assert response.status_code == 503
+    assert response.json["code"] == "database_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_permanent_database_errors_are_not_retried(client, node, ctx) -> None:
+    def broken(*_args: Any) -> None:
+        raise sqlite3.OperationalError("no such table: nodes")
+
+    event.listen(ctx.db.engine, "before_cursor_execute", broken)
+    try:
+        response = client.get("/v1/nodes/n1/states")
+    finally:
+        event.remove(ctx.db.engine, "before_cursor_execute", broken)
+    assert response.status_code == 500
+    assert response.json["code"] == "internal_error"
+
+
+@pytest.mark.parametrize(
+    ("orig", "transient"),
+    [
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("no such table: nodes"), False),
+        (sqlite3.IntegrityError("UNIQUE constraint failed: nodes.name"), False),
+        (psycopg.errors.SerializationFailure(), True),
+        (psycopg.errors.DeadlockDetected(), True),
+        (psycopg.errors.AdminShutdown(), True),
+        (psycopg.errors.ConnectionFailure(), True),
+        (psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly"), True),
+        (psycopg.errors.UniqueViolation(), False),
+        (psycopg.errors.QueryCanceled(), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+def test_transient_errors_are_told_apart(orig: Exception, transient: bool) -> None:
+    base = sqlite3.Error if isinstance(orig, sqlite3.Error) else psycopg.Error
+    error = sa.exc.DBAPIError.instance("SELECT 1", {}, orig, base)
+    assert database.is_transient(error) is transient
