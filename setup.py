@@ -46,7 +46,9 @@ setup(
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],
         # standardwebhooks: the reference verifier, checked against our signatures.
-        "test": ["pytest>=8.0", "pytest-timeout>=2.2", "psycopg[binary]>=3.1", "standardwebhooks>=1.0"],
+        "test": ["pytest>=8.0", "pytest-timeout>=2.2", "psycopg[binary]>=3.1", "standardwebhooks>=1.0",
+                 # jsonschema: error bodies checked against the published Error schema.
+                 "jsonschema>=4.0"],
     },
     entry_points={
         "console_scripts": [

@@ -6,6 +6,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from conductor.api import limits
 from conductor.settings import Settings
 
 
@@ -18,11 +19,12 @@ class _App(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any] = {
             "bind": f"{self.settings.api_host}:{self.settings.api_port}",
             "workers": self.settings.api_workers,
-            "worker_class": "sync",
             "timeout": 60,
             "graceful_timeout": 10,
             "loglevel": self.settings.log_level.lower(),
             "proc_name": "conductor-api",
+            # Request line and header limits, refused with our JSON error (a sync worker).
+            **limits.gunicorn_options(),
         }
         for key, value in options.items():
             self.cfg.set(key, value)

@@ -7,7 +7,9 @@ import ipaddress
 from flask import Flask, Response
 
 from conductor import __version__, metrics
-from conductor.api import admission, callbacks, conductors, errors, nodes, requests, subscriptions, throttle, tokens
+from conductor.api import (
+    admission, callbacks, conductors, errors, limits, nodes, requests, strict_json, subscriptions, throttle, tokens,
+)
 from conductor.api.common import close_session
 from conductor.callbacks import destinations
 from conductor.context import Context
@@ -52,7 +54,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        MAX_CONTENT_LENGTH=1 << 20,
+        MAX_CONTENT_LENGTH=limits.MAX_BODY,
         # Swagger UI's "Authorize" button takes a bearer token.
         API_SPEC_OPTIONS={
             "security": [{"bearerAuth": []}],
@@ -62,11 +64,14 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
             }},
         },
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Finite numbers only, in and out (PostgreSQL refuses NaN; it is not JSON).
+    app.json = strict_json.StrictJSONProvider(app)
     app.extensions["conductor"] = ctx
     # Fail at start, not on the first callback, on malformed callback lists.
     destinations.Policy.from_settings(ctx.settings)
     api = errors.ConductorApi(app)
+    # First: nothing may read a chunked body before its size is checked.
+    app.before_request(limits.refuse_oversized_body)
     errors.register(app)
     admission.install(app)
     for module in (nodes, requests, conductors, throttle, tokens, subscriptions, callbacks):

@@ -17,7 +17,6 @@ only ask :func:`client` and :func:`idempotency_key`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import redis
@@ -29,8 +28,8 @@ from conductor.auth import tokens
 from conductor.auth.roles import Role, allows
 from conductor.callbacks.secrets import ADDRESS_PREFIX
 from conductor.context import Context
-from conductor.exceptions import Forbidden, QueueFull, RateLimited, Unauthorized
-from conductor.throttle import buckets, idempotency
+from conductor.exceptions import Forbidden, InvalidAgentToken, QueueFull, RateLimited, Unauthorized
+from conductor.throttle import agents, buckets, idempotency
 from conductor.throttle import settings as throttle_settings
 from conductor.throttle.idempotency import IdempotencyKey
 
@@ -118,31 +117,42 @@ def _admit_or_refuse(limiter: buckets.Limiter, wanted: list[buckets.Bucket], ref
 
 
 #: Agent heartbeats skip bearer auth (their token is checked against the
-#: node), so they get budgets of their own, all taken before any database
-#: look-up: per node and presented token (an agent calls about once per
-#: command and retries every 0.2 s at most; keyed by token too, so guesses
-#: for a node never hold back its real agent), per caller address (one host
-#: may run many agents, e.g. the simulator) and for the deployment.  A
-#: refusal is 503 + Retry-After.
+#: node in the database), so they get budgets of their own. A heartbeat
+#: without a token is refused at once (401), counted nowhere. A token this
+#: process has accepted before (:mod:`conductor.throttle.agents`) is counted
+#: only per node and token (an agent calls about once per command and retries
+#: every 0.2 s at most), so other callers' wrong tokens never hold it back.
+#: Any other token is a guess until the database says otherwise: it is
+#: counted per node and token, per caller address (one host may run many
+#: agents, e.g. the simulator) and for the deployment, all before any
+#: database look-up. A refusal is 503 + Retry-After.
 HEARTBEAT_NODE_RATE, HEARTBEAT_NODE_BURST = 5.0, 20
 HEARTBEAT_ADDRESS_RATE, HEARTBEAT_ADDRESS_BURST = 200.0, 400
 HEARTBEAT_ALL_RATE, HEARTBEAT_ALL_BURST = 1000.0, 2000
 
 
 def _throttle_heartbeats(ctx: Context) -> None:
-    """Bound agent heartbeats per node and token, per address and overall.
+    """Refuse a heartbeat without a token; bound the others (see above).
 
-    :raises RateLimited: one of those budgets is empty.
+    :raises InvalidAgentToken: no ``X-Agent-Token``.
+    :raises RateLimited: one of its budgets is empty.
     """
-    limiter = _limiter(ctx)
+    token = request.headers.get("X-Agent-Token", "")
     node = str((request.view_args or {}).get("ident", ""))[:64]
-    presented = hashlib.sha256(request.headers.get("X-Agent-Token", "").encode()).hexdigest()[:16]
-    wanted = [
-        limiter.bucket("heartbeat", "*", HEARTBEAT_ALL_RATE, HEARTBEAT_ALL_BURST),
-        limiter.bucket("heartbeat-address", request.remote_addr or "unknown", HEARTBEAT_ADDRESS_RATE,
-                       HEARTBEAT_ADDRESS_BURST),
-        limiter.bucket("heartbeat-node", f"{node}:{presented}", HEARTBEAT_NODE_RATE, HEARTBEAT_NODE_BURST),
-    ]
+    if not token:
+        raise InvalidAgentToken(
+            f"The agent token is missing or is not the one issued for node {node}'s current workflow."
+        )
+    limiter = _limiter(ctx)
+    presented = agents.digest(token)
+    wanted = [limiter.bucket("heartbeat-node", f"{node}:{presented[:16]}", HEARTBEAT_NODE_RATE,
+                             HEARTBEAT_NODE_BURST)]
+    if not agents.accepted(ctx).known(node, presented):
+        wanted += [
+            limiter.bucket("heartbeat", "*", HEARTBEAT_ALL_RATE, HEARTBEAT_ALL_BURST),
+            limiter.bucket("heartbeat-address", request.remote_addr or "unknown", HEARTBEAT_ADDRESS_RATE,
+                           HEARTBEAT_ADDRESS_BURST),
+        ]
     _admit_or_refuse(limiter, wanted, f"Too many heartbeats for node {node}")
 
 

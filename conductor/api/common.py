@@ -9,8 +9,10 @@ from urllib.parse import urlencode
 from flask import Response, current_app, g, jsonify, request
 from flask_smorest import Blueprint as _Blueprint
 from sqlalchemy.orm import Session
-from webargs.flaskparser import FlaskParser
+from webargs.core import missing
+from webargs.flaskparser import FlaskParser, is_json_request
 
+from conductor.api import strict_json
 from conductor.context import Context
 from conductor.exceptions import InvalidInput
 
@@ -21,8 +23,11 @@ class Parser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400
 
     def _raw_load_json(self, req: Any) -> Any:
+        # webargs parses with the stdlib's json.loads, which takes NaN and 1e400.
+        if not is_json_request(req):
+            return missing
         try:
-            return super()._raw_load_json(req)
+            return strict_json.loads(req.get_data(cache=True).decode())
         except RecursionError:
             raise InvalidInput("The JSON body is nested too deeply.", errors={"json": "nested too deeply"}) from None
 

@@ -39,21 +39,54 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     429: "too_many_requests",
+    431: "headers_too_large",
     500: "internal_error",
 }
 
 
 class ErrorSchema(ma.Schema):
-    """Every error response (documentation only)."""
+    """Every error response: ``code``, ``status``, ``message``, plus the details of that error.
 
-    code = ma.fields.String(metadata={"description": "Machine-readable error code"})
-    status = ma.fields.Integer(metadata={"description": "HTTP status"})
-    message = ma.fields.String(metadata={"description": "What went wrong, for people"})
-    errors = ma.fields.Dict(metadata={"description": "Field errors (validation_error)"})
-    request_id = ma.fields.String(metadata={"description": "The request in progress (409)"})
-    allowed_targets = ma.fields.List(ma.fields.String(), metadata={"description": "invalid_transition"})
+    The details are documented field by field (each names the codes that
+    carry it); clients must ignore fields they do not know, since new
+    details may be added, so the schema allows additional properties.
+    """
+
+    class Meta:
+        unknown = ma.INCLUDE  # -> "additionalProperties": true in /openapi.json
+
+    code = ma.fields.String(required=True, metadata={"description": "Machine-readable error code"})
+    status = ma.fields.Integer(required=True, metadata={"description": "HTTP status"})
+    message = ma.fields.String(required=True, metadata={"description": "What went wrong, for people"})
+    errors = ma.fields.Dict(
+        keys=ma.fields.String(), values=ma.fields.String(),
+        metadata={"description": "Field -> message (validation_error and its kinds; callback_url_denied)"},
+    )
+    request_id = ma.fields.String(metadata={
+        "description": "The request concerned: the one in progress (transition_in_progress), the one "
+                       "not found or not cancellable, the original of a reused Idempotency-Key"})
+    allowed_targets = ma.fields.List(ma.fields.String(), metadata={
+        "description": "The targets the node's state allows (invalid_transition)"})
+    provision_state = ma.fields.String(metadata={
+        "description": "The node's provision state (invalid_transition, node_not_deletable, node_not_waiting)"})
+    state = ma.fields.String(metadata={"description": "The request's state (request_not_cancellable)"})
+    node = ma.fields.String(metadata={"description": "The node name or UUID asked for (node_not_found)"})
+    name = ma.fields.String(metadata={"description": "The node name already in use (node_name_in_use)"})
+    uuid = ma.fields.String(metadata={"description": "The node UUID already in use (node_name_in_use)"})
+    holder = ma.fields.String(metadata={"description": "The conductor holding the node's reservation (node_locked)"})
+    maintenance_reason = ma.fields.String(allow_none=True, metadata={
+        "description": "Why the node is in maintenance (node_in_maintenance)"})
+    token_id = ma.fields.String(metadata={"description": "The API token asked for (token_not_found)"})
+    subscription_id = ma.fields.String(metadata={
+        "description": "The callback subscription asked for (subscription_not_found)"})
+    reason = ma.fields.String(metadata={
+        "description": "Why the callback destination is refused (callback_url_denied)"})
+    required_role = ma.fields.String(metadata={"description": "The role the call needs (forbidden)"})
+    retry_after = ma.fields.Integer(metadata={
+        "description": "Seconds to wait before retrying, as the Retry-After header (503s)"})
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:

@@ -34,6 +34,7 @@ from conductor.fsm import table
 from conductor.fsm.states import RequestState
 from conductor.models import Node, Request, utcnow
 from conductor.service import history, nodes
+from conductor.throttle import agents
 
 LOG = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
                 f"The agent token is missing or is not the one issued for node {ident}'s current workflow."
             ) from None
         _check_token(node, token)
+        # Its next heartbeats skip the budgets of unknown tokens (see throttle.agents).
+        agents.accepted(ctx).remember(ident, agents.digest(token or ""))
         request = session.get(Request, node.active_request_id) if node.active_request_id else None
         if node.provision_state not in table.WAIT_STATES or request is None or request.state != RequestState.WAITING:
             raise NodeNotWaiting(
