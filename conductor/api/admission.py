@@ -138,7 +138,8 @@ def _throttle_heartbeats(ctx: Context) -> None:
     :raises RateLimited: one of its budgets is empty.
     """
     token = request.headers.get("X-Agent-Token", "")
-    node = str((request.view_args or {}).get("ident", ""))[:64]
+    ident = str((request.view_args or {}).get("ident", ""))
+    node = ident[:64]
     if not token:
         raise InvalidAgentToken(
             f"The agent token is missing or is not the one issued for node {node}'s current workflow."
@@ -147,7 +148,7 @@ def _throttle_heartbeats(ctx: Context) -> None:
     presented = agents.digest(token)
     wanted = [limiter.bucket("heartbeat-node", f"{node}:{presented[:16]}", HEARTBEAT_NODE_RATE,
                              HEARTBEAT_NODE_BURST)]
-    if not agents.accepted(ctx).known(node, presented):
+    if not agents.accepted(ctx).known(ident, presented):
         wanted += [
             limiter.bucket("heartbeat", "*", HEARTBEAT_ALL_RATE, HEARTBEAT_ALL_BURST),
             limiter.bucket("heartbeat-address", request.remote_addr or "unknown", HEARTBEAT_ADDRESS_RATE,

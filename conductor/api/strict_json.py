@@ -32,10 +32,23 @@ def _finite(text: str) -> float:
     return value
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # over Python's 4,300 digits for int(): not a JSON error, but still the client's
+        raise InvalidInput(f"The JSON body has an integer of {len(text)} digits.",
+                           errors={"json": "integer too long"}) from None
+
+
 def loads(data: str | bytes, **kwargs: Any) -> Any:
-    """Parse JSON; :raises InvalidInput: a non-finite number (``json.JSONDecodeError`` for bad JSON)."""
+    """Parse JSON.
+
+    :raises InvalidInput: a non-finite number, or an integer too long to convert.
+    :raises json.JSONDecodeError: not JSON.
+    """
     kwargs.setdefault("parse_constant", _refuse)
     kwargs.setdefault("parse_float", _finite)
+    kwargs.setdefault("parse_int", _integer)
     return json.loads(data, **kwargs)
 
 

@@ -67,3 +67,8 @@ def test_large_finite_numbers_are_kept(client) -> None:
 def test_responses_never_carry_nan(app) -> None:
     with app.app_context(), pytest.raises(ValueError):
         app.json.dumps({"x": float("nan")})
+
+
+def test_an_integer_too_long_to_convert_is_400_not_500(client) -> None:
+    body = '{"name": "n1", "driver": "fake", "properties": {"x": 1' + "0" * 5000 + "}}"
+    assert_refused(post(client, "/v1/nodes", body))
