@@ -42,6 +42,8 @@ setup(
         "prometheus-client>=0.20",
         # The live view of `conductor demo`.
         "rich>=13",
+        # Fernet: BMC passwords and webhook signing secrets sealed at rest.
+        "cryptography>=41",
     ],
     extras_require={
         "postgres": ["psycopg[binary]>=3.1"],

@@ -32,6 +32,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from conductor import secretbox
+from conductor.datadir import ensure_private_sqlite
 from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -114,7 +116,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_sqlite(Path(path))  # 0600 (and its WAL/SHM), not the umask's 0644
         engine = sa.create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -154,8 +156,10 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        """The database the settings name."""
-        return cls(settings.sqlalchemy_url)
+        """The database the settings name; its sessions seal secrets with the settings' key."""
+        db = cls(settings.sqlalchemy_url)
+        db._sessions.configure(info={secretbox.SESSION_INFO_KEY: secretbox.for_settings(settings)})
+        return db
 
     def session(self) -> Session:
         """A new session; the caller closes it (or uses it as a context manager)."""
@@ -203,7 +207,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_sqlite(Path(path))
     command.upgrade(_alembic_config(url), revision)
 
 

@@ -29,8 +29,10 @@ The whole tree::
     |   +-- RateLimited (503 rate_limited)
     |   +-- QueueFull (503 queue_full)
     |   +-- DatabaseUnavailable (503 database_unavailable)
+    +-- NoSecretKey (500 no_secret_key)
     +-- DriverError (500 driver_error)
         +-- BMCError (502 bmc_error)
+        +-- SecretUnreadable (500 secret_unreadable)
 
 ``DriverError`` and its children are raised by drivers inside conductor
 workers; they end up in a node's ``last_error`` and a request's ``error``
@@ -248,3 +250,15 @@ class BMCError(DriverError):
 
     status = 502
     code = "bmc_error"
+
+
+class NoSecretKey(ConductorError):
+    """No key to seal or open secrets at rest with (none configured, or an invalid one)."""
+
+    code = "no_secret_key"
+
+
+class SecretUnreadable(DriverError):
+    """A stored secret that no key of the key ring opens (the key was lost, or differs on this host)."""
+
+    code = "secret_unreadable"

@@ -63,6 +63,7 @@ class Node(Base):
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
     name: Mapped[str | None] = mapped_column(String(255), unique=True)
     driver: Mapped[str] = mapped_column(String(64))
+    #: Secrets (keys ending in ``password``) are stored sealed (``fernet:...``).
     driver_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: Private to drivers and workflows; never shown by the API.
     driver_internal_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -221,7 +222,8 @@ class ThrottleRecord(Base):
 class CallbackSecret(Base):
     """The webhook signing secret of one client (``""``: the deployment's own).
 
-    The plaintext is kept because HMAC needs it; the API shows it once, when
+    HMAC needs the secret itself, so it is stored sealed (``fernet:...``,
+    see conductor/secretbox.py), not hashed; the API shows it once, when
     it is created, and never again.  After a rotation the previous secret
     keeps signing (both signatures are sent) until ``previous_expires_at``.
     """
@@ -229,8 +231,9 @@ class CallbackSecret(Base):
     __tablename__ = "callback_secrets"
 
     client: Mapped[str] = mapped_column(String(64), primary_key=True)
-    secret: Mapped[str] = mapped_column(String(64))
-    previous_secret: Mapped[str | None] = mapped_column(String(64))
+    #: Sealed (a plain value is one written before migration 0006).
+    secret: Mapped[str] = mapped_column(String(255))
+    previous_secret: Mapped[str | None] = mapped_column(String(255))
     previous_expires_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     rotated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

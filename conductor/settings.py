@@ -151,6 +151,12 @@ class Settings:
     #: How long a rotated-out signing secret keeps signing (both are sent).
     callback_secret_overlap: float = 86400.0
 
+    #: Fernet keys sealing secrets at rest (BMC passwords, webhook signing
+    #: secrets; see conductor/secretbox.py), comma-separated, current first.
+    #: Empty means the key file ``<data_dir>/secret.key``, created on first
+    #: start.  Deployments on several hosts must give every host the same keys.
+    secret_key: str = dataclasses.field(default="", repr=False)
+
     log_level: str = "INFO"
 
     @property
@@ -162,6 +168,11 @@ class Settings:
     def admin_token_file(self) -> Path:
         """Where ``conductor up`` keeps the local admin token (mode 0600)."""
         return self.data_dir / "admin.token"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """Where the key sealing secrets at rest lives when ``secret_key`` is empty (mode 0600)."""
+        return self.data_dir / "secret.key"
 
     @property
     def api_url_file(self) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from conductor import database
+from conductor import database, datadir
 from conductor.auth import tokens
 from conductor.embedded_redis import EmbeddedRedis
 from conductor.settings import Settings
@@ -89,7 +89,7 @@ class Supervisor:
 
         settings = self.settings
         check_auth_settings(settings)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        datadir.ensure_data_dir(settings)  # 0700, and the secret key on first start
         if not settings.redis_url:
             self.redis = EmbeddedRedis(settings.data_dir).start()
             settings = self.settings = settings.replace(redis_url=self.redis.url)

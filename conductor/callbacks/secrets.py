@@ -9,20 +9,27 @@ kept: rotating twice within the overlap ends the oldest one at once.
 
 A delivery that needs a secret nobody created yet creates one (the
 operator then rotates to obtain a secret they can see).
+
+Secrets are stored sealed (:mod:`conductor.secretbox`) and opened only to
+sign a delivery or to compute a fingerprint.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from conductor import secretbox
 from conductor.callbacks import signing
+from conductor.exceptions import SecretUnreadable
 from conductor.models import CallbackSecret, utcnow
 
+LOG = logging.getLogger(__name__)
 DEPLOYMENT = ""
 
 
@@ -50,14 +57,15 @@ def create_for_client(session: Session, client: str | None) -> str:
     """
     signer = signer_for(client)
     secret = signing.new_secret()
+    sealed = secretbox.of(session).seal(secret)
     now = utcnow()
     replaced = session.execute(
         sa.update(CallbackSecret)
         .where(CallbackSecret.client == signer)
-        .values(secret=secret, previous_secret=None, previous_expires_at=None, rotated_at=now)
+        .values(secret=sealed, previous_secret=None, previous_expires_at=None, rotated_at=now)
     ).rowcount
     if replaced != 1:
-        session.add(CallbackSecret(client=signer, secret=secret, created_at=now, rotated_at=now))
+        session.add(CallbackSecret(client=signer, secret=sealed, created_at=now, rotated_at=now))
         session.flush()
     return secret
 
@@ -69,8 +77,10 @@ def rotate(session: Session, client: str | None, overlap: float) -> str:
     are safe: each new secret is current or previous for at least ``overlap``.
     """
     signer = signer_for(client)
+    box = secretbox.of(session)
     for _attempt in range(3):
         secret = signing.new_secret()
+        sealed = box.seal(secret)
         now = utcnow()
         # One statement: the previous secret is whatever is current at the
         # moment of the write, so a concurrent rotation is never lost.
@@ -80,14 +90,14 @@ def rotate(session: Session, client: str | None, overlap: float) -> str:
             .values(
                 previous_secret=CallbackSecret.secret,
                 previous_expires_at=now + dt.timedelta(seconds=overlap),
-                secret=secret,
+                secret=sealed,
                 rotated_at=now,
             )
         ).rowcount
         if rotated == 1:
             session.commit()
             return secret
-        session.add(CallbackSecret(client=signer, secret=secret, created_at=now, rotated_at=now))
+        session.add(CallbackSecret(client=signer, secret=sealed, created_at=now, rotated_at=now))
         try:
             session.commit()
             return secret
@@ -103,9 +113,10 @@ def signing_secrets(session: Session, client: str | None) -> list[str]:
     Creates the client's secret on first need; commits then.
     """
     signer = signer_for(client)
+    box = secretbox.of(session)
     row = session.get(CallbackSecret, signer)
     if row is None:
-        row = CallbackSecret(client=signer, secret=signing.new_secret())
+        row = CallbackSecret(client=signer, secret=box.seal(signing.new_secret()))
         session.add(row)
         try:
             session.commit()
@@ -113,10 +124,21 @@ def signing_secrets(session: Session, client: str | None) -> list[str]:
             session.rollback()
             row = session.get(CallbackSecret, signer)
             assert row is not None
-    found = [row.secret]
+    found = [box.open(row.secret)]
     if row.previous_secret and row.previous_expires_at and row.previous_expires_at > utcnow():
-        found.append(row.previous_secret)
+        previous = _open_previous(box, row.previous_secret)
+        if previous is not None:
+            found.append(previous)
     return found
+
+
+def _open_previous(box: secretbox.SecretBox, sealed: str) -> str | None:
+    """A rotated-out secret, or None if the key that sealed it was lost (rotating is the cure)."""
+    try:
+        return box.open(sealed)
+    except SecretUnreadable:
+        LOG.warning("A previous signing secret cannot be decrypted (secret key lost?); it no longer signs")
+        return None
 
 
 def describe(session: Session, client: str | None) -> dict[str, Any]:
@@ -129,12 +151,14 @@ def describe(session: Session, client: str | None) -> dict[str, Any]:
     previous_live = bool(
         row.previous_secret and row.previous_expires_at and row.previous_expires_at > utcnow()
     )
+    box = secretbox.of(session)
+    previous = _open_previous(box, row.previous_secret) if previous_live else None  # type: ignore[arg-type]
     return {
         "client": signer,
         "exists": True,
-        "fingerprint": signing.fingerprint(row.secret),
+        "fingerprint": signing.fingerprint(box.open(row.secret)),
         "created_at": row.created_at,
         "rotated_at": row.rotated_at,
-        "previous_fingerprint": signing.fingerprint(row.previous_secret) if previous_live else None,  # type: ignore[arg-type]
+        "previous_fingerprint": signing.fingerprint(previous) if previous is not None else None,
         "previous_expires_at": row.previous_expires_at if previous_live else None,
     }

@@ -103,6 +103,7 @@ def _register() -> None:
     main.add_command(requests_cmd.conductors)
     main.add_command(admin.token)
     main.add_command(admin.throttle)
+    main.add_command(admin.secrets)
     main.add_command(callbacks_cmd.callbacks)
     main.add_command(callbacks_cmd.subscription)
     for command in server.COMMANDS:

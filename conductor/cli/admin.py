@@ -1,13 +1,15 @@
-"""``conductor token ...`` and ``conductor throttle ...``: the admin's commands."""
+"""``conductor token ...``, ``conductor throttle ...`` and ``conductor secrets ...``: the admin's commands."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
 from conductor.cli import Obj, pass_obj
+from conductor.cli.server import _data_dir, _settings
 
 TOKEN_COLUMNS = ["id", "name", "role", "created_at", "revoked_at"]
 THROTTLE_KEYS = [
@@ -112,3 +114,80 @@ def set_knobs(obj: Obj, pairs: tuple[str, ...]) -> None:
         except ValueError:
             changes[knob] = raw
     obj.out.item(obj.client.call("PATCH", "/v1/throttle", json=changes), THROTTLE_KEYS)
+
+
+@click.group()
+def secrets() -> None:
+    """Secrets at rest (BMC passwords, signing secrets): run on a server host, with its settings."""
+
+
+def _sealing_target(data_dir: Path | None) -> tuple[Any, Any, Any]:
+    """The settings, an engine and the secret box of this host; refuses an old schema."""
+    from conductor import database, secretbox
+    from conductor.exceptions import NoSecretKey
+
+    settings = _settings(data_dir=data_dir)
+    url = settings.sqlalchemy_url
+    if database.current_revision(url) != database.head_revision():
+        raise click.ClickException("The schema is not up to date: run `conductor db upgrade` first.")
+    try:
+        box = secretbox.for_settings(settings)
+        box.keys()
+    except NoSecretKey as exc:
+        raise click.ClickException(exc.message) from None
+    return settings, database.make_engine(url), box
+
+
+@secrets.command("rotate-key")
+@_data_dir
+def rotate_key(data_dir: Path | None) -> None:
+    """Generate a new key, re-encrypt every secret with it, then drop the old key.
+
+    Safe to run while the service runs, and to run again after a crash: the
+    old key stays in the key file until no row needs it.  With keys from the
+    setting secret_key, re-encrypts under its first key (see the README).
+    """
+    from conductor import sealing
+
+    settings, engine, box = _sealing_target(data_dir)
+    try:
+        connect = sealing.engine_batches(engine)
+        if settings.secret_key:
+            changed = sealing.reseal_until_current(connect, box)
+            sealing.scrub(engine)
+            click.echo(f"Re-encrypted {changed} rows under the first key of secret_key; "
+                       "the other keys may now be removed from secret_key on every host.")
+            return
+        changed, dropped = sealing.rotate_key_file(connect, box)
+        sealing.scrub(engine)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"New key in {settings.secret_key_file}; re-encrypted {changed} rows; dropped {dropped} old key(s).")
+
+
+@secrets.command("seal")
+@_data_dir
+def seal(data_dir: Path | None) -> None:
+    """Seal secrets still stored in plain text (left by a migration that found no key).
+
+    On SQLite the file is then rebuilt (VACUUM) so that no plain copy lingers.
+    """
+    from conductor import sealing
+
+    _unused, engine, box = _sealing_target(data_dir)
+    try:
+        changed = sealing.seal_rows(sealing.engine_batches(engine), box, plain_only=True)
+        sealing.scrub(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"Sealed the secrets of {changed} rows.")
+
+
+@secrets.command("new-key")
+def new_key() -> None:
+    """Print a new key, for the setting secret_key (CONDUCTOR_SECRET_KEY) of a multi-host deployment."""
+    from conductor import secretbox
+
+    click.echo(secretbox.new_key())

@@ -5,7 +5,8 @@
 * ``ipmi_address`` (required): the BMC's host name or IP address;
 * ``ipmi_port`` (default 623): its UDP port;
 * ``ipmi_username``, ``ipmi_password`` (a write-only secret: the API never
-  shows it, and it is never part of a message or a log line);
+  shows it, it is never part of a message or a log line, and it is stored
+  sealed: :func:`call` opens it, just before logging in);
 * ``ipmi_priv_level`` (optional): ``ADMINISTRATOR``, ``OPERATOR`` or
   ``USER``; by default administrator, falling back to operator.
 
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
+from conductor import secretbox
 from conductor.drivers import base, fake
 from conductor.drivers.ipmi_client import LOGIN_TIMEOUT, BMCClient, BMCCredentials
 from conductor.exceptions import DriverError
@@ -186,7 +188,8 @@ def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClie
     :raises DriverError: Redis (which coordinates BMC access) is unavailable.
     """
     settings = ctx.settings
-    creds = credentials(driver_info)
+    # The only place the BMC password is decrypted (it is stored sealed).
+    creds = credentials(secretbox.for_settings(settings).open_info(driver_info))
     endpoint = creds.endpoint
     release_after = None
     try:

@@ -1,8 +1,9 @@
 """Nodes: enrol, find, list, change and delete.
 
 A node is named by its UUID or its (unique, non-UUID-looking) name.
-Secrets in ``driver_info`` are write-only: :func:`to_dict` masks them, and
-a patch that sends back the mask keeps the stored value.
+Secrets in ``driver_info`` are write-only: they are stored sealed
+(:mod:`conductor.secretbox`), :func:`to_dict` masks them, and a patch that
+sends back the mask keeps the stored value.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conductor import drivers
+from conductor import drivers, secretbox
 from conductor.callbacks import events
 from conductor.drivers.base import is_secret
 from conductor.exceptions import (
@@ -100,6 +101,26 @@ def _check_size(field: str, value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _check_secrets(driver_info: Mapping[str, Any]) -> None:
+    """A secret is a string (or null to remove it), and never looks sealed."""
+    errors: dict[str, str] = {}
+    for key, value in driver_info.items():
+        if not is_secret(key) or value is None:
+            continue
+        if not isinstance(value, str):
+            errors[f"driver_info.{key}"] = "must be a string"
+        elif secretbox.is_sealed(value):
+            errors[f"driver_info.{key}"] = f"must not start with {secretbox.PREFIX}"
+    if errors:
+        raise InvalidInput("Invalid secret in driver_info: " + ", ".join(sorted(errors)) + ".", errors=errors)
+
+
+def _validation_view(driver_info: Mapping[str, Any]) -> dict[str, Any]:
+    # A stored secret was validated when it was written and is sealed now
+    # (longer than any BMC password): validate the rest around it.
+    return {k: ("" if secretbox.is_sealed(v) else v) for k, v in driver_info.items()}
+
+
 def create(session: Session, fields: Mapping[str, Any]) -> Node:
     """Enrol a node (provision state ``enroll``, power unknown) and commit.
 
@@ -108,6 +129,7 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
     """
     driver_name = fields["driver"]
     driver_info = _check_size("driver_info", _check_dict("driver_info", fields.get("driver_info") or {}))
+    _check_secrets(driver_info)
     drivers.validate(driver_name, driver_info)
     node_uuid = fields.get("uuid")
     if node_uuid is not None:
@@ -119,7 +141,7 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
         uuid=node_uuid or str(uuidlib.uuid4()),
         name=_check_name(fields.get("name")),
         driver=driver_name,
-        driver_info=dict(driver_info),
+        driver_info=secretbox.of(session).seal_info(driver_info),
         driver_internal_info={},
         properties=dict(_check_size("properties", _check_dict("properties", fields.get("properties") or {}))),
         provision_state=ProvisionState.ENROLL,
@@ -203,7 +225,7 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
         ).one_or_none()
         if node is None:
             raise NodeNotFound(f"Node {ident} not found.", node=ident)
-        values = _patched_values(node, changes)
+        values = _patched_values(node, changes, secretbox.of(session))
         if not values:
             return node
         if _apply_patch(session, node, values, changes):
@@ -215,7 +237,7 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
 _PATCH_ATTEMPTS = 5
 
 
-def _patched_values(node: Node, changes: Mapping[str, Any]) -> dict[str, Any]:
+def _patched_values(node: Node, changes: Mapping[str, Any], box: secretbox.SecretBox) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "name" in changes:
         values["name"] = _check_name(changes["name"])
@@ -237,11 +259,12 @@ def _patched_values(node: Node, changes: Mapping[str, Any]) -> dict[str, Any]:
         values["maintenance_reason"] = changes["maintenance_reason"]
     if DRIVER_FIELDS & set(changes):
         driver_name = changes.get("driver") or node.driver
-        driver_info = _merge(
-            node.driver_info, _check_dict("driver_info", changes.get("driver_info") or {}), True
-        )
-        drivers.validate(driver_name, _check_size("driver_info", driver_info))
-        values.update(driver=driver_name, driver_info=driver_info)
+        patch_info = _check_dict("driver_info", changes.get("driver_info") or {})
+        _check_secrets({k: v for k, v in patch_info.items() if v != MASK})
+        driver_info = _merge(node.driver_info, patch_info, True)
+        drivers.validate(driver_name, _check_size("driver_info", _validation_view(driver_info)))
+        # Sealed here, so a plain secret left from before sealing is sealed too.
+        values.update(driver=driver_name, driver_info=box.seal_info(driver_info))
     return values
 
 

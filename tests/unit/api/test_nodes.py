@@ -96,11 +96,16 @@ def test_passwords_are_write_only(client, ctx, monkeypatch) -> None:
     assert patched.status_code == 200
     from conductor.service import nodes as node_service
 
+    from conductor import secretbox
+
     with ctx.db.session() as session:
-        assert node_service.find(session, node["uuid"]).driver_info == {"fake_password": "hunter2", "fake_delay": 2}
+        stored = node_service.find(session, node["uuid"]).driver_info
+        assert secretbox.is_sealed(stored["fake_password"])
+        assert secretbox.of(session).open_info(stored) == {"fake_password": "hunter2", "fake_delay": 2}
     client.patch(f"/v1/nodes/{node['uuid']}", json={"driver_info": {"fake_password": "new"}})
     with ctx.db.session() as session:
-        assert node_service.find(session, node["uuid"]).driver_info["fake_password"] == "new"
+        stored = node_service.find(session, node["uuid"]).driver_info
+        assert secretbox.of(session).open(stored["fake_password"]) == "new"
 
 
 def test_merge_patch(client) -> None:

@@ -1,0 +1,244 @@
+"""Sealing every stored secret: migration 0006, ``conductor secrets seal`` and ``rotate-key``.
+
+The tables are named here by their columns (not through the models), so
+that migrations may use this code whatever the models become later.
+
+A key rotation (:func:`rotate_key_file`) is crash-safe: the new key is
+added to the key file in front of the old ones (every value opens), rows
+are re-encrypted batch by batch (each batch one transaction), and only
+when no row is left under an old key are the old keys dropped.  A crash
+anywhere leaves a key file that opens every row; running the rotation
+again finishes it.  Every process re-reads a changed key file before it
+seals, and again when a value does not open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ContextManager
+
+import sqlalchemy as sa
+
+from conductor import secretbox
+from conductor.drivers.base import is_secret
+from conductor.exceptions import InvalidInput
+from conductor.secretbox import SecretBox
+from conductor.settings import load as load_settings
+
+LOG = logging.getLogger(__name__)
+
+BATCH = 200
+#: Passes over the tables before a rotation gives up on rows that keep
+#: being rewritten under an old key (a process that never saw the new file).
+MAX_PASSES = 5
+
+_nodes = sa.table("nodes", sa.column("id", sa.Integer), sa.column("driver_info", sa.JSON),
+                  sa.column("updated_at"))
+_secrets = sa.table("callback_secrets", sa.column("client", sa.String), sa.column("secret", sa.String),
+                    sa.column("previous_secret", sa.String))
+
+#: Opens a connection in a transaction (one batch), committed on exit.
+Connect = Callable[[], ContextManager[sa.Connection]]
+
+
+#: What to do to one stored value: whether it needs it, and the new value.
+Rewrite = tuple[Callable[[Any], bool], Callable[[str], str]]
+
+
+def _outdated(box: SecretBox, value: Any, plain_only: bool) -> bool:
+    if not isinstance(value, str):
+        return False
+    if not secretbox.is_sealed(value):
+        return True
+    return not plain_only and not box.current_key_seals(value)
+
+
+def _node_batch(conn: sa.Connection, rewrite: Rewrite, after: int) -> tuple[int | None, int]:
+    needs, redo = rewrite
+    rows = conn.execute(
+        sa.select(_nodes.c.id, _nodes.c.driver_info, _nodes.c.updated_at)
+        .where(_nodes.c.id > after).order_by(_nodes.c.id).limit(BATCH)
+    ).all()
+    changed = 0
+    for node_id, info, updated_at in rows:
+        info = info or {}
+        if not any(is_secret(k) and needs(v) for k, v in info.items()):
+            continue
+        new = {k: (redo(v) if is_secret(k) and needs(v) else v) for k, v in info.items()}
+        # Conditional on the version a patch checks too (and left as it is):
+        # a concurrent patch wins, and the next pass looks at its result.
+        changed += conn.execute(
+            sa.update(_nodes).where(_nodes.c.id == node_id, _nodes.c.updated_at == updated_at)
+            .values(driver_info=new)
+        ).rowcount
+    return (rows[-1][0] if rows else None), changed
+
+
+def _secret_batch(conn: sa.Connection, rewrite: Rewrite, after: str | None) -> tuple[str | None, int]:
+    needs, redo = rewrite
+    query = sa.select(_secrets.c.client, _secrets.c.secret, _secrets.c.previous_secret)
+    if after is not None:  # (the deployment's own secret is client "")
+        query = query.where(_secrets.c.client > after)
+    rows = conn.execute(query.order_by(_secrets.c.client).limit(BATCH)).all()
+    changed = 0
+    for client, secret, previous in rows:
+        if not (needs(secret) or needs(previous)):
+            continue
+        same_previous = _secrets.c.previous_secret.is_(None) if previous is None else (
+            _secrets.c.previous_secret == previous)
+        changed += conn.execute(
+            sa.update(_secrets).where(_secrets.c.client == client, _secrets.c.secret == secret, same_previous)
+            .values(secret=redo(secret) if needs(secret) else secret,
+                    previous_secret=redo(previous) if needs(previous) else previous)
+        ).rowcount
+    return (rows[-1][0] if len(rows) == BATCH else None), changed
+
+
+def rewrite_rows(connect: Connect, rewrite: Rewrite) -> int:
+    """Apply ``rewrite`` to every stored secret, a batch per transaction; the rows changed."""
+    total = 0
+    node_after: int | None = 0
+    while node_after is not None:
+        with connect() as conn:
+            node_after, changed = _node_batch(conn, rewrite, node_after)
+        total += changed
+    secret_after: str | None = None
+    while True:
+        with connect() as conn:
+            secret_after, changed = _secret_batch(conn, rewrite, secret_after)
+        total += changed
+        if secret_after is None:
+            break
+    return total
+
+
+def seal_rows(connect: Connect, box: SecretBox, plain_only: bool = False) -> int:
+    """Seal every stored secret with ``box``'s current key; the number of rows changed.
+
+    ``plain_only``: seal only the values stored in plain text (leave sealed
+    ones as they are).  Otherwise values sealed with an older key of the
+    ring are re-encrypted too.
+    """
+    return rewrite_rows(connect, (lambda v: _outdated(box, v, plain_only), box.reseal))
+
+
+def open_rows(connect: Connect, box: SecretBox) -> int:
+    """Store every sealed secret in plain text again (a downgrade); the rows changed."""
+    return rewrite_rows(connect, (secretbox.is_sealed, box.open))
+
+
+def in_transaction(conn: sa.Connection) -> Connect:
+    """A ``connect`` for :func:`seal_rows` that uses ``conn`` as it is (a migration's transaction)."""
+    return lambda: contextlib.nullcontext(conn)
+
+
+def engine_batches(engine: sa.Engine) -> Connect:
+    """A ``connect`` for :func:`seal_rows`: one transaction per batch on ``engine``."""
+
+    @contextlib.contextmanager
+    def connect() -> Iterator[sa.Connection]:
+        with engine.begin() as conn:
+            yield conn
+
+    return connect
+
+
+def reseal_until_current(connect: Connect, box: SecretBox) -> int:
+    """Re-encrypt until a whole pass finds nothing under an old key; the rows changed.
+
+    :raises RuntimeError: rows are still written under an old key after ``MAX_PASSES``.
+    """
+    total = 0
+    for _pass in range(MAX_PASSES):
+        changed = seal_rows(connect, box)
+        total += changed
+        if changed == 0:
+            return total
+    raise RuntimeError(
+        f"Rows are still being written under an old key after {MAX_PASSES} passes; "
+        "the old keys are kept (run the rotation again)."
+    )
+
+
+def rotate_key_file(connect: Connect, box: SecretBox) -> tuple[int, int]:
+    """Rotate the key of ``box``'s key file; the rows re-encrypted and the old keys dropped.
+
+    :raises RuntimeError: ``box`` has no key file (keys from the settings).
+    """
+    key_file = box.key_file
+    if key_file is None:
+        raise RuntimeError("The keys come from the setting secret_key, not a key file.")
+    old = box.keys(reload=True)
+    key_file.write([secretbox.new_key()] + old)
+    changed = reseal_until_current(connect, box)
+    new = box.keys(reload=True)[0]
+    # Rows a process sealed under an old key after its last look at the
+    # file are re-encrypted by a last pass that still holds every key.
+    everything = SecretBox(keys=[new] + old)
+    key_file.write([new])
+    changed += reseal_until_current(connect, everything)
+    box.keys(reload=True)
+    return changed, len(old)
+
+
+def box_for_migration(url: sa.URL, env: Mapping[str, str] | None = None) -> SecretBox | None:
+    """The key ring a migration seals with when no caller passed one (None: none found).
+
+    Never creates a key (a migration guessing the wrong data directory
+    would seal with a key the service does not have).  In order: the
+    setting ``secret_key`` (environment or config file, as every conductor
+    process reads it); the key file beside a SQLite database file (the data
+    directory of the embedded default); the key file of the data directory
+    the environment names.
+    """
+    try:
+        settings = load_settings(env=env)
+    except InvalidInput as exc:
+        LOG.warning("Migration: cannot read the settings for the secret key: %s", exc.message)
+        return None
+    if settings.secret_key:
+        return SecretBox(keys=secretbox.parse_keys(settings.secret_key))
+    candidates = []
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        candidates.append(Path(url.database).parent / settings.secret_key_file.name)
+    candidates.append(settings.secret_key_file)
+    for path in candidates:
+        if path.is_file():
+            return SecretBox(key_file=secretbox.KeyFile(path), create=False)
+    return None
+
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, str) and not secretbox.is_sealed(value)
+
+
+def count_plain(conn: sa.Connection) -> int:
+    """How many rows hold a secret in plain text."""
+    nodes = sum(
+        1 for (info,) in conn.execute(sa.select(_nodes.c.driver_info))
+        if any(is_secret(k) and _plain(v) for k, v in (info or {}).items())
+    )
+    secrets = sum(
+        1 for secret, previous in conn.execute(sa.select(_secrets.c.secret, _secrets.c.previous_secret))
+        if _plain(secret) or _plain(previous)
+    )
+    return nodes + secrets
+
+
+def scrub(engine: sa.Engine) -> None:
+    """Leave no old copy of a rewritten secret in a SQLite file (no-op elsewhere).
+
+    SQLite keeps deleted content in free pages and old page versions in the
+    WAL file; VACUUM rebuilds the file and a truncating checkpoint empties
+    the WAL.  (PostgreSQL's dead row versions go with its own VACUUM.)
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("VACUUM")
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
