@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from conductor import procs
 from conductor.api import limits
 from conductor.settings import Settings
 
@@ -25,6 +28,8 @@ class _App(BaseApplication):  # type: ignore[misc]
             "proc_name": "conductor-api",
             # Request line and header limits, refused with our JSON error (a sync worker).
             **limits.gunicorn_options(),
+            # A worker dies with its master, whatever kills the master.
+            "post_fork": _die_with_master,
         }
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -34,7 +39,31 @@ class _App(BaseApplication):  # type: ignore[misc]
         from conductor.api import create_app
 
         logs.setup(self.settings.log_level)
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        instance = os.environ.get("CONDUCTOR_INSTANCE_ID")
+        if instance:  # under `conductor up`, whose start-up check looks for it
+            app.wsgi_app = _EchoInstance(app.wsgi_app, instance)
+        return app
+
+
+def _die_with_master(server: Any, _worker: Any) -> None:
+    procs.set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != server.pid:
+        os._exit(1)
+
+
+class _EchoInstance:
+    """WSGI middleware: every response names the ``conductor up`` instance that started this API."""
+
+    def __init__(self, app: Any, instance: str) -> None:
+        self.app = app
+        self.instance = instance
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, ("X-Conductor-Instance", self.instance)], exc_info)
+
+        return self.app(environ, start)
 
 
 def serve(settings: Settings) -> None:

@@ -7,13 +7,29 @@ per ``--workers`` and one ``conductor callback-worker`` per
 ``<data dir>/logs``.  A child that dies is restarted (with a growing
 delay if it keeps dying).  SIGINT/SIGTERM stop everything in order:
 API, workers (warm shutdown: the current step finishes), then Redis.
+
+The children die with the supervisor whatever kills it: each gets SIGTERM
+from the kernel when the supervisor dies (``PR_SET_PDEATHSIG``) and watches
+its parent (:func:`conductor.procs.exit_with_parent`).  The supervisor
+holds an exclusive lock on ``<data dir>/conductor.lock`` for its life, so
+a second ``conductor up`` on the same data directory refuses to start; it
+records its children in ``<data dir>/conductor.pids`` (pid and start time),
+so that the next one, if this one was killed, stops any that survived.
+The start-up check knows its own API by a random instance id the API
+echoes in :data:`INSTANCE_HEADER`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import fcntl
+import json
 import logging
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,12 +39,18 @@ from pathlib import Path
 
 import requests
 
-from conductor import database, datadir
+from conductor import database, datadir, procs
 from conductor.auth import tokens
 from conductor.embedded_redis import EmbeddedRedis
 from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
+#: The API echoes the supervisor's ``CONDUCTOR_INSTANCE_ID`` in this header.
+INSTANCE_HEADER = "X-Conductor-Instance"
+
+
+class DataDirInUse(RuntimeError):
+    """Another live ``conductor up`` holds the data directory."""
 
 
 @dataclass
@@ -47,21 +69,49 @@ class Child:
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
+            # A session of its own (Ctrl-C in the terminal reaches the
+            # supervisor only, which stops children in order); the kernel's
+            # SIGTERM when the supervisor dies (PR_SET_PDEATHSIG, set from
+            # the thread that stays for the supervisor's whole life).
             self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                preexec_fn=procs.die_with_parent(os.getpid()),
             )
         self.started = time.monotonic()
 
-    def stop(self, timeout: float) -> None:
+    @property
+    def record(self) -> procs.ProcessRecord | None:
+        """The running child's identity, for ``conductor.pids``."""
         if self.proc is None or self.proc.poll() is not None:
+            return None
+        return procs.ProcessRecord.of(self.name, self.proc.pid)
+
+    def terminate(self) -> None:
+        """Ask the child to stop (SIGTERM to it alone: it stops its own children)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait for the child until ``deadline`` (monotonic), then kill its process group.
+
+        Nothing to do for a child already reaped (its pid may name another process now).
+        """
+        if self.proc is None or self.proc.returncode is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            LOG.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
-            self.proc.kill()
-            self.proc.wait()
+            LOG.warning("%s did not stop in time; killing it", self.name)
+        # The group goes too: whatever the child left behind (its own children).
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+    def stop(self, timeout: float) -> None:
+        self.terminate()
+        self.wait_or_kill(time.monotonic() + timeout)
 
 
 class Supervisor:
@@ -74,6 +124,9 @@ class Supervisor:
         self.redis: EmbeddedRedis | None = None
         self.children: list[Child] = []
         self.stopping = threading.Event()
+        #: Echoed by this supervisor's API (and no other server) in INSTANCE_HEADER.
+        self.instance_id = secrets.token_hex(16)
+        self._lock: int | None = None
 
     @property
     def url(self) -> str:
@@ -90,6 +143,8 @@ class Supervisor:
         settings = self.settings
         check_auth_settings(settings)
         datadir.ensure_data_dir(settings)  # 0700, and the secret key on first start
+        self._take_data_dir()
+        _check_port_free(settings.api_host, settings.api_port)
         if not settings.redis_url:
             self.redis = EmbeddedRedis(settings.data_dir).start()
             settings = self.settings = settings.replace(redis_url=self.redis.url)
@@ -110,6 +165,9 @@ class Supervisor:
             CONDUCTOR_LOG_LEVEL=settings.log_level,
             # Workers give it to the agents they boot (boot configs).
             CONDUCTOR_AGENT_API_URL=settings.agent_url,
+            # Children stop when this process is gone (conductor.procs.exit_with_parent).
+            CONDUCTOR_SUPERVISOR_PID=str(os.getpid()),
+            CONDUCTOR_INSTANCE_ID=self.instance_id,
         )
         exe = [sys.executable, "-m", "conductor"]
         logs = settings.data_dir / "logs"
@@ -133,7 +191,73 @@ class Supervisor:
         ]
         for child in self.children:
             child.start()
+        self._record_children()
         self._wait_for_api(wait)
+
+    @property
+    def lock_file(self) -> Path:
+        """Held (flock) by the live supervisor of the data directory."""
+        return self.settings.data_dir / "conductor.lock"
+
+    @property
+    def pids_file(self) -> Path:
+        """The processes the supervisor started (pid, start time), for the next one if it is killed."""
+        return self.settings.data_dir / "conductor.pids"
+
+    def _take_data_dir(self) -> None:
+        """Lock the data directory for this supervisor's life; stop what a killed predecessor left.
+
+        :raises DataDirInUse: another live supervisor holds it.
+        """
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise DataDirInUse(
+                f"The data directory {self.settings.data_dir} is in use by another `conductor up` "
+                f"(pid {holder}); stop it first, or use another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock = fd
+        self._stop_orphans()
+
+    def _stop_orphans(self) -> None:
+        """Stop the processes a killed predecessor recorded that still run (the same processes, not reused pids)."""
+        try:
+            recorded = [procs.ProcessRecord(**entry) for entry in json.loads(self.pids_file.read_text())]
+        except FileNotFoundError:
+            return
+        except (ValueError, TypeError) as exc:
+            LOG.warning("Ignoring unreadable %s (%s)", self.pids_file, exc)
+            recorded = []
+        # Redis last: the others may still be saving to it.
+        for record in procs.kill_tree([r for r in recorded if r.name != "redis"], procs.ORPHAN_GRACE) + procs.kill_tree(
+            [r for r in recorded if r.name == "redis"], procs.ORPHAN_GRACE
+        ):
+            LOG.warning("Stopped %s (pid %d), left running by a `conductor up` that was killed",
+                        record.name, record.pid)
+        self.pids_file.unlink(missing_ok=True)
+
+    def _record_children(self) -> None:
+        records = [c.record for c in self.children]
+        if self.redis is not None and self.redis.pid is not None:
+            records.append(procs.ProcessRecord.of("redis", self.redis.pid))
+        entries = [dataclasses.asdict(r) for r in records if r is not None]
+        tmp = self.pids_file.with_suffix(".pids.tmp")
+        tmp.write_text(json.dumps(entries) + "\n", encoding="utf-8")
+        tmp.replace(self.pids_file)
+
+    def _release_data_dir(self) -> None:
+        if self._lock is None:
+            return
+        self.pids_file.unlink(missing_ok=True)
+        os.close(self._lock)  # releases the flock
+        self._lock = None
 
     def _wait_for_api(self, wait: float) -> None:
         deadline = time.monotonic() + wait
@@ -142,10 +266,17 @@ class Supervisor:
             if api.proc is not None and api.proc.poll() is not None:
                 raise RuntimeError(f"The API exited at start; see {api.log}")
             try:
-                if requests.get(self.url + "/", timeout=1).ok:
-                    return
+                response = requests.get(self.url + "/", timeout=1)
             except requests.RequestException:
-                pass
+                time.sleep(0.1)
+                continue
+            if response.headers.get(INSTANCE_HEADER) != self.instance_id:
+                raise RuntimeError(
+                    f"Another server answers on {self.url}, not this conductor's API; "
+                    "stop it, or choose another --port"
+                )
+            if response.ok:
+                return
             time.sleep(0.1)
         raise RuntimeError(f"The API did not answer on {self.url} within {wait:.0f} s; see {self.children[0].log}")
 
@@ -165,19 +296,44 @@ class Supervisor:
                 elif now >= child.restart_at:
                     child.restart_at = 0.0
                     child.start()
+                    self._record_children()
 
     def stop(self) -> None:
-        """Stop the API, then the workers (warm), then Redis."""
+        """Stop the API, then the workers (warm, all at once), then Redis; release the data directory."""
         self.stopping.set()
-        for child in self.children:
-            if child.name == "api":
-                timeout = 10.0
-            elif child.name.startswith("callback-worker"):
+        api = [c for c in self.children if c.name == "api"]
+        workers = [c for c in self.children if c.name != "api"]
+        for child in api:
+            child.stop(timeout=15.0)  # gunicorn's graceful_timeout is 10 s
+        for child in workers:
+            child.terminate()
+        began = time.monotonic()
+        for child in workers:
+            if child.name.startswith("callback-worker"):
                 # A delivery in flight lasts at most about two timeouts.
                 timeout = 2 * self.settings.callback_timeout + 5
             else:
                 timeout = self.settings.job_timeout
-            child.stop(timeout=timeout)
+            child.wait_or_kill(began + timeout)
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        self._release_data_dir()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail fast when another process listens on the API's address.
+
+    :raises RuntimeError: the port is taken.
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):  # SO_REUSEADDR, as gunicorn binds
+            pass
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise RuntimeError(f"Cannot listen on {host}:{port}: {exc}") from None
+        raise RuntimeError(
+            f"Port {port} on {host} is in use by another process (not this conductor); "
+            "stop it, or choose another --port"
+        ) from None

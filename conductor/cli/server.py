@@ -91,6 +91,7 @@ def api(host: str | None, port: int | None, api_workers: int | None, data_dir: P
         check_auth_settings(settings)
     except InvalidInput as exc:
         raise click.ClickException(exc.message) from None
+    _exit_with_supervisor()
     serve(settings)
 
 
@@ -101,6 +102,7 @@ def api(host: str | None, port: int | None, api_workers: int | None, data_dir: P
 def worker(workers: int | None, burst: bool, data_dir: Path | None) -> None:
     """Run conductor worker(s): take queued requests and drive the hardware."""
     settings = _settings(workers=workers, data_dir=data_dir)
+    _exit_with_supervisor()
     _run_workers("conductor", settings.workers, settings, burst)
 
 
@@ -111,19 +113,32 @@ def worker(workers: int | None, burst: bool, data_dir: Path | None) -> None:
 def callback_worker(workers: int | None, burst: bool, data_dir: Path | None) -> None:
     """Run callback worker(s): deliver signed callbacks, with retries."""
     settings = _settings(callback_workers=workers, data_dir=data_dir)
+    _exit_with_supervisor()
     _run_workers("callbacks", settings.callback_workers, settings, burst)
+
+
+def _exit_with_supervisor() -> None:
+    """Under ``conductor up``: stop when the supervisor dies, whatever killed it."""
+    import os
+
+    from conductor import procs
+
+    supervisor = os.environ.pop("CONDUCTOR_SUPERVISOR_PID", "")
+    if supervisor.isdigit():
+        procs.exit_with_parent(int(supervisor))
 
 
 def _run_workers(kind: str, count: int, settings: Any, burst: bool) -> None:
     """Run ``count`` workers of ``kind`` (in this process when just one)."""
     import multiprocessing
+    import os
 
     if count <= 1:
         _worker_child(kind, settings, burst)
         return
     spawn = multiprocessing.get_context("spawn")
     procs = [
-        spawn.Process(target=_worker_child, args=(kind, settings, burst),
+        spawn.Process(target=_worker_child, args=(kind, settings, burst, os.getpid()),
                       name=f"worker-{i}" if kind == "conductor" else f"callback-worker-{i}")
         for i in range(count)
     ]
@@ -148,11 +163,13 @@ def _interrupt(pid: int) -> None:
     os.kill(pid, signal.SIGINT)
 
 
-def _worker_child(kind: str, settings: Any, burst: bool) -> None:
-    from conductor import logs
+def _worker_child(kind: str, settings: Any, burst: bool, parent_pid: int | None = None) -> None:
+    from conductor import logs, procs
     from conductor.exceptions import InvalidInput
 
     logs.setup(settings.log_level)
+    if parent_pid is not None:  # one of several: it dies with the process that started it
+        procs.exit_with_parent(parent_pid)
     if kind == "callbacks":
         from conductor.callbacks import worker as callback_worker_module
 

@@ -4,7 +4,14 @@ Each worker process is a conductor named ``<base>-w<slot>``; ``<base>``
 is the host name (or ``conductor_name``).  A starting conductor takes the
 lowest slot that is free, stopped, stale, or was held by a process of this
 host that no longer exists, so a restarted conductor gets its old name
-back and can clear what its previous life left behind.
+back and clears what its previous life left behind at once.
+
+"A process of this host that no longer exists" needs care: a host name may
+be shared by containers, each with its own PID namespace, where a pid that
+is dead here may be alive there.  So each conductor leaves in Redis the
+PID namespace it runs in (``<ns>:conductor-pidns:<name>``: boot id and
+namespace inode); a dead pid frees its slot at once only when it was of
+our namespace, otherwise only after it has missed a couple of heartbeats.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from conductor.context import Context
 from conductor.database import Database
 from conductor.models import ConductorRecord, utcnow
-from conductor.procs import pid_alive
+from conductor.procs import boot_id, pid_alive
 
 LOG = logging.getLogger(__name__)
 MAX_SLOTS = 1024
@@ -42,6 +49,7 @@ def register(ctx: Context) -> Registration:
     :raises RuntimeError: every slot is taken by a live conductor.
     """
     base = ctx.settings.base_name
+    here = _pid_namespace()
     stale_before = utcnow() - dt.timedelta(seconds=ctx.settings.heartbeat_timeout)
     quiet_before = utcnow() - dt.timedelta(seconds=2 * ctx.settings.heartbeat_interval)
     for slot in range(MAX_SLOTS):
@@ -60,18 +68,20 @@ def register(ctx: Context) -> Registration:
                 except IntegrityError:
                     session.rollback()
                     continue
+                _record_pid_namespace(ctx, name, here)
                 return Registration(name, reclaimed=False)
             # A slot is free when its conductor stopped, went silent, or was
-            # a process of this host that is gone *and* has missed a couple
-            # of heartbeats: a same-named host in another PID namespace (a
-            # container) would otherwise look dead while it is working.
+            # a process of this host that is gone: at once if it ran in our
+            # PID namespace, else once it has missed a couple of heartbeats
+            # (a same-named host in another PID namespace, a container,
+            # would otherwise look dead while it is working).
             free = (
                 not row.online
                 or row.heartbeat_at < stale_before
                 or (
                     row.hostname == ctx.hostname
                     and not pid_alive(row.pid)
-                    and row.heartbeat_at < quiet_before
+                    and (row.heartbeat_at < quiet_before or _pid_namespace_of(ctx, name) == here)
                 )
             )
             if not free:
@@ -87,8 +97,42 @@ def register(ctx: Context) -> Registration:
             ).rowcount
             session.commit()
             if taken == 1:
+                _record_pid_namespace(ctx, name, here)
                 return Registration(name, reclaimed=True)
     raise RuntimeError(f"No free conductor slot for {base}: {MAX_SLOTS} live conductors?")
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace: the boot of this host and the namespace's inode."""
+    try:
+        inode = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot_id()}:{inode}"
+
+
+def _pid_namespace_key(ctx: Context, name: str) -> str:
+    return f"{ctx.settings.redis_namespace}:conductor-pidns:{name}"
+
+
+def _pid_namespace_of(ctx: Context, name: str) -> str | None:
+    """The PID namespace the holder of ``name`` recorded; None if unknown."""
+    try:
+        value = ctx.redis.get(_pid_namespace_key(ctx, name))
+    except redis.RedisError as exc:
+        LOG.warning("Cannot read the PID namespace of %s (%s)", name, exc)
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record_pid_namespace(ctx: Context, name: str, namespace: str) -> None:
+    if not namespace:
+        return
+    try:
+        ctx.redis.set(_pid_namespace_key(ctx, name), namespace)
+    except redis.RedisError as exc:
+        # Without it, the next life of this name waits for the heartbeats to lapse.
+        LOG.warning("Cannot record the PID namespace of %s (%s)", name, exc)
 
 
 def heartbeat(ctx: Context) -> bool:

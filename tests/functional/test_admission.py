@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ def second_api(service_factory):  # type: ignore[no-untyped-def]
     port = free_port()
     log = open(service.settings.data_dir / "api2.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "conductor", "api", "--port", str(port), "--api-workers", "2"],
-                            env=service.env, stdout=log, stderr=subprocess.STDOUT)
+                            env=service.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -38,8 +40,15 @@ def second_api(service_factory):  # type: ignore[no-untyped-def]
         yield service, url
     finally:
         proc.terminate()
-        proc.wait(30)
-        log.close()
+        try:
+            proc.wait(30)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # gunicorn's workers too, if any is left
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            log.close()
 
 
 def test_limits_are_shared_by_every_api_process(second_api) -> None:

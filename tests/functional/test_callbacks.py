@@ -143,7 +143,7 @@ def test_a_worker_killed_mid_delivery_is_resumed_by_the_next(settings, ctx, clie
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
     callback = client.get(f"/v1/requests/{request_id}").json["callback"]
     assert callback["attempts"] == 2 and callback["last_status"] == 200

@@ -3,17 +3,15 @@
 One fleet serves the whole module set (starting one costs ~0.3 s); each
 test takes fresh BMCs from it with ``new_bmc`` so tests never see each
 other's power state or faults.  Tests that kill shards get their own small
-fleet (``own_fleet``).  A session-end check fails the run if any process we
-started is still alive.
+fleet (``own_fleet``).  The suite's guard (tests/conftest.py) fails a test
+that leaves a shard or simulator process running.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,33 +19,6 @@ from conductor.bmcsim import BMCSpec, Fleet
 from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
 
 POOL_SIZE = 64
-
-
-def _our_children() -> list[int]:
-    """Pids whose parent is this test process (Linux /proc)."""
-    me = str(os.getpid())
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("PPid:") and line.split()[1] == me:
-                pids.append(int(entry.name))
-                break
-    return pids
-
-
-@pytest.fixture(scope="session", autouse=True)
-def no_leaked_processes() -> Iterator[None]:
-    """Fail the session if a shard or simulator process outlives its test."""
-    before = set(_our_children())
-    yield
-    leaked = set(_our_children()) - before
-    assert not leaked, f"processes left running: {sorted(leaked)}"
 
 
 @pytest.fixture(scope="session")

@@ -150,8 +150,19 @@ def test_a_live_slot_of_a_same_named_host_is_not_taken(settings) -> None:
     a = conductors.register(first)
     with first.db.begin() as session:  # its pid means nothing here, but it is heartbeating
         session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 5))
+    first.redis.set(f"{settings.redis_namespace}:conductor-pidns:{a.name}", "another-boot:4026531836")
     second = conductors.register(Context.build(settings))
     assert second.name != a.name and not second.reclaimed
+
+
+def test_a_dead_conductor_of_this_pid_namespace_frees_its_slot_at_once(settings) -> None:
+    """A restarted worker takes its name back while its previous life's heartbeat is still fresh."""
+    first = Context.build(settings)
+    a = conductors.register(first)
+    with first.db.begin() as session:  # that process is gone (no such pid here)
+        session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 5))
+    second = conductors.register(Context.build(settings))
+    assert second.name == a.name and second.reclaimed
 
 
 def test_a_conductor_whose_slot_was_taken_over_learns_it_from_its_heartbeat(settings) -> None:
