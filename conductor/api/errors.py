@@ -145,6 +145,8 @@ def handle_http_error(error: HTTPException) -> Response:
 
 def handle_database_error(error: sa.exc.DBAPIError) -> Response:
     if database.is_transient(error):
+        LOG.warning("%s %s: the database kept failing: %s", request.method, request.path,
+                    str(error.orig or error).strip().splitlines()[0])
         return handle_conductor_error(DatabaseUnavailable(
             "The database is unavailable; retry later.", retry_after=database.UNAVAILABLE_RETRY_AFTER))
     return handle_unexpected(error)
@@ -162,14 +164,11 @@ def _may_repeat(error: sa.exc.DBAPIError) -> bool:
     return request.method in _REPEATABLE or error.statement is not None
 
 
-def retry_views(app: Flask) -> None:
-    """Run a view again from the start (new session) on a transient database error."""
-    dispatch: Callable[[], Any] = app.dispatch_request
-
-    def dispatch_with_retries() -> Any:
+def _with_retries(stage: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
         for attempt in range(1, database.RETRY_ATTEMPTS + 1):
             try:
-                return dispatch()
+                return stage()
             except sa.exc.DBAPIError as error:
                 if attempt >= database.RETRY_ATTEMPTS or not database.is_transient(error) or not _may_repeat(error):
                     raise
@@ -180,9 +179,17 @@ def retry_views(app: Flask) -> None:
                 time.sleep(pause)
         raise AssertionError("unreachable")
 
-    # An instance attribute: Flask's full_dispatch_request calls
-    # self.dispatch_request() for the view alone (not the hooks).
-    app.dispatch_request = dispatch_with_retries  # type: ignore[method-assign]
+    return run
+
+
+def retry_views(app: Flask) -> None:
+    """Run a view (and, apart, the before-request hooks: authentication, admission)
+    again from the start, with a new session, on a transient database error."""
+    # Instance attributes: Flask's full_dispatch_request calls
+    # self.preprocess_request() for the hooks, then self.dispatch_request()
+    # for the view alone.
+    app.preprocess_request = _with_retries(app.preprocess_request)  # type: ignore[method-assign]
+    app.dispatch_request = _with_retries(app.dispatch_request)  # type: ignore[method-assign]
 
 
 def handle_unexpected(error: Exception) -> Response:

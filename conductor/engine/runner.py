@@ -57,6 +57,7 @@ _LOCK_RETRY_MAX = 2.0
 
 #: A step the database kept failing is tried again this much later (s).
 DATABASE_RETRY_DELAY = 2.0
+UNCLAIM_ATTEMPTS = 15
 
 
 def run_step(ctx: Context, request_id: str) -> None:
@@ -85,9 +86,12 @@ def retry_later(ctx: Context, request_id: str, exc: Exception) -> None:
     except redis.RedisError as error:
         LOG.error("Request %s: could not set its timer (%s); the sweeper will re-arm it", request_id, error)
     try:
-        database.retrying(lambda: _unclaim(ctx, request_id), f"Request {request_id}: giving back its claim")
+        # Longer than a step's retries: nothing else can run on this worker
+        # while the database is away anyway.
+        database.retrying(lambda: _unclaim(ctx, request_id), f"Request {request_id}: giving back its claim",
+                          attempts=UNCLAIM_ATTEMPTS)
     except sa.exc.DBAPIError as error:
-        LOG.error("Request %s: could not give back its claim (%s); this conductor takes it again",
+        LOG.error("Request %s: could not give back its claim (%s); the sweep releases it after job_timeout",
                   request_id, error)
 
 

@@ -21,6 +21,7 @@ sweeps are harmless):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 
@@ -104,15 +105,17 @@ def _sweep(ctx: Context) -> dict[str, int]:
         )
     failed = sum(recover_conductor(ctx, name) for name in (holders | runners) - alive)
     forgotten = idempotency.purge_expired(ctx.db)
-    return {"failed": failed, **_requeue_lost(ctx, now), "keys_forgotten": forgotten, **retention.maybe_purge(ctx)}
+    return {"failed": failed, **_requeue_lost(ctx, now, alive), "keys_forgotten": forgotten,
+            **retention.maybe_purge(ctx)}
 
 
-def _requeue_lost(ctx: Context, now: dt.datetime) -> dict[str, int]:
+def _requeue_lost(ctx: Context, now: dt.datetime, alive: set[str]) -> dict[str, int]:
     # One conductor per sweep interval does this (each would enqueue the
     # same lost requests again, multiplying the queue's length).
     if not conductors.my_turn(ctx, "requeue-sweep", 0.9 * ctx.settings.sweep_interval):
-        return {"requeued": 0, "rearmed": 0}
+        return {"requeued": 0, "rearmed": 0, "unclaimed": 0}
     grace = dt.timedelta(seconds=ctx.settings.requeue_after)
+    unclaimed = _release_abandoned_claims(ctx, now - grace - dt.timedelta(seconds=ctx.settings.job_timeout), alive)
     with ctx.db.session() as session:
         queued = list(
             session.scalars(
@@ -150,4 +153,47 @@ def _requeue_lost(ctx: Context, now: dt.datetime) -> dict[str, int]:
                 rearmed += 1
     except redis.RedisError as exc:
         LOG.error("Sweep could not reach Redis: %s", exc)
-    return {"requeued": requeued, "rearmed": rearmed}
+    return {"requeued": requeued, "rearmed": rearmed, "unclaimed": unclaimed}
+
+
+def _release_abandoned_claims(ctx: Context, cutoff: dt.datetime, alive: set[str]) -> int:
+    """Give back the claims live conductors left on requests they no longer run.
+
+    A step whose database stayed away longer than its retries leaves its
+    claim (and node reservation) behind when it cannot give them back; no
+    step lasts longer than ``job_timeout``, so a claim untouched for longer
+    than that is abandoned.  Released conditionally on the row being
+    unchanged, then the request's step is due at once (sleeping, the timer
+    re-arm below or its own timer picks it up).
+    """
+    requests_t, nodes_t = Request.__table__, Node.__table__
+    released: list[str] = []
+    with ctx.db.engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(requests_t.c.id, requests_t.c.conductor, requests_t.c.updated_at, requests_t.c.node_id)
+            .where(requests_t.c.state == RequestState.RUNNING, requests_t.c.conductor.in_(sorted(alive)),
+                   requests_t.c.updated_at < cutoff)
+            .limit(SWEEP_BATCH)
+        ).all()
+        for row in rows:
+            taken = conn.execute(
+                sa.update(requests_t)
+                .where(requests_t.c.id == row.id, requests_t.c.conductor == row.conductor,
+                       requests_t.c.updated_at == row.updated_at, requests_t.c.state == RequestState.RUNNING)
+                .values(conductor=None, wake_at=row.updated_at, updated_at=utcnow())
+            ).rowcount
+            if taken != 1:
+                continue
+            conn.execute(
+                sa.update(nodes_t)
+                .where(nodes_t.c.id == row.node_id, nodes_t.c.reservation == row.conductor,
+                       nodes_t.c.updated_at < cutoff)
+                .values(reservation=None)
+            )
+            LOG.warning("Request %s: conductor %s left its claim untouched since %s; released",
+                        row.id, row.conductor, row.updated_at)
+            released.append(row.id)
+    with contextlib.suppress(redis.RedisError):  # (else the sleeping re-arm does it)
+        for request_id in released:
+            ctx.queue.schedule(request_id, 0)
+    return len(released)

@@ -9,6 +9,7 @@ psycopg fails it as it would in production.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -20,9 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from conductor import database
-from conductor.engine import jobs, runner
-from conductor.models import Request
-from tests.conftest import drain
+from conductor.engine import jobs, runner, sweeper
+from conductor.models import Node, Request, utcnow
+from tests.conftest import bearer, drain, make_token
 
 CLAIM = r"^UPDATE requests SET state="  # the claim of a step (engine/task.py _CLAIM)
 STEP_FENCE = r"^UPDATE nodes SET reservation=.* WHERE nodes\.id = \S+ AND nodes\.reservation = "  # the step's release (and its undo)
@@ -132,9 +133,36 @@ def test_a_popped_timer_is_armed_again_while_the_database_stays_away(
     assert _request(conductor_ctx, request_id).state == "succeeded"
 
 
+def test_a_claim_left_by_a_live_conductor_is_released_by_the_sweep(client, node, conductor_ctx) -> None:
+    # What a step leaves when the database stayed away longer than all its
+    # retries: the claim and the node's reservation, and no timer.
+    request_id = _power_on(client)
+    conductor_ctx.queue.queue.empty()
+    settings = conductor_ctx.settings
+    long_ago = utcnow() - dt.timedelta(seconds=settings.job_timeout + settings.requeue_after + 60)
+    with conductor_ctx.db.begin() as session:
+        session.execute(sa.update(Request).where(Request.id == request_id).values(
+            state="running", conductor=conductor_ctx.name, updated_at=long_ago))
+        session.execute(sa.update(Node).values(reservation=conductor_ctx.name, updated_at=long_ago))
+    assert sweeper.sweep(conductor_ctx)["unclaimed"] == 1
+    request = _request(conductor_ctx, request_id)
+    assert request.state == "running" and request.conductor is None
+    assert conductor_ctx.redis.zscore(conductor_ctx.queue.timers_key, request_id) is not None
+    drain(conductor_ctx)
+    assert _request(conductor_ctx, request_id).state == "succeeded"
+
+
 def test_a_read_that_breaks_is_answered_after_a_retry(client, node, ctx) -> None:
     with Blip(ctx.db.engine, r"FROM nodes\b") as blip:
         response = client.get("/v1/nodes/n1/states")
+    assert blip.fired == 1
+    assert response.status_code == 200, response.json
+
+
+def test_an_authentication_that_breaks_is_retried(anonymous, node, ctx) -> None:
+    secret = make_token(ctx, "reader")  # not cached yet: looked up in the database
+    with Blip(ctx.db.engine, r"FROM api_tokens\b") as blip:
+        response = anonymous.get("/v1/nodes/n1/states", headers=bearer(secret))
     assert blip.fired == 1
     assert response.status_code == 200, response.json
 
