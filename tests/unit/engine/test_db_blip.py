@@ -217,3 +217,45 @@ def test_transient_errors_are_told_apart(orig: Exception, transient: bool) -> No
     base = sqlite3.Error if isinstance(orig, sqlite3.Error) else psycopg.Error
     error = sa.exc.DBAPIError.instance("SELECT 1", {}, orig, base)
     assert database.is_transient(error) is transient
+
+
+def test_a_step_that_escapes_its_runner_gets_its_timer_back_and_the_batch_goes_on(
+    client, node, conductor_ctx, monkeypatch
+) -> None:
+    first = _power_on(client)
+    assert client.post("/v1/nodes", json={"name": "n2", "driver": "fake"}).status_code == 201
+    second = client.put("/v1/nodes/n2/states/power", json={"target": "power on"}).json["id"]
+    conductor_ctx.queue.queue.empty()
+    real_run_step = runner.run_step
+
+    def crash_first(ctx, request_id):  # type: ignore[no-untyped-def]
+        if request_id == first:
+            raise RuntimeError("a bug outside every handled way out")
+        real_run_step(ctx, request_id)
+
+    monkeypatch.setattr(runner, "run_step", crash_first)
+    monkeypatch.setattr(jobs, "_context", conductor_ctx)
+    jobs.run_steps([first, second])
+    monkeypatch.undo()
+    assert conductor_ctx.redis.zscore(conductor_ctx.queue.timers_key, first) is not None
+    assert _request(conductor_ctx, second).state != "queued"  # the batch went on
+    drain(conductor_ctx)
+    assert {_request(conductor_ctx, r).state for r in (first, second)} == {"succeeded"}
+
+
+def test_timers_popped_but_not_enqueued_are_given_back(ctx, monkeypatch) -> None:
+    import redis
+
+    queue = ctx.queue
+    queue.schedule("req-a", 0)
+    queue.schedule("req-b", 0)
+
+    def unreachable(_ids):  # type: ignore[no-untyped-def]
+        raise redis.ConnectionError("Redis went away between the pop and the enqueue")
+
+    monkeypatch.setattr(queue, "enqueue_batch", unreachable)
+    with pytest.raises(redis.ConnectionError):
+        queue.pump_timers()
+    assert ctx.redis.zscore(queue.timers_key, "req-a") is not None
+    assert ctx.redis.zscore(queue.timers_key, "req-b") is not None
+    assert ctx.redis.zscore(queue.pumped_key, "req-a") is None  # the sweep is not kept away
