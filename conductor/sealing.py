@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from contextlib import AbstractContextManager
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -41,7 +42,7 @@ _secrets = sa.table("callback_secrets", sa.column("client", sa.String), sa.colum
                     sa.column("previous_secret", sa.String))
 
 #: Opens a connection in a transaction (one batch), committed on exit.
-Connect = Callable[[], ContextManager[sa.Connection]]
+Connect = Callable[[], AbstractContextManager[sa.Connection]]
 
 
 #: What to do to one stored value: whether it needs it, and the new value.
