@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from conductor.ramdisk import cpio, debs, modules
@@ -144,7 +144,7 @@ def initramfs_entries(busybox: Path, kernel_tree: Path, release: str, order: Ite
 
 
 def build(out: Path, cache: Path, wanted: Iterable[str] = modules.DEFAULT_MODULES, mtime: int | None = None,
-          progress: "callable[[str], None] | None" = None) -> BuildResult:  # type: ignore[valid-type]
+          progress: Callable[[str], None] | None = None) -> BuildResult:
     """Build ``out/agent.kernel`` and ``out/agent.initramfs``; the ``.deb`` files stay in ``cache``.
 
     :param mtime: the time stamped on every archive member (default ``$SOURCE_DATE_EPOCH`` or 0).
