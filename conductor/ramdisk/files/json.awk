@@ -6,7 +6,8 @@
 #   command.params.disks.1	b
 # Strings are unescaped (\uXXXX outside ASCII becomes "?"; newlines become
 # spaces so every value stays on one line); numbers, true, false and null
-# are printed as written. Objects and arrays print nothing themselves.
+# are printed as written. Objects and arrays print nothing themselves,
+# unless empty: then "{}" or "[]", so that their key is still seen.
 BEGIN { RS = "\001" }
 { doc = doc $0 }
 END {
@@ -24,7 +25,7 @@ function value(path,    c, key, i) {
     c = substr(doc, pos, 1)
     if (c == "{") {
         pos++; skip_ws()
-        if (substr(doc, pos, 1) == "}") { pos++; return }
+        if (substr(doc, pos, 1) == "}") { pos++; print path "\t{}"; return }
         while (pos <= n) {
             skip_ws(); key = string(); skip_ws()
             pos++  # the colon
@@ -34,7 +35,7 @@ function value(path,    c, key, i) {
         }
     } else if (c == "[") {
         pos++; skip_ws()
-        if (substr(doc, pos, 1) == "]") { pos++; return }
+        if (substr(doc, pos, 1) == "]") { pos++; print path "\t[]"; return }
         for (i = 0; pos <= n; i++) {
             value(join(path, i)); skip_ws()
             c = substr(doc, pos, 1); pos++

@@ -1,7 +1,8 @@
 """The real agent ramdisk, booted in QEMU (TCG) against a stand-in for the conductor's agent endpoint.
 
-One boot runs the whole conversation: inspect, erase_disks (full), a write_image
-with a wrong checksum, a gzip-compressed write_image to the disk named by
+One boot runs the whole conversation: inspect, erase_disks, a
+write_image of a missing URL, an unknown command, a write_image with a wrong
+checksum, a gzip-compressed write_image to the disk named by
 a root-device hint, then power_off (QEMU exits).  The stand-in validates
 every heartbeat with the API's own schema, and answers like
 :func:`conductor.service.agent.heartbeat`.
@@ -151,9 +152,9 @@ class Conductor:
 def _disk(path: Path, size: int) -> Path:
     with path.open("wb") as handle:
         handle.truncate(size)
-        handle.write(MARKER)
-        handle.seek(size - len(MARKER))
-        handle.write(MARKER)
+        for offset in (0, size // 2, size - len(MARKER)):
+            handle.seek(offset)
+            handle.write(MARKER)
     return path
 
 
@@ -168,7 +169,9 @@ def test_agent_inspects_erases_writes_and_powers_off(built_ramdisk, tmp_path: Pa
     base = f"http://10.0.2.2:{server.server_address[1]}"
     commands: list[dict[str, Any]] = [
         {"id": "cmd-inspect", "name": "inspect", "params": {}},
-        {"id": "cmd-erase", "name": "erase_disks", "params": {"erase": "full"}},
+        {"id": "cmd-erase", "name": "erase_disks", "params": {}},
+        {"id": "cmd-404", "name": "write_image", "params": {"image_source": f"{base}/images/missing.img"}},
+        {"id": "cmd-what", "name": "format_floppy", "params": {}},
         # No hint: the smallest disk that holds the image (small.img); wrong checksum.
         {"id": "cmd-bad", "name": "write_image",
          "params": {"image_source": f"{base}/images/raw.img", "image_checksum": "0" * 64}},
@@ -220,15 +223,19 @@ def test_agent_inspects_erases_writes_and_powers_off(built_ramdisk, tmp_path: Pa
     assert inventory["system_vendor"]["manufacturer"] == "QEMU", inventory
 
     assert results["cmd-erase"]["status"] == "succeeded", context
+    assert results["cmd-404"]["status"] == "failed" and "404" in results["cmd-404"]["error"], results["cmd-404"]
+    assert results["cmd-what"]["status"] == "failed" and "format_floppy" in results["cmd-what"]["error"]
     assert results["cmd-bad"]["status"] == "failed", context
     assert "checksum mismatch" in results["cmd-bad"]["error"], results["cmd-bad"]
     assert results["cmd-write"]["status"] == "succeeded", context
 
+    # erase_disks wiped both ends of both disks (not the middle: that is "erase": "full");
+    # the image went to the hinted disk; the failed write to the small one was wiped.
     written = big.read_bytes()
     assert written[: len(image)] == image
-    assert written[len(image):] == bytes(64 * MIB - len(image)), "erase: full left data on the big disk"
-    # Zeroed, then the failed (unverified) write was wiped at both ends again.
-    assert small.read_bytes() == bytes(32 * MIB)
+    assert MARKER in written[len(image):-4 * MIB] and written[-4 * MIB:] == bytes(4 * MIB)
+    rest = small.read_bytes()
+    assert rest[:4 * MIB] == bytes(4 * MIB) and rest[-4 * MIB:] == bytes(4 * MIB) and MARKER in rest
 
     first = conductor.first(f"heartbeat {commands[0]['id']}") - started
     write = conductor.first("result cmd-write") - conductor.first("heartbeat cmd-write")

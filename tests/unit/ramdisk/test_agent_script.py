@@ -67,7 +67,8 @@ def test_json_is_flattened_to_paths(tmp_path: Path) -> None:
         "command.id": "cmd-1", "command.name": "write_image",
         "command.params.image_source": 'http://10.0.2.2:8080/i.img?a=1&b="2"',
         "command.params.root_device.serial": "S 1\\x", "command.params.root_device.size": "40",
-        "command.params.list.0": "a", "command.params.list.1.b": "c", "command.params.uni": "caf? A",
+        "command.params.list.0": "a", "command.params.list.1.b": "c", "command.params.list.2": "[]",
+        "command.params.empty": "{}", "command.params.uni": "caf? A",
     }
     # Compact JSON (as Flask sends it) gives the same.
     doc.write_text(json.dumps(answer, separators=(",", ":")))
@@ -210,3 +211,114 @@ def test_results_are_what_the_api_accepts_and_a_409_is_final(sh, endpoint) -> No
     assert bodies[0]["command_result"] == {"id": "cmd-1", "status": "succeeded", "error": None,
                                            "inventory": json.loads(inventory)}
     assert bodies[1]["command_result"]["error"] == 'checksum mismatch: "x"'
+
+
+# --- commands on files standing in for disks ------------------------------------
+MIB = 1 << 20
+MARK = b"SIGNATURE!" * 100
+STUBS = 'blockdev() { case "$1" in --getsize64) wc -c < "$2" ;; *) : ;; esac; }\n'
+
+
+def _disk_file(sh, name: str, size: int, serial: str = "") -> Path:
+    _disk(sh.sys, name, size, serial=serial)
+    dev = sh.sys.parent / "dev"
+    dev.mkdir(exist_ok=True)
+    path = dev / name
+    with path.open("wb") as handle:
+        handle.truncate(size)
+        for offset in (0, size // 2, size - len(MARK)):
+            handle.seek(offset)
+            handle.write(MARK)
+    return path
+
+
+def _command(sh, params: dict[str, Any], name: str) -> subprocess.CompletedProcess[str]:
+    doc = sh.work / "answer.json"
+    doc.write_text(json.dumps({"command": {"id": "c", "name": name, "params": params}}))
+    flat = subprocess.run([BUSYBOX, "awk", "-f", str(FILES / "json.awk"), str(doc)],
+                          capture_output=True, text=True, check=True).stdout
+    (sh.work / "answer").write_text(flat)
+    return sh(STUBS + f'RESULT_ERROR=""; cmd_{name}; echo "error=$RESULT_ERROR"',
+              AGENT_DEV=str(sh.sys.parent / "dev"))
+
+
+@pytest.mark.parametrize("mode", ["metadata", "full"])
+def test_erase_wipes_both_ends_or_everything(sh, mode: str) -> None:
+    disks = [_disk_file(sh, "vda", 16 * MIB), _disk_file(sh, "vdb", 3 * MIB)]
+    done = _command(sh, {"erase": mode} if mode == "full" else {}, "erase_disks")
+    assert done.stdout.strip().endswith("error="), done.stderr
+    big, small = (d.read_bytes() for d in disks)
+    assert len(big) == 16 * MIB and len(small) == 3 * MIB  # nothing truncated or appended
+    assert small == bytes(3 * MIB)  # smaller than both 4 MiB ends together
+    assert big[:4 * MIB] == bytes(4 * MIB) and big[-4 * MIB:] == bytes(4 * MIB)
+    assert (MARK in big) == (mode == "metadata"), "the middle is kept by a metadata erase only"
+
+
+@pytest.fixture()
+def images(endpoint):
+    import gzip
+    import lzma
+
+    raw = bytes(range(256)) * (5 * MIB // 256) + b"tail"
+    files = {"/raw.img": raw, "/img.gz": gzip.compress(raw), "/img.xz": lzma.compress(raw),
+             "/img.zst": b"(zstd)"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            data = files.get(self.path)
+            self.send_response(200 if data is not None else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            self.end_headers()
+            if self.command == "GET":
+                try:
+                    self.wfile.write(data or b"")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # busybox wget --spider hangs up after the headers
+
+        do_HEAD = do_GET  # noqa: N815 (busybox --spider may send either)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", raw, files
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("path", ["/raw.img", "/img.gz", "/img.xz"])
+def test_write_image_streams_verifies_and_picks_the_smallest_disk(sh, images, path: str) -> None:
+    import hashlib
+
+    url, raw, files = images
+    big, small, tiny = _disk_file(sh, "vda", 32 * MIB), _disk_file(sh, "vdb", 8 * MIB), _disk_file(sh, "vdc", 2 * MIB)
+    params = {"image_source": url + path, "image_checksum": "sha256:" + hashlib.sha256(files[path]).hexdigest(),
+              # Compressed: the agent cannot know the size; tell it.
+              **({} if path == "/raw.img" else {"image_size": len(raw)})}
+    done = _command(sh, params, "write_image")
+    assert done.stdout.strip().endswith("error="), done.stdout + done.stderr
+    assert small.read_bytes()[: len(raw)] == raw
+    assert MARK in big.read_bytes()[:MIB] and MARK in tiny.read_bytes()[:MIB]  # the others untouched
+
+
+def test_write_image_by_hint_and_its_failures(sh, images) -> None:
+    url, raw, files = images
+    big, small = _disk_file(sh, "vda", 32 * MIB, serial="ROOT"), _disk_file(sh, "vdb", 8 * MIB)
+
+    def error(params: dict[str, Any]) -> str:
+        done = _command(sh, params, "write_image")
+        return done.stdout.strip().rpartition("error=")[2]
+
+    assert error({"image_source": url + "/raw.img", "root_device": {"serial": "ROOT"}}) == ""
+    assert big.read_bytes()[: len(raw)] == raw and MARK in small.read_bytes()[:MIB]
+
+    mismatch = error({"image_source": url + "/raw.img", "image_checksum": "ab" * 32})
+    assert mismatch.startswith("checksum mismatch for") and "ab" * 32 in mismatch
+    assert small.read_bytes()[: 4 * MIB] == bytes(4 * MIB), "a write that failed verification is wiped"
+    assert "404" in error({"image_source": url + "/missing.img"})
+    assert "no disk matches" in error({"image_source": url + "/raw.img", "image_size": 64 * MIB})
+    assert "no disk matches" in error({"image_source": url + "/raw.img", "root_device": {"serial": "NOPE"}})
+    assert "cannot decompress zstd" in error({"image_source": url + "/img.zst"})
+    assert "http(s) URL" in error({"image_source": "file:///srv/image.raw"})
+    assert "configdrive" in error({"image_source": url + "/raw.img", "configdrive": {"meta_data": {}}})
