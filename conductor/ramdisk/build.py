@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from conductor.ramdisk import cpio, debs, modules
@@ -53,7 +53,7 @@ class BuildResult:
         return self.kernel.size + self.initramfs.size
 
 
-def default_cache_dir(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """``$XDG_CACHE_HOME/conductor/ramdisk``, else ``~/.cache/conductor/ramdisk``."""
     env = os.environ if env is None else env
     return Path(env.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()) / "conductor" / "ramdisk"

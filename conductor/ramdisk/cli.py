@@ -28,7 +28,8 @@ def build(ctx: click.Context, out_dir: Path | None, cache_dir: Path | None, as_j
     from conductor.ramdisk.modules import UnknownModule
     from conductor.settings import default_data_dir
 
-    as_json = as_json or bool(getattr(ctx.find_root().obj, "out", None) and ctx.find_root().obj.out.as_json)
+    # `conductor --json ramdisk build` works too.
+    as_json = as_json or bool(getattr(getattr(ctx.find_root().obj, "out", None), "as_json", False))
     out_dir = out_dir or default_data_dir() / "ramdisk"
     cache_dir = cache_dir or builder.default_cache_dir()
     try:
