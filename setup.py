@@ -18,7 +18,7 @@ setup(
         "conductor.migrations": "db",
         "conductor.migrations.versions": "db/versions",
     },
-    package_data={"conductor.migrations": ["script.py.mako", "alembic.ini"]},
+    package_data={"conductor.migrations": ["script.py.mako", "alembic.ini"], "conductor.ramdisk": ["files/*"]},
     install_requires=[
         "Flask>=3.0",
         "flask-smorest>=0.45",

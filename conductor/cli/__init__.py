@@ -97,6 +97,7 @@ def finish_request(obj: Obj, request: dict[str, Any], wait: bool, timeout: float
 
 def _register() -> None:
     from conductor.cli import admin, callbacks_cmd, nodes, requests_cmd, server
+    from conductor.ramdisk import cli as ramdisk_cmd
 
     main.add_command(nodes.node)
     main.add_command(requests_cmd.request)
@@ -106,6 +107,7 @@ def _register() -> None:
     main.add_command(admin.secrets)
     main.add_command(callbacks_cmd.callbacks)
     main.add_command(callbacks_cmd.subscription)
+    main.add_command(ramdisk_cmd.ramdisk)
     for command in server.COMMANDS:
         main.add_command(command)
 
