@@ -9,14 +9,16 @@ on Linux), so neither a crash nor a test run leaks servers.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
+import os
 import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from conductor import procs
 
 LOG = logging.getLogger(__name__)
 
@@ -40,14 +42,6 @@ def socket_path(data_dir: Path) -> Path:
 def url_for(data_dir: Path) -> str:
     """The Redis URL of the embedded server of ``data_dir``."""
     return f"unix://{socket_path(data_dir)}?db=0"
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class EmbeddedRedis:
@@ -96,7 +90,7 @@ class EmbeddedRedis:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=procs.die_with_parent(os.getpid()),
             start_new_session=True,
         )
         assert self._proc.stdin is not None

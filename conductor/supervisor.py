@@ -71,8 +71,9 @@ class Child:
         with open(self.log, "ab") as out:
             # A session of its own (Ctrl-C in the terminal reaches the
             # supervisor only, which stops children in order); the kernel's
-            # SIGTERM when the supervisor dies (PR_SET_PDEATHSIG, set from
-            # the thread that stays for the supervisor's whole life).
+            # SIGTERM when the supervisor dies (PR_SET_PDEATHSIG: sent when
+            # the *thread* that started the child ends, so children are
+            # started by threads that live as long as the supervisor).
             self.proc = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
                 preexec_fn=procs.die_with_parent(os.getpid()),

@@ -53,6 +53,18 @@ def test_killing_the_supervisor_takes_its_whole_tree_down(service_factory) -> No
     assert not left, f"still running after the supervisor's SIGKILL: {processes.describe(left)}"
 
 
+def test_the_api_workers_die_with_their_master(service_factory) -> None:
+    service = service_factory(api_workers=2)
+    (api,) = [r for r in service.tree() if r.name.startswith(f"{sys.executable} -m conductor api")
+              and processes.descendants(r.pid)]
+    workers = processes.descendants(api.pid)
+    assert len(workers) == 2, workers
+    os.kill(api.pid, signal.SIGKILL)  # the supervisor reaps it and starts another
+    left = processes.wait_gone(workers, 60)
+    processes.kill(left)
+    assert not left, f"gunicorn workers outlived their master: {processes.describe(left)}"
+
+
 def test_a_second_up_on_a_data_dir_in_use_refuses_and_starts_once_the_holder_is_dead(service_factory) -> None:
     first = service_factory()
     refused = up(first, free_port())
