@@ -17,12 +17,12 @@ import threading
 import time
 
 import redis
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from conductor.callbacks import destinations, outbox, retry
 from conductor.context import Context
 from conductor.engine import jobs
+from conductor.engine.worker import QuickStopWorker
 from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def run(settings: Settings, burst: bool = False) -> None:
     pump = Pump(ctx)
     pump.start()
     try:
-        worker = SimpleWorker(
+        worker = QuickStopWorker(
             [ctx.callbacks.queue], connection=ctx.redis, name=f"callbacks.{ctx.hostname}.{os.getpid()}",
             serializer=JSONSerializer,
         )

@@ -71,7 +71,8 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
     except (RuntimeError, InvalidInput) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from None
     finally:
-        click.echo("Stopping...", err=True)
+        if supervisor.children:  # not when it refused to start
+            click.echo("Stopping...", err=True)
         supervisor.stop()
 
 
