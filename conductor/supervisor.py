@@ -95,14 +95,18 @@ class Child:
     def wait_or_kill(self, deadline: float) -> None:
         """Wait for the child until ``deadline`` (monotonic), then kill its process group.
 
-        Nothing to do for a child already reaped (its pid may name another process now).
+        The group is killed before the child is reaped: until then its pid,
+        which is the group's id (a session of its own), names no other
+        process.  Nothing to do for a child already reaped.
         """
         if self.proc is None or self.proc.returncode is not None:
             return
         try:
-            self.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            LOG.warning("%s did not stop in time; killing it", self.name)
+            if not _wait_unreaped(self.proc.pid, deadline):
+                LOG.warning("%s did not stop in time; killing it", self.name)
+        except ChildProcessError:  # reaped meanwhile by another thread's poll()
+            self.proc.wait()
+            return
         # The group goes too: whatever the child left behind (its own children).
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -113,6 +117,21 @@ class Child:
     def stop(self, timeout: float) -> None:
         self.terminate()
         self.wait_or_kill(time.monotonic() + timeout)
+
+
+def _wait_unreaped(pid: int, deadline: float) -> bool:
+    """Whether child ``pid`` has exited by ``deadline`` (monotonic); it is left unreaped (a zombie).
+
+    :raises ChildProcessError: it was reaped already.
+    """
+    delay = 0.0005
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        delay = min(delay * 2, remaining, 0.05)  # as Popen.wait(timeout) polls
+        time.sleep(delay)
+    return True
 
 
 class Supervisor:

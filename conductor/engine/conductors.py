@@ -47,6 +47,7 @@ def register(ctx: Context) -> Registration:
     """Take a conductor name for this process and record it online.
 
     :raises RuntimeError: every slot is taken by a live conductor.
+    :raises redis.RedisError: Redis is unavailable.
     """
     base = ctx.settings.base_name
     here = _pid_namespace()
@@ -58,6 +59,7 @@ def register(ctx: Context) -> Registration:
         with ctx.db.session() as session:
             row = session.scalars(sa.select(ConductorRecord).where(ConductorRecord.name == name)).one_or_none()
             if row is None:
+                _forget_pid_namespace(ctx, name)
                 session.add(
                     ConductorRecord(
                         name=name, hostname=ctx.hostname, pid=os.getpid(), started_at=now, heartbeat_at=now
@@ -86,6 +88,7 @@ def register(ctx: Context) -> Registration:
             )
             if not free:
                 continue
+            _forget_pid_namespace(ctx, name)
             taken = session.execute(
                 sa.update(ConductorRecord)
                 .where(
@@ -123,6 +126,16 @@ def _pid_namespace_of(ctx: Context, name: str) -> str | None:
         LOG.warning("Cannot read the PID namespace of %s (%s)", name, exc)
         return None
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _forget_pid_namespace(ctx: Context, name: str) -> None:
+    """Drop what a previous holder of ``name`` recorded, before taking it.
+
+    Should recording ours then fail, the name's namespace is unknown (others
+    wait for its heartbeats to lapse) rather than the previous holder's,
+    which could make a live holder look like a dead process of theirs.
+    """
+    ctx.redis.delete(_pid_namespace_key(ctx, name))
 
 
 def _record_pid_namespace(ctx: Context, name: str, namespace: str) -> None:

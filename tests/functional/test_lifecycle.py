@@ -136,3 +136,28 @@ def test_a_restarted_worker_takes_back_its_name_and_fails_what_its_previous_life
     assert f"Conductor {holder} stopped" in finished["error"]
     (after,) = requests.get(f"{url}/v1/conductors", headers=service.auth_headers, timeout=5).json()["conductors"]
     assert after["name"] == holder and after["pid"] != before["pid"] and after["alive"]
+
+
+def test_a_stopped_child_s_group_is_killed_before_the_child_is_reaped(tmp_path, monkeypatch) -> None:
+    """Killing the group of a reaped child could hit an unrelated group that got its pid since."""
+    from conductor.supervisor import Child
+
+    sleeper = "import time; time.sleep(600)"
+    spawn = f"import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {sleeper!r}]).pid)"
+    child = Child("leaver", [sys.executable, "-c", spawn], tmp_path / "leaver.log", env=dict(os.environ))
+    seen = []
+    real_killpg = os.killpg
+
+    def killpg(pgid: int, signum: int) -> None:
+        stat = open(f"/proc/{pgid}/stat").read() if os.path.exists(f"/proc/{pgid}/stat") else ""
+        left = ProcessRecord.of("left behind", int(child.log.read_text()))
+        seen.append((pgid, stat[stat.rindex(")") + 2:].split()[0] if stat else "reaped", left))
+        real_killpg(pgid, signum)
+
+    monkeypatch.setattr(os, "killpg", killpg)
+    child.start()
+    child.wait_or_kill(time.monotonic() + 60)  # it exits at once, leaving its own child in its group
+    ((pgid, state, left),) = seen
+    assert pgid == child.proc.pid and child.proc.returncode == 0
+    assert state == "Z"  # still a zombie: its pid (the group's id) was ours to use
+    assert left is not None and not processes.wait_gone([left], 30)

@@ -165,6 +165,23 @@ def test_a_dead_conductor_of_this_pid_namespace_frees_its_slot_at_once(settings)
     assert second.name == a.name and second.reclaimed
 
 
+def test_a_name_taken_without_recording_its_namespace_keeps_no_stale_one(settings, monkeypatch) -> None:
+    """A container takes a name that a process of ours held, and cannot record its namespace."""
+    first = Context.build(settings)
+    a = conductors.register(first)  # records our PID namespace for that name
+    with first.db.begin() as session:  # that process is long gone
+        session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(
+            pid=2**22 + 5, heartbeat_at=utcnow() - dt.timedelta(seconds=3 * settings.heartbeat_interval)))
+    with monkeypatch.context() as patch:  # the container's process: no namespace to record
+        patch.setattr(conductors, "_pid_namespace", lambda: "")
+        container = conductors.register(Context.build(settings))
+    assert container.name == a.name
+    with first.db.begin() as session:  # it is heartbeating; its pid means nothing here
+        session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 5))
+    third = conductors.register(Context.build(settings))
+    assert third.name != a.name and not third.reclaimed
+
+
 def test_a_conductor_whose_slot_was_taken_over_learns_it_from_its_heartbeat(settings) -> None:
     ctx = Context.build(settings)
     ctx.name = conductors.register(ctx).name
