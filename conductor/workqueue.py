@@ -36,6 +36,8 @@ STEP_FUNCTION = "conductor.engine.jobs.run_steps"
 _PENDING_STATUSES = frozenset({b"queued", b"deferred", b"scheduled"})
 #: A request handed from a timer to a job counts as pending this long.
 PUMPED_MEMORY = 300.0
+#: At most this many requests' steps run in one job (due timers are pumped in such batches).
+BATCH_SIZE = 16
 # Pop due timers, remembering them (scored by when) in the "pumped" set so
 # that the sweeper does not mistake a request waiting in a batch job for a
 # lost one; entries older than PUMPED_MEMORY are forgotten.
@@ -96,8 +98,10 @@ class WorkQueue:
         """Queue the next step of several requests as one job.
 
         The job's timeout is ``job_timeout`` per step of the batch: it bounds
-        a hung step, not a batch of slow ones.
+        a hung step, not a batch of slow ones (so one step may last up to
+        ``job_timeout * BATCH_SIZE``).
         """
+        assert len(request_ids) <= BATCH_SIZE, "a longer batch outlives the sweep's claim cutoff"
         self.queue.enqueue_call(
             STEP_FUNCTION,
             args=(list(request_ids),),
@@ -120,6 +124,12 @@ class WorkQueue:
         """Whether Redis still holds a queued job or a timer for the request."""
         return request_id in self.pending(request_ids=[request_id])
 
+    def has_job(self, request_id: str) -> bool:
+        """Whether Redis holds a timer or a job, queued or being run, for the request."""
+        if self.has_pending_job(request_id):
+            return True
+        return self.connection.hget(Job.key_for(request_id), "status") == b"started"
+
     def pending(self, request_ids: Sequence[str]) -> set[str]:
         """Those of ``request_ids`` with a queued job or a timer (one round trip)."""
         pipe = self.connection.pipeline(transaction=False)
@@ -141,7 +151,7 @@ class WorkQueue:
         """Run the request's next step after ``delay`` seconds."""
         self.connection.zadd(self.timers_key, {request_id: time.time() + max(0.0, delay)})
 
-    def pump_timers(self, batch_size: int = 16, limit: int = 512) -> int:
+    def pump_timers(self, batch_size: int = BATCH_SIZE, limit: int = 512) -> int:
         """Move due timers into the work queue, ``batch_size`` requests a job.
 
         Safe to run in every conductor at once: popping is atomic.  Returns

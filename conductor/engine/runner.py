@@ -77,7 +77,8 @@ def retry_later(ctx: Context, request_id: str, exc: Exception) -> None:
     The timer is set first (Redis): whatever the database does next, the
     request is looked at again.  Then, if the database answers, this
     conductor's claim and reservation are given back, so that any conductor
-    can run it.
+    can run it, and the timer is set again (it may have fired, and been
+    skipped, while the claim was still ours).
     """
     LOG.warning("Request %s: the database keeps failing (%s); trying again in %.0f s",
                 request_id, exc, DATABASE_RETRY_DELAY)
@@ -91,8 +92,16 @@ def retry_later(ctx: Context, request_id: str, exc: Exception) -> None:
         database.retrying(lambda: _unclaim(ctx, request_id), f"Request {request_id}: giving back its claim",
                           attempts=UNCLAIM_ATTEMPTS)
     except sa.exc.DBAPIError as error:
-        LOG.error("Request %s: could not give back its claim (%s); the sweep releases it after job_timeout",
+        LOG.error("Request %s: could not give back its claim (%s); the sweep releases it later",
                   request_id, error)
+        return
+    # The timer set above may have fired while the claim was still ours
+    # (another conductor then skipped the step): set it again, now that any
+    # conductor can run the step.
+    try:
+        ctx.queue.schedule(request_id, DATABASE_RETRY_DELAY)
+    except redis.RedisError as error:
+        LOG.error("Request %s: could not set its timer (%s); the sweeper will re-arm it", request_id, error)
 
 
 def _unclaim(ctx: Context, request_id: str) -> None:
@@ -152,8 +161,14 @@ def _run_step(ctx: Context, request_id: str) -> None:
     except BaseTimeoutException:
         # RQ's job timeout: this step hung (a BMC call that never returned).
         LOG.error("Request %s: step exceeded the job timeout in conductor %s", request_id, ctx.name)
-        fail_request(ctx, request_id, f"A step exceeded the job timeout ({ctx.settings.job_timeout:g} s).",
-                     owner=ctx.name)
+        message = f"A step exceeded the job timeout ({ctx.settings.job_timeout:g} s)."
+        try:
+            database.retrying(lambda: fail_request(ctx, request_id, message, owner=ctx.name),
+                              f"Request {request_id}: failing it")
+        except Exception:
+            # The timeout still ends the job (never "run the hung step again"
+            # without RQ's alarm); the sweep releases the claim left behind.
+            LOG.exception("Request %s: could not fail it after the job timeout", request_id)
         raise
     except Exception as exc:
         if database.is_transient(exc):

@@ -28,12 +28,13 @@ import logging
 import redis
 import sqlalchemy as sa
 
-from conductor import database
+from conductor import database, workqueue
 from conductor.context import Context
 from conductor.engine import conductors, retention
 from conductor.engine.runner import fail_request
 from conductor.fsm.states import RequestState
 from conductor.models import ConductorRecord, Node, Request, utcnow
+from conductor.settings import Settings
 from conductor.throttle import idempotency
 
 LOG = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def _requeue_lost(ctx: Context, now: dt.datetime, alive: set[str]) -> dict[str, 
     if not conductors.my_turn(ctx, "requeue-sweep", 0.9 * ctx.settings.sweep_interval):
         return {"requeued": 0, "rearmed": 0, "unclaimed": 0}
     grace = dt.timedelta(seconds=ctx.settings.requeue_after)
-    unclaimed = _release_abandoned_claims(ctx, now - grace - dt.timedelta(seconds=ctx.settings.job_timeout), alive)
+    unclaimed = _release_abandoned_claims(ctx, now - dt.timedelta(seconds=claim_lifetime(ctx.settings)), alive)
     with ctx.db.session() as session:
         queued = list(
             session.scalars(
@@ -156,13 +157,23 @@ def _requeue_lost(ctx: Context, now: dt.datetime, alive: set[str]) -> dict[str, 
     return {"requeued": requeued, "rearmed": rearmed, "unclaimed": unclaimed}
 
 
+def claim_lifetime(settings: Settings) -> float:
+    """How long (s) a live conductor's claim may stay untouched before the sweep releases it.
+
+    A step runs in a job of up to ``BATCH_SIZE`` steps whose RQ timeout is
+    ``job_timeout`` per step: one hung step may last that long, not merely
+    ``job_timeout``.
+    """
+    return settings.job_timeout * workqueue.BATCH_SIZE + settings.requeue_after
+
+
 def _release_abandoned_claims(ctx: Context, cutoff: dt.datetime, alive: set[str]) -> int:
     """Give back the claims live conductors left on requests they no longer run.
 
     A step whose database stayed away longer than its retries leaves its
     claim (and node reservation) behind when it cannot give them back; no
-    step lasts longer than ``job_timeout``, so a claim untouched for longer
-    than that is abandoned.  Released conditionally on the row being
+    step lasts longer than its job's timeout, so a claim untouched for
+    longer than :func:`claim_lifetime` is abandoned.  Released conditionally on the row being
     unchanged, then the request's step is due at once (sleeping, the timer
     re-arm below or its own timer picks it up).
     """

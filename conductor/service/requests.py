@@ -395,7 +395,7 @@ def _submit(
                 if replayed is not None:
                     logs.bind_request_id(replayed)
                     row = conn.execute(_ACTIVE_REQUEST, {"rid": replayed}).one()
-                    return Submitted(_request_from_row(row), created=False)
+                    return Submitted(_enqueue_if_lost(ctx, _request_from_row(row)), created=False)
             node = conn.execute(_NODE_BY_UUID if by_uuid else _NODE_BY_NAME, {"ident": key}).one_or_none()
             if node is None:
                 raise NodeNotFound(f"Node {ident} not found.", node=ident)
@@ -409,7 +409,7 @@ def _submit(
                             if not _remember(conn, idempotency_key, active.id, retention):
                                 continue
                             conn.commit()
-                        return Submitted(_request_from_row(active), created=False)
+                        return Submitted(_enqueue_if_lost(ctx, _request_from_row(active)), created=False)
                     raise TransitionInProgress(
                         f"Node {node.uuid} has a transition in progress "
                         f"({active.kind} {active.target}, request {active.id}, {active.state}).",
@@ -485,6 +485,25 @@ def _row_of(request: Request) -> dict[str, Any]:
 
 def _request_from_row(row: Any) -> Request:
     return Request(**dict(row._mapping))
+
+
+def _enqueue_if_lost(ctx: Context, request: Request) -> Request:
+    """Enqueue a queued request for which Redis holds nothing; returns it.
+
+    A submission run again after a commit of unknown outcome (the API's
+    retry) finds its own request committed but never enqueued: it is
+    enqueued now rather than after the sweep's ``requeue_after``.
+    """
+    if request.state != RequestState.QUEUED:
+        return request
+    try:
+        if not ctx.queue.has_job(request.id):
+            LOG.warning("Request %s is queued but has no job; enqueueing it", request.id)
+            ctx.queue.enqueue_request(request.id)
+    except redis.RedisError as exc:
+        # Accepted already: not abandoned; the sweep enqueues it.
+        LOG.error("Cannot enqueue request %s (%s); the sweep will", request.id, exc)
+    return request
 
 
 def _enqueue_or_abandon(ctx: Context, request: Request) -> None:

@@ -39,6 +39,19 @@ def test_identical_request_in_flight_returns_the_same_request(client, node) -> N
     assert len(client.get("/v1/requests?node=n1").json["requests"]) == 1
 
 
+def test_a_repeated_submission_enqueues_its_request_when_redis_holds_no_job(client, ctx, node) -> None:
+    # What a submission whose COMMIT outcome was unknown leaves (the API runs
+    # it again): the request committed, its job never enqueued.
+    first = client.put("/v1/nodes/n1/states/power", json={"target": "power on"}).json["id"]
+    ctx.queue.queue.empty()
+    again = client.put("/v1/nodes/n1/states/power", json={"target": "power on"})
+    assert (again.status_code, again.json["id"]) == (202, first)
+    assert ctx.queue.queue.job_ids == [first]  # not left for the sweep's requeue_after
+    # While its job waits, a repeat enqueues nothing more.
+    assert client.put("/v1/nodes/n1/states/power", json={"target": "power on"}).json["id"] == first
+    assert ctx.queue.queue.job_ids == [first]
+
+
 def test_other_request_in_flight_is_409_with_the_active_request(client, node) -> None:
     first = client.put("/v1/nodes/n1/states/power", json={"target": "power on"})
     for path, target in (("power", "power off"), ("provision", "manage")):

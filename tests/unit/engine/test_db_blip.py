@@ -18,15 +18,20 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from rq.timeouts import JobTimeoutException
 from sqlalchemy import event
 
 from conductor import database
-from conductor.engine import jobs, runner, sweeper
+from conductor.context import Context
+from conductor.engine import conductors, jobs, runner, sweeper
+from conductor.fsm.states import RequestKind
 from conductor.models import Node, Request, utcnow
 from tests.conftest import bearer, drain, make_token
 
 CLAIM = r"^UPDATE requests SET state="  # the claim of a step (engine/task.py _CLAIM)
 STEP_FENCE = r"^UPDATE nodes SET reservation=.* WHERE nodes\.id = \S+ AND nodes\.reservation = "  # the step's release (and its undo)
+UNCLAIM = r"^UPDATE requests SET conductor=.* WHERE requests\.id = \S+ AND requests\.conductor = "  # runner._unclaim
+FAIL_FENCE = r"^UPDATE requests SET updated_at=\S+ WHERE requests\.id = \S+ AND requests\.state IN"  # runner.fail_request
 
 
 class Blip:
@@ -139,7 +144,7 @@ def test_a_claim_left_by_a_live_conductor_is_released_by_the_sweep(client, node,
     request_id = _power_on(client)
     conductor_ctx.queue.queue.empty()
     settings = conductor_ctx.settings
-    long_ago = utcnow() - dt.timedelta(seconds=settings.job_timeout + settings.requeue_after + 60)
+    long_ago = utcnow() - dt.timedelta(seconds=sweeper.claim_lifetime(settings) + 60)
     with conductor_ctx.db.begin() as session:
         session.execute(sa.update(Request).where(Request.id == request_id).values(
             state="running", conductor=conductor_ctx.name, updated_at=long_ago))
@@ -150,6 +155,79 @@ def test_a_claim_left_by_a_live_conductor_is_released_by_the_sweep(client, node,
     assert conductor_ctx.redis.zscore(conductor_ctx.queue.timers_key, request_id) is not None
     drain(conductor_ctx)
     assert _request(conductor_ctx, request_id).state == "succeeded"
+
+
+def test_a_claim_of_a_step_still_running_in_a_batch_job_is_kept_by_the_sweep(client, node, conductor_ctx) -> None:
+    # A batch job's RQ timeout is job_timeout per step: its step may hold the
+    # claim longer than job_timeout (+ requeue_after) and still be running.
+    request_id = _power_on(client)
+    conductor_ctx.queue.queue.empty()
+    settings = conductor_ctx.settings
+    running_since = utcnow() - dt.timedelta(seconds=settings.job_timeout + settings.requeue_after + 60)
+    with conductor_ctx.db.begin() as session:
+        session.execute(sa.update(Request).where(Request.id == request_id).values(
+            state="running", conductor=conductor_ctx.name, updated_at=running_since))
+        session.execute(sa.update(Node).values(reservation=conductor_ctx.name, updated_at=running_since))
+    assert sweeper.sweep(conductor_ctx)["unclaimed"] == 0
+    assert _request(conductor_ctx, request_id).conductor == conductor_ctx.name
+    assert client.get("/v1/nodes/n1").json["reservation"] == conductor_ctx.name
+
+
+def test_a_timer_that_fires_while_the_claim_is_given_back_is_set_again(
+    client, node, conductor_ctx, settings, monkeypatch
+) -> None:
+    request_id = _power_on(client)
+    conductor_ctx.queue.queue.empty()
+    monkeypatch.setattr(runner, "DATABASE_RETRY_DELAY", 0)
+    other = Context.build(settings)  # a second worker (conductor) of the deployment
+    other.name = conductors.register(other).name
+    skipped = []
+
+    def other_worker_pumps_the_timer(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        # While this conductor gives its claim back, the timer it set falls
+        # due: the other worker pops it and (the claim not yet given back)
+        # skips the step.
+        if not re.search(UNCLAIM, statement) or skipped:
+            return
+        assert other.queue.pump_timers() == 1
+        runner.run_step(other, request_id)
+        skipped.append(_request(other, request_id).conductor)
+        other.queue.queue.empty()
+
+    event.listen(conductor_ctx.db.engine, "before_cursor_execute", other_worker_pumps_the_timer)
+    try:
+        # The step's recording keeps failing: the request goes back to sleep.
+        with Blip(conductor_ctx.db.engine, STEP_FENCE, times=None) as blip:
+            runner.run_step(conductor_ctx, request_id)
+    finally:
+        event.remove(conductor_ctx.db.engine, "before_cursor_execute", other_worker_pumps_the_timer)
+        other.close()
+    assert blip.fired >= database.RETRY_ATTEMPTS
+    assert skipped == [conductor_ctx.name]  # the other worker found the claim still ours
+    request = _request(conductor_ctx, request_id)
+    assert request.state == "running" and request.conductor is None
+    assert conductor_ctx.redis.zscore(conductor_ctx.queue.timers_key, request_id) is not None  # armed again
+    drain(conductor_ctx)
+    assert _request(conductor_ctx, request_id).state == "succeeded"
+
+
+def test_a_job_timeout_whose_failing_breaks_ends_the_step_once(client, node, conductor_ctx, monkeypatch) -> None:
+    request_id = _power_on(client)
+    conductor_ctx.queue.queue.empty()
+    calls = []
+
+    def hung(_task):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        raise JobTimeoutException("Task exceeded maximum timeout value")  # RQ's alarm, mid-step
+
+    monkeypatch.setitem(runner._WORKFLOWS, RequestKind.POWER, (hung, runner._WORKFLOWS[RequestKind.POWER][1]))
+    with Blip(conductor_ctx.db.engine, FAIL_FENCE) as blip, pytest.raises(JobTimeoutException):
+        runner.run_step(conductor_ctx, request_id)
+    assert blip.fired == 1
+    assert len(calls) == 1  # the hung step is not run again without RQ's alarm
+    request = _request(conductor_ctx, request_id)
+    assert request.state == "failed" and "job timeout" in request.error
+    assert client.get("/v1/nodes/n1").json["reservation"] is None
 
 
 def test_a_read_that_breaks_is_answered_after_a_retry(client, node, ctx) -> None:
