@@ -208,7 +208,18 @@ def upgrade(url: str, revision: str = "head") -> None:
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             ensure_private_sqlite(Path(path))
-    command.upgrade(_alembic_config(url), revision)
+    config = _alembic_config(url)
+    command.upgrade(config, revision)
+    if config.attributes.get("sealed_rows"):
+        # Migration 0006 sealed plain secrets: leave no plain copy in the file
+        # (whether SQLite overwrites deleted content depends on its build).
+        from conductor import sealing
+
+        engine = make_engine(url)
+        try:
+            sealing.scrub(engine)
+        finally:
+            engine.dispose()
 
 
 def head_revision() -> str:

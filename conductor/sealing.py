@@ -57,17 +57,18 @@ def _outdated(box: SecretBox, value: Any, plain_only: bool) -> bool:
     return not plain_only and not box.current_key_seals(value)
 
 
-def _node_batch(conn: sa.Connection, rewrite: Rewrite, after: int) -> tuple[int | None, int]:
+def _node_batch(conn: sa.Connection, rewrite: Rewrite, after: int) -> tuple[int | None, int, int]:
     needs, redo = rewrite
     rows = conn.execute(
         sa.select(_nodes.c.id, _nodes.c.driver_info, _nodes.c.updated_at)
         .where(_nodes.c.id > after).order_by(_nodes.c.id).limit(BATCH)
     ).all()
-    changed = 0
+    changed = needed = 0
     for node_id, info, updated_at in rows:
         info = info or {}
         if not any(is_secret(k) and needs(v) for k, v in info.items()):
             continue
+        needed += 1
         new = {k: (redo(v) if is_secret(k) and needs(v) else v) for k, v in info.items()}
         # Conditional on the version a patch checks too (and left as it is):
         # a concurrent patch wins, and the next pass looks at its result.
@@ -75,19 +76,20 @@ def _node_batch(conn: sa.Connection, rewrite: Rewrite, after: int) -> tuple[int 
             sa.update(_nodes).where(_nodes.c.id == node_id, _nodes.c.updated_at == updated_at)
             .values(driver_info=new)
         ).rowcount
-    return (rows[-1][0] if rows else None), changed
+    return (rows[-1][0] if rows else None), changed, needed
 
 
-def _secret_batch(conn: sa.Connection, rewrite: Rewrite, after: str | None) -> tuple[str | None, int]:
+def _secret_batch(conn: sa.Connection, rewrite: Rewrite, after: str | None) -> tuple[str | None, int, int]:
     needs, redo = rewrite
     query = sa.select(_secrets.c.client, _secrets.c.secret, _secrets.c.previous_secret)
     if after is not None:  # (the deployment's own secret is client "")
         query = query.where(_secrets.c.client > after)
     rows = conn.execute(query.order_by(_secrets.c.client).limit(BATCH)).all()
-    changed = 0
+    changed = needed = 0
     for client, secret, previous in rows:
         if not (needs(secret) or needs(previous)):
             continue
+        needed += 1
         same_previous = _secrets.c.previous_secret.is_(None) if previous is None else (
             _secrets.c.previous_secret == previous)
         changed += conn.execute(
@@ -95,25 +97,34 @@ def _secret_batch(conn: sa.Connection, rewrite: Rewrite, after: str | None) -> t
             .values(secret=redo(secret) if needs(secret) else secret,
                     previous_secret=redo(previous) if needs(previous) else previous)
         ).rowcount
-    return (rows[-1][0] if len(rows) == BATCH else None), changed
+    return (rows[-1][0] if len(rows) == BATCH else None), changed, needed
+
+
+def _rewrite_pass(connect: Connect, rewrite: Rewrite) -> tuple[int, int]:
+    """Apply ``rewrite`` to every stored secret, a batch per transaction.
+
+    Returns the rows changed and the rows found needing it (more than
+    changed when a concurrent write won the race for a row).
+    """
+    total = found = 0
+    node_after: int | None = 0
+    while node_after is not None:
+        with connect() as conn:
+            node_after, changed, needed = _node_batch(conn, rewrite, node_after)
+        total, found = total + changed, found + needed
+    secret_after: str | None = None
+    while True:
+        with connect() as conn:
+            secret_after, changed, needed = _secret_batch(conn, rewrite, secret_after)
+        total, found = total + changed, found + needed
+        if secret_after is None:
+            break
+    return total, found
 
 
 def rewrite_rows(connect: Connect, rewrite: Rewrite) -> int:
     """Apply ``rewrite`` to every stored secret, a batch per transaction; the rows changed."""
-    total = 0
-    node_after: int | None = 0
-    while node_after is not None:
-        with connect() as conn:
-            node_after, changed = _node_batch(conn, rewrite, node_after)
-        total += changed
-    secret_after: str | None = None
-    while True:
-        with connect() as conn:
-            secret_after, changed = _secret_batch(conn, rewrite, secret_after)
-        total += changed
-        if secret_after is None:
-            break
-    return total
+    return _rewrite_pass(connect, rewrite)[0]
 
 
 def seal_rows(connect: Connect, box: SecretBox, plain_only: bool = False) -> int:
@@ -150,16 +161,19 @@ def engine_batches(engine: sa.Engine) -> Connect:
 def reseal_until_current(connect: Connect, box: SecretBox) -> int:
     """Re-encrypt until a whole pass finds nothing under an old key; the rows changed.
 
-    :raises RuntimeError: rows are still written under an old key after ``MAX_PASSES``.
+    A pass ends the loop only when it found no such row: a row it could not
+    rewrite (a concurrent write changed it first) still needs the old key.
+
+    :raises RuntimeError: rows are still under an old key after ``MAX_PASSES``.
     """
     total = 0
     for _pass in range(MAX_PASSES):
-        changed = seal_rows(connect, box)
+        changed, found = _rewrite_pass(connect, (lambda v: _outdated(box, v, False), box.reseal))
         total += changed
-        if changed == 0:
+        if found == 0:
             return total
     raise RuntimeError(
-        f"Rows are still being written under an old key after {MAX_PASSES} passes; "
+        f"Rows are still under an old key after {MAX_PASSES} passes (written meanwhile); "
         "the old keys are kept (run the rotation again)."
     )
 
@@ -180,8 +194,13 @@ def rotate_key_file(connect: Connect, box: SecretBox) -> tuple[int, int]:
     # file are re-encrypted by a last pass that still holds every key.
     everything = SecretBox(keys=[new] + old)
     key_file.write([new])
-    changed += reseal_until_current(connect, everything)
-    box.keys(reload=True)
+    try:
+        changed += reseal_until_current(connect, everything)
+    except RuntimeError:
+        key_file.write([new] + old)  # a row may still need an old key: keep them
+        raise
+    finally:
+        box.keys(reload=True)
     return changed, len(old)
 
 

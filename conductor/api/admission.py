@@ -80,8 +80,9 @@ def _authenticate(ctx: Context) -> tokens.Principal:
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("This API needs a token: send 'Authorization: Bearer <token>'.")
-    if not tokens.cached(ctx, secret.strip())[0]:
+    if not tokens.cached(ctx, secret.strip())[0] and not g.get("lookup_admitted"):
         _throttle_lookups(ctx)
+        g.lookup_admitted = True  # (a run again after a database blip is not charged again)
     principal = tokens.authenticate(ctx, secret.strip())
     if principal is None:
         raise Unauthorized("The token is unknown or revoked.")
@@ -185,14 +186,17 @@ def _throttle(ctx: Context, principal: tokens.Principal, endpoint: str | None) -
             limiter.bucket("client-write", principal.client, knobs.client_write_rate, knobs.client_write_burst),
         ]
         max_depth = knobs.max_queue_depth if _creates_work(endpoint) else 0
-    try:
-        decision = limiter.admit(wanted, max_depth)
-    except redis.RedisError as exc:
-        # Fail open: a call that needs the queue fails at enqueue anyway (503
-        # queue_unavailable); reads and other writes still work without Redis.
-        LOG.warning("Admission skipped, Redis unavailable: %s", exc)
-        return
-    g.admission = decision
+    # Charged once: the hooks run again after a database blip (in _replays).
+    decision = g.get("admission")
+    if decision is None:
+        try:
+            decision = limiter.admit(wanted, max_depth)
+        except redis.RedisError as exc:
+            # Fail open: a call that needs the queue fails at enqueue anyway (503
+            # queue_unavailable); reads and other writes still work without Redis.
+            LOG.warning("Admission skipped, Redis unavailable: %s", exc)
+            return
+        g.admission = decision
     if decision.outcome == buckets.RATE_LIMITED:
         empty = [lv.bucket.policy for lv in decision.levels if lv.tokens < 1]
         raise RateLimited(

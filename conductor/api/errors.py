@@ -7,7 +7,8 @@
   webargs' validation errors become 400 ``validation_error`` with the field
   errors in ``errors``.
 * A transient database error (connection lost, deadlock, SQLite busy):
-  the view runs again from the start, a few times (:func:`retry_views`);
+  the view runs again from the start, a few times (:func:`retry_views`),
+  unless that could do a write twice (a POST or DELETE that committed);
   when it keeps failing, 503 ``database_unavailable`` with ``Retry-After``.
 * Anything else: logged with its traceback, answered 500 ``internal_error``.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import marshmallow as ma
 import sqlalchemy as sa
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, has_request_context, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
@@ -152,20 +153,30 @@ def handle_database_error(error: sa.exc.DBAPIError) -> Response:
     return handle_unexpected(error)
 
 
-#: Methods whose views may run again even after a commit of unknown outcome
-#: (a submission's retry finds its own request: 202, same id).
-_REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Methods whose views may run again even after a commit (of unknown outcome,
+#: or done): a submission's retry finds its own request (202, same id).  Not
+#: DELETE: repeating one that was done answers 404 (or 409), as if it were not.
+_REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
+
+
+def _note_commit(_session: Any) -> None:
+    if has_request_context():
+        g.committed = True
 
 
 def _may_repeat(error: sa.exc.DBAPIError) -> bool:
-    # A failed statement means the transaction did not commit; a failure
-    # without one may be a COMMIT whose outcome is unknown: only views
-    # that are safe to repeat then.
-    return request.method in _REPEATABLE or error.statement is not None
+    if request.method in _REPEATABLE:
+        return True
+    # A failed statement means its transaction did not commit; a failure
+    # without one may be a COMMIT whose outcome is unknown.  And a view
+    # that committed before (more than one transaction, e.g. a rotation,
+    # then a read for the answer) would do that part twice.
+    return error.statement is not None and not g.get("committed")
 
 
 def _with_retries(stage: Callable[[], Any]) -> Callable[[], Any]:
     def run() -> Any:
+        g.pop("committed", None)  # (set by _note_commit: this stage committed)
         for attempt in range(1, database.RETRY_ATTEMPTS + 1):
             try:
                 return stage()
@@ -188,6 +199,7 @@ def retry_views(app: Flask) -> None:
     # Instance attributes: Flask's full_dispatch_request calls
     # self.preprocess_request() for the hooks, then self.dispatch_request()
     # for the view alone.
+    app.extensions["conductor"].db.listen("after_commit", _note_commit)
     app.preprocess_request = _with_retries(app.preprocess_request)  # type: ignore[method-assign]
     app.dispatch_request = _with_retries(app.dispatch_request)  # type: ignore[method-assign]
 

@@ -49,6 +49,8 @@ def upgrade() -> None:
     sealed = sealing.seal_rows(connect, box, plain_only=True)
     if sealed:
         LOG.info("Sealed the secrets of %d rows.", sealed)
+        # conductor.database.upgrade() then scrubs the old plain copies.
+        context.config.attributes["sealed_rows"] = sealed
 
 
 def downgrade() -> None:

@@ -19,13 +19,13 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
-from conductor import database, datadir, secretbox
+from conductor import database, datadir, sealing, secretbox
 from conductor.callbacks import secrets as signing_secrets
 from conductor.cli import main
 from conductor.context import Context
 from conductor.drivers import ipmi
 from conductor.exceptions import SecretUnreadable
-from conductor.models import CallbackSecret, Node
+from conductor.models import CallbackSecret, Node, utcnow
 from conductor.service import nodes as node_service
 from conductor.settings import Settings
 
@@ -321,3 +321,69 @@ def test_a_lost_key_fails_clearly_and_setting_the_secrets_again_recovers(client,
     admin = next(t["id"] for t in client.get("/v1/tokens").json["tokens"] if t["name"] == "tests")
     with ctx.db.session() as session:
         assert signing_secrets.signing_secrets(session, admin) == [rotated.json["secret"]]
+
+
+class NodeWrittenMeanwhile:
+    """A step's write to the node (a new ``updated_at``) lands between a rotation
+    batch's read and its update, ``times`` times (None: always)."""
+
+    def __init__(self, engine: sa.Engine, times: int | None) -> None:
+        self.engine, self.left = engine, times
+
+    def __enter__(self) -> NodeWrittenMeanwhile:
+        sa.event.listen(self.engine, "before_cursor_execute", self._hook)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._hook)
+
+    def _hook(self, conn: sa.Connection, _cursor: object, statement: str, *_args: object) -> None:
+        if not statement.startswith("UPDATE nodes SET driver_info") or self.left == 0:
+            return
+        if self.left is not None:
+            self.left -= 1
+        conn.execute(sa.update(Node).values(updated_at=utcnow()))
+
+
+def _rotate(ctx: Context, settings: Settings) -> secretbox.SecretBox:
+    box = secretbox.SecretBox(key_file=secretbox.KeyFile(settings.secret_key_file), create=False)
+    sealing.rotate_key_file(sealing.engine_batches(ctx.db.engine), box)
+    return secretbox.SecretBox(key_file=secretbox.KeyFile(settings.secret_key_file), create=False)
+
+
+def test_a_rotation_racing_a_node_write_keeps_every_key_a_row_needs(client, ctx, settings) -> None:
+    make_ipmi_node(client)
+    # Both passes lose the race for the node (each before the old key is dropped).
+    with NodeWrittenMeanwhile(ctx.db.engine, times=2):
+        final = _rotate(ctx, settings)
+    assert len(final.keys()) == 1
+    assert final.open(_rows(ctx)[0]) == PASSWORD
+
+
+def test_a_rotation_that_never_catches_a_node_keeps_the_old_key(client, ctx, settings) -> None:
+    make_ipmi_node(client)
+    with NodeWrittenMeanwhile(ctx.db.engine, times=None), pytest.raises(RuntimeError, match="old keys are kept"):
+        _rotate(ctx, settings)
+    kept = secretbox.SecretBox(key_file=secretbox.KeyFile(settings.secret_key_file), create=False)
+    assert kept.open(_rows(ctx)[0]) == PASSWORD
+    # Once the node is left alone, the rotation finishes.
+    assert len(_rotate(ctx, settings).keys()) == 1
+
+
+def test_the_migration_leaves_no_plain_copy_whatever_sqlite_s_build(tmp_path, monkeypatch) -> None:
+    # Debian builds SQLite with SECURE_DELETE; others leave deleted content
+    # in the file: every connection here runs without it.
+    def no_secure_delete(dbapi_connection: object, _record: object) -> None:
+        dbapi_connection.execute("PRAGMA secure_delete = OFF")  # type: ignore[attr-defined]
+
+    monkeypatch.delenv("CONDUCTOR_SECRET_KEY", raising=False)
+    sa.event.listen(sa.Engine, "connect", no_secure_delete)
+    try:
+        url = _plain_database(tmp_path)
+        datadir.ensure_data_dir(_plain_settings(tmp_path, url))
+        database.upgrade(url)
+    finally:
+        sa.event.remove(sa.Engine, "connect", no_secure_delete)
+    path = tmp_path / "conductor.sqlite"
+    text = "".join(f.read_bytes().decode("latin-1") for f in (path, path.with_name(path.name + "-wal")) if f.exists())
+    assert "whsec_plainsigningsecret" not in text and PASSWORD not in text
