@@ -138,17 +138,22 @@ def test_a_popped_timer_is_armed_again_while_the_database_stays_away(
     assert _request(conductor_ctx, request_id).state == "succeeded"
 
 
+def _claim_left_since(client, conductor_ctx, seconds: float) -> str:  # type: ignore[no-untyped-def]
+    """A power request running in this conductor for ``seconds``: its claim and reservation, no job or timer."""
+    request_id = _power_on(client)
+    conductor_ctx.queue.queue.empty()
+    since = utcnow() - dt.timedelta(seconds=seconds)
+    with conductor_ctx.db.begin() as session:
+        session.execute(sa.update(Request).where(Request.id == request_id).values(
+            state="running", conductor=conductor_ctx.name, updated_at=since))
+        session.execute(sa.update(Node).values(reservation=conductor_ctx.name, updated_at=since))
+    return request_id
+
+
 def test_a_claim_left_by_a_live_conductor_is_released_by_the_sweep(client, node, conductor_ctx) -> None:
     # What a step leaves when the database stayed away longer than all its
     # retries: the claim and the node's reservation, and no timer.
-    request_id = _power_on(client)
-    conductor_ctx.queue.queue.empty()
-    settings = conductor_ctx.settings
-    long_ago = utcnow() - dt.timedelta(seconds=sweeper.claim_lifetime(settings) + 60)
-    with conductor_ctx.db.begin() as session:
-        session.execute(sa.update(Request).where(Request.id == request_id).values(
-            state="running", conductor=conductor_ctx.name, updated_at=long_ago))
-        session.execute(sa.update(Node).values(reservation=conductor_ctx.name, updated_at=long_ago))
+    request_id = _claim_left_since(client, conductor_ctx, sweeper.claim_lifetime(conductor_ctx.settings) + 60)
     assert sweeper.sweep(conductor_ctx)["unclaimed"] == 1
     request = _request(conductor_ctx, request_id)
     assert request.state == "running" and request.conductor is None
@@ -160,14 +165,8 @@ def test_a_claim_left_by_a_live_conductor_is_released_by_the_sweep(client, node,
 def test_a_claim_of_a_step_still_running_in_a_batch_job_is_kept_by_the_sweep(client, node, conductor_ctx) -> None:
     # A batch job's RQ timeout is job_timeout per step: its step may hold the
     # claim longer than job_timeout (+ requeue_after) and still be running.
-    request_id = _power_on(client)
-    conductor_ctx.queue.queue.empty()
     settings = conductor_ctx.settings
-    running_since = utcnow() - dt.timedelta(seconds=settings.job_timeout + settings.requeue_after + 60)
-    with conductor_ctx.db.begin() as session:
-        session.execute(sa.update(Request).where(Request.id == request_id).values(
-            state="running", conductor=conductor_ctx.name, updated_at=running_since))
-        session.execute(sa.update(Node).values(reservation=conductor_ctx.name, updated_at=running_since))
+    request_id = _claim_left_since(client, conductor_ctx, settings.job_timeout + settings.requeue_after + 60)
     assert sweeper.sweep(conductor_ctx)["unclaimed"] == 0
     assert _request(conductor_ctx, request_id).conductor == conductor_ctx.name
     assert client.get("/v1/nodes/n1").json["reservation"] == conductor_ctx.name
