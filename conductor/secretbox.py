@@ -30,6 +30,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.orm import Session
 
+from conductor.auth.tokenfile import write_secret
 from conductor.drivers.base import is_secret
 from conductor.exceptions import NoSecretKey, SecretUnreadable
 from conductor.settings import Settings
@@ -97,7 +98,7 @@ class KeyFile:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = new_key()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-        _write_private(tmp, key + "\n")
+        write_secret(tmp, key)
         try:
             os.link(tmp, self.path)
         except FileExistsError:
@@ -109,18 +110,8 @@ class KeyFile:
     def write(self, keys: Sequence[str]) -> None:
         """Replace the file with ``keys`` at once (current first); never a moment without a file."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
-        _write_private(tmp, "".join(k + "\n" for k in keys))
+        write_secret(tmp, "\n".join(keys))
         os.replace(tmp, self.path)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SecretBox:

@@ -23,6 +23,7 @@ def write_secret(path: Path, secret: str) -> None:
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, (secret + "\n").encode())
+        os.fsync(fd)  # a key file must survive a crash right after it is written
     finally:
         os.close(fd)
 
