@@ -1,17 +1,23 @@
-"""The per-process bundle of settings and connections, built once and passed in."""
+"""The per-process bundle of settings and connections, built once and passed in.
+
+Only :mod:`conductor.bootstrap` builds one (it wires the pieces together);
+everything else receives it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from conductor.callbacks.outbox import CallbackQueue, install_wakeup
 from conductor.database import Database
 from conductor.settings import Settings
-from conductor.workqueue import WorkQueue, connect
+from conductor.workqueue import WorkQueue
+
+if TYPE_CHECKING:
+    from conductor.callbacks.outbox import CallbackQueue
 
 
 @dataclasses.dataclass
@@ -32,32 +38,6 @@ class Context:
     name: str | None = None
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def build(
-        cls, settings: Settings, name: str | None = None, redis_timeout: float = 10.0
-    ) -> Context:
-        """Connect to what ``settings`` name (connections open lazily).
-
-        A transaction of this context's database that emitted callback
-        deliveries wakes the callback pumps when it commits.
-        """
-        from conductor import metrics
-
-        connection = connect(settings, redis_timeout)
-        db = Database.from_settings(settings)
-        callbacks = CallbackQueue(connection, settings)
-        install_wakeup(db, callbacks)
-        ctx = cls(
-            settings=settings,
-            db=db,
-            redis=connection,
-            queue=WorkQueue(connection, settings),
-            callbacks=callbacks,
-            name=name,
-        )
-        metrics.attach(ctx)
-        return ctx
 
     def close(self) -> None:
         """Release the database pool and the Redis connections."""

@@ -111,6 +111,8 @@ class Demo:
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         """Start the fleet, its agents and the service."""
+        # Started only by `conductor demo`: importing the module (for its
+        # command's options) does not load the simulator and the supervisor.
         from conductor.bmcsim.agent import SimAgent
         from conductor.bmcsim.fleet import Fleet
         from conductor.settings import load

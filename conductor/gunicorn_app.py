@@ -35,6 +35,8 @@ class _App(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        # Gunicorn calls load() in the process that serves: the application
+        # (Flask and everything under it) is imported there, not at start-up.
         from conductor import logs
         from conductor.api import create_app
 

@@ -1,4 +1,4 @@
-"""Metrics shared by every process, served at ``GET /metrics`` (Prometheus text format).
+"""Metrics shared by every process: recorded here, served at ``GET /metrics`` by :mod:`conductor.api.metrics`.
 
 The API runs as several gunicorn processes and the conductors as several
 more, so per-process counters would be wrong whichever process a scrape
@@ -25,11 +25,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy.orm import Session
 
-from conductor.drivers.base import TryLater
-
 if TYPE_CHECKING:
     from conductor.context import Context
-    from conductor.drivers.base import Driver
     from conductor.models import Request
 
 LOG = logging.getLogger(__name__)
@@ -43,8 +40,8 @@ REQUEST_DURATION = "conductor_request_duration_seconds"
 BMC_DURATION = "conductor_bmc_command_duration_seconds"
 BMC_ERRORS = "conductor_bmc_command_errors"
 
-_HISTOGRAMS = {REQUEST_DURATION: REQUEST_BUCKETS, BMC_DURATION: BMC_BUCKETS}
-_HELP = {
+HISTOGRAMS = {REQUEST_DURATION: REQUEST_BUCKETS, BMC_DURATION: BMC_BUCKETS}
+HELP = {
     ACCEPTED: "State changes accepted (202), by kind.",
     REJECTED: "State changes refused, by reason (the error code).",
     REQUEST_DURATION: "Time from acceptance to a final state, by kind and outcome.",
@@ -72,7 +69,7 @@ class Recorder:
         for name, labels, amount in counters:
             pipe.hincrby(self.key, f"c|{name}|{_labels(labels)}", amount)
         for name, labels, value in observations:
-            bounds = _HISTOGRAMS[name]
+            bounds = HISTOGRAMS[name]
             index = bisect.bisect_left(bounds, value)
             le = "+Inf" if index == len(bounds) else repr(float(bounds[index]))
             tag = _labels(labels)
@@ -126,113 +123,6 @@ def attach(ctx: Context) -> None:
     ctx.db.listen("after_soft_rollback", lambda session, _previous: after_rollback(session))
 
 
-class _TimedInterface:
-    """Times every call of a BMC-facing driver interface (``validate`` excepted)."""
-
-    def __init__(self, interface: Any, driver: str, session: Session) -> None:
-        self._interface = interface
-        self._driver = driver
-        self._session = session
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._interface, name)
-        if name.startswith("_") or name == "validate" or not callable(attribute):
-            return attribute
-        return self._timed(name, attribute)
-
-    def _timed(self, command: str, call: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            labels = {"driver": self._driver, "command": command}
-            started = time.perf_counter()
-            try:
-                result = call(*args, **kwargs)
-            except TryLater:
-                raise  # busy or paced: the BMC was not asked, nothing to count
-            except Exception:
-                _stash(self._session).append((BMC_ERRORS, labels, 1))
-                _stash(self._session).append((BMC_DURATION, labels, time.perf_counter() - started))
-                raise
-            _stash(self._session).append((BMC_DURATION, labels, time.perf_counter() - started))
-            return result
-
-        return timed
-
-
-def timed_driver(driver: Driver, session: Session) -> Driver:
-    """``driver`` with its power and management calls (the BMC's) timed into ``session``."""
-    management = driver.management
-    return dataclasses.replace(
-        driver,
-        power=_TimedInterface(driver.power, driver.name, session),  # type: ignore[arg-type]
-        management=(
-            _TimedInterface(management, driver.name, session)  # type: ignore[arg-type]
-            if management is not None
-            else None
-        ),
-    )
-
-
-# -- the scrape ------------------------------------------------------------------------
-
-def _families(ctx: Context) -> list[Any]:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
-    from conductor.engine.conductors import list_conductors
-    from conductor.service.requests import active_counts
-    from conductor.throttle.drain import DrainMeter
-
-    raw = {k.decode(): v.decode() for k, v in ctx.redis.hgetall(recorder(ctx).key).items()}
-    counters: dict[str, Any] = {}
-    histograms: dict[tuple[str, str], dict[str, float]] = {}
-    for field, value in raw.items():
-        kind, name, rest = field.split("|", 2)
-        if kind == "c":
-            labels = json.loads(rest)
-            family = counters.setdefault(name, CounterMetricFamily(name, _HELP[name], labels=sorted(labels)))
-            family.add_metric([labels[k] for k in sorted(labels)], float(value))
-        elif kind == "h" and name in _HISTOGRAMS:
-            le, tag = rest.split("|", 1)
-            histograms.setdefault((name, tag), {})[le] = float(value)
-    families: list[Any] = list(counters.values())
-    by_name: dict[str, Any] = {}
-    for (name, tag), cells in sorted(histograms.items()):
-        labels = json.loads(tag)
-        family = by_name.setdefault(name, HistogramMetricFamily(name, _HELP[name], labels=sorted(labels)))
-        running = 0.0
-        buckets = []
-        for bound in [repr(float(b)) for b in _HISTOGRAMS[name]] + ["+Inf"]:
-            running += cells.get(bound, 0.0)
-            buckets.append((bound, running))
-        family.add_metric([labels[k] for k in sorted(labels)], buckets, sum_value=cells.get("sum", 0.0))
-    families += by_name.values()
-
-    depth = GaugeMetricFamily("conductor_queue_depth", "Jobs waiting in the work queue.")
-    depth.add_metric([], ctx.queue.depth())
-    drain_rate = GaugeMetricFamily(
-        "conductor_queue_drain_rate", "Jobs completed per second (moving average, all conductors)."
-    )
-    drain_rate.add_metric([], DrainMeter(ctx.redis, ctx.settings.redis_namespace).rate())
-    active = GaugeMetricFamily("conductor_requests_active", "Requests not finished, by state.", labels=["state"])
-    for state, count in active_counts(ctx).items():
-        active.add_metric([state], count)
-    alive = GaugeMetricFamily("conductor_conductors_alive", "Conductors whose heartbeat is recent.")
-    alive.add_metric([], sum(1 for c in list_conductors(ctx.db, ctx.settings.heartbeat_timeout) if c["alive"]))
-    return families + [depth, drain_rate, active, alive]
-
-
-def render(ctx: Context) -> tuple[bytes, str]:
-    """The exposition of every metric and its content type.
-
-    :raises redis.RedisError: Redis cannot be reached.
-    """
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-    families = _families(ctx)
-
-    class _Snapshot:
-        def collect(self) -> Iterable[Any]:
-            return families
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot())  # type: ignore[arg-type]
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+def stash(session: Session, name: str, labels: dict[str, str], value: float) -> None:
+    """Record an observation (or, for :data:`BMC_ERRORS`, a count of 1) once ``session`` commits."""
+    _stash(session).append((name, labels, value))

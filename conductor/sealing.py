@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from conductor import secretbox
-from conductor.drivers.base import is_secret
+from conductor.secretbox import is_secret
 from conductor.exceptions import InvalidInput
 from conductor.secretbox import SecretBox
 from conductor.settings import load as load_settings

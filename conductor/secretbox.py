@@ -31,9 +31,18 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.orm import Session
 
 from conductor.auth.tokenfile import write_secret
-from conductor.drivers.base import is_secret
 from conductor.exceptions import NoSecretKey, SecretUnreadable
 from conductor.settings import Settings
+
+#: ``driver_info`` keys ending in this are secrets: sealed at rest,
+#: write-only in the API, never logged.
+SECRET_SUFFIX = "password"
+
+
+def is_secret(key: str) -> bool:
+    """Whether a ``driver_info`` key holds a secret."""
+    return key.lower().endswith(SECRET_SUFFIX)
+
 
 PREFIX = "fernet:"
 #: The key of a session's ``info`` holding its :class:`SecretBox`.

@@ -158,6 +158,8 @@ class Supervisor:
 
         :raises RuntimeError: something did not start.
         """
+        # The supervisor serves nothing: the API's modules (Flask) are loaded
+        # by the API processes; this check is all it needs of them.
         from conductor.api import check_auth_settings
 
         settings = self.settings

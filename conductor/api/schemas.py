@@ -6,7 +6,7 @@ import marshmallow as ma
 from marshmallow import validate
 
 from conductor.fsm.states import PowerState, ProvisionState, ProvisionTarget, RequestKind, RequestState
-from conductor.service.requests import BOOT_DEVICES, POWER_TARGETS
+from conductor.service.params import BOOT_DEVICES, POWER_TARGETS
 
 MAX_PAGE = 1000
 

@@ -23,6 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from conductor.callbacks import secrets as signing_secrets
+from conductor.callbacks import subscriptions
 from conductor.auth import tokenfile
 from conductor.auth.roles import Role
 from conductor.context import Context
@@ -99,8 +101,6 @@ def issue(session: Session, role: str, name: str | None = None) -> Issued:
 
     :raises InvalidInput: unknown role or a name that is too long.
     """
-    from conductor.callbacks import secrets as signing_secrets
-
     token, secret = create(session, role, name)
     return Issued(token, secret, signing_secrets.create_for_client(session, token.id))
 
@@ -118,8 +118,6 @@ def revoke(ctx: Context, token_id: str) -> ApiToken:
 
     :raises TokenNotFound: no such token.
     """
-    from conductor.callbacks import subscriptions
-
     with ctx.db.session() as session:
         revoked = session.execute(
             sa.update(ApiToken)

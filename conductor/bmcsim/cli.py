@@ -97,6 +97,7 @@ def run(count: int, base_port: int, host: str, delay: float, control_port: int,
         fleet.write_inventory(inventory_path)
     agents = None
     if agent:
+        # Only with --agent: the simulated agents speak to a conductor's API.
         from conductor.bmcsim.agent import SimAgent
         from conductor.settings import load
 

@@ -20,6 +20,7 @@ import redis
 from rq.serializers import JSONSerializer
 
 from conductor.callbacks import destinations, outbox, retry
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.engine import jobs
 from conductor.engine.worker import QuickStopWorker
@@ -78,7 +79,7 @@ def run(settings: Settings, burst: bool = False) -> None:
     # Refuse to start on settings that would fail every delivery.
     destinations.Policy.from_settings(settings)
     retry.schedule(settings)
-    ctx = Context.build(settings, redis_timeout=RQ_SOCKET_TIMEOUT)
+    ctx = build_context(settings, redis_timeout=RQ_SOCKET_TIMEOUT)
     ctx.name = outbox.holder_name(ctx.hostname)
     LOG.info("Callback worker %s starting", ctx.name)
     outbox.release_dead_leases(ctx.db, ctx.hostname)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
+
 import json
 from pathlib import Path
 from typing import Any

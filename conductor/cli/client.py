@@ -6,6 +6,10 @@ against a remote deployment.
 
 from __future__ import annotations
 
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
+
 import os
 import sys
 import time

@@ -12,7 +12,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from conductor.drivers.base import Driver, is_secret
+from conductor.drivers.base import Driver
+from conductor.secretbox import is_secret
 from conductor.exceptions import InvalidInput, UnknownDriver
 
 #: Driver name -> module whose ``driver()`` builds it.

@@ -65,15 +65,6 @@ class TryLater(Exception):
         self.after = after
         self.reason = reason
 
-#: ``driver_info`` keys ending in this are secrets: write-only in the API,
-#: never logged.
-SECRET_SUFFIX = "password"
-
-
-def is_secret(key: str) -> bool:
-    """Whether a ``driver_info`` key holds a secret."""
-    return key.lower().endswith(SECRET_SUFFIX)
-
 
 @dataclasses.dataclass(frozen=True)
 class Field:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from conductor.drivers import base
+from conductor.drivers.pxe import PXEDeploy
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState
 
@@ -133,8 +134,6 @@ class FakeDeploy(_Validating, base.DeployInterface):
 
 def driver() -> base.Driver:
     """The fake driver (deploy interface ``fake`` by default; ``pxe`` drives the agent protocol)."""
-    from conductor.drivers.pxe import PXEDeploy
-
     deploy = FakeDeploy()
     return base.Driver(
         name="fake", power=FakePower(), management=FakeManagement(), deploy=deploy,

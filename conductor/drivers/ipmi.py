@@ -47,6 +47,7 @@ import redis
 
 from conductor import secretbox
 from conductor.drivers import base, fake
+from conductor.drivers.pxe import PXEDeploy
 from conductor.drivers.ipmi_client import LOGIN_TIMEOUT, BMCClient, BMCCredentials
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState
@@ -292,8 +293,6 @@ def driver() -> base.Driver:
     once (power and boot device still go to the BMC): for benchmarks of the
     power path.
     """
-    from conductor.drivers.pxe import PXEDeploy
-
     deploy = PXEDeploy()
     return base.Driver(
         name="ipmi",

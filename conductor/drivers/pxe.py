@@ -10,8 +10,8 @@ with ``Wait``, holding no worker)::
     inspect    power off -> agent "inspect"     -> power off  (inventory -> properties)
     tear_down  power off
 
-An agent phase issues a new agent token (only its SHA-256 is kept, in the
-node's ``driver_internal_info``), records the command for the agent, writes
+An agent phase issues a new agent token and command through the agent
+protocol (:mod:`conductor.core.agent`; only the token's SHA-256 is kept), writes
 the node's boot config (API URL, node, token; see :mod:`conductor.bootfiles`),
 sets the boot device to ``pxe`` (one time) and powers the node on, then
 waits (``wait call-back``, ``clean wait`` or ``inspect wait``).  The agent's
@@ -23,38 +23,23 @@ The wait's timeout is ``deploy_callback_timeout`` (``clean_``,
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from conductor import bootfiles
+from conductor.core import agent as protocol
 from conductor.drivers import base
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState as P
-from conductor.service import history
 
 if TYPE_CHECKING:
     from conductor.engine.task import Task
-    from conductor.models import Node
-    from conductor.settings import Settings
-
-#: Inventory keys an agent reports, copied into the node's ``properties``.
-INVENTORY_KEYS = ("cpus", "cpu_arch", "memory_mb", "local_gb", "disks", "nics")
-
-
-def token_hash(token: str) -> str:
-    """What the conductor stores of an agent token."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _power(want: P) -> Callable[[Task, dict[str, Any]], base.StepResult | None]:
     def phase(task: Task, progress: dict[str, Any]) -> base.StepResult | None:
-        from conductor.engine import power
-
-        return power.reach(task, want, progress)
+        return task.reach_power(want, progress)
 
     phase.__doc__ = f"power {'on' if want == P.POWER_ON else 'off'}"
     return phase
@@ -72,38 +57,24 @@ def _management(task: Task) -> base.ManagementInterface:
     return task.driver.management
 
 
-def _command_params(task: Task, name: str) -> dict[str, Any]:
-    if name == "write_image":
-        params = task.request.params or {}
-        return {k: params[k] for k in ("image_source", "configdrive") if params.get(k) is not None}
-    return {}
-
-
-_TIMEOUT_SETTING = {
-    "write_image": "deploy_callback_timeout",
-    "erase_disks": "clean_callback_timeout",
-    "inspect": "inspect_callback_timeout",
-}
-
-
 def _agent(name: str) -> Callable[[Task, dict[str, Any]], base.StepResult | None]:
     def phase(task: Task, progress: dict[str, Any]) -> base.StepResult | None:
-        timeout = float(getattr(task.settings, _TIMEOUT_SETTING[name]))
+        timeout = float(getattr(task.settings, protocol.COMMANDS[name]))
         if "command_id" not in progress:
             return _boot_agent(task, name, progress, timeout)
-        result = (task.node.driver_internal_info or {}).get("agent_result") or {}
+        result = protocol.result(task.node)
         if result.get("id") != progress["command_id"]:
             # Woken without this command's result (should not happen): wait on,
             # for what is left of the timeout.
             left = max(0.0, timeout - (time.time() - float(progress["waiting_since"])))
             return base.Wait(f"agent {name}", left)
-        finish_agent(task)
+        protocol.revoke(task.settings, task.node)
         if result.get("status") != "succeeded":
             raise DriverError(f"The agent failed to {name.replace('_', ' ')}: "
                               f"{result.get('error') or 'no reason given'}")
         if name == "inspect":
             inventory = result.get("inventory") or {}
-            task.update_properties(**{k: inventory[k] for k in INVENTORY_KEYS if k in inventory})
+            task.update_properties(**{k: inventory[k] for k in protocol.INVENTORY_KEYS if k in inventory})
         return None
 
     phase.__doc__ = f"agent {name}"
@@ -116,9 +87,7 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
     # after the last command sent, never sending one twice.
     node, settings = task.node, task.settings
     if "command" not in progress:
-        token = secrets.token_urlsafe(32)
-        command = {"id": f"cmd-{uuid.uuid4().hex[:16]}", "name": name, "params": _command_params(task, name)}
-        task.update_internal_info(agent_token_sha256=token_hash(token), agent_command=command, agent_result=None)
+        token, command = protocol.issue(node, name, task.request.params or {})
         bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
                         {"api_url": settings.agent_url, "node": node.uuid, "token": token})
         progress["command"] = command["id"]
@@ -130,29 +99,10 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
         progress["pxe_set"] = True
     task.driver.power.set_power_state(task, P.POWER_ON)
     progress.update(command_id=progress["command"], waiting_since=time.time())
-    history.record(task.session, node, "agent.command",
-                   f"Booting the agent from the network for {name} (command {progress['command']}); "
-                   f"waiting up to {timeout:g} s for its call-back.",
-                   request_id=task.request.id, conductor=task.conductor)
+    task.record("agent.command",
+                f"Booting the agent from the network for {name} (command {progress['command']}); "
+                f"waiting up to {timeout:g} s for its call-back.")
     return base.Wait(f"agent {name}", timeout)
-
-
-def finish_agent(task: Task) -> None:
-    """Forget the agent's token, command and boot config (its work is over)."""
-    forget_agent(task.settings, task.node)
-
-
-def forget_agent(settings: Settings, node: Node) -> None:
-    """Revoke ``node``'s agent token and remove its boot config (in the caller's transaction).
-
-    Also used when a wait ends without the agent (abort, cancel, timeout).
-    """
-    bootfiles.remove(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid))
-    info = dict(node.driver_internal_info or {})
-    if "agent_token_sha256" in info or "agent_command" in info:
-        info.pop("agent_token_sha256", None)
-        info.pop("agent_command", None)
-        node.driver_internal_info = info
 
 
 Phase = Callable[["Task", dict[str, Any]], "base.StepResult | None"]
@@ -178,8 +128,7 @@ def run_flow(task: Task, flow: str) -> base.StepResult:
         task.request.step = label[:64]
         if not progress.get(f"started{index}"):
             progress[f"started{index}"] = time.time()
-            history.record(task.session, task.node, "deploy.step", f"Step {label}.",
-                           request_id=task.request.id, conductor=task.conductor)
+            task.record("deploy.step", f"Step {label}.")
         result = phase(task, progress.setdefault(f"p{index}", {}))
         if result is not None:
             return result

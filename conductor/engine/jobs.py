@@ -37,8 +37,18 @@ def current() -> Context:
     return _context
 
 
+def sync_power(node_ids: Sequence[int]) -> None:
+    """Sync the power state of a batch of nodes (the power state observer's job)."""
+    # Callback workers import this module too (for :func:`current`): what
+    # only conductors run is imported when a conductor's job runs.
+    from conductor.engine import power_sync
+
+    power_sync.run_batch(current(), node_ids)
+
+
 def run_steps(request_ids: Sequence[str]) -> None:
-    """Run the next step of each request (the work queue's only job)."""
+    """Run the next step of each request (the work queue's request job)."""
+    # Callback workers import this module too: see sync_power.
     from conductor.engine.runner import DATABASE_RETRY_DELAY, run_step
 
     ctx = current()

@@ -16,7 +16,6 @@ from typing import Any
 from conductor.drivers.base import DONE, StepResult
 from conductor.engine.task import Task
 from conductor.exceptions import BMCError, DriverError
-from conductor.service import history
 
 #: The ``driver_internal_info`` key holding the last observed boot device.
 INFO_KEY = "boot_device"
@@ -46,14 +45,8 @@ def step(task: Task) -> StepResult:
     if not task.progress.get("sent"):
         management.set_boot_device(task, device, persistent)
         task.progress["sent"] = True
-        history.record(
-            task.session,
-            task.node,
-            "management.boot_device",
-            f"Set boot device {device} ({'persistent' if persistent else 'next boot only'}).",
-            request_id=task.request.id,
-            conductor=task.conductor,
-        )
+        task.record("management.boot_device",
+                    f"Set boot device {device} ({'persistent' if persistent else 'next boot only'}).")
     task.request.step = "read boot device"
     try:
         record(task, management.get_boot_device(task), "bmc")

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import time
 
-from conductor.callbacks import events
+from typing import TYPE_CHECKING
+
+from conductor.core import states
 from conductor.drivers.base import DONE, Poll, StepResult
-from conductor.engine.task import Task
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState as P
-from conductor.service import history
+
+if TYPE_CHECKING:
+    from conductor.engine.task import Task
 
 #: The commands each target sends, in order.
 PHASES: dict[str, tuple[P, ...]] = {
@@ -36,38 +39,13 @@ RESULT = {P.POWER_ON: P.POWER_ON, P.POWER_OFF: P.POWER_OFF, P.SOFT_POWER_OFF: P.
 
 def observe(task: Task, state: P | None) -> None:
     """Record the power state the hardware reports (history and callbacks on change)."""
-    node = task.node
-    if state is not None and node.power_state != state:
-        before = node.power_state
-        node.power_state = str(state)
-        history.record(
-            task.session,
-            node,
-            "power.changed",
-            f"Power state {before or 'unknown'} -> {state}.",
-            request_id=task.request.id,
-            conductor=task.conductor,
-        )
-        events.emit(
-            task.session,
-            events.EventType.POWER_STATE_CHANGED,
-            node,
-            task.request,
-            previous={"power_state": before},
-        )
+    states.observe_power(task.session, task.node, state, task.request, task.conductor)
 
 
 def _send(task: Task, command: P, progress: dict[str, object]) -> None:
     task.driver.power.set_power_state(task, command)
     progress.update(sent_at=time.time(), command=str(command), interval=None)
-    history.record(
-        task.session,
-        task.node,
-        "power.command",
-        f"Sent {command}.",
-        request_id=task.request.id,
-        conductor=task.conductor,
-    )
+    task.record("power.command", f"Sent {command}.")
 
 
 def step(task: Task) -> StepResult:

@@ -35,22 +35,23 @@ import sqlalchemy as sa
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy.orm import Session
 
-from conductor import drivers, metrics
+from conductor import drivers
 from conductor.callbacks import events
 from conductor.context import Context
+from conductor.core import history, reservations, states
 from conductor.drivers.base import Driver, TryLater
+from conductor.engine import timing
 from conductor.engine.task import release as release_node
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState, ProvisionState
 from conductor.models import Node
-from conductor.service import history
 
 LOG = logging.getLogger(__name__)
 
 #: The ``fault`` the observer sets, and the only one it clears.
 POWER_FAILURE = "power failure"
-#: The job function of one batch (imported by name in the workers).
-BATCH_FUNCTION = "conductor.engine.power_sync.run_batch"
+#: The job function of one batch (imported by name in the workers; it calls :func:`run_batch`).
+BATCH_FUNCTION = "conductor.engine.jobs.sync_power"
 _SKIPPED_STATES = (ProvisionState.ENROLL, ProvisionState.VERIFYING)
 
 _nodes = Node.__table__
@@ -63,24 +64,6 @@ _CANDIDATES = (
         sa.or_(_nodes.c.maintenance.is_(False), _nodes.c.fault == POWER_FAILURE),
     )
     .order_by(_nodes.c.id)
-)
-# The observer reserves only an idle node; the API may accept a request for
-# it meanwhile (its step then finds the node reserved and retries shortly).
-_RESERVE_IDLE = (
-    sa.update(_nodes)
-    .where(_nodes.c.id == sa.bindparam("node_id"), _nodes.c.reservation.is_(None),
-           _nodes.c.active_request_id.is_(None))
-    .values(reservation=sa.bindparam("me"))
-)
-
-# The observer's findings are written only if nobody changed the node while
-# the BMC talked (an operator's PATCH of maintenance, say): ``updated_at`` is
-# the version, as for PATCH.
-_RELEASE_UNCHANGED = (
-    sa.update(Node)
-    .where(Node.id == sa.bindparam("node_id"), Node.reservation == sa.bindparam("me"),
-           Node.updated_at == sa.bindparam("read_at"))
-    .values(reservation=None)
 )
 
 
@@ -135,11 +118,8 @@ def start_round(ctx: Context) -> int | None:
     return len(node_ids)
 
 
-def run_batch(node_ids: Sequence[int]) -> None:
-    """Job: sync the power state of each node (see the module docstring)."""
-    from conductor.engine import jobs
-
-    ctx = jobs.current()
+def run_batch(ctx: Context, node_ids: Sequence[int]) -> None:
+    """Sync the power state of each node (see the module docstring): one batch job."""
     try:
         for node_id in node_ids:
             try:
@@ -192,7 +172,7 @@ def sync_node(ctx: Context, node_id: int) -> str:
     ``recovered`` (just taken out).
     """
     with ctx.db.engine.begin() as conn:
-        if conn.execute(_RESERVE_IDLE, {"node_id": node_id, "me": ctx.name}).rowcount != 1:
+        if conn.execute(reservations.RESERVE_IDLE, {"node_id": node_id, "me": ctx.name}).rowcount != 1:
             return "skipped"
     try:
         with ctx.db.session() as session:
@@ -201,7 +181,7 @@ def sync_node(ctx: Context, node_id: int) -> str:
                 return "skipped"
             read_at = node.updated_at
             session.commit()  # nothing is held while the BMC talks
-            task = SyncTask(ctx, session, node, metrics.timed_driver(drivers.get(node.driver), session))
+            task = SyncTask(ctx, session, node, timing.timed_driver(drivers.get(node.driver), session))
             state: PowerState | None = None
             error: str | None = None
             busy = False
@@ -216,7 +196,7 @@ def sync_node(ctx: Context, node_id: int) -> str:
                     cleanup()
             with session.no_autoflush:
                 params = {"node_id": node_id, "me": ctx.name, "read_at": read_at}
-                still_ours = session.execute(_RELEASE_UNCHANGED, params).rowcount == 1
+                still_ours = session.execute(reservations.RELEASE_UNCHANGED, params).rowcount == 1
             if not still_ours:
                 # The node changed meanwhile (an operator's PATCH), or a sweep
                 # declared this conductor dead: drop the findings.
@@ -238,14 +218,8 @@ def _answered(task: SyncTask, state: PowerState | None) -> str:
     node, session = task.node, task.session
     outcome = "same"
     node.power_sync_failures = 0
-    if state is not None and node.power_state != state:
-        before = node.power_state
-        node.power_state = str(state)
-        history.record(session, node, "power.drift",
-                       f"Power state {before or 'unknown'} -> {state}, found by the power state sync.",
-                       conductor=task.conductor, severity="warning")
-        events.emit(session, events.EventType.POWER_STATE_CHANGED, node, None,
-                    previous={"power_state": before}, source="power sync")
+    before = node.power_state
+    if states.observe_power(session, node, state, None, task.conductor, drift=True):
         LOG.info("Node %s: power state drifted %s -> %s", node.uuid, before, state)
         outcome = "drift"
     if node.maintenance and node.fault == POWER_FAILURE:

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy.orm import Session
-
-from conductor.callbacks import events
-from conductor.drivers import pxe
+from conductor.core import states
 from conductor.drivers.base import DONE, Done, StepResult, Wait
 from conductor.engine import power
 from conductor.engine.task import Task
@@ -22,44 +19,14 @@ from conductor.exceptions import DriverError
 from conductor.fsm import machine, table
 from conductor.fsm.states import Event, ProvisionTarget
 from conductor.fsm.states import ProvisionState as S
-from conductor.models import Node, Request
-from conductor.service import history
-from conductor.settings import Settings
 
 #: Requests whose cleaning is automated (may be switched off in the settings).
 AUTOMATED_CLEAN_TARGETS = frozenset({ProvisionTarget.PROVIDE, ProvisionTarget.DELETED})
 
 
-def fire(
-    session: Session, node: Node, event: Event, request_id: str | None, conductor: str | None
-) -> None:
-    """Fire ``event`` on ``node``; record it in its history and for callbacks."""
-    before = node.provision_state
-    node.provision_state = str(machine.next_state(before, event))
-    history.record(
-        session,
-        node,
-        "provision.transition",
-        f"{before} -> {node.provision_state} ({event}).",
-        request_id=request_id,
-        conductor=conductor,
-    )
-    with session.no_autoflush:
-        # Normally in the identity map already: no query.
-        request = session.get(Request, request_id) if request_id else None
-    events.emit(
-        session,
-        events.EventType.PROVISION_STATE_CHANGED,
-        node,
-        request,
-        previous={"provision_state": before},
-        event=str(event),
-    )
-
-
 def transition(task: Task, event: Event) -> None:
-    """Fire ``event`` on the task's node."""
-    fire(task.session, task.node, event, task.request.id, task.conductor)
+    """Fire ``event`` on the task's node (through the core, which records it)."""
+    states.fire(task.session, task.node, event, task.request, task.conductor)
 
 
 def _verify(task: Task) -> StepResult:
@@ -114,24 +81,6 @@ def step(task: Task) -> StepResult:
         raise DriverError(f"Provisioning ended in {state} instead of {goal}.")
 
 
-def fail_node(
-    session: Session,
-    node: Node,
-    message: str,
-    request_id: str | None,
-    conductor: str | None,
-    settings: Settings,
-) -> None:
-    """Fail ``node`` out of a busy or wait state, recording ``message``.
-
-    An agent phase's token and boot config go with it.
-    """
-    pxe.forget_agent(settings, node)
-    node.last_error = message
-    if node.provision_state in table.BUSY_STATES or node.provision_state in table.WAIT_STATES:
-        fire(session, node, Event.FAIL, request_id, conductor)
-
-
 def fail(task: Task, message: str) -> None:
-    """Fail the task's node (see :func:`fail_node`)."""
-    fail_node(task.session, task.node, message, task.request.id, task.conductor, task.settings)
+    """Fail the task's node out of its busy or wait state (see :func:`conductor.core.states.fail`)."""
+    states.fail(task.session, task.node, message, task.request, task.conductor, task.settings)

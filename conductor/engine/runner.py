@@ -36,13 +36,14 @@ from rq.timeouts import BaseTimeoutException
 
 from conductor import database, logs
 from conductor.context import Context
+from conductor.core import requests as core_requests
+from conductor.core import reservations, states
 from conductor.drivers.base import Done, Poll, StepResult, TryLater, Wait
 from conductor.engine import management, power, provision
 from conductor.engine.task import StepFenced, StepNotRunnable, Task, hold_claim, node_task
 from conductor.exceptions import ConductorError, NodeLocked, RequestNotFound
 from conductor.fsm.states import RequestKind, RequestState
 from conductor.models import Node, Request, utcnow
-from conductor.service import requests as request_service
 
 LOG = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def retry_later(ctx: Context, request_id: str, exc: Exception) -> None:
 
 def _unclaim(ctx: Context, request_id: str) -> None:
     wake_at = utcnow() + dt.timedelta(seconds=DATABASE_RETRY_DELAY)
-    requests_t, nodes_t = Request.__table__, Node.__table__
+    requests_t = Request.__table__
     with ctx.db.engine.begin() as conn:
         conn.execute(
             sa.update(requests_t)
@@ -114,12 +115,7 @@ def _unclaim(ctx: Context, request_id: str) -> None:
                    requests_t.c.state == RequestState.RUNNING)
             .values(conductor=None, wake_at=wake_at, updated_at=utcnow())
         )
-        conn.execute(
-            sa.update(nodes_t)
-            .where(nodes_t.c.id == sa.select(requests_t.c.node_id).where(requests_t.c.id == request_id)
-                   .scalar_subquery(), nodes_t.c.reservation == ctx.name)
-            .values(reservation=None)
-        )
+        reservations.release_for_request(conn, request_id, ctx.name)
 
 
 def _run_step(ctx: Context, request_id: str) -> None:
@@ -140,7 +136,7 @@ def _run_step(ctx: Context, request_id: str) -> None:
             except ConductorError as exc:
                 LOG.info("Request %s failed: %s", request_id, exc.message)
                 fail(task, exc.message)
-                request_service.finish(
+                core_requests.finish(
                     task.session, task.node, task.request, RequestState.FAILED, exc.message, ctx.name
                 )
                 result = None
@@ -191,7 +187,7 @@ def _run_step(ctx: Context, request_id: str) -> None:
 def _record(task: Task, result: StepResult) -> None:
     request = task.request
     if isinstance(result, Done):
-        request_service.finish(task.session, task.node, request, RequestState.SUCCEEDED, None, task.conductor)
+        core_requests.finish(task.session, task.node, request, RequestState.SUCCEEDED, None, task.conductor)
     elif isinstance(result, Poll):
         request.conductor = None
         request.wake_at = utcnow() + dt.timedelta(seconds=result.after)
@@ -218,7 +214,7 @@ def _retry_locked(ctx: Context, request_id: str, exc: NodeLocked) -> None:
             assert node is not None
             message = f"{exc.message} Gave up after {waited:.0f} s."
             node.last_error = message
-            request_service.finish(session, node, request, RequestState.FAILED, message, ctx.name)
+            core_requests.finish(session, node, request, RequestState.FAILED, message, ctx.name)
             LOG.warning("Request %s failed: %s", request_id, message)
             return
         delay = min(_LOCK_RETRY_INITIAL * 2 ** int(progress.get("lock_retries", 0)), _LOCK_RETRY_MAX)
@@ -266,10 +262,9 @@ def fail_request(ctx: Context, request_id: str, message: str, owner: str | None)
         assert node is not None
         recorder = owner or ctx.name
         if request.kind == RequestKind.PROVISION:
-            provision.fail_node(session, node, message, request.id, recorder, ctx.settings)
+            states.fail(session, node, message, request, recorder, ctx.settings)
         else:
             node.last_error = message
-        if owner is not None and node.reservation == owner:
-            node.reservation = None
-        request_service.finish(session, node, request, RequestState.FAILED, message, recorder)
+        reservations.drop(node, owner)
+        core_requests.finish(session, node, request, RequestState.FAILED, message, recorder)
     return True

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from conductor import database, workqueue
 from conductor.context import Context
+from conductor.core import reservations
 from conductor.engine import conductors, retention
 from conductor.engine.runner import fail_request
 from conductor.fsm.states import RequestState
@@ -48,7 +49,7 @@ def recover_conductor(ctx: Context, name: str) -> int:
     Returns how many requests were failed.
     """
     with ctx.db.begin() as session:
-        session.execute(sa.update(Node).where(Node.reservation == name).values(reservation=None))
+        reservations.release_all_of(session, name)
         stuck = list(
             session.scalars(
                 sa.select(Request.id).where(
@@ -177,7 +178,7 @@ def _release_abandoned_claims(ctx: Context, cutoff: dt.datetime, alive: set[str]
     unchanged, then the request's step is due at once (sleeping, the timer
     re-arm below or its own timer picks it up).
     """
-    requests_t, nodes_t = Request.__table__, Node.__table__
+    requests_t = Request.__table__
     released: list[str] = []
     with ctx.db.engine.begin() as conn:
         rows = conn.execute(
@@ -195,12 +196,7 @@ def _release_abandoned_claims(ctx: Context, cutoff: dt.datetime, alive: set[str]
             ).rowcount
             if taken != 1:
                 continue
-            conn.execute(
-                sa.update(nodes_t)
-                .where(nodes_t.c.id == row.node_id, nodes_t.c.reservation == row.conductor,
-                       nodes_t.c.updated_at < cutoff)
-                .values(reservation=None)
-            )
+            reservations.release_stale(conn, row.node_id, row.conductor, cutoff)
             LOG.warning("Request %s: conductor %s left its claim untouched since %s; released",
                         row.id, row.conductor, row.updated_at)
             released.append(row.id)

@@ -24,11 +24,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from conductor import drivers, metrics
+from conductor import drivers
 from conductor.context import Context
-from conductor.drivers.base import DeployInterface, Driver
+from conductor.core import history, reservations
+from conductor.drivers.base import DeployInterface, Driver, Poll
+from conductor.engine import power, timing
 from conductor.exceptions import NodeLocked, RequestNotFound
-from conductor.fsm.states import RequestState
+from conductor.fsm.states import PowerState, RequestState
 from conductor.models import Node, Request, UTCDateTime, utcnow
 from conductor.settings import Settings
 
@@ -44,7 +46,7 @@ class Task:
         self.node = node
         self.request = request
         # BMC calls are timed into the session; counted once the step commits.
-        self.driver: Driver = metrics.timed_driver(drivers.get(node.driver), session)
+        self.driver: Driver = timing.timed_driver(drivers.get(node.driver), session)
         #: The whole request's continuation state (saved with the step).
         self.request_progress: dict[str, Any] = copy.deepcopy(request.progress or {})
         #: The current step's share of it; workflows point it at a sub-dict.
@@ -68,6 +70,15 @@ class Task:
     def conductor(self) -> str | None:
         """This conductor's name."""
         return self.ctx.name
+
+    def record(self, event: str, message: str, severity: str = "info") -> None:
+        """Add a history entry for the node, naming this step's request and conductor."""
+        history.record(self.session, self.node, event, message, request_id=self.request.id,
+                       conductor=self.conductor, severity=severity)
+
+    def reach_power(self, want: PowerState, progress: dict[str, Any]) -> Poll | None:
+        """Bring the node to ``want`` as a phase of a deploy interface's flow (see :func:`power.reach`)."""
+        return power.reach(self, want, progress)
 
     def update_internal_info(self, **changes: Any) -> None:
         """Merge ``changes`` into ``driver_internal_info`` (None removes a key)."""
@@ -116,7 +127,6 @@ def _host_lock(ctx: Context, node_uuid: str) -> contextlib.AbstractContextManage
 
 
 _requests = Request.__table__
-_nodes = Node.__table__
 # Built once (the step path is hot; building a statement costs more than
 # running it): claim the request's next step, then reserve its node.  A claim
 # or reservation this conductor already holds is taken again: one conductor
@@ -137,34 +147,10 @@ _CLAIM = (
         updated_at=sa.bindparam("now", type_=UTCDateTime()),
     )
 )
-_RESERVE = (
-    sa.update(_nodes)
-    .where(
-        _nodes.c.id == sa.select(_requests.c.node_id).where(_requests.c.id == sa.bindparam("rid")).scalar_subquery(),
-        sa.or_(_nodes.c.reservation.is_(None), _nodes.c.reservation == sa.bindparam("me")),
-    )
-    .values(reservation=sa.bindparam("me"))
-)
-_HOLDER = (
-    sa.select(_nodes.c.uuid, _nodes.c.reservation)
-    .join(_requests, _requests.c.node_id == _nodes.c.id)
-    .where(_requests.c.id == sa.bindparam("rid"))
-)
-_RELEASE = (
-    sa.update(_nodes)
-    .where(_nodes.c.id == sa.bindparam("node_id"), _nodes.c.reservation == sa.bindparam("me"))
-    .values(reservation=None)
-)
-
-
 # Fences: a step's results are committed only while this conductor still
-# holds both the node's reservation and the request's claim (a conductor
-# declared dead by the others' sweep has lost both, whatever it believes).
-_FENCE_NODE = (
-    sa.update(_nodes)
-    .where(_nodes.c.id == sa.bindparam("node_id"), _nodes.c.reservation == sa.bindparam("me"))
-    .values(reservation=None)
-)
+# holds both the node's reservation (``reservations.release`` finds it) and
+# the request's claim (a conductor declared dead by the others' sweep has
+# lost both, whatever it believes).
 _FENCE_REQUEST = (
     sa.update(_requests)
     .where(_requests.c.id == sa.bindparam("rid"), _requests.c.conductor == sa.bindparam("me"))
@@ -197,7 +183,7 @@ def hold_claim(session: Session, ctx: Context, request_id: str) -> bool:
 def release(ctx: Context, node_id: int) -> None:
     """Give back this conductor's reservation of node ``node_id`` (if it has it)."""
     with ctx.db.engine.begin() as conn:
-        conn.execute(_RELEASE, {"node_id": node_id, "me": ctx.name})
+        reservations.release(conn, node_id, ctx.name)
 
 
 def _claim_and_reserve(ctx: Context, request_id: str) -> None:
@@ -205,9 +191,9 @@ def _claim_and_reserve(ctx: Context, request_id: str) -> None:
     with ctx.db.engine.begin() as conn:
         if conn.execute(_CLAIM, params).rowcount != 1:
             raise StepNotRunnable(request_id)
-        if conn.execute(_RESERVE, params).rowcount == 1:
+        if conn.execute(reservations.RESERVE, params).rowcount == 1:
             return
-        holder = conn.execute(_HOLDER, params).one_or_none()
+        holder = conn.execute(reservations.HOLDER, params).one_or_none()
     # The claim stays ours (committed): the caller retries or fails it.
     if holder is None:
         raise RequestNotFound(f"Request {request_id} not found.")
@@ -252,7 +238,7 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
                 task.save_progress()
                 node.updated_at = utcnow()
                 with session.no_autoflush:
-                    released = session.execute(_FENCE_NODE, {"node_id": node_id, "me": ctx.name}).rowcount
+                    released = session.execute(reservations.RELEASE, {"node_id": node_id, "me": ctx.name}).rowcount
                 if released != 1 or not hold_claim(session, ctx, request_id):
                     session.rollback()
                     raise StepFenced(

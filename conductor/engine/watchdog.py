@@ -21,11 +21,12 @@ import sqlalchemy as sa
 
 from conductor import database
 from conductor.context import Context
-from conductor.engine import conductors, provision
+from conductor.core import requests as core_requests
+from conductor.core import states
+from conductor.engine import conductors
 from conductor.fsm.states import ProvisionState as S
 from conductor.fsm.states import RequestState
 from conductor.models import Node, Request, utcnow
-from conductor.service import requests as request_service
 
 LOG = logging.getLogger(__name__)
 BATCH = 200
@@ -84,7 +85,7 @@ def fail_overdue(ctx: Context, request_id: str) -> bool:
                        f"({setting}).")
         else:
             message = f"Timed out waiting in {state}."
-        provision.fail_node(session, node, message, request.id, ctx.name, ctx.settings)
-        request_service.finish(session, node, request, RequestState.FAILED, message, ctx.name)
+        states.fail(session, node, message, request, ctx.name, ctx.settings)
+        core_requests.finish(session, node, request, RequestState.FAILED, message, ctx.name)
     LOG.warning("Request %s: %s", request_id, message)
     return True

@@ -29,6 +29,7 @@ import sqlalchemy.exc
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.engine import conductors, jobs, power_sync, sweeper, watchdog
 from conductor.settings import Settings
@@ -146,7 +147,7 @@ class Chores(threading.Thread):
 def run(settings: Settings, burst: bool = False) -> None:
     """Run one conductor worker until SIGTERM/SIGINT (or the queue is empty, if ``burst``)."""
     # RQ blocks up to ~405 s in BLMOVE waiting for work.
-    ctx = Context.build(settings, redis_timeout=RQ_SOCKET_TIMEOUT)
+    ctx = build_context(settings, redis_timeout=RQ_SOCKET_TIMEOUT)
     registration = conductors.register(ctx)
     ctx.name = registration.name
     LOG.info("Conductor %s starting (pid %s)", ctx.name, os.getpid())

@@ -15,12 +15,12 @@ agent booted by the ``pxe`` deploy interface talks to the conductor:
 
 The token is compared with the SHA-256 the deploy interface stored when it
 issued it (a per-workflow secret, never a bearer API token): only that
-node's agent, for that workflow, is heard.
+node's agent, for that workflow, is heard.  The protocol's records
+(token, command, result) are :mod:`conductor.core.agent`'s.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
@@ -28,12 +28,13 @@ import redis
 import sqlalchemy as sa
 
 from conductor.context import Context
-from conductor.drivers.pxe import token_hash
+from conductor.core import agent as protocol
+from conductor.core import history
 from conductor.exceptions import InvalidAgentToken, InvalidInput, NodeNotFound, NodeNotWaiting
 from conductor.fsm import table
 from conductor.fsm.states import RequestState
 from conductor.models import Node, Request, utcnow
-from conductor.service import history, nodes
+from conductor.service import nodes
 from conductor.throttle import agents
 
 LOG = logging.getLogger(__name__)
@@ -47,14 +48,6 @@ _WAKE = (
     )
     .values(state=RequestState.QUEUED, wake_at=None, updated_at=sa.bindparam("now"))
 )
-
-
-def _check_token(node: Node, token: str | None) -> None:
-    expected = (node.driver_internal_info or {}).get("agent_token_sha256")
-    if not token or not expected or not hmac.compare_digest(token_hash(token), expected):
-        raise InvalidAgentToken(
-            f"The agent token is missing or is not the one issued for node {node.uuid}'s current workflow."
-        )
 
 
 def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +66,7 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
             raise InvalidAgentToken(
                 f"The agent token is missing or is not the one issued for node {ident}'s current workflow."
             ) from None
-        _check_token(node, token)
+        protocol.check_token(node, token)
         # Its next heartbeats skip the budgets of unknown tokens (see throttle.agents).
         agents.accepted(ctx).remember(ident, agents.digest(token or ""))
         request = session.get(Request, node.active_request_id) if node.active_request_id else None
@@ -83,7 +76,7 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
                 "the heartbeat was not acted on.",
                 provision_state=node.provision_state,
             )
-        command = dict((node.driver_internal_info or {}).get("agent_command") or {})
+        command = protocol.command(node) or {}
         result = body.get("command_result")
         if result is None:
             return {"node": node.uuid, "provision_state": node.provision_state, "command": command or None}
@@ -101,12 +94,7 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
                 "this heartbeat was not acted on.",
                 provision_state=node.provision_state,
             )
-        stored = {"id": command["id"], "status": result["status"], "error": result.get("error")}
-        if result.get("inventory") is not None:
-            stored["inventory"] = result["inventory"]
-        info = dict(node.driver_internal_info or {})
-        info["agent_result"] = stored
-        node.driver_internal_info = info
+        protocol.store_result(node, result)
         outcome = result["status"] + (f": {result['error']}" if result.get("error") else "")
         history.record(session, node, "agent.result",
                        f"Agent reported {command.get('name')} {outcome}.", request_id=request.id,

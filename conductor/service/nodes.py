@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from conductor import drivers, secretbox
 from conductor.callbacks import events
-from conductor.drivers.base import is_secret
+from conductor.secretbox import is_secret
 from conductor.exceptions import (
     Conflict,
     InvalidInput,
@@ -32,7 +32,7 @@ from conductor.exceptions import (
 from conductor.fsm import table
 from conductor.fsm.states import ProvisionState
 from conductor.models import Node, Request, utcnow
-from conductor.service import history
+from conductor.core import history
 
 MASK = "******"
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")

@@ -136,10 +136,10 @@ def test_auth_can_be_off_only_on_loopback(settings, ctx) -> None:
 
 
 def test_without_auth_clients_are_told_apart_by_address(settings, ctx) -> None:
-    from conductor.context import Context
+    from conductor.bootstrap import build_context
     from conductor.models import Request
 
-    open_ctx = Context.build(settings.replace(auth_enabled=False))
+    open_ctx = build_context(settings.replace(auth_enabled=False))
     try:
         open_client = create_app(ctx=open_ctx).test_client()
         assert open_client.post("/v1/nodes", json={"name": "n1", "driver": "fake"}).status_code == 201

@@ -181,9 +181,9 @@ def test_a_retry_with_the_same_idempotency_key_after_a_503_is_a_new_request(clie
 
 def test_a_real_unreachable_redis_is_503(settings, node, client, admin_token) -> None:
     from conductor.api import create_app
-    from conductor.context import Context
+    from conductor.bootstrap import build_context
 
-    broken = Context.build(settings.replace(redis_url="redis://127.0.0.1:1/0"))
+    broken = build_context(settings.replace(redis_url="redis://127.0.0.1:1/0"))
     response = create_app(ctx=broken).test_client().put(
         "/v1/nodes/n1/states/power", json={"target": "power on"}, headers=bearer(admin_token)
     )

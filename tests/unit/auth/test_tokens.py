@@ -8,6 +8,7 @@ import pytest
 
 from conductor.auth import tokens
 from conductor.auth.roles import Role, allows
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.exceptions import InvalidInput, TokenNotFound
 from tests.conftest import make_token
@@ -29,7 +30,7 @@ def test_a_secret_stands_for_its_token(ctx) -> None:
 
 def test_revocation_reaches_other_processes_within_the_cache_ttl(settings, ctx) -> None:
     secret = make_token(ctx, "reader")
-    other = Context.build(settings)
+    other = build_context(settings)
     try:
         principal = tokens.authenticate(other, secret)
         assert principal is not None

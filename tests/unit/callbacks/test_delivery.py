@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.models import CallbackDelivery, Node, NodeHistory
 from tests.callback_helpers import Reply, deliver_due, deliveries, drain_callbacks, verify_signature
@@ -141,7 +142,7 @@ def test_redirects_are_not_followed(client, ctx, conductor_ctx, node, receiver) 
 
 
 def test_a_receiver_that_times_out_is_retried(client, settings, conductor_ctx, node, receiver) -> None:
-    impatient = Context.build(settings.replace(callback_timeout=0.3))
+    impatient = build_context(settings.replace(callback_timeout=0.3))
     try:
         receiver.script(Reply(200, hold=5))
         request_id = finished_request(client, conductor_ctx, receiver.url())
@@ -157,7 +158,7 @@ def test_a_receiver_that_times_out_is_retried(client, settings, conductor_ctx, n
 
 
 def test_connection_refused_is_retried_then_given_up_after_the_window(client, settings, conductor_ctx, node) -> None:
-    brief = Context.build(settings.replace(callback_retry_window=0.5))
+    brief = build_context(settings.replace(callback_retry_window=0.5))
     try:
         request_id = finished_request(client, conductor_ctx, f"http://127.0.0.1:{free_port()}/closed")
         deliver_due(brief)
@@ -173,7 +174,7 @@ def test_connection_refused_is_retried_then_given_up_after_the_window(client, se
 
 def test_a_destination_denied_by_the_time_of_delivery_fails(client, settings, conductor_ctx, node, receiver) -> None:
     request_id = finished_request(client, conductor_ctx, receiver.url())
-    stricter = Context.build(settings.replace(callback_deny="127.0.0.0/8"))
+    stricter = build_context(settings.replace(callback_deny="127.0.0.0/8"))
     try:
         drain_callbacks(stricter)
     finally:
@@ -218,7 +219,7 @@ def test_after_the_overlap_only_the_new_secret_signs(
 ) -> None:
     from conductor.api import create_app
 
-    no_overlap = Context.build(settings.replace(callback_secret_overlap=0))
+    no_overlap = build_context(settings.replace(callback_secret_overlap=0))
     try:
         api = create_app(ctx=no_overlap).test_client()
         api.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_token}"

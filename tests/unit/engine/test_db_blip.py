@@ -22,6 +22,7 @@ from rq.timeouts import JobTimeoutException
 from sqlalchemy import event
 
 from conductor import database
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.engine import conductors, jobs, runner, sweeper
 from conductor.fsm.states import RequestKind
@@ -178,7 +179,7 @@ def test_a_timer_that_fires_while_the_claim_is_given_back_is_set_again(
     request_id = _power_on(client)
     conductor_ctx.queue.queue.empty()
     monkeypatch.setattr(runner, "DATABASE_RETRY_DELAY", 0)
-    other = Context.build(settings)  # a second worker (conductor) of the deployment
+    other = build_context(settings)  # a second worker (conductor) of the deployment
     other.name = conductors.register(other).name
     skipped = []
 

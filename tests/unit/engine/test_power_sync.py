@@ -6,6 +6,7 @@ import dataclasses
 
 import sqlalchemy as sa
 
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.drivers import fake
 from conductor.engine import jobs, power_sync
@@ -40,7 +41,7 @@ def test_one_conductor_per_round_and_only_idle_managed_nodes(client, conductor_c
     make(client, "enrolled", manage=False)
     drain(conductor_ctx)
     make(client, "busy", manage=True)  # its manage request is still queued
-    other = Context.build(settings)
+    other = build_context(settings)
     other.name = "other-conductor"
     try:
         queued_before = conductor_ctx.queue.queue.count
@@ -126,7 +127,7 @@ def test_the_batch_job_runs_in_a_worker_context(client, conductor_ctx) -> None:
     set_fake_power(conductor_ctx, "n1", "power on")
     jobs.install(conductor_ctx)
     try:
-        power_sync.run_batch([node_id(conductor_ctx, "n1"), 999999])
+        jobs.sync_power([node_id(conductor_ctx, "n1"), 999999])
     finally:
         jobs.install(None)  # type: ignore[arg-type]
     assert client.get("/v1/nodes/n1").json["power_state"] == "power on"
@@ -146,7 +147,7 @@ def test_rounds_do_not_pile_up_while_batches_are_pending(client, conductor_ctx) 
     assert power_sync.start_round(conductor_ctx) is None  # its batch has not run yet
     jobs.install(conductor_ctx)
     try:
-        power_sync.run_batch([node_id(conductor_ctx, "n1")])
+        jobs.sync_power([node_id(conductor_ctx, "n1")])
     finally:
         jobs.install(None)  # type: ignore[arg-type]
     conductor_ctx.redis.delete(power_sync._round_key(conductor_ctx))

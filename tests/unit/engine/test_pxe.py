@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from conductor import bootfiles
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.engine import conductors, watchdog
 from conductor.models import Node
@@ -345,7 +346,7 @@ def test_abort_each_wait(client, anonymous, conductor_ctx, settings, target, wai
 
 def test_watchdog_fails_overdue_waits(client, anonymous, settings) -> None:
     quick = settings.replace(deploy_callback_timeout=0.0, clean_callback_timeout=0.0, wait_check_interval=0.01)
-    ctx = Context.build(quick)
+    ctx = build_context(quick)
     ctx.name = conductors.register(ctx).name
     try:
         make_node(client)
@@ -395,7 +396,7 @@ def test_provision_inputs_are_validated(client, body, field) -> None:
 
 
 def test_automated_clean_can_be_switched_off(client, settings) -> None:
-    ctx = Context.build(settings.replace(automated_clean=False))
+    ctx = build_context(settings.replace(automated_clean=False))
     ctx.name = conductors.register(ctx).name
     try:
         make_node(client)

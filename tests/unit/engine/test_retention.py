@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.engine import retention, sweeper
 from conductor.models import CallbackDelivery, NodeHistory, Request, utcnow
@@ -22,7 +23,7 @@ DAY = 86400.0
 @pytest.fixture
 def purger(settings: Settings) -> Iterator[Context]:
     """A context whose settings keep requests 2 days, keys 1 day, history 5 days."""
-    context = Context.build(dataclasses.replace(
+    context = build_context(dataclasses.replace(
         settings, request_retention=2 * DAY, idempotency_retention=DAY, history_retention=5 * DAY))
     yield context
     context.close()
@@ -87,7 +88,7 @@ def test_active_requests_are_never_purged(client, ctx, purger) -> None:
 def test_a_remembered_idempotency_key_keeps_its_request(client, ctx, conductor_ctx, settings) -> None:
     # Requests kept 1 day, keys 3 days: a request finished 2 days ago that a
     # key still points to stays, and the key still replays it.
-    keeper = Context.build(dataclasses.replace(settings, request_retention=DAY, idempotency_retention=3 * DAY))
+    keeper = build_context(dataclasses.replace(settings, request_retention=DAY, idempotency_retention=3 * DAY))
     try:
         request_id = _finished_request(client, conductor_ctx, "n1", days_ago=2, **{"Idempotency-Key": "k-1"})
         assert retention.purge(keeper)["requests_purged"] == 0
@@ -137,7 +138,7 @@ def test_a_backlog_is_purged_in_batches(client, ctx, conductor_ctx, purger, monk
 
 
 def test_zero_retention_keeps_everything(client, ctx, conductor_ctx, settings) -> None:
-    forever = Context.build(dataclasses.replace(settings, request_retention=0, history_retention=0))
+    forever = build_context(dataclasses.replace(settings, request_retention=0, history_retention=0))
     try:
         request_id = _finished_request(client, conductor_ctx, "n1", days_ago=3650)
         with ctx.db.begin() as session:

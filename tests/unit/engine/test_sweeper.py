@@ -7,6 +7,7 @@ import os
 
 import sqlalchemy as sa
 
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.engine import conductors, sweeper
 from conductor.models import ConductorRecord, Node, Request, utcnow
@@ -18,14 +19,14 @@ def _node_with_request(client, target="power on"):  # type: ignore[no-untyped-de
 
 
 def test_names_are_slots_and_a_dead_process_slot_is_reclaimed(settings) -> None:
-    first, second = Context.build(settings), Context.build(settings)
+    first, second = build_context(settings), build_context(settings)
     a, b = conductors.register(first), conductors.register(second)
     assert a.name.endswith("-w0") and b.name.endswith("-w1")
     assert not a.reclaimed
     with first.db.begin() as session:  # w0's process dies (pid of no process)
         session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(
             pid=2**22 + 7, heartbeat_at=utcnow() - dt.timedelta(seconds=3 * settings.heartbeat_interval)))
-    again = conductors.register(Context.build(settings))
+    again = conductors.register(build_context(settings))
     assert again == conductors.Registration(a.name, reclaimed=True)
 
 
@@ -60,14 +61,14 @@ def test_live_conductors_work_is_left_alone(client, ctx, conductor_ctx) -> None:
 
 def test_restarted_conductor_clears_its_own_previous_life(client, ctx, settings) -> None:
     request_id = _node_with_request(client)
-    previous = Context.build(settings)
+    previous = build_context(settings)
     name = conductors.register(previous).name
     with ctx.db.begin() as session:
         session.execute(sa.update(Node).values(reservation=name))
         session.execute(sa.update(Request).values(state="running", conductor=name))
         session.execute(sa.update(ConductorRecord).values(  # its process is gone, its heartbeat quiet
             pid=2**22 + 9, heartbeat_at=utcnow() - dt.timedelta(seconds=3 * settings.heartbeat_interval)))
-    reborn = Context.build(settings)
+    reborn = build_context(settings)
     registration = conductors.register(reborn)
     assert registration == conductors.Registration(name, reclaimed=True)
     reborn.name = name
@@ -96,7 +97,7 @@ def test_only_one_conductor_per_interval_requeues(client, ctx, settings) -> None
     ctx.redis.delete(f"rq:job:{request_id}")
     with ctx.db.begin() as session:
         session.execute(sa.update(Request).values(created_at=utcnow() - dt.timedelta(minutes=5)))
-    other = Context.build(settings)
+    other = build_context(settings)
     other.name = "other-w0"
     assert sweeper.sweep(ctx)["requeued"] == 1
     ctx.queue.cancel(request_id)  # lost again at once: the other conductor's sweep waits its turn
@@ -123,7 +124,7 @@ def test_pump_moves_due_timers_in_batches(ctx) -> None:
 
 
 def test_heartbeat_and_unregister(ctx, settings) -> None:
-    worker_ctx = Context.build(settings)
+    worker_ctx = build_context(settings)
     worker_ctx.name = conductors.register(worker_ctx).name
     conductors.heartbeat(worker_ctx)
     listed = conductors.list_conductors(ctx.db, settings.heartbeat_timeout)
@@ -146,44 +147,44 @@ def test_a_request_waiting_in_a_batch_job_is_not_mistaken_for_lost(client, ctx) 
 
 def test_a_live_slot_of_a_same_named_host_is_not_taken(settings) -> None:
     """A conductor in another PID namespace (a container) heartbeats under the same host name."""
-    first = Context.build(settings)
+    first = build_context(settings)
     a = conductors.register(first)
     with first.db.begin() as session:  # its pid means nothing here, but it is heartbeating
         session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 5))
     first.redis.set(f"{settings.redis_namespace}:conductor-pidns:{a.name}", "another-boot:4026531836")
-    second = conductors.register(Context.build(settings))
+    second = conductors.register(build_context(settings))
     assert second.name != a.name and not second.reclaimed
 
 
 def test_a_dead_conductor_of_this_pid_namespace_frees_its_slot_at_once(settings) -> None:
     """A restarted worker takes its name back while its previous life's heartbeat is still fresh."""
-    first = Context.build(settings)
+    first = build_context(settings)
     a = conductors.register(first)
     with first.db.begin() as session:  # that process is gone (no such pid here)
         session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 5))
-    second = conductors.register(Context.build(settings))
+    second = conductors.register(build_context(settings))
     assert second.name == a.name and second.reclaimed
 
 
 def test_a_name_taken_without_recording_its_namespace_keeps_no_stale_one(settings, monkeypatch) -> None:
     """A container takes a name that a process of ours held, and cannot record its namespace."""
-    first = Context.build(settings)
+    first = build_context(settings)
     a = conductors.register(first)  # records our PID namespace for that name
     with first.db.begin() as session:  # that process is long gone
         session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(
             pid=2**22 + 5, heartbeat_at=utcnow() - dt.timedelta(seconds=3 * settings.heartbeat_interval)))
     with monkeypatch.context() as patch:  # the container's process: no namespace to record
         patch.setattr(conductors, "_pid_namespace", lambda: "")
-        container = conductors.register(Context.build(settings))
+        container = conductors.register(build_context(settings))
     assert container.name == a.name
     with first.db.begin() as session:  # it is heartbeating; its pid means nothing here
         session.execute(sa.update(ConductorRecord).where(ConductorRecord.name == a.name).values(pid=2**22 + 5))
-    third = conductors.register(Context.build(settings))
+    third = conductors.register(build_context(settings))
     assert third.name != a.name and not third.reclaimed
 
 
 def test_a_conductor_whose_slot_was_taken_over_learns_it_from_its_heartbeat(settings) -> None:
-    ctx = Context.build(settings)
+    ctx = build_context(settings)
     ctx.name = conductors.register(ctx).name
     assert conductors.heartbeat(ctx) is True
     with ctx.db.begin() as session:

@@ -11,7 +11,7 @@ from conductor.engine import jobs
 from conductor.engine.worker import ConductorWorker, may_take_jobs, slot_of
 from conductor.models import Request
 from conductor.service import nodes
-from conductor.service import requests as request_service
+from conductor.service import submit
 from conductor.throttle import settings as throttle_settings
 
 
@@ -33,7 +33,7 @@ def test_a_paused_worker_takes_the_job_once_the_knob_is_raised(ctx, conductor_ct
     with ctx.db.session() as session:
         nodes.create(session, {"name": "n1", "driver": "fake"})
         session.commit()
-    request_id = request_service.submit_power(ctx, "n1", "power on").request.id
+    request_id = submit.submit_power(ctx, "n1", "power on").request.id
     conductor_ctx.name = "host-w1"
     throttle_settings.update(ctx, {"worker_concurrency": 1})
     seen_while_paused: list[str] = []

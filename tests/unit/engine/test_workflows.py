@@ -206,13 +206,13 @@ def test_reservation_is_released_after_each_step_and_on_crash(client, ctx, condu
 
 
 def test_a_step_is_claimed_and_its_node_reserved_by_one_conductor(client, ctx, conductor_ctx, settings) -> None:
-    from conductor.context import Context
+    from conductor.bootstrap import build_context
     from conductor.engine import conductors
     from conductor.engine.task import StepNotRunnable, node_task
 
     make_node(client)
     request_id = put(client, "power", "power on")
-    other = Context.build(settings)
+    other = build_context(settings)
     other.name = conductors.register(other).name
     with node_task(conductor_ctx, request_id) as task:
         assert task.node.reservation == conductor_ctx.name

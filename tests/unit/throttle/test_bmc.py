@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.throttle import bmc
 from conductor.throttle import settings as throttle_settings
@@ -11,7 +12,7 @@ from conductor.throttle import settings as throttle_settings
 
 def test_a_second_command_too_soon_is_told_how_long_to_wait(settings, ctx) -> None:
     throttle_settings.update(ctx, {"bmc_min_interval": 0.4})
-    other = Context.build(settings)  # another conductor
+    other = build_context(settings)  # another conductor
     try:
         assert bmc.claim(ctx, "10.0.0.1:623") == 0.0
         wait = bmc.claim(other, "10.0.0.1:623")

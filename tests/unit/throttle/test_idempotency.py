@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from conductor.exceptions import IdempotencyKeyReused, InvalidInput
 from conductor.models import IdempotencyRecord, Request
 from conductor.service import nodes
-from conductor.service import requests as request_service
+from conductor.service import submit
 from conductor.throttle import idempotency
 from conductor.throttle.idempotency import IdempotencyKey
 from tests.conftest import drain
@@ -36,48 +36,48 @@ def count_requests(ctx) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_the_same_key_returns_the_original_request_even_after_it_finished(ctx, conductor_ctx, node) -> None:
-    first = request_service.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
+    first = submit.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
     assert first.created
     drain(conductor_ctx)
-    again = request_service.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
+    again = submit.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
     assert not again.created
     assert again.request.id == first.request.id and again.request.state == "succeeded"
     assert count_requests(ctx) == 1
 
 
 def test_the_same_key_with_another_body_is_refused(ctx, node) -> None:
-    first = request_service.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
+    first = submit.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
     with pytest.raises(IdempotencyKeyReused) as caught:
-        request_service.submit_power(ctx, "n1", "power off", client="tok-a",
+        submit.submit_power(ctx, "n1", "power off", client="tok-a",
                                      idempotency_key=key(body={"target": "power off"}))
     assert caught.value.status == 422 and caught.value.details["request_id"] == first.request.id
     assert count_requests(ctx) == 1
 
 
 def test_keys_are_scoped_per_client(ctx, conductor_ctx, node) -> None:
-    mine = request_service.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key("tok-a"))
+    mine = submit.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key("tok-a"))
     drain(conductor_ctx)
-    theirs = request_service.submit_power(ctx, "n1", "power on", client="tok-b", idempotency_key=key("tok-b"))
+    theirs = submit.submit_power(ctx, "n1", "power on", client="tok-b", idempotency_key=key("tok-b"))
     assert theirs.created and theirs.request.id != mine.request.id
 
 
 def test_an_identical_in_flight_request_is_remembered_under_the_key(ctx, conductor_ctx, node) -> None:
-    plain = request_service.submit_power(ctx, "n1", "power on", client="tok-a")
-    keyed = request_service.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
+    plain = submit.submit_power(ctx, "n1", "power on", client="tok-a")
+    keyed = submit.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
     assert keyed.request.id == plain.request.id
     drain(conductor_ctx)
     # Finished, and the key still answers with that request.
-    assert request_service.submit_power(ctx, "n1", "power on", client="tok-a",
+    assert submit.submit_power(ctx, "n1", "power on", client="tok-a",
                                         idempotency_key=key()).request.id == plain.request.id
 
 
 def test_an_expired_key_is_forgotten(ctx, conductor_ctx, node) -> None:
-    first = request_service.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
+    first = submit.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
     drain(conductor_ctx)
     with ctx.db.begin() as session:
         session.execute(sa.update(IdempotencyRecord).values(
             expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
-    again = request_service.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
+    again = submit.submit_power(ctx, "n1", "power on", client="tok-a", idempotency_key=key())
     assert again.created and again.request.id != first.request.id
     assert idempotency.purge_expired(ctx.db) == 0  # the new use replaced the expired record
 
@@ -85,7 +85,7 @@ def test_an_expired_key_is_forgotten(ctx, conductor_ctx, node) -> None:
 def test_concurrent_uses_of_one_key_create_one_request(ctx, node) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(
-            lambda _i: request_service.submit_power(ctx, "n1", "power on", client="tok-a",
+            lambda _i: submit.submit_power(ctx, "n1", "power on", client="tok-a",
                                                     idempotency_key=key()).request.id,
             range(16)))
     assert len(set(results)) == 1
@@ -96,8 +96,8 @@ def test_an_abort_is_idempotent_too(ctx, conductor_ctx, node) -> None:
     with ctx.db.begin() as session:
         session.execute(sa.text("UPDATE nodes SET provision_state = 'clean wait'"))
     abort_key = IdempotencyKey("tok-a", "abort-1", idempotency.fingerprint("PUT", "/x", {"target": "abort"}))
-    first = request_service.submit_provision(ctx, "n1", "abort", client="tok-a", idempotency_key=abort_key)
-    again = request_service.submit_provision(ctx, "n1", "abort", client="tok-a", idempotency_key=abort_key)
+    first = submit.submit_provision(ctx, "n1", "abort", client="tok-a", idempotency_key=abort_key)
+    again = submit.submit_provision(ctx, "n1", "abort", client="tok-a", idempotency_key=abort_key)
     assert again.request.id == first.request.id and not again.created
 
 

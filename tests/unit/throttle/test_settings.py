@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.exceptions import InvalidInput
 from conductor.throttle import settings as throttle_settings
@@ -17,7 +18,7 @@ def test_defaults_until_changed_then_the_change_survives_a_restart(settings, ctx
     assert changed.write_rate == 7.0 and changed.max_queue_depth == 12
     # A restart of Redis too: only the database remembers.
     ctx.redis.delete(f"{settings.redis_namespace}:throttle")
-    restarted = Context.build(settings)
+    restarted = build_context(settings)
     try:
         assert throttle_settings.current(restarted).max_queue_depth == 12
         assert throttle_settings.current(restarted).client_write_rate == throttle_settings.Throttle().client_write_rate
@@ -26,7 +27,7 @@ def test_defaults_until_changed_then_the_change_survives_a_restart(settings, ctx
 
 
 def test_another_process_sees_a_change_within_a_second(settings, ctx) -> None:
-    other = Context.build(settings)
+    other = build_context(settings)
     try:
         assert throttle_settings.current(other).worker_concurrency == 0
         throttle_settings.update(ctx, {"worker_concurrency": 2})

@@ -1,0 +1,77 @@
+"""``GET /metrics``: the Prometheus exposition of what :mod:`conductor.metrics` recorded, plus gauges.
+
+Counters and histograms are read from the shared Redis hash; gauges (queue
+depth, drain rate, active requests, live conductors) are read at scrape
+time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from conductor.context import Context
+from conductor.engine.conductors import list_conductors
+from conductor.metrics import HELP, HISTOGRAMS, recorder
+from conductor.service.requests import active_counts
+from conductor.throttle.drain import DrainMeter
+
+
+def _families(ctx: Context) -> list[Any]:
+    raw = {k.decode(): v.decode() for k, v in ctx.redis.hgetall(recorder(ctx).key).items()}
+    counters: dict[str, Any] = {}
+    histograms: dict[tuple[str, str], dict[str, float]] = {}
+    for field, value in raw.items():
+        kind, name, rest = field.split("|", 2)
+        if kind == "c":
+            labels = json.loads(rest)
+            family = counters.setdefault(name, CounterMetricFamily(name, HELP[name], labels=sorted(labels)))
+            family.add_metric([labels[k] for k in sorted(labels)], float(value))
+        elif kind == "h" and name in HISTOGRAMS:
+            le, tag = rest.split("|", 1)
+            histograms.setdefault((name, tag), {})[le] = float(value)
+    families: list[Any] = list(counters.values())
+    by_name: dict[str, Any] = {}
+    for (name, tag), cells in sorted(histograms.items()):
+        labels = json.loads(tag)
+        family = by_name.setdefault(name, HistogramMetricFamily(name, HELP[name], labels=sorted(labels)))
+        running = 0.0
+        buckets = []
+        for bound in [repr(float(b)) for b in HISTOGRAMS[name]] + ["+Inf"]:
+            running += cells.get(bound, 0.0)
+            buckets.append((bound, running))
+        family.add_metric([labels[k] for k in sorted(labels)], buckets, sum_value=cells.get("sum", 0.0))
+    families += by_name.values()
+
+    depth = GaugeMetricFamily("conductor_queue_depth", "Jobs waiting in the work queue.")
+    depth.add_metric([], ctx.queue.depth())
+    drain_rate = GaugeMetricFamily(
+        "conductor_queue_drain_rate", "Jobs completed per second (moving average, all conductors)."
+    )
+    drain_rate.add_metric([], DrainMeter(ctx.redis, ctx.settings.redis_namespace).rate())
+    active = GaugeMetricFamily("conductor_requests_active", "Requests not finished, by state.", labels=["state"])
+    for state, count in active_counts(ctx).items():
+        active.add_metric([state], count)
+    alive = GaugeMetricFamily("conductor_conductors_alive", "Conductors whose heartbeat is recent.")
+    alive.add_metric([], sum(1 for c in list_conductors(ctx.db, ctx.settings.heartbeat_timeout) if c["alive"]))
+    return families + [depth, drain_rate, active, alive]
+
+
+def render(ctx: Context) -> tuple[bytes, str]:
+    """The exposition of every metric and its content type.
+
+    :raises redis.RedisError: Redis cannot be reached.
+    """
+    families = _families(ctx)
+
+    class _Snapshot:
+        def collect(self) -> Iterable[Any]:
+            return families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot())  # type: ignore[arg-type]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

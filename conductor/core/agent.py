@@ -1,0 +1,132 @@
+"""The agent protocol: the token a booted agent proves itself with, and its commands.
+
+A deploy interface that boots an agent (``pxe``) issues, per workflow
+phase, one agent token and one command; the agent fetches the command with
+its heartbeat (``POST /v1/nodes/<node>/heartbeat``, header
+``X-Agent-Token``) and reports the result the same way.  What is kept of
+it lives in the node's ``driver_internal_info``:
+
+* ``agent_token_sha256``: the SHA-256 of the token (the token itself is
+  only in the node's boot config, never in the database);
+* ``agent_command``: ``{"id", "name", "params"}``, the command issued;
+* ``agent_result``: ``{"id", "status", "error"[, "inventory"]}``, what the
+  agent reported for it.
+
+Both sides use this module: the API (:mod:`conductor.service.agent`) to
+check a heartbeat's token and store a result, the deploy interface to
+issue and read them, and whoever ends a wait early (abort, cancel, the
+watchdog, a failed step) to revoke the token.  Everything runs in the
+caller's transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from conductor import bootfiles
+from conductor.exceptions import InvalidAgentToken
+
+if TYPE_CHECKING:
+    from conductor.models import Node
+    from conductor.settings import Settings
+
+#: The commands an agent understands, and the setting bounding the wait for each.
+COMMANDS: dict[str, str] = {
+    "write_image": "deploy_callback_timeout",
+    "erase_disks": "clean_callback_timeout",
+    "inspect": "inspect_callback_timeout",
+}
+#: What a command's ``params`` may carry, by command.
+COMMAND_PARAMS: dict[str, tuple[str, ...]] = {
+    "write_image": ("image_source", "configdrive"),
+    "erase_disks": (),
+    "inspect": (),
+}
+#: Inventory keys an agent reports, copied into the node's ``properties``.
+INVENTORY_KEYS = ("cpus", "cpu_arch", "memory_mb", "local_gb", "disks", "nics")
+#: The statuses a command result may have.
+RESULT_STATUSES = ("succeeded", "failed")
+
+_TOKEN = "agent_token_sha256"
+_COMMAND = "agent_command"
+_RESULT = "agent_result"
+
+
+def token_hash(token: str) -> str:
+    """What the conductor stores of an agent token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _update(node: Node, **changes: Any) -> None:
+    info = dict(node.driver_internal_info or {})
+    for key, value in changes.items():
+        if value is None:
+            info.pop(key, None)
+        else:
+            info[key] = value
+    node.driver_internal_info = info
+
+
+def issue(node: Node, name: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Issue a new token and command ``name`` to ``node``'s agent; returns both.
+
+    The previous token, command and result are replaced: only the agent of
+    this phase is heard from now on.
+    """
+    if name not in COMMANDS:
+        raise ValueError(f"unknown agent command {name!r}")
+    token = secrets.token_urlsafe(32)
+    command = {
+        "id": f"cmd-{uuid.uuid4().hex[:16]}",
+        "name": name,
+        "params": {k: params[k] for k in COMMAND_PARAMS[name] if params.get(k) is not None},
+    }
+    _update(node, **{_TOKEN: token_hash(token), _COMMAND: command, _RESULT: None})
+    return token, command
+
+
+def check_token(node: Node, token: str | None) -> None:
+    """:raises InvalidAgentToken: ``token`` is not the one issued for ``node``'s current phase."""
+    expected = (node.driver_internal_info or {}).get(_TOKEN)
+    if not token or not expected or not hmac.compare_digest(token_hash(token), expected):
+        raise InvalidAgentToken(
+            f"The agent token is missing or is not the one issued for node {node.uuid}'s current workflow."
+        )
+
+
+def command(node: Node) -> dict[str, Any] | None:
+    """The command issued to ``node``'s agent (None: none)."""
+    found = (node.driver_internal_info or {}).get(_COMMAND)
+    return dict(found) if found else None
+
+
+def result(node: Node) -> dict[str, Any]:
+    """What ``node``'s agent reported for its last command (empty: nothing yet)."""
+    return dict((node.driver_internal_info or {}).get(_RESULT) or {})
+
+
+def store_result(node: Node, reported: Mapping[str, Any]) -> dict[str, Any]:
+    """Record the agent's report of its current command; returns what was stored."""
+    current = command(node) or {}
+    stored: dict[str, Any] = {"id": current.get("id"), "status": reported["status"], "error": reported.get("error")}
+    if reported.get("inventory") is not None:
+        stored["inventory"] = reported["inventory"]
+    _update(node, **{_RESULT: stored})
+    return stored
+
+
+def revoke(settings: Settings, node: Node) -> None:
+    """Revoke ``node``'s agent token and command and remove its boot config.
+
+    Called when the agent's work is done and whenever a wait ends without it
+    (abort, cancel, timeout, a failed step): a late heartbeat gets 401.
+    """
+    bootfiles.remove(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid))
+    info = node.driver_internal_info or {}
+    if _TOKEN in info or _COMMAND in info:
+        _update(node, **{_TOKEN: None, _COMMAND: None})
