@@ -19,7 +19,7 @@ import logging
 
 import sqlalchemy as sa
 
-from conductor import database
+from conductor import database, keys
 from conductor.context import Context
 from conductor.engine import conductors, provision
 from conductor.fsm.states import ProvisionState as S
@@ -51,7 +51,7 @@ _TAKE = (
 
 def check(ctx: Context) -> int:
     """Fail the overdue waits (if it is this conductor's turn); returns how many."""
-    if not conductors.my_turn(ctx, "wait-watchdog", ctx.settings.wait_check_interval):
+    if not conductors.my_turn(ctx, keys.Chore.WAIT_WATCHDOG, ctx.settings.wait_check_interval):
         return 0
     now = utcnow()
     with ctx.db.session() as session:
