@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from conductor.cli import main
 from conductor.exceptions import InvalidInput
 from conductor.settings import RENAMED, Group, Settings, default_data_dir, load
 
@@ -175,3 +178,26 @@ def test_an_old_name_keeps_its_source_precedence(tmp_path: Path) -> None:
     (tmp_path / "conductor.toml").write_text("deploy_agent_timeout = 3\n")
     env = {"CONDUCTOR_DEPLOY_CALLBACK_TIMEOUT": "1", "CONDUCTOR_DATA_DIR": str(tmp_path)}
     assert load(env=env).deploy_agent_timeout == 1.0  # the environment still beats the file
+
+
+# --- conductor settings --------------------------------------------------------------------
+
+
+def test_conductor_settings_prints_every_group_as_a_config_file(tmp_path: Path) -> None:
+    env = {"CONDUCTOR_DATA_DIR": str(tmp_path), "CONDUCTOR_API_PORT": "7001", "CONDUCTOR_AUTOMATED_CLEAN": "no",
+           "DATABASE_URL": "postgresql+psycopg://u:pw@db/x", "CONDUCTOR_CONFIG": ""}
+    hidden = CliRunner().invoke(main, ["settings"], env=env)
+    assert hidden.exit_code == 0, hidden.output
+    assert "pw" not in hidden.output and "# database_url = (set; --show-secrets prints it)" in hidden.output
+    assert [line[2:] for line in hidden.output.splitlines() if line[2:] in set(Group)] == list(Group)
+    shown = CliRunner().invoke(main, ["settings", "--show-secrets"], env=env)
+    # What it prints, read back as a config file, is the same settings.
+    assert load(tomllib.loads(shown.output), env={}) == load(env=env)
+
+
+def test_conductor_settings_of_one_group(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["settings", "--group", "webhooks", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert set(tomllib.loads(result.output)) == set(Settings.group("webhooks"))
+    wrong = CliRunner().invoke(main, ["settings", "--group", "callbacks"])
+    assert wrong.exit_code == 2 and "webhooks" in wrong.output
