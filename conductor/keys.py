@@ -45,7 +45,8 @@ def work_queue(namespace: str) -> str:
     as job id).  Written by the API (a new request) and by the conductors
     (pumped timers, power sync batches, the sweeper's re-enqueues); read by
     the conductor workers.  A job's hash is deleted when it succeeds and
-    kept a day when it fails; the admission script reads the list's length.
+    kept for a while when it fails (a day; an hour for power sync batches);
+    the admission script reads the list's length.
     """
     return f"{namespace}-work"
 
