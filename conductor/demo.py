@@ -123,7 +123,7 @@ class Demo:
         settings = load({
             "data_dir": self.data_dir, "api_port": self.port, "workers": self.workers,
             "power_poll_initial": 0.1, "power_poll_max": 0.5, "log_level": "WARNING",
-            "deploy_callback_timeout": 120, "clean_callback_timeout": 120, "inspect_callback_timeout": 120,
+            "deploy_agent_timeout": 120, "clean_agent_timeout": 120, "inspect_agent_timeout": 120,
         }, env={})
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.fleet = Fleet(count=self.count, delay=self.power_delay, password_mode="per-bmc",

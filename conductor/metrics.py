@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy.orm import Session
 
+from conductor import keys
+
 if TYPE_CHECKING:
     from conductor.context import Context
     from conductor.models import Request
@@ -60,7 +62,7 @@ class Recorder:
 
     def __init__(self, connection: redis.Redis, namespace: str) -> None:
         self.connection = connection
-        self.key = f"{namespace}:metrics"
+        self.key = keys.metrics(namespace)
 
     def write(self, counters: Iterable[tuple[str, dict[str, str], int]] = (),
               observations: Iterable[tuple[str, dict[str, str], float]] = ()) -> None:

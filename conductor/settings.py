@@ -11,19 +11,36 @@ Sources, later ones winning:
 
 The data directory is ``$CONDUCTOR_DATA_DIR``, else
 ``$XDG_DATA_HOME/conductor``, else ``~/.local/share/conductor``.
+
+Every setting belongs to one subsystem (:class:`Group`), recorded in its
+field's metadata: ``Settings.group("webhooks")`` names the webhook
+settings, :meth:`Settings.grouped` shows values by subsystem, and the
+README's tables follow the same groups.  Access stays flat
+(``settings.callback_timeout``): a group is how settings are found and
+documented, not a second way to reach them.
+
+"callback" means webhooks only.  The agent waits of the ``pxe`` deploy
+were once ``*_callback_timeout``; those names (attribute, keyword, TOML
+key, environment variable) still work for one release, with a warning:
+see :data:`RENAMED`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import logging
 import os
 import socket
 import tomllib
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from conductor.exceptions import InvalidInput
+
+LOG = logging.getLogger(__name__)
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -35,129 +52,200 @@ def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "conductor"
 
 
+class Group(enum.StrEnum):
+    """The subsystems settings are grouped by, in the order they are shown."""
+
+    #: Where the state lives: data directory, database, Redis, the keys sealing secrets.
+    STORAGE = "storage"
+    #: The HTTP API and its authentication.
+    API = "api"
+    #: The conductor processes: how many, their names, their liveness.
+    CONDUCTORS = "conductors"
+    #: The work queue: jobs, timeouts, and the sweep that recovers lost work.
+    QUEUE = "queue"
+    #: Admission control kept in the settings (the rates live in the database: ``conductor throttle``).
+    THROTTLE = "throttle"
+    #: Power changes and the power state observer, whatever the driver.
+    POWER = "power"
+    #: The IPMI driver.
+    IPMI = "ipmi"
+    #: Deploy, clean and inspect with an agent (the ``pxe`` deploy interface).
+    DEPLOY = "deploy"
+    #: Callbacks: webhook deliveries to subscribers and ``callback_url``.
+    WEBHOOKS = "webhooks"
+    #: How long finished requests, deliveries and history are kept.
+    RETENTION = "retention"
+    LOGGING = "logging"
+
+
+def _setting(group: Group, default: Any = dataclasses.MISSING, *,
+             factory: Any = dataclasses.MISSING, secret: bool = False) -> Any:
+    """A field of ``group``.  A ``secret`` one stays out of ``repr`` and is masked by :meth:`Settings.grouped`."""
+    return dataclasses.field(default=default, default_factory=factory, repr=not secret,
+                             metadata={"group": group, "secret": secret})
+
+
+class _Renamed:
+    """The old name of a renamed setting, as an attribute: reads the new one, with a DeprecationWarning."""
+
+    def __init__(self, new: str) -> None:
+        self.new = new
+        self.old = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old = name
+
+    def __get__(self, settings: Settings | None, owner: type | None = None) -> Any:
+        if settings is None:
+            return self
+        warnings.warn(f"{self.old} is deprecated and will be removed in the next release: use {self.new}.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(settings, self.new)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything a conductor process can be told.  Durations are seconds."""
 
-    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    # --- storage ---------------------------------------------------------------------------
+    data_dir: Path = _setting(Group.STORAGE, factory=default_data_dir)
     #: SQLAlchemy URL; empty means the SQLite file ``<data_dir>/conductor.sqlite``.
-    database_url: str = dataclasses.field(default="", repr=False)
+    database_url: str = _setting(Group.STORAGE, "", secret=True)
     #: Redis URL; empty means the embedded Redis of ``conductor up``.
-    redis_url: str = dataclasses.field(default="", repr=False)
-    #: Prefix of every Redis key and RQ queue name of this deployment.
-    redis_namespace: str = "conductor"
+    redis_url: str = _setting(Group.STORAGE, "", secret=True)
+    #: Prefix of every Redis key and RQ queue name of this deployment (see conductor/keys.py).
+    redis_namespace: str = _setting(Group.STORAGE, "conductor")
+    #: Fernet keys sealing secrets at rest (BMC passwords, webhook signing
+    #: secrets; see conductor/secretbox.py), comma-separated, current first.
+    #: Empty means the key file ``<data_dir>/secret.key``, created on first
+    #: start.  Deployments on several hosts must give every host the same keys.
+    secret_key: str = _setting(Group.STORAGE, "", secret=True)
 
-    api_host: str = "127.0.0.1"
-    api_port: int = 6385
-    api_workers: int = 2
-    workers: int = 1
+    # --- api -------------------------------------------------------------------------------
+    api_host: str = _setting(Group.API, "127.0.0.1")
+    api_port: int = _setting(Group.API, 6385)
+    api_workers: int = _setting(Group.API, 2)
+    #: Whether the API requires bearer tokens.  Switching it off is only
+    #: allowed while ``api_host`` is a loopback address.
+    auth_enabled: bool = _setting(Group.API, True)
+
+    # --- conductors ------------------------------------------------------------------------
+    workers: int = _setting(Group.CONDUCTORS, 1)
     #: Base of this host's conductor names; defaults to the host name.
-    conductor_name: str = ""
-
+    conductor_name: str = _setting(Group.CONDUCTORS, "")
     #: How often a conductor records that it is alive, and after how long
     #: without a heartbeat the others declare it dead.
-    heartbeat_interval: float = 5.0
-    heartbeat_timeout: float = 30.0
-    #: How often each conductor sweeps for dead conductors and lost jobs.
-    sweep_interval: float = 10.0
-    #: A queued request older than this with no job in Redis is re-enqueued.
-    requeue_after: float = 30.0
-    #: A job that finds its node reserved retries for this long, then fails.
-    node_locked_timeout: float = 60.0
-    #: RQ job timeout (one step of a request, never a whole transition).
-    job_timeout: float = 120.0
+    heartbeat_interval: float = _setting(Group.CONDUCTORS, 5.0)
+    heartbeat_timeout: float = _setting(Group.CONDUCTORS, 30.0)
 
+    # --- queue -----------------------------------------------------------------------------
+    #: How often each conductor sweeps for dead conductors and lost jobs.
+    sweep_interval: float = _setting(Group.QUEUE, 10.0)
+    #: A queued request older than this with no job in Redis is re-enqueued.
+    requeue_after: float = _setting(Group.QUEUE, 30.0)
+    #: A job that finds its node reserved retries for this long, then fails.
+    node_locked_timeout: float = _setting(Group.QUEUE, 60.0)
+    #: RQ job timeout (one step of a request, never a whole transition).
+    job_timeout: float = _setting(Group.QUEUE, 120.0)
+
+    # --- throttle --------------------------------------------------------------------------
+    #: How long an ``Idempotency-Key`` is remembered.
+    idempotency_retention: float = _setting(Group.THROTTLE, 86400.0)
+
+    # --- power -----------------------------------------------------------------------------
     #: How long the BMC may take to report the target power state.
-    power_timeout: float = 60.0
+    power_timeout: float = _setting(Group.POWER, 60.0)
     #: First and longest interval between power state polls (doubling).
-    power_poll_initial: float = 0.25
-    power_poll_max: float = 4.0
+    power_poll_initial: float = _setting(Group.POWER, 0.25)
+    power_poll_max: float = _setting(Group.POWER, 4.0)
     #: How long the OS may take to honour a soft power off (ACPI), and
     #: whether a hard power off follows when it does not.
-    soft_power_off_timeout: float = 30.0
-    soft_power_off_fallback: bool = True
+    soft_power_off_timeout: float = _setting(Group.POWER, 30.0)
+    soft_power_off_fallback: bool = _setting(Group.POWER, True)
+    #: Power state observer (see docs/ipmi.md): how often one conductor reads
+    #: the power state of every idle node (0: never), how many nodes one job
+    #: reads, and after how many failed reads in a row a node goes into
+    #: maintenance (fault ``power failure``; out again when its BMC answers).
+    power_sync_interval: float = _setting(Group.POWER, 60.0)
+    power_sync_batch: int = _setting(Group.POWER, 50)
+    power_sync_max_failures: int = _setting(Group.POWER, 3)
+
+    # --- ipmi ------------------------------------------------------------------------------
     #: IPMI driver (see docs/ipmi.md).  One attempt of a call on an open
     #: session may take ``ipmi_timeout`` (a login ~5 s more); a timed-out
     #: attempt is retried ``ipmi_retries`` times after ``ipmi_backoff``
     #: seconds (doubling, capped at ``ipmi_max_backoff``, each scaled by a
     #: random factor in 1 +/- ``ipmi_jitter``).  A refused password is never
     #: retried.
-    ipmi_timeout: float = 5.0
-    ipmi_retries: int = 2
-    ipmi_backoff: float = 0.5
-    ipmi_max_backoff: float = 4.0
-    ipmi_jitter: float = 0.5
+    ipmi_timeout: float = _setting(Group.IPMI, 5.0)
+    ipmi_retries: int = _setting(Group.IPMI, 2)
+    ipmi_backoff: float = _setting(Group.IPMI, 0.5)
+    ipmi_max_backoff: float = _setting(Group.IPMI, 4.0)
+    ipmi_jitter: float = _setting(Group.IPMI, 0.5)
     #: At most one IPMI call in flight per BMC across every conductor (a
     #: Redis lock per BMC); a step that finds the BMC busy is polled again
     #: after ``ipmi_busy_retry`` seconds.  The least time between two
     #: commands to a BMC is the live throttle knob ``bmc_min_interval``.
-    ipmi_one_in_flight: bool = True
-    ipmi_busy_retry: float = 0.1
-    #: Power state observer (see docs/ipmi.md): how often one conductor reads
-    #: the power state of every idle node (0: never), how many nodes one job
-    #: reads, and after how many failed reads in a row a node goes into
-    #: maintenance (fault ``power failure``; out again when its BMC answers).
-    power_sync_interval: float = 60.0
-    power_sync_batch: int = 50
-    power_sync_max_failures: int = 3
+    ipmi_one_in_flight: bool = _setting(Group.IPMI, True)
+    ipmi_busy_retry: float = _setting(Group.IPMI, 0.1)
+
+    # --- deploy ----------------------------------------------------------------------------
     #: Whether undeploy and provide run automated cleaning.
-    automated_clean: bool = True
-    #: How long a node may wait for its agent in ``wait call-back``,
-    #: ``clean wait`` and ``inspect wait`` before the watchdog fails it.
-    deploy_callback_timeout: float = 1800.0
-    clean_callback_timeout: float = 1800.0
-    inspect_callback_timeout: float = 1800.0
+    automated_clean: bool = _setting(Group.DEPLOY, True)
+    #: How long a node may wait for its agent's call-back in ``wait
+    #: call-back``, ``clean wait`` and ``inspect wait`` before the watchdog
+    #: fails it.
+    deploy_agent_timeout: float = _setting(Group.DEPLOY, 1800.0)
+    clean_agent_timeout: float = _setting(Group.DEPLOY, 1800.0)
+    inspect_agent_timeout: float = _setting(Group.DEPLOY, 1800.0)
+    #: The names these had until "callback" came to mean webhooks only.
+    deploy_callback_timeout = _Renamed("deploy_agent_timeout")
+    clean_callback_timeout = _Renamed("clean_agent_timeout")
+    inspect_callback_timeout = _Renamed("inspect_agent_timeout")
     #: How often (at most) one conductor of the deployment checks for overdue waits.
-    wait_check_interval: float = 1.0
+    wait_check_interval: float = _setting(Group.DEPLOY, 1.0)
     #: The "TFTP root" of the pxe deploy: per-node boot configs (kernel
     #: parameters: API URL and agent token) the booting agent reads.
     #: Empty means ``<data_dir>/pxe``.
-    pxe_root: str = ""
-    #: The API URL agents call back; empty means ``http://<api_host>:<api_port>``.
-    agent_api_url: str = ""
+    pxe_root: str = _setting(Group.DEPLOY, "")
+    #: The API URL agents call; empty means ``http://<api_host>:<api_port>``.
+    agent_api_url: str = _setting(Group.DEPLOY, "")
 
-    #: Whether the API requires bearer tokens.  Switching it off is only
-    #: allowed while ``api_host`` is a loopback address.
-    auth_enabled: bool = True
-    #: How long an ``Idempotency-Key`` is remembered.
-    idempotency_retention: float = 86400.0
-    #: Retention (see conductor/engine/retention.py): finished requests and
-    #: ended callback deliveries are deleted this long after they ended
-    #: (never sooner than ``idempotency_retention``), node history entries
-    #: this long after they were written; 0 keeps them for ever.  One
-    #: conductor purges at most every ``purge_interval`` seconds (0: never).
-    request_retention: float = 30 * 86400.0
-    history_retention: float = 90 * 86400.0
-    purge_interval: float = 600.0
+    # --- webhooks --------------------------------------------------------------------------
     #: Callback (webhook) delivery: worker processes started by ``up``; how
     #: long a receiver may take (to connect, and for each read); the delays
     #: in seconds before each retry (the first attempt is immediate; the
     #: last delay repeats) and for how long after the event attempts go on;
     #: the +/- fraction of random jitter applied to each delay.
-    callback_workers: int = 1
-    callback_timeout: float = 10.0
-    callback_retry_schedule: str = "5,30,120,600,1800,3600"
-    callback_retry_window: float = 86400.0
-    callback_jitter: float = 0.2
+    callback_workers: int = _setting(Group.WEBHOOKS, 1)
+    callback_timeout: float = _setting(Group.WEBHOOKS, 10.0)
+    callback_retry_schedule: str = _setting(Group.WEBHOOKS, "5,30,120,600,1800,3600")
+    callback_retry_window: float = _setting(Group.WEBHOOKS, 86400.0)
+    callback_jitter: float = _setting(Group.WEBHOOKS, 0.2)
     #: How often each callback worker looks for due deliveries in the database.
-    callback_poll_interval: float = 0.5
+    callback_poll_interval: float = _setting(Group.WEBHOOKS, 0.5)
     #: Callback destinations: comma-separated host names (``*.example.com``)
     #: and networks (CIDR).  A non-empty allow list admits only what it
     #: names; the deny list always wins.  Loopback is allowed by default.
-    callback_allow: str = ""
-    callback_deny: str = (
-        "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32,metadata.google.internal"
+    callback_allow: str = _setting(Group.WEBHOOKS, "")
+    callback_deny: str = _setting(
+        Group.WEBHOOKS, "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32,metadata.google.internal"
     )
     #: How long a rotated-out signing secret keeps signing (both are sent).
-    callback_secret_overlap: float = 86400.0
+    callback_secret_overlap: float = _setting(Group.WEBHOOKS, 86400.0)
 
-    #: Fernet keys sealing secrets at rest (BMC passwords, webhook signing
-    #: secrets; see conductor/secretbox.py), comma-separated, current first.
-    #: Empty means the key file ``<data_dir>/secret.key``, created on first
-    #: start.  Deployments on several hosts must give every host the same keys.
-    secret_key: str = dataclasses.field(default="", repr=False)
+    # --- retention -------------------------------------------------------------------------
+    #: Retention (see conductor/engine/retention.py): finished requests and
+    #: ended callback deliveries are deleted this long after they ended
+    #: (never sooner than ``idempotency_retention``), node history entries
+    #: this long after they were written; 0 keeps them for ever.  One
+    #: conductor purges at most every ``purge_interval`` seconds (0: never).
+    request_retention: float = _setting(Group.RETENTION, 30 * 86400.0)
+    history_retention: float = _setting(Group.RETENTION, 90 * 86400.0)
+    purge_interval: float = _setting(Group.RETENTION, 600.0)
 
-    log_level: str = "INFO"
+    # --- logging ---------------------------------------------------------------------------
+    log_level: str = _setting(Group.LOGGING, "INFO")
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -194,13 +282,70 @@ class Settings:
         """The base of this host's conductor names."""
         return self.conductor_name or socket.gethostname()
 
+    @classmethod
+    def group(cls, name: str) -> tuple[str, ...]:
+        """The names of the settings of subsystem ``name`` (a :class:`Group`), in order.
+
+        :raises ValueError: ``name`` is not a group.
+        """
+        return _GROUPS[Group(name)]
+
+    def grouped(self, show_secrets: bool = False) -> dict[Group, dict[str, Any]]:
+        """Every setting's value by subsystem; secrets that are set read ``******`` unless ``show_secrets``."""
+        return {
+            group: {
+                name: "******" if _FIELDS[name].metadata["secret"] and getattr(self, name) and not show_secrets
+                else getattr(self, name)
+                for name in names
+            }
+            for group, names in _GROUPS.items()
+        }
+
     def replace(self, **changes: Any) -> Settings:
-        """A copy with ``changes`` applied (values are coerced like env values)."""
+        """A copy with ``changes`` applied (values are coerced like env values; old names are accepted, warning)."""
+        changes = _renamed(changes, _deprecated_keyword, lambda name: name)
         return dataclasses.replace(self, **_coerce_all(changes))
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_GROUPS = {group: tuple(f.name for f in _FIELDS.values() if f.metadata["group"] == group) for group in Group}
 _ENV_ALIASES = {"DATABASE_URL": "database_url", "REDIS_URL": "redis_url"}
+#: Renamed settings, old name -> new name.  The old names are accepted for
+#: one release as an attribute (:class:`_Renamed`), a keyword of
+#: :func:`load` or :meth:`Settings.replace`, a key of the TOML file and an
+#: environment variable, each with a warning.
+RENAMED = {name: alias.new for name, alias in vars(Settings).items() if isinstance(alias, _Renamed)}
+
+
+def _deprecated_keyword(message: str) -> None:
+    # Code using an old name: a DeprecationWarning pointing at the caller of
+    # load() or replace() (stack: caller -> load/replace -> _renamed -> here).
+    warnings.warn(message, DeprecationWarning, stacklevel=4)
+
+
+def _deprecated_input(message: str) -> None:
+    # An operator's environment or file: a log line they will see (a
+    # DeprecationWarning is hidden by default outside tests).
+    LOG.warning("%s", message)
+
+
+def _renamed(values: Mapping[str, Any], warn: Callable[[str], None], spell: Callable[[str], str]) -> dict[str, Any]:
+    """``values`` with old setting names turned into the new ones, warning through ``warn``.
+
+    ``spell`` writes a setting's name as the source knows it (``CONDUCTOR_...``
+    for the environment).  Given both names, the new one wins.
+    """
+    result = dict(values)
+    for old, new in RENAMED.items():
+        if old not in result:
+            continue
+        value = result.pop(old)
+        if new in result:
+            warn(f"{spell(old)} is deprecated and ignored: {spell(new)} is set too.")
+        else:
+            warn(f"{spell(old)} is deprecated and will be removed in the next release: use {spell(new)}.")
+            result[new] = value
+    return result
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -243,16 +388,21 @@ def load(
 ) -> Settings:
     """Load the settings from file, environment and ``overrides``.
 
+    A renamed setting's old name works in each source (with a warning); where
+    one source gives both names, the new one wins.
+
     :raises InvalidInput: an unknown key or a value of the wrong type.
     """
     env = os.environ if env is None else env
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overrides = _renamed(overrides, _deprecated_keyword, lambda name: name)
     from_env: dict[str, Any] = {}
     for key, value in env.items():
         if key in _ENV_ALIASES:
             from_env[_ENV_ALIASES[key]] = value
-        elif key.startswith("CONDUCTOR_") and key[10:].lower() in _FIELDS:
+        elif key.startswith("CONDUCTOR_") and (key[10:].lower() in _FIELDS or key[10:].lower() in RENAMED):
             from_env[key[10:].lower()] = value
+    from_env = _renamed(from_env, _deprecated_input, lambda name: f"CONDUCTOR_{name.upper()}")
     data_dir = _coerce(
         "data_dir", overrides.get("data_dir") or from_env.get("data_dir") or default_data_dir(env)
     )
@@ -265,5 +415,7 @@ def load(
             from_file = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidInput(f"Cannot read config file {config_path}: {exc}") from None
+        path = config_path
+        from_file = _renamed(from_file, _deprecated_input, lambda name: f"{name} (in {path})")
     merged = {**from_file, **from_env, **overrides, "data_dir": data_dir}
     return Settings(**_coerce_all(merged))

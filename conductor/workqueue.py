@@ -28,6 +28,7 @@ from rq.serializers import JSONSerializer
 from rq.job import Job
 from rq.exceptions import NoSuchJobError
 
+from conductor import keys
 from conductor.settings import Settings
 
 #: The job function every work item runs (imported by name in the workers).
@@ -75,9 +76,9 @@ class WorkQueue:
         self.connection = connection
         self.namespace = settings.redis_namespace
         self.job_timeout = int(settings.job_timeout)
-        self.queue = Queue(f"{self.namespace}-work", connection=connection, serializer=JSONSerializer)
-        self.timers_key = f"{self.namespace}:timers"
-        self.pumped_key = f"{self.namespace}:pumped"
+        self.queue = Queue(keys.work_queue(self.namespace), connection=connection, serializer=JSONSerializer)
+        self.timers_key = keys.timers(self.namespace)
+        self.pumped_key = keys.pumped(self.namespace)
         self._pop_due = connection.register_script(_POP_DUE)
 
     def enqueue_request(self, request_id: str) -> None:

@@ -33,6 +33,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from sqlalchemy.orm import Session, aliased
 
+from conductor import keys
 from conductor.callbacks.events import PENDING_KEY
 from conductor.database import Database
 from conductor.models import CallbackDelivery, utcnow
@@ -54,8 +55,9 @@ class CallbackQueue:
 
     def __init__(self, connection: redis.Redis, settings: Settings) -> None:
         self.connection = connection
-        self.queue = Queue(f"{settings.redis_namespace}-callbacks", connection=connection, serializer=JSONSerializer)
-        self.wake_key = f"{settings.redis_namespace}:callbacks:wake"
+        namespace = settings.redis_namespace
+        self.queue = Queue(keys.callback_queue(namespace), connection=connection, serializer=JSONSerializer)
+        self.wake_key = keys.callback_wake(namespace)
         # Longer than any one attempt may take (connect + reads + DNS).
         self.job_timeout = job_timeout(settings)
 

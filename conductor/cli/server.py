@@ -1,4 +1,4 @@
-"""Server commands: ``up``, ``api``, ``worker``, ``callback-worker`` and ``db``.
+"""Server commands: ``up``, ``api``, ``worker``, ``callback-worker``, ``db``, ``demo`` and ``settings``.
 
 Imports of the server side happen inside the commands so that client
 commands stay fast.
@@ -265,4 +265,42 @@ def demo(count: int, exit_after: bool, data_dir: Path | None, port: int, boot_de
         run.stop()
 
 
-COMMANDS = [up, api, worker, callback_worker, db, demo]
+@click.command("settings")
+@_data_dir
+@click.option("--group", default=None, metavar="GROUP",
+              help="Only this subsystem's settings (storage, api, queue, throttle, ipmi, deploy, webhooks, ...).")
+@click.option("--show-secrets", is_flag=True, help="Print database_url, redis_url and secret_key as they are.")
+def settings_command(data_dir: Path | None, group: str | None, show_secrets: bool) -> None:
+    """Print the settings in force on this host, by subsystem, in the form of conductor.toml.
+
+    They are what ``up``, ``api`` and ``worker`` started here would use: the
+    defaults, the config file and the ``CONDUCTOR_*`` environment.  A secret
+    that is set is printed as a comment unless --show-secrets.
+    """
+    import json
+
+    from conductor.settings import Group
+
+    loaded = _settings(data_dir=data_dir)
+    try:
+        groups = [Group(group)] if group else list(Group)
+    except ValueError:
+        raise click.BadParameter(f"not one of {', '.join(Group)}", param_hint="--group") from None
+    values, masked = loaded.grouped(show_secrets=True), loaded.grouped()
+    blocks = []
+    for each in groups:
+        lines = [f"# {each}"]
+        for name, value in values[each].items():
+            if masked[each][name] != value and not show_secrets:
+                lines.append(f"# {name} = (set; --show-secrets prints it)")
+            elif isinstance(value, bool):
+                lines.append(f"{name} = {str(value).lower()}")
+            elif isinstance(value, int | float):
+                lines.append(f"{name} = {value!r}")
+            else:
+                lines.append(f"{name} = {json.dumps(str(value))}")
+        blocks.append("\n".join(lines))
+    click.echo("\n\n".join(blocks))
+
+
+COMMANDS = [up, api, worker, callback_worker, db, demo, settings_command]

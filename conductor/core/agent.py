@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 
 #: The commands an agent understands, and the setting bounding the wait for each.
 COMMANDS: dict[str, str] = {
-    "write_image": "deploy_callback_timeout",
-    "erase_disks": "clean_callback_timeout",
-    "inspect": "inspect_callback_timeout",
+    "write_image": "deploy_agent_timeout",
+    "erase_disks": "clean_agent_timeout",
+    "inspect": "inspect_agent_timeout",
 }
 #: What a command's ``params`` may carry, by command.
 COMMAND_PARAMS: dict[str, tuple[str, ...]] = {

@@ -17,7 +17,7 @@ sets the boot device to ``pxe`` (one time) and powers the node on, then
 waits (``wait call-back``, ``clean wait`` or ``inspect wait``).  The agent's
 heartbeat (:mod:`conductor.service.agent`) hands it the command and, when it
 reports the result, wakes the request; the phase then checks the result.
-The wait's timeout is ``deploy_callback_timeout`` (``clean_``,
+The wait's timeout is ``deploy_agent_timeout`` (``clean_``,
 ``inspect_``): the watchdog fails the node when it passes.
 """
 

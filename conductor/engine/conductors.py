@@ -26,6 +26,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from conductor import keys
 from conductor.context import Context
 from conductor.database import Database
 from conductor.models import ConductorRecord, utcnow
@@ -115,7 +116,7 @@ def _pid_namespace() -> str:
 
 
 def _pid_namespace_key(ctx: Context, name: str) -> str:
-    return f"{ctx.settings.redis_namespace}:conductor-pidns:{name}"
+    return keys.conductor_pidns(ctx.settings.redis_namespace, name)
 
 
 def _pid_namespace_of(ctx: Context, name: str) -> str | None:
@@ -196,11 +197,14 @@ def list_conductors(db: Database, heartbeat_timeout: float) -> list[dict[str, An
 def my_turn(ctx: Context, chore: str, every: float) -> bool:
     """Whether this process does ``chore`` now: one process of the deployment per ``every`` seconds.
 
-    The turn is a Redis key that expires after ``every``; taking it is one
-    atomic ``SET NX``.  Without Redis nobody's turn comes (logged).
+    The turn is a Redis key (:func:`conductor.keys.turn`) that expires after
+    ``every``; taking it is one atomic ``SET NX``.  Without Redis nobody's
+    turn comes (logged).
+
+    :raises ValueError: ``chore`` is not a :class:`conductor.keys.Chore`.
     """
     try:
-        return bool(ctx.redis.set(f"{ctx.settings.redis_namespace}:{chore}", ctx.name or "api", nx=True,
+        return bool(ctx.redis.set(keys.turn(ctx.settings.redis_namespace, chore), ctx.name or "api", nx=True,
                                   px=max(50, int(every * 1000))))
     except redis.RedisError as exc:
         LOG.warning("%s skipped: Redis unavailable (%s)", chore, exc)

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy.orm import Session
 
-from conductor import drivers
+from conductor import drivers, keys
 from conductor.callbacks import events
 from conductor.context import Context
 from conductor.core import history, reservations, states
@@ -68,11 +68,11 @@ _CANDIDATES = (
 
 
 def _round_key(ctx: Context) -> str:
-    return f"{ctx.settings.redis_namespace}:power-sync:round"
+    return keys.power_sync_round(ctx.settings.redis_namespace)
 
 
 def _pending_key(ctx: Context) -> str:
-    return f"{ctx.settings.redis_namespace}:power-sync:pending"
+    return keys.power_sync_pending(ctx.settings.redis_namespace)
 
 
 def start_round(ctx: Context) -> int | None:

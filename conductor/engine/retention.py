@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
+from conductor import keys
 from conductor.callbacks.delivery import DELIVERED, FAILED
 from conductor.context import Context
 from conductor.engine import conductors
@@ -47,7 +48,7 @@ def maybe_purge(ctx: Context) -> dict[str, int]:
     """Run :func:`purge` if no conductor did in the last ``purge_interval``; else count nothing."""
     settings = ctx.settings
     if (settings.purge_interval <= 0 or (settings.request_retention <= 0 and settings.history_retention <= 0)
-            or not conductors.my_turn(ctx, "purge", settings.purge_interval)):
+            or not conductors.my_turn(ctx, keys.Chore.PURGE, settings.purge_interval)):
         return {"requests_purged": 0, "deliveries_purged": 0, "history_purged": 0}
     return purge(ctx)
 

@@ -28,7 +28,7 @@ import logging
 import redis
 import sqlalchemy as sa
 
-from conductor import database, workqueue
+from conductor import database, keys, workqueue
 from conductor.context import Context
 from conductor.core import reservations
 from conductor.engine import conductors, retention
@@ -114,7 +114,7 @@ def _sweep(ctx: Context) -> dict[str, int]:
 def _requeue_lost(ctx: Context, now: dt.datetime, alive: set[str]) -> dict[str, int]:
     # One conductor per sweep interval does this (each would enqueue the
     # same lost requests again, multiplying the queue's length).
-    if not conductors.my_turn(ctx, "requeue-sweep", 0.9 * ctx.settings.sweep_interval):
+    if not conductors.my_turn(ctx, keys.Chore.REQUEUE_SWEEP, 0.9 * ctx.settings.sweep_interval):
         return {"requeued": 0, "rearmed": 0, "unclaimed": 0}
     grace = dt.timedelta(seconds=ctx.settings.requeue_after)
     unclaimed = _release_abandoned_claims(ctx, now - dt.timedelta(seconds=claim_lifetime(ctx.settings)), alive)

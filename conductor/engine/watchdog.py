@@ -2,8 +2,8 @@
 
 A workflow that waits for its agent (``wait call-back``, ``clean wait``,
 ``inspect wait``) leaves its request ``waiting`` with ``wake_at`` set to the
-end of its timeout (``deploy_callback_timeout``, ``clean_callback_timeout``,
-``inspect_callback_timeout``).  Each conductor's chores call :func:`check`
+end of its timeout (``deploy_agent_timeout``, ``clean_agent_timeout``,
+``inspect_agent_timeout``).  Each conductor's chores call :func:`check`
 often; one conductor per ``wait_check_interval`` (a Redis lock) looks for
 overdue waits and fails them: the node goes to the matching failed state
 with a ``last_error`` naming the timeout, the request fails.
@@ -19,7 +19,7 @@ import logging
 
 import sqlalchemy as sa
 
-from conductor import database
+from conductor import database, keys
 from conductor.context import Context
 from conductor.core import requests as core_requests
 from conductor.core import states
@@ -33,9 +33,9 @@ BATCH = 200
 
 #: The setting bounding each wait state.
 TIMEOUT_SETTINGS = {
-    S.DEPLOY_WAIT: "deploy_callback_timeout",
-    S.CLEAN_WAIT: "clean_callback_timeout",
-    S.INSPECT_WAIT: "inspect_callback_timeout",
+    S.DEPLOY_WAIT: "deploy_agent_timeout",
+    S.CLEAN_WAIT: "clean_agent_timeout",
+    S.INSPECT_WAIT: "inspect_agent_timeout",
 }
 
 _TAKE = (
@@ -52,7 +52,7 @@ _TAKE = (
 
 def check(ctx: Context) -> int:
     """Fail the overdue waits (if it is this conductor's turn); returns how many."""
-    if not conductors.my_turn(ctx, "wait-watchdog", ctx.settings.wait_check_interval):
+    if not conductors.my_turn(ctx, keys.Chore.WAIT_WATCHDOG, ctx.settings.wait_check_interval):
         return 0
     now = utcnow()
     with ctx.db.session() as session:

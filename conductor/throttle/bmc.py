@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from conductor import keys
 from conductor.context import Context
 from conductor.throttle import settings as throttle_settings
 
@@ -48,7 +49,7 @@ def claim(ctx: Context, bmc: str, interval: float | None = None) -> float:
     script = ctx.cache.get(_SCRIPT)
     if script is None:
         script = ctx.cache[_SCRIPT] = ctx.redis.register_script(_CLAIM)
-    reply = script(keys=[f"{ctx.settings.redis_namespace}:bmc:{bmc}"], args=[interval])
+    reply = script(keys=[keys.bmc_pace(ctx.settings.redis_namespace, bmc)], args=[interval])
     return float(reply.decode() if isinstance(reply, bytes) else reply)
 
 
@@ -107,8 +108,9 @@ def enter(ctx: Context, bmc: str, owner: str, ttl: float, interval: float = 0.0)
 
     :raises redis.RedisError: Redis cannot be reached.
     """
-    keys = [f"{ctx.settings.redis_namespace}:bmc-busy:{bmc}", f"{ctx.settings.redis_namespace}:bmc:{bmc}"]
-    reply = _script(ctx, _ENTER_SCRIPT, _ENTER)(keys=keys, args=[owner, max(1, int(ttl * 1000)), interval])
+    namespace = ctx.settings.redis_namespace
+    locks = [keys.bmc_busy(namespace, bmc), keys.bmc_pace(namespace, bmc)]
+    reply = _script(ctx, _ENTER_SCRIPT, _ENTER)(keys=locks, args=[owner, max(1, int(ttl * 1000)), interval])
     return float(reply.decode() if isinstance(reply, bytes) else reply)
 
 
@@ -125,4 +127,4 @@ def release(ctx: Context, bmc: str, owner: str) -> None:
 
     :raises redis.RedisError: Redis cannot be reached.
     """
-    _script(ctx, _RELEASE_SCRIPT, _RELEASE)(keys=[f"{ctx.settings.redis_namespace}:bmc-busy:{bmc}"], args=[owner])
+    _script(ctx, _RELEASE_SCRIPT, _RELEASE)(keys=[keys.bmc_busy(ctx.settings.redis_namespace, bmc)], args=[owner])

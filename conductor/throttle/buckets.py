@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import redis
 
+from conductor import keys
 from conductor.throttle import drain
 
 OK = "ok"
@@ -140,7 +141,7 @@ class Limiter:
 
     def bucket(self, policy: str, scope: str, rate: float, burst: int) -> Bucket:
         """The bucket of ``policy`` for ``scope`` (a client, or ``*`` for everyone)."""
-        return Bucket(policy, f"{self.namespace}:rl:{policy}:{scope}", rate, burst)
+        return Bucket(policy, keys.rate_bucket(self.namespace, policy, scope), rate, burst)
 
     def admit(self, buckets: Sequence[Bucket], max_depth: int = 0) -> Decision:
         """Take one token from every bucket, or none if any is empty.
@@ -157,8 +158,8 @@ class Limiter:
         args: list[float | int] = [len(active), max_depth]
         for b in active:
             args += [b.rate, b.burst]
-        keys = [b.key for b in active] + [self.queue_key, self.drain_key]
-        reply = [r.decode() if isinstance(r, bytes) else str(r) for r in self._admit(keys=keys, args=args)]
+        script_keys = [b.key for b in active] + [self.queue_key, self.drain_key]
+        reply = [r.decode() if isinstance(r, bytes) else str(r) for r in self._admit(keys=script_keys, args=args)]
         outcome = reply[0]
         if outcome == QUEUE_FULL:
             now, depth, rate, at = float(reply[1]), int(reply[2]), float(reply[3]), float(reply[4])

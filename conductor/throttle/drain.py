@@ -15,6 +15,8 @@ import math
 
 import redis
 
+from conductor import keys
+
 #: Time constant of the moving average, in seconds.
 TAU = 10.0
 #: The range ``Retry-After`` of a full queue is clamped to.
@@ -36,7 +38,7 @@ return tostring(rate)
 
 def key(namespace: str) -> str:
     """The Redis hash holding the average."""
-    return f"{namespace}:drain"
+    return keys.drain(namespace)
 
 
 def decayed(rate: float, at: float, now: float) -> float:

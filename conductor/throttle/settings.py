@@ -21,6 +21,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from conductor import keys
 from conductor.context import Context
 from conductor.exceptions import InvalidInput
 from conductor.models import ThrottleRecord, utcnow
@@ -109,7 +110,7 @@ def validate(changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _key(ctx: Context) -> str:
-    return f"{ctx.settings.redis_namespace}:throttle"
+    return keys.throttle(ctx.settings.redis_namespace)
 
 
 def _from_values(values: Mapping[str, Any]) -> Throttle:

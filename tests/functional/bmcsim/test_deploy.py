@@ -115,14 +115,14 @@ def test_agent_failure_is_deploy_failed(deploy_service, agent: SimAgent,
 
 def test_agent_that_never_calls_back_times_out(deploy_service, agent: SimAgent,
                                                new_bmc: Callable[..., BMCSpec]) -> None:
-    service = deploy_service(CONDUCTOR_DEPLOY_CALLBACK_TIMEOUT="1")
+    service = deploy_service(CONDUCTOR_DEPLOY_AGENT_TIMEOUT="1")
     bmc = new_bmc()
     ready_node(service, bmc, agent)
     agent.configure(bmc.name, silent=True)
     done = run(service, bmc.name, "active", expect="failed")
     node = node_of(service, bmc.name)
     assert node["provision_state"] == "deploy failed"
-    assert "deploy_callback_timeout" in node["last_error"] and "1 s" in node["last_error"]
+    assert "deploy_agent_timeout" in node["last_error"] and "1 s" in node["last_error"]
     assert done["error"] == node["last_error"]
 
 

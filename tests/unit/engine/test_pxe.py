@@ -345,7 +345,7 @@ def test_abort_each_wait(client, anonymous, conductor_ctx, settings, target, wai
 
 
 def test_watchdog_fails_overdue_waits(client, anonymous, settings) -> None:
-    quick = settings.replace(deploy_callback_timeout=0.0, clean_callback_timeout=0.0, wait_check_interval=0.01)
+    quick = settings.replace(deploy_agent_timeout=0.0, clean_agent_timeout=0.0, wait_check_interval=0.01)
     ctx = build_context(quick)
     ctx.name = conductors.register(ctx).name
     try:
@@ -362,7 +362,7 @@ def test_watchdog_fails_overdue_waits(client, anonymous, settings) -> None:
         assert request["state"] == "failed"
         node = states(client)
         assert node["provision_state"] == "clean failed"
-        assert "clean_callback_timeout" in node["last_error"] and "did not call back" in node["last_error"]
+        assert "clean_agent_timeout" in node["last_error"] and "did not call back" in node["last_error"]
         assert boot_config(settings, client) is None
     finally:
         ctx.close()

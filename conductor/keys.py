@@ -1,0 +1,208 @@
+"""Every Redis key and RQ queue name of a deployment, in one place.
+
+A deployment owns the keys that start with its ``redis_namespace`` (``<ns>``
+below), so several deployments can share one Redis.  Everything here is
+transport or cache: the database is the truth, and a Redis that lost it all
+is rebuilt by the sweeper (queues, timers) or refilled on the next use
+(caches, turns, rates).  The strings are part of the deployment's state (a
+running conductor and a newly started one must agree on them), so a change
+to one is a migration: ``tests/unit/test_keys.py`` pins every one of them.
+
+Each function takes the namespace (``settings.redis_namespace``) and says
+what lives under the key, its Redis type, who writes and who reads it, and
+when it expires.  This module imports nothing from ``conductor``: anything
+that talks to Redis may use it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Chore(enum.StrEnum):
+    """The deployment-wide chores of :func:`turn`: one process does each per interval.
+
+    A closed list, because a turn's key is ``<ns>:<chore>``: a chore named
+    like another key of this module would share that key.
+    """
+
+    #: The watchdog failing agent waits that ran out (``conductor.engine.watchdog``).
+    WAIT_WATCHDOG = "wait-watchdog"
+    #: The sweep re-enqueueing queued requests whose job was lost (``conductor.engine.sweeper``).
+    REQUEUE_SWEEP = "requeue-sweep"
+    #: Deleting finished requests and old history (``conductor.engine.retention``).
+    PURGE = "purge"
+
+
+# --- the work queue ------------------------------------------------------------------------
+
+
+def work_queue(namespace: str) -> str:
+    """``<ns>-work``: the RQ queue name of the conductors' jobs (not itself a key).
+
+    RQ keeps the queue in ``rq:queue:<ns>-work`` (a list of job ids) and each
+    job in ``rq:job:<id>`` (a hash; a request's first job has the request id
+    as job id).  Written by the API (a new request) and by the conductors
+    (pumped timers, power sync batches, the sweeper's re-enqueues); read by
+    the conductor workers.  A job's hash is deleted when it succeeds and
+    kept for a while when it fails (a day; an hour for power sync batches);
+    the admission script reads the list's length.
+    """
+    return f"{namespace}-work"
+
+
+def timers(namespace: str) -> str:
+    """``<ns>:timers``: sorted set of request ids scored by when their next step is due (epoch seconds).
+
+    Written by the conductors (a step that polls or retries later) and the
+    sweeper (re-arming a lost request); every conductor pops the due ones
+    into the work queue.  No expiry: an entry leaves when it is popped or
+    its request is cancelled.
+    """
+    return f"{namespace}:timers"
+
+
+def pumped(namespace: str) -> str:
+    """``<ns>:pumped``: sorted set of request ids recently popped from the timers, scored by when.
+
+    Written by the same atomic pop as :func:`timers` (conductors); read by
+    the sweeper, which so tells a request waiting in a busy queue from a
+    lost one.  No expiry: each pop trims entries older than
+    ``workqueue.PUMPED_MEMORY`` (300 s).
+    """
+    return f"{namespace}:pumped"
+
+
+def drain(namespace: str) -> str:
+    """``<ns>:drain``: hash ``rate`` (jobs/s, moving average) and ``at`` (when, Redis clock).
+
+    Written by every conductor job that ends (``throttle.drain.DrainMeter``);
+    read by the API's admission script (the ``Retry-After`` of
+    ``queue_full``) and the metrics.  Expires a day after the last job.
+    """
+    return f"{namespace}:drain"
+
+
+# --- callbacks (webhooks) ------------------------------------------------------------------
+
+
+def callback_queue(namespace: str) -> str:
+    """``<ns>-callbacks``: the RQ queue name of webhook deliveries (not itself a key).
+
+    RQ keeps it in ``rq:queue:<ns>-callbacks`` (job ids; a job carries one
+    delivery id).  Written by the callback pumps, read by the callback
+    workers; job hashes expire as in :func:`work_queue`.
+    """
+    return f"{namespace}-callbacks"
+
+
+def callback_wake(namespace: str) -> str:
+    """``<ns>:callbacks:wake``: list of at most one element, the pumps' wake-up.
+
+    Pushed (then trimmed to one) after a transaction that emitted deliveries
+    commits, in the API or a conductor; popped with a blocking pop by the
+    callback pumps.  No expiry: it never holds more than one element.
+    """
+    return f"{namespace}:callbacks:wake"
+
+
+# --- throttles -----------------------------------------------------------------------------
+
+
+def rate_bucket(namespace: str, policy: str, scope: str) -> str:
+    """``<ns>:rl:<policy>:<scope>``: hash ``tokens`` and ``at`` (Redis clock) of one token bucket.
+
+    ``scope`` is a client, ``*`` for everyone, or a node and token prefix
+    (agent heartbeats).  Written and read only by the API's admission script.
+    Expires once the bucket would be full again, plus a second.
+    """
+    return f"{namespace}:rl:{policy}:{scope}"
+
+
+def throttle(namespace: str) -> str:
+    """``<ns>:throttle``: string, the operator's throttle knobs (merged with the defaults) as JSON.
+
+    The database row is the truth; this is the deployment's shared copy.
+    Written by any process that changed the knobs or found the key missing;
+    read by every API and conductor process (each caches it half a second).
+    Expires after ``throttle.settings.SHARED_TTL`` (60 s).
+    """
+    return f"{namespace}:throttle"
+
+
+def bmc_pace(namespace: str, bmc: str) -> str:
+    """``<ns>:bmc:<bmc>``: string, when the last command went to BMC ``<address>:<port>`` (Redis clock).
+
+    Written and read by the conductors' pacing scripts (``throttle.bmc``:
+    ``bmc_min_interval`` between two commands).  Expires a second after the
+    interval is over.
+    """
+    return f"{namespace}:bmc:{bmc}"
+
+
+def bmc_busy(namespace: str, bmc: str) -> str:
+    """``<ns>:bmc-busy:<bmc>``: string, who holds BMC ``<address>:<port>``'s one-call-in-flight lock.
+
+    Written (taken, released if still ours) and read by the conductors
+    (``throttle.bmc``, ``ipmi_one_in_flight``).  Expires after the holder's
+    ttl, so a dead holder frees it.
+    """
+    return f"{namespace}:bmc-busy:{bmc}"
+
+
+# --- conductors ----------------------------------------------------------------------------
+
+
+def conductor_pidns(namespace: str, name: str) -> str:
+    """``<ns>:conductor-pidns:<name>``: string, the PID namespace (boot id, inode) of the holder of conductor ``name``.
+
+    Written by the conductor that takes the name (deleted first); read by a
+    conductor of the same host deciding whether a dead pid frees the name
+    at once.  No expiry: the next holder replaces it.
+    """
+    return f"{namespace}:conductor-pidns:{name}"
+
+
+def turn(namespace: str, chore: str) -> str:
+    """``<ns>:<chore>``: string, the name of the process whose turn it is to do ``chore``.
+
+    Set only if absent, by whichever process of the deployment gets there
+    first; nobody reads it (taking it is the answer).  Expires after the
+    chore's interval, when the next turn is up.
+
+    :raises ValueError: ``chore`` is not a :class:`Chore`.
+    """
+    return f"{namespace}:{Chore(chore)}"
+
+
+def power_sync_round(namespace: str) -> str:
+    """``<ns>:power-sync:round``: string, the conductor that started the current power sync round.
+
+    Set only if absent by the conductors (``engine.power_sync``); expires
+    after ``power_sync_interval``, when the next round is due.
+    """
+    return f"{namespace}:power-sync:round"
+
+
+def power_sync_pending(namespace: str) -> str:
+    """``<ns>:power-sync:pending``: integer, batch jobs of the current power sync round not yet ended.
+
+    Incremented by the conductor starting a round, decremented (and deleted
+    at zero) by each batch job; a round does not start while it is above
+    zero.  Expires after every batch's job timeout, one after the other, so a
+    batch whose worker died is forgotten.
+    """
+    return f"{namespace}:power-sync:pending"
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def metrics(namespace: str) -> str:
+    """``<ns>:metrics``: hash of the deployment's counters and histogram buckets.
+
+    Fields are ``c|<name>|<labels>`` (counters) and ``h|<name>|<le>|<labels>``
+    or ``h|<name>|sum|<labels>`` (histograms).  Incremented by the API and
+    the conductors; read when ``/metrics`` is rendered.  No expiry.
+    """
+    return f"{namespace}:metrics"
