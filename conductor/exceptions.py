@@ -11,6 +11,7 @@ The whole tree::
     |   +-- RequestNotFound (404 request_not_found)
     |   +-- TokenNotFound (404 token_not_found)
     |   +-- SubscriptionNotFound (404 subscription_not_found)
+    |   +-- PortNotFound (404 port_not_found)
     +-- InvalidInput (400 validation_error)
     |   +-- InvalidTransition (400 invalid_transition)
     |   +-- NodeInMaintenance (400 node_in_maintenance)
@@ -23,6 +24,7 @@ The whole tree::
     |   +-- NodeNotDeletable (409 node_not_deletable)
     |   +-- NodeLocked (409 node_locked)
     |   +-- NodeNotWaiting (409 node_not_waiting)
+    |   +-- PortAddressInUse (409 port_address_in_use)
     +-- IdempotencyKeyReused (422 idempotency_key_reused)
     +-- ServiceUnavailable (503 service_unavailable)
     |   +-- QueueUnavailable (503 queue_unavailable)
@@ -127,6 +129,12 @@ class SubscriptionNotFound(NotFound):
     code = "subscription_not_found"
 
 
+class PortNotFound(NotFound):
+    """No port with that UUID."""
+
+    code = "port_not_found"
+
+
 class InvalidInput(ConductorError):
     """The request body or parameters are invalid; ``errors`` maps fields to messages."""
 
@@ -181,6 +189,12 @@ class NodeNameInUse(Conflict):
     """Another node already has that name."""
 
     code = "node_name_in_use"
+
+
+class PortAddressInUse(Conflict):
+    """Another port (of this node or another) already has that MAC address."""
+
+    code = "port_address_in_use"
 
 
 class NodeNotDeletable(Conflict):

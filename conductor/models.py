@@ -92,6 +92,28 @@ class Node(Base):
     )
 
 
+class Port(Base):
+    """A network interface of a node, known by its MAC address.
+
+    A node network-boots from its ports: the boot script of a MAC
+    (``GET /v1/boot/<mac>``) and the DHCP host entries are found through
+    them.  A MAC belongs to one port of the whole deployment.
+    """
+
+    __tablename__ = "ports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    #: Lower case, colon separated (``52:54:00:12:34:56``).
+    address: Mapped[str] = mapped_column(String(17), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    node: Mapped[Node] = relationship(lazy="joined", innerjoin=True)
+
+    __table_args__ = (Index("ix_ports_node_id", "node_id"),)
+
+
 class Request(Base):
     """An asynchronous state change of one node."""
 

@@ -74,7 +74,12 @@ class ErrorSchema(ma.Schema):
     provision_state = ma.fields.String(metadata={
         "description": "The node's provision state (invalid_transition, node_not_deletable, node_not_waiting)"})
     state = ma.fields.String(metadata={"description": "The request's state (request_not_cancellable)"})
-    node = ma.fields.String(metadata={"description": "The node name or UUID asked for (node_not_found)"})
+    node = ma.fields.String(metadata={
+        "description": "The node name or UUID asked for (node_not_found); the node owning the MAC "
+                       "(port_address_in_use)"})
+    port = ma.fields.String(metadata={
+        "description": "The port asked for (port_not_found); the port owning the MAC (port_address_in_use)"})
+    address = ma.fields.String(metadata={"description": "The MAC address already in use (port_address_in_use)"})
     name = ma.fields.String(metadata={"description": "The node name already in use (node_name_in_use)"})
     uuid = ma.fields.String(metadata={"description": "The node UUID already in use (node_name_in_use)"})
     holder = ma.fields.String(metadata={"description": "The conductor holding the node's reservation (node_locked)"})

@@ -26,6 +26,10 @@ class NodeCreate(Strict):
     properties = ma.fields.Dict(keys=ma.fields.String(), load_default=dict)
     maintenance = ma.fields.Boolean(load_default=False)
     maintenance_reason = ma.fields.String(load_default=None, allow_none=True)
+    ports = ma.fields.List(
+        ma.fields.Raw(), load_default=None,
+        metadata={"description": "MAC addresses of the node's NICs: a port is created for each"},
+    )
 
 
 class NodePatch(Strict):
@@ -344,3 +348,25 @@ class CallbackSecret(ma.Schema):
 
 class CallbackSecretRotated(CallbackSecret):
     secret = ma.fields.String(metadata={"description": "The new secret: shown this once only"})
+
+
+class PortCreate(Strict):
+    node = ma.fields.String(required=True, metadata={"description": "The node's UUID or name"})
+    address = ma.fields.String(required=True, metadata={"description": "MAC address (any usual spelling)"})
+
+
+class Port(ma.Schema):
+    uuid = ma.fields.String()
+    node_uuid = ma.fields.String()
+    address = ma.fields.String(metadata={"description": "MAC address, lower case, colon separated"})
+    created_at = ma.fields.DateTime()
+
+
+class PortQuery(Page):
+    node = ma.fields.String(metadata={"description": "Only this node's ports (UUID or name)"})
+    address = ma.fields.String(metadata={"description": "Only the port with this MAC"})
+
+
+class PortList(ma.Schema):
+    ports = ma.fields.List(ma.fields.Nested(Port))
+    next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})

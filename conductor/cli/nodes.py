@@ -43,15 +43,19 @@ def node() -> None:
 @click.option("--name", help="A unique name (not a UUID).")
 @click.option("--driver-info", "-i", multiple=True, metavar="KEY=VALUE", help="A driver_info field (repeat).")
 @click.option("--property", "-p", "props", multiple=True, metavar="KEY=VALUE", help="A property (repeat).")
+@click.option("--port", "macs", multiple=True, metavar="MAC", help="A MAC address of the node's NICs (repeat).")
 @pass_obj
-def create(obj: Obj, driver: str, name: str | None, driver_info: tuple[str, ...], props: tuple[str, ...]) -> None:
-    """Enrol a node."""
-    body = {
+def create(obj: Obj, driver: str, name: str | None, driver_info: tuple[str, ...], props: tuple[str, ...],
+           macs: tuple[str, ...]) -> None:
+    """Enrol a node (with its ports)."""
+    body: dict[str, Any] = {
         "driver": driver,
         "name": name,
         "driver_info": _pairs(driver_info, "--driver-info"),
         "properties": _pairs(props, "--property"),
     }
+    if macs:
+        body["ports"] = list(macs)
     obj.out.item(obj.client.call("POST", "/v1/nodes", json=body), NODE_KEYS)
 
 
@@ -59,7 +63,11 @@ def create(obj: Obj, driver: str, name: str | None, driver_info: tuple[str, ...]
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @pass_obj
 def import_nodes(obj: Obj, file: Path) -> None:
-    """Enrol every node of an inventory file ({"nodes": [...]}); existing names are skipped."""
+    """Enrol every node of an inventory file ({"nodes": [...]}); existing names are skipped.
+
+    Each entry is a node's create body; its ``ports`` (a list of MACs) are
+    created with it.
+    """
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except ValueError as exc:

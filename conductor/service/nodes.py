@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conductor import drivers, secretbox
+from conductor import drivers, macs, secretbox
 from conductor.callbacks import events
 from conductor.secretbox import is_secret
 from conductor.exceptions import (
@@ -31,7 +31,7 @@ from conductor.exceptions import (
 )
 from conductor.fsm import table
 from conductor.fsm.states import ProvisionState
-from conductor.models import Node, Request, utcnow
+from conductor.models import Node, Port, Request, utcnow
 from conductor.core import history
 
 MASK = "******"
@@ -122,10 +122,11 @@ def _validation_view(driver_info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def create(session: Session, fields: Mapping[str, Any]) -> Node:
-    """Enrol a node (provision state ``enroll``, power unknown) and commit.
+    """Enrol a node (provision state ``enroll``, power unknown) with its ``ports`` (MACs), and commit.
 
-    :raises InvalidInput: a bad field (``UnknownDriver`` for a bad driver).
+    :raises InvalidInput: a bad field (``UnknownDriver`` for a bad driver, a malformed MAC).
     :raises NodeNameInUse: the name is taken.
+    :raises PortAddressInUse: a MAC is another node's port.
     """
     driver_name = fields["driver"]
     driver_info = _check_size("driver_info", _check_dict("driver_info", fields.get("driver_info") or {}))
@@ -148,14 +149,23 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
         maintenance=bool(fields.get("maintenance", False)),
         maintenance_reason=fields.get("maintenance_reason"),
     )
+    addresses = macs.normalise_many(fields["ports"]) if fields.get("ports") is not None else []
     session.add(node)
     try:
         session.flush()
-        history.record(session, node, "node.created", f"Node enrolled with driver {driver_name}.")
-        session.commit()
     except IntegrityError:
         session.rollback()
         raise _conflict_for(session, node.name, node.uuid) from None
+    # The node's NICs, in the same transaction: all of them or no node.
+    session.add_all(Port(uuid=str(uuidlib.uuid4()), node_id=node.id, address=mac) for mac in addresses)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise macs.in_use(session, addresses) from None
+    ports = f" and {len(addresses)} port(s)" if addresses else ""
+    history.record(session, node, "node.created", f"Node enrolled with driver {driver_name}{ports}.")
+    session.commit()
     return node
 
 

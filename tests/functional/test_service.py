@@ -151,6 +151,29 @@ def test_cli_import_set_cancel_history_delete(service_factory, tmp_path) -> None
     assert result.returncode == 1 and "node_not_found" in result.stderr
 
 
+def test_cli_ports_import_create_list_delete(service_factory, tmp_path) -> None:
+    service = service_factory()
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"nodes": [
+        {"name": "rack-1", "driver": "fake", "ports": ["52:54:00:00:01:01", "52-54-00-00-01-02"]}]}))
+    assert "Enrolled 1" in service.cli("node", "import", str(inventory)).stdout
+    service.cli("node", "create", "--driver", "fake", "--name", "rack-2", "--port", "525400000201")
+    created = json.loads(service.cli("--json", "port", "create", "rack-2", "52:54:00:00:02:02").stdout)
+    assert created["address"] == "52:54:00:00:02:02"
+    listed = json.loads(service.cli("--json", "port", "list", "--node", "rack-1").stdout)
+    assert [p["address"] for p in listed] == ["52:54:00:00:01:01", "52:54:00:00:01:02"]
+    assert len(json.loads(service.cli("--json", "port", "list").stdout)) == 4
+    taken = service.cli("port", "create", "rack-2", "52:54:00:00:01:01", check=False)
+    assert taken.returncode == 1 and "port_address_in_use" in taken.stderr
+    bad = service.cli("port", "create", "rack-2", "not-a-mac", check=False)
+    assert bad.returncode == 1 and "validation_error" in bad.stderr
+    service.cli("port", "delete", created["uuid"])
+    assert [p["address"] for p in json.loads(service.cli("--json", "port", "list", "--node", "rack-2").stdout)] \
+        == ["52:54:00:00:02:01"]
+    shown = json.loads(service.cli("--json", "port", "show", listed[0]["uuid"]).stdout)
+    assert shown == listed[0]
+
+
 def test_db_upgrade_command(settings, tmp_path) -> None:
     import subprocess
     import sys

@@ -28,6 +28,10 @@ EXPECTED = {
     ("PUT", "/v1/nodes/<ident>/states/provision"): OPERATOR,
     ("GET", "/v1/nodes/<ident>/management/boot_device"): READER,
     ("PUT", "/v1/nodes/<ident>/management/boot_device"): OPERATOR,
+    ("GET", "/v1/ports"): READER,
+    ("POST", "/v1/ports"): OPERATOR,
+    ("GET", "/v1/ports/<port_uuid>"): READER,
+    ("DELETE", "/v1/ports/<port_uuid>"): OPERATOR,
     ("GET", "/v1/nodes/<ident>/history"): READER,
     # The agent's own token, checked by the view (tests/unit/engine/test_pxe.py).
     ("POST", "/v1/nodes/<ident>/heartbeat"): PUBLIC,

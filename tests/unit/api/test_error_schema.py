@@ -31,7 +31,8 @@ SAMPLES: dict[str, Any] = {
     "provision_state": "enroll", "state": "running", "node": "n1", "name": "n1",
     "uuid": "8a2c4b2e-0000-4000-8000-000000000000", "holder": "c1", "maintenance_reason": None,
     "token_id": "tok-1", "subscription_id": "sub-1", "reason": "not_allowed", "required_role": "admin",
-    "retry_after": 3, "bmc": "10.0.0.1",
+    "retry_after": 3, "bmc": "10.0.0.1", "port": "8a2c4b2e-0000-4000-8000-000000000001",
+    "address": "52:54:00:00:00:01",
 }
 
 
