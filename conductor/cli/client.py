@@ -71,6 +71,17 @@ class Client:
             raise ApiError(response.status_code, body)
         return body
 
+    def every(self, path: str, key: str, params: dict[str, Any], limit: int | None = None) -> list[dict[str, Any]]:
+        """The items ``key`` of every page of ``GET path`` (at most ``limit``), following ``next`` links."""
+        items: list[dict[str, Any]] = []
+        params = {**params, "limit": min(limit or 1000, 1000)}
+        url: str | None = path
+        while url and (limit is None or len(items) < limit):
+            page = self.call("GET", url, params=params if url == path else None)
+            items.extend(page[key])
+            url = page.get("next")
+        return items[:limit] if limit else items
+
     def wait(
         self,
         request_id: str,

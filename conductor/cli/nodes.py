@@ -101,15 +101,7 @@ def list_nodes(obj: Obj, provision_state: str | None, power_state: str | None, d
     if maintenance is not None:
         params["maintenance"] = str(maintenance).lower()
     params = {k: v for k, v in params.items() if v is not None}
-    params["limit"] = min(limit or 1000, 1000)
-    nodes: list[dict[str, Any]] = []
-    path: str | None = "/v1/nodes"
-    while path and (limit is None or len(nodes) < limit):
-        page = obj.client.call("GET", path, params=params if path == "/v1/nodes" else None)
-        nodes.extend(page["nodes"])
-        path = page.get("next")
-    nodes = nodes[:limit] if limit else nodes
-    obj.out.table(nodes, NODE_COLUMNS)
+    obj.out.table(obj.client.every("/v1/nodes", "nodes", params, limit), NODE_COLUMNS)
 
 
 @node.command("show")

@@ -32,14 +32,7 @@ def create(obj: Obj, node_id: str, address: str) -> None:
 def list_ports(obj: Obj, node: str | None, address: str | None) -> None:
     """List ports (following pages)."""
     params: dict[str, Any] = {k: v for k, v in {"node": node, "address": address}.items() if v is not None}
-    params["limit"] = 1000
-    found: list[dict[str, Any]] = []
-    path: str | None = "/v1/ports"
-    while path:
-        page = obj.client.call("GET", path, params=params if path == "/v1/ports" else None)
-        found.extend(page["ports"])
-        path = page.get("next")
-    obj.out.table(found, PORT_KEYS)
+    obj.out.table(obj.client.every("/v1/ports", "ports", params), PORT_KEYS)
 
 
 @port.command("show")
