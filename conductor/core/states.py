@@ -28,7 +28,7 @@ def fire(
     session: Session,
     node: Node,
     event: Event,
-    request: Request | str | None,
+    request: Request | None,
     conductor: str | None,
     *,
     history_event: str = "provision.transition",
@@ -36,17 +36,13 @@ def fire(
 ) -> str:
     """Fire ``event`` on ``node``; returns the provision state it left.
 
-    ``request`` (the request or its id) is named in the history entry and
-    the webhook event.
+    ``request`` (the one running the workflow, if any) is named in the
+    history entry and the webhook event.
 
     :raises InvalidTransition: the state machine has no such edge.
     """
     before = node.provision_state
     node.provision_state = str(machine.next_state(before, event))
-    if isinstance(request, str):
-        with session.no_autoflush:
-            # Normally in the identity map already: no query.
-            request = session.get(Request, request)
     history.record(
         session,
         node,
@@ -70,7 +66,7 @@ def fail(
     session: Session,
     node: Node,
     message: str,
-    request: Request | str | None,
+    request: Request | None,
     conductor: str | None,
     settings: Settings,
 ) -> None:
