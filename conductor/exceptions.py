@@ -5,6 +5,7 @@ The whole tree::
     ConductorError (500 internal_error)
     +-- Unauthorized (401 unauthorized)
     |   +-- InvalidAgentToken (401 invalid_agent_token)
+    |   +-- InvalidImageTicket (401 invalid_image_ticket)
     +-- Forbidden (403 forbidden)
     +-- NotFound (404 not_found)
     |   +-- NodeNotFound (404 node_not_found)
@@ -12,6 +13,7 @@ The whole tree::
     |   +-- TokenNotFound (404 token_not_found)
     |   +-- SubscriptionNotFound (404 subscription_not_found)
     |   +-- PortNotFound (404 port_not_found)
+    |   +-- ImageNotFound (404 image_not_found)
     +-- InvalidInput (400 validation_error)
     |   +-- InvalidTransition (400 invalid_transition)
     |   +-- NodeInMaintenance (400 node_in_maintenance)
@@ -25,6 +27,8 @@ The whole tree::
     |   +-- NodeLocked (409 node_locked)
     |   +-- NodeNotWaiting (409 node_not_waiting)
     |   +-- PortAddressInUse (409 port_address_in_use)
+    |   +-- ImageNameInUse (409 image_name_in_use)
+    |   +-- ImageInUse (409 image_in_use)
     +-- IdempotencyKeyReused (422 idempotency_key_reused)
     +-- ServiceUnavailable (503 service_unavailable)
     |   +-- QueueUnavailable (503 queue_unavailable)
@@ -93,6 +97,12 @@ class InvalidAgentToken(Unauthorized):
     code = "invalid_agent_token"
 
 
+class InvalidImageTicket(Unauthorized):
+    """The image URL given to an agent is forged, expired, or its deploy no longer waits for the agent."""
+
+    code = "invalid_image_ticket"
+
+
 class Forbidden(ConductorError):
     """The token's role does not allow this operation; ``required_role`` names the one that does."""
 
@@ -133,6 +143,12 @@ class PortNotFound(NotFound):
     """No port with that UUID."""
 
     code = "port_not_found"
+
+
+class ImageNotFound(NotFound):
+    """No image registered with that name."""
+
+    code = "image_not_found"
 
 
 class InvalidInput(ConductorError):
@@ -195,6 +211,18 @@ class PortAddressInUse(Conflict):
     """Another port (of this node or another) already has that MAC address."""
 
     code = "port_address_in_use"
+
+
+class ImageNameInUse(Conflict):
+    """Another image is already registered with that name."""
+
+    code = "image_name_in_use"
+
+
+class ImageInUse(Conflict):
+    """A request in progress deploys the image; ``request_ids`` names them."""
+
+    code = "image_in_use"
 
 
 class NodeNotDeletable(Conflict):

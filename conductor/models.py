@@ -10,7 +10,9 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -112,6 +114,34 @@ class Port(Base):
     node: Mapped[Node] = relationship(lazy="joined", innerjoin=True)
 
     __table_args__ = (Index("ix_ports_node_id", "node_id"),)
+
+
+class Image(Base):
+    """An image registered by name (``conductor image add NAME FILE``).
+
+    The file is the conductor's own copy (or a hard link) under the image
+    directory, so changing or removing the file it was added from changes
+    nothing; its SHA-256, size and compression were computed when it was
+    added.
+    """
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    #: Of the file as stored and served (compressed, if it is).
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: Bytes of the file as stored.
+    size: Mapped[int] = mapped_column(BigInteger)
+    #: ``none``, ``gzip``, ``xz`` or ``zstd``, from the file's first bytes.
+    compression: Mapped[str] = mapped_column(String(8))
+    #: Bytes once decompressed (what the agent writes); None when not known.
+    image_size: Mapped[int | None] = mapped_column(BigInteger)
+    #: The file's name in the image directory.
+    file_name: Mapped[str] = mapped_column(String(255))
+    #: Where it was added from (for people; never read again).
+    source: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Request(Base):

@@ -71,6 +71,8 @@ class Group(enum.StrEnum):
     IPMI = "ipmi"
     #: Deploy, clean and inspect with an agent (the ``pxe`` deploy interface).
     DEPLOY = "deploy"
+    #: Images: registered images and the cache of remote ones.
+    IMAGES = "images"
     #: Callbacks: webhook deliveries to subscribers and ``callback_url``.
     WEBHOOKS = "webhooks"
     #: How long finished requests, deliveries and history are kept.
@@ -210,6 +212,24 @@ class Settings:
     pxe_root: str = _setting(Group.DEPLOY, "")
     #: The API URL agents call; empty means ``http://<api_host>:<api_port>``.
     agent_api_url: str = _setting(Group.DEPLOY, "")
+    #: What cleaning erases when the request does not say (``erase``):
+    #: ``metadata`` (partition tables and signatures at both ends of each
+    #: disk) or ``full`` (a zero pass over every disk).
+    clean_erase: str = _setting(Group.DEPLOY, "metadata")
+
+    # --- images ----------------------------------------------------------------------------
+    #: Images (see docs/images.md).  Registered images (``conductor image
+    #: add``) live in ``image_dir``; remote (http/https) images are downloaded
+    #: once into ``image_cache_dir`` (empty: ``<data_dir>/images`` and
+    #: ``<data_dir>/image-cache``), which holds at most ``image_cache_size``
+    #: GiB (least recently used evicted first).  ``image_cache_size = 0``
+    #: turns the cache off: agents then download remote images from their
+    #: source themselves.  A download fails when its source sends nothing
+    #: for ``image_download_timeout`` seconds.
+    image_dir: str = _setting(Group.IMAGES, "")
+    image_cache_dir: str = _setting(Group.IMAGES, "")
+    image_cache_size: float = _setting(Group.IMAGES, 50.0)
+    image_download_timeout: float = _setting(Group.IMAGES, 60.0)
 
     # --- webhooks --------------------------------------------------------------------------
     #: Callback (webhook) delivery: worker processes started by ``up``; how
@@ -271,6 +291,16 @@ class Settings:
     def pxe_dir(self) -> Path:
         """Where the pxe deploy writes per-node boot configs."""
         return Path(self.pxe_root).expanduser() if self.pxe_root else self.data_dir / "pxe"
+
+    @property
+    def images_path(self) -> Path:
+        """Where registered images are kept."""
+        return Path(self.image_dir).expanduser() if self.image_dir else self.data_dir / "images"
+
+    @property
+    def image_cache_path(self) -> Path:
+        """Where downloaded remote images are cached."""
+        return Path(self.image_cache_dir).expanduser() if self.image_cache_dir else self.data_dir / "image-cache"
 
     @property
     def agent_url(self) -> str:

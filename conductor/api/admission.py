@@ -36,8 +36,10 @@ from conductor.throttle.idempotency import IdempotencyKey
 LOG = logging.getLogger(__name__)
 
 #: Endpoints anyone may call: the service's name, the API description, and
-#: the agents' heartbeat (authenticated by its own per-node agent token).
-PUBLIC_ENDPOINTS = frozenset({"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat"})
+#: the agents' heartbeat (authenticated by its own per-node agent token) and
+#: image downloads (by their signed URL, see conductor/images/tickets.py).
+PUBLIC_ENDPOINTS = frozenset({"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat",
+                              "images.AgentImageContent"})
 #: Endpoints only admins may call, whatever the method.
 ADMIN_ENDPOINTS = frozenset({"throttle.Throttle", "tokens.Tokens", "tokens.TokenItem"})
 #: Endpoints (-> request kind) whose writes create work for the conductors:

@@ -129,8 +129,16 @@ class ProvisionChange(Strict):
     image_source = ma.fields.String(
         metadata={"description": "Image to deploy (active, rebuild; required there): an http(s)/file URL or an image name"}
     )
+    image_checksum = ma.fields.String(
+        metadata={"description": "SHA-256 of the image file (active, rebuild): required for http(s) URLs, "
+                                 "checked for files and registered images"}
+    )
     configdrive = ma.fields.Raw(
         metadata={"description": "Config drive (active, rebuild): a string or a JSON object, at most 64 KiB"}
+    )
+    erase = ma.fields.String(
+        metadata={"description": "What cleaning erases (clean, provide, deleted): metadata or full; "
+                                 "default: the setting clean_erase"}
     )
 
 

@@ -100,11 +100,12 @@ def finish_request(obj: Obj, request: dict[str, Any], wait: bool, timeout: float
 
 
 def _register() -> None:
-    from conductor.cli import admin, callbacks_cmd, nodes, ports, requests_cmd, server
+    from conductor.cli import admin, callbacks_cmd, images, nodes, ports, requests_cmd, server
     from conductor.ramdisk import cli as ramdisk_cmd
 
     main.add_command(nodes.node)
     main.add_command(ports.port)
+    main.add_command(images.image)
     main.add_command(requests_cmd.request)
     main.add_command(requests_cmd.conductors)
     main.add_command(admin.token)

@@ -206,15 +206,19 @@ def _image_command(target: str, help_text: str) -> click.Command:
     @click.command(help=help_text)
     @click.argument("node_id", metavar="NODE")
     @click.option("--image", "image_source", required=True, help="Image to write: an http(s)/file URL or a name.")
+    @click.option("--checksum", "image_checksum", default=None,
+                  help="The image file's SHA-256 (required for http(s) URLs).")
     @click.option("--configdrive", type=click.File("r"), default=None,
                   help="File whose content is the config drive (at most 64 KiB).")
     @_wait
     @_timeout
     @_callback
     @pass_obj
-    def command(obj: Obj, node_id: str, image_source: str, configdrive: Any, wait: bool,
-                timeout: float | None, callback_url: str | None) -> None:
+    def command(obj: Obj, node_id: str, image_source: str, image_checksum: str | None, configdrive: Any,
+                wait: bool, timeout: float | None, callback_url: str | None) -> None:
         extra: dict[str, Any] = {"image_source": image_source}
+        if image_checksum is not None:
+            extra["image_checksum"] = image_checksum
         if configdrive is not None:
             extra["configdrive"] = configdrive.read()
         _state_change(obj, node_id, "provision", target, wait, timeout, callback_url, extra)

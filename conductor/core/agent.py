@@ -43,8 +43,12 @@ COMMANDS: dict[str, str] = {
 }
 #: What a command's ``params`` may carry, by command.
 COMMAND_PARAMS: dict[str, tuple[str, ...]] = {
-    "write_image": ("image_source", "configdrive"),
-    "erase_disks": (),
+    # image_source is the URL the agent downloads (the conductor's, see
+    # conductor/images/sources.py), image_size the decompressed size,
+    # root_device the node's root disk hints (properties.root_device).
+    "write_image": ("image_source", "image_checksum", "image_compression", "image_size", "root_device",
+                    "configdrive"),
+    "erase_disks": ("erase",),
     "inspect": (),
 }
 #: Inventory keys an agent reports, copied into the node's ``properties``.

@@ -4,7 +4,7 @@ Every workflow is a list of phases run as continuations (a job never
 sleeps: power changes are polled with ``Poll``, the agent is waited for
 with ``Wait``, holding no worker)::
 
-    deploy     power off -> agent "write_image" -> boot device disk (persistent)
+    deploy     prepare image -> power off -> agent "write_image" -> boot device disk (persistent)
                -> power off -> power on                       (reboot into the image)
     clean      power off -> agent "erase_disks" -> power off
     inspect    power off -> agent "inspect"     -> power off  (inventory -> properties)
@@ -32,6 +32,7 @@ from conductor.core import agent as protocol
 from conductor.drivers import base
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState as P
+from conductor.images import flight, sources
 
 if TYPE_CHECKING:
     from conductor.engine.task import Task
@@ -87,7 +88,7 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
     # after the last command sent, never sending one twice.
     node, settings = task.node, task.settings
     if "command" not in progress:
-        token, command = protocol.issue(node, name, task.request.params or {})
+        token, command = protocol.issue(node, name, _command_params(task, name))
         bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
                         {"api_url": settings.agent_url, "node": node.uuid, "token": token})
         progress["command"] = command["id"]
@@ -105,9 +106,52 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
     return base.Wait(f"agent {name}", timeout)
 
 
+# --- images --------------------------------------------------------------------------
+#: Longest pause between two looks at an image being prepared.
+IMAGE_POLL_MAX = 5.0
+
+
+def _prepare_image(task: Task, progress: dict[str, Any]) -> base.StepResult | None:
+    """prepare image"""
+    # Before the node is touched: an image that cannot be had fails the
+    # deploy with the node as it was.  A download or checksum runs in the
+    # background (conductor/images/flight.py); the step polls it.
+    params = task.request.params or {}
+    since = progress.setdefault("since", time.time())
+    prepared = sources.prepare(task.settings, task.session, params["image_source"], params.get("image_checksum"),
+                               node=task.node.uuid, owner=task.request.id, since=since)
+    if isinstance(prepared, flight.Running):
+        polls = progress["polls"] = int(progress.get("polls", 0)) + 1
+        task.request.step = f"{task.request.step}: {prepared.detail}"[:64]
+        return base.Poll(min(IMAGE_POLL_MAX, 0.25 * 2 ** min(polls, 5)), prepared.detail)
+    task.progress["image"] = prepared
+    return None
+
+
+def _command_params(task: Task, name: str) -> dict[str, Any]:
+    """The params of agent command ``name``: the request's, with what the conductor adds.
+
+    ``write_image``: the prepared image (the URL the agent downloads from,
+    checksum, compression, decompressed size) and the node's root device
+    hints; ``erase_disks``: ``erase`` from the request, else the setting
+    ``clean_erase``.  :data:`conductor.core.agent.COMMAND_PARAMS` keeps
+    only what the command takes.
+    """
+    params = dict(task.request.params or {})
+    if name == "write_image":
+        params.update(task.progress.get("image") or {})
+        hints = (task.node.properties or {}).get("root_device")
+        if hints:
+            params["root_device"] = hints
+    elif name == "erase_disks":
+        params["erase"] = params.get("erase") or task.settings.clean_erase
+    return params
+
+
 Phase = Callable[["Task", dict[str, Any]], "base.StepResult | None"]
 FLOWS: dict[str, tuple[Phase, ...]] = {
-    "deploy": (_power(P.POWER_OFF), _agent("write_image"), _boot_disk, _power(P.POWER_OFF), _power(P.POWER_ON)),
+    "deploy": (_prepare_image, _power(P.POWER_OFF), _agent("write_image"), _boot_disk, _power(P.POWER_OFF),
+               _power(P.POWER_ON)),
     "clean": (_power(P.POWER_OFF), _agent("erase_disks"), _power(P.POWER_OFF)),
     "inspect": (_power(P.POWER_OFF), _agent("inspect"), _power(P.POWER_OFF)),
     "tear_down": (_power(P.POWER_OFF),),

@@ -1,21 +1,22 @@
 """What a state change request may carry, checked before it is accepted, and how it is shown.
 
 The targets of each kind, the boot devices, and the provision parameters
-(``image_source``, ``configdrive``) with their limits; the API schemas
-take their choices from here.
+(``image_source``, ``image_checksum``, ``configdrive``; ``erase`` for
+cleaning) with their limits; the API schemas take their choices from here.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from conductor.context import Context
 from conductor.drivers.base import ManagementInterface
 from conductor.exceptions import InvalidInput
 from conductor.fsm.states import PowerState, ProvisionTarget
+from conductor.images import registry
 
 POWER_TARGETS = (
     PowerState.POWER_ON,
@@ -37,38 +38,40 @@ REFUSED_IN_MAINTENANCE = frozenset(
 BOOT_DEVICES = ManagementInterface.BOOT_DEVICES
 
 
-#: Targets that deploy an image: they need ``image_source``, may take ``configdrive``.
+#: Targets that deploy an image: they need ``image_source``, may take ``image_checksum`` and ``configdrive``.
 IMAGE_TARGETS = frozenset({ProvisionTarget.ACTIVE, ProvisionTarget.REBUILD})
+IMAGE_PARAMS = frozenset({"image_source", "image_checksum", "configdrive"})
+#: Targets that clean (``clean``; ``provide`` and ``deleted`` with automated cleaning): they may take ``erase``.
+CLEAN_TARGETS = frozenset({ProvisionTarget.CLEAN, ProvisionTarget.PROVIDE, ProvisionTarget.DELETED})
+ERASE_MODES = ("metadata", "full")
 MAX_CONFIGDRIVE = 64 * 1024
 MAX_IMAGE_SOURCE = 2048
-_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
 _IMAGE_SCHEMES = frozenset({"http", "https", "file"})
 
 
-def check_provision_params(target: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The provision request's extra inputs, checked (``image_source``, ``configdrive``).
+def check_provision_params(target: str, params: Mapping[str, Any],
+                           image_exists: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """The provision request's extra inputs, checked (``image_source``, ``image_checksum``, ``configdrive``,
+    ``erase``).
 
-    :raises InvalidInput: a missing, malformed or oversized input, or one the target does not take.
+    ``image_checksum`` is required with an http(s) ``image_source`` (the
+    conductor verifies the download against it) and optional otherwise
+    (computed for files and registered images; checked when given).
+    ``image_exists`` says whether an image name is registered (None: not checked).
+
+    :raises InvalidInput: a missing, malformed or oversized input, one the target does not take,
+        or an image name that is not registered.
     """
     errors: dict[str, str] = {}
-    known = {"image_source", "configdrive"}
+    known = IMAGE_PARAMS | {"erase"}
     for key in sorted(set(params) - known):
         errors[key] = "unknown field"
-    if target not in IMAGE_TARGETS:
-        for key in sorted(known & set(params)):
-            errors[key] = f"only taken by the targets {', '.join(sorted(IMAGE_TARGETS))}"
-    else:
-        image = params.get("image_source")
-        if image is None or image == "":
-            errors["image_source"] = "required: an http(s) or file URL, or an image name"
-        elif not isinstance(image, str) or len(image) > MAX_IMAGE_SOURCE:
-            errors["image_source"] = f"must be a string of at most {MAX_IMAGE_SOURCE} characters"
-        elif "://" in image:
-            parsed = urllib.parse.urlsplit(image)
-            if parsed.scheme not in _IMAGE_SCHEMES or (parsed.scheme != "file" and not parsed.hostname):
-                errors["image_source"] = "must be an http(s) or file URL, or an image name"
-        elif not _IMAGE_NAME.match(image):
-            errors["image_source"] = "an image name is letters, digits and . _ : - (at most 255)"
+    taken = IMAGE_PARAMS if target in IMAGE_TARGETS else {"erase"} if target in CLEAN_TARGETS else set()
+    for key in sorted((known - taken) & set(params)):
+        targets = IMAGE_TARGETS if key in IMAGE_PARAMS else CLEAN_TARGETS
+        errors[key] = f"only taken by the targets {', '.join(sorted(targets))}"
+    if target in IMAGE_TARGETS:
+        _check_image(params, errors, image_exists)
         drive = params.get("configdrive")
         if drive is not None:
             if not isinstance(drive, str | dict):
@@ -77,12 +80,51 @@ def check_provision_params(target: str, params: Mapping[str, Any]) -> dict[str, 
                 size = len((drive if isinstance(drive, str) else json.dumps(drive)).encode())
                 if size > MAX_CONFIGDRIVE:
                     errors["configdrive"] = f"is {size} bytes; at most {MAX_CONFIGDRIVE} (64 KiB)"
+    erase = params.get("erase")
+    if erase is not None and "erase" not in errors and erase not in ERASE_MODES:
+        errors["erase"] = f"one of {', '.join(ERASE_MODES)}"
     if errors:
         raise InvalidInput(
             "Invalid provision request: " + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items())),
             errors=errors,
         )
     return {k: v for k, v in params.items() if v is not None}
+
+
+def registered_in(ctx: Context) -> Callable[[str], bool]:
+    """``image_exists`` for :func:`check_provision_params`: a look-up in ``ctx``'s database."""
+
+    def exists(name: str) -> bool:
+        with ctx.db.session() as session:
+            return registry.exists(session, name)
+
+    return exists
+
+
+def _check_image(params: Mapping[str, Any], errors: dict[str, str],
+                 image_exists: Callable[[str], bool] | None) -> None:
+    image, checksum = params.get("image_source"), params.get("image_checksum")
+    if checksum is not None:
+        try:
+            registry.check_checksum(checksum)
+        except InvalidInput:
+            errors["image_checksum"] = "a SHA-256: 64 hex digits, optionally prefixed sha256:"
+    if image is None or image == "":
+        errors["image_source"] = "required: an http(s) or file URL, or an image name"
+    elif not isinstance(image, str) or len(image) > MAX_IMAGE_SOURCE:
+        errors["image_source"] = f"must be a string of at most {MAX_IMAGE_SOURCE} characters"
+    elif "://" in image:
+        parsed = urllib.parse.urlsplit(image)
+        if parsed.scheme not in _IMAGE_SCHEMES or (parsed.scheme != "file" and not parsed.hostname):
+            errors["image_source"] = "must be an http(s) or file URL, or an image name"
+        elif parsed.scheme == "file" and not parsed.path.startswith("/"):
+            errors["image_source"] = "a file URL names an absolute path (file:///srv/image.raw)"
+        elif parsed.scheme != "file" and checksum is None:
+            errors["image_checksum"] = "required with an http(s) image_source: its SHA-256 (64 hex digits)"
+    elif not registry.NAME.match(image):
+        errors["image_source"] = registry.NAME_RULE
+    elif image_exists is not None and not image_exists(image):
+        errors["image_source"] = f"no image is registered as {image!r} (see `conductor image list`)"
 
 
 def public_params(params: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,115 @@
+"""``/v1/images``: registered images, and the image downloads of agents.
+
+Images are added on the conductor host with ``conductor image add NAME
+FILE`` (not over HTTP: see docs/images.md); the API lists, shows, serves
+and deletes them.  ``GET /v1/images/content/<ticket>`` is how an agent
+downloads the image of its deploy: no bearer token, the signed URL is the
+proof (:mod:`conductor.images.tickets`), valid only while the node's
+agent command carries it.  Both downloads stream the file from disk with
+``Content-Length`` and ``Range`` support (gunicorn sends it with
+``sendfile``); no file is ever read into memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, send_file
+from flask.views import MethodView
+
+from conductor.api import schemas
+from conductor.api.common import Blueprint, close_session, context, next_link, session
+from conductor.core import agent as protocol
+from conductor.exceptions import InvalidImageTicket, NodeNotFound, NotFound
+from conductor.images import registry, tickets
+from conductor.service import nodes
+
+blp = Blueprint("images", __name__, url_prefix="/v1/images",
+                description="Images: registered by name; served to agents")
+
+
+class Image(ma.Schema):
+    name = ma.fields.String()
+    sha256 = ma.fields.String(metadata={"description": "Of the file as stored and served"})
+    size = ma.fields.Integer(metadata={"description": "Bytes of the file"})
+    compression = ma.fields.String(metadata={"description": "none, gzip, xz or zstd (from the first bytes)"})
+    image_size = ma.fields.Integer(allow_none=True,
+                                   metadata={"description": "Bytes once decompressed (null: not known)"})
+    source = ma.fields.String(allow_none=True, metadata={"description": "The file it was added from"})
+    created_at = ma.fields.DateTime()
+
+
+class ImageList(ma.Schema):
+    images = ma.fields.List(ma.fields.Nested(Image))
+    next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})
+
+
+def _serve(path: Path) -> Response:
+    """``path`` streamed with Content-Length, Range (206, 416) and conditional GETs."""
+    if not path.is_file():
+        raise NotFound("The image file is gone (the image was deleted or evicted).")
+    close_session()  # a long download must not hold a database connection
+    response = send_file(path, mimetype="application/octet-stream", conditional=True, etag=True,
+                         max_age=0)
+    response.headers["Accept-Ranges"] = "bytes"
+    return response
+
+
+@blp.route("")
+class Images(MethodView):
+    @blp.arguments(schemas.Page, location="query")
+    @blp.response(200, ImageList)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """List registered images by name."""
+        items = registry.list_images(session(), limit=args["limit"], marker=args["marker"])
+        return {
+            "images": [registry.to_dict(i) for i in items],
+            "next": next_link(items, args["limit"], items[-1].name if items else None),
+        }
+
+
+@blp.route("/<name>")
+class ImageItem(MethodView):
+    @blp.response(200, Image)
+    def get(self, name: str) -> dict[str, Any]:
+        """Show an image."""
+        return registry.to_dict(registry.get(session(), name))
+
+    @blp.response(204)
+    def delete(self, name: str) -> None:
+        """Unregister an image and remove its file; 409 ``image_in_use`` while a request deploys it."""
+        registry.delete(session(), context().settings.images_path, name)
+
+
+@blp.route("/<name>/content")
+class ImageContent(MethodView):
+    @blp.doc(responses={"200": {"description": "The image file"}, "206": {"description": "A byte range"},
+                        "416": {"description": "The range is not satisfiable"}})
+    def get(self, name: str) -> Response:
+        """Download a registered image (streamed; Range supported)."""
+        image = registry.get(session(), name)
+        return _serve(registry.path_of(context().settings.images_path, image))
+
+
+@blp.route("/content/<ticket>")
+class AgentImageContent(MethodView):
+    @blp.doc(security=[], responses={"200": {"description": "The image file"},
+                                     "206": {"description": "A byte range"},
+                                     "401": {"description": "invalid_image_ticket"}})
+    def get(self, ticket: str) -> Response:
+        """An agent downloads its deploy's image (the signed URL of its ``write_image`` command; no token)."""
+        ctx = context()
+        granted = tickets.verify(ctx.settings, ticket)
+        try:
+            node = nodes.find(session(), granted.node)
+        except NodeNotFound:
+            raise InvalidImageTicket("This image URL is not valid for any node.") from None
+        command = protocol.command(node) or {}
+        source = str((command.get("params") or {}).get("image_source") or "")
+        if command.get("name") != "write_image" or not source.endswith(tickets.PREFIX + ticket):
+            raise InvalidImageTicket(
+                f"This image URL is no longer valid: node {node.uuid}'s agent is not writing this image now."
+            )
+        return _serve(granted.path)

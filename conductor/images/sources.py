@@ -1,0 +1,91 @@
+"""What a deploy gives its agent for an ``image_source``.
+
+The agent downloads from the conductor whatever the source (except remote
+URLs with the cache off): a registered image, a ``file://`` image and a
+cached remote image are all served at a signed URL (:mod:`.tickets`), with
+the SHA-256 the agent verifies, the compression it must undo and the
+decompressed size it picks a disk by.  Getting there may take a while (a
+download, a checksum of a large local file): :func:`prepare` never blocks,
+it answers :class:`~conductor.images.flight.Running` until the image is
+ready (the deploy step polls).
+
+Every failure is a :class:`~conductor.exceptions.DriverError` whose
+message is the node's ``last_error``: an unknown or deleted image, an
+unreadable file, an HTTP error or silence of the source, a checksum
+mismatch.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from conductor.exceptions import DriverError, ImageNotFound
+from conductor.images import cache, flight, localsums, registry, tickets
+from conductor.settings import Settings
+
+
+def kind(image_source: str) -> str:
+    """``http`` (http and https), ``file`` or ``name``."""
+    if "://" not in image_source:
+        return "name"
+    scheme = urllib.parse.urlsplit(image_source).scheme
+    return "file" if scheme == "file" else "http"
+
+
+def prepare(settings: Settings, session: Session, image_source: str, checksum: str | None, *,
+            node: str, owner: str, since: float) -> dict[str, Any] | flight.Running:
+    """The agent's image params (``image_source``, ``image_checksum``, ``image_compression``,
+    ``image_size``), or :class:`~conductor.images.flight.Running` while they are being prepared.
+
+    :param node: the node's UUID (the URL is valid for its agent only).
+    :param owner: the request deploying (it pins a cached image).
+    :param since: when the deploy began preparing (failures of earlier attempts are not its own).
+    :raises DriverError: the image cannot be had; the message says why.
+    """
+    want = checksum.removeprefix("sha256:").lower() if checksum else None
+    found: Any
+    source = kind(image_source)
+    if source == "name":
+        try:
+            image = registry.get(session, image_source)
+        except ImageNotFound:
+            raise DriverError(f"Image {image_source} is not registered (deleted after the request was "
+                              "accepted?); see `conductor image list`.") from None
+        path = registry.path_of(settings.images_path, image)
+        if not path.is_file():
+            raise DriverError(f"The file of image {image_source} is missing ({path}); add the image again.")
+        found = localsums.LocalImage(path, image.sha256, image.size, image.compression, image.image_size)
+    elif source == "file":
+        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(image_source).path))
+        found = localsums.poll(settings.image_cache_path / "local", path, since)
+    elif settings.image_cache_size <= 0:
+        # No cache: the agent downloads from the source and verifies the checksum itself.
+        return {"image_source": image_source, "image_checksum": want}
+    else:
+        if want is None:
+            raise DriverError(f"{cache.shown(image_source)} has no image_checksum; remote images need one.")
+        images = cache.ImageCache.from_settings(settings)
+        found = images.poll(image_source, want, since)
+        if isinstance(found, cache.Entry):
+            images.pin(want, owner)
+            images.touch(want)
+    if isinstance(found, flight.Failed):
+        raise DriverError(found.error)
+    if isinstance(found, flight.Running):
+        return found
+    if want is not None and found.sha256 != want:
+        raise DriverError(f"checksum mismatch for {cache.shown(image_source)}: expected sha256 {want}, "
+                          f"the image has {found.sha256}")
+    ticket = tickets.issue(settings, node, found.path, settings.deploy_agent_timeout + 3600.0)
+    params: dict[str, Any] = {
+        "image_source": tickets.url(settings, ticket),
+        "image_checksum": found.sha256,
+        "image_compression": found.compression,
+    }
+    if found.image_size is not None:
+        params["image_size"] = found.image_size
+    return params
