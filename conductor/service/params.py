@@ -117,8 +117,9 @@ def _check_image(params: Mapping[str, Any], errors: dict[str, str],
         parsed = urllib.parse.urlsplit(image)
         if parsed.scheme not in _IMAGE_SCHEMES or (parsed.scheme != "file" and not parsed.hostname):
             errors["image_source"] = "must be an http(s) or file URL, or an image name"
-        elif parsed.scheme == "file" and not parsed.path.startswith("/"):
-            errors["image_source"] = "a file URL names an absolute path (file:///srv/image.raw)"
+        elif parsed.scheme == "file" and (parsed.hostname not in (None, "localhost")
+                                          or not parsed.path.startswith("/")):
+            errors["image_source"] = "a file URL names an absolute path on the conductor host (file:///srv/image.raw)"
         elif parsed.scheme != "file" and checksum is None:
             errors["image_checksum"] = "required with an http(s) image_source: its SHA-256 (64 hex digits)"
     elif not registry.NAME.match(image):

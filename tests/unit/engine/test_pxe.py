@@ -6,6 +6,8 @@ booting from the network would get) and heartbeats with its token.
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import sqlalchemy as sa
 
@@ -16,7 +18,19 @@ from conductor.engine import conductors, watchdog
 from conductor.models import Node
 from tests.conftest import drain
 
-IMAGE = "http://images.example/ubuntu.qcow2"
+IMAGE = "ubuntu"
+IMAGE_BYTES = b"\x00" * 4096 + b"an image"
+
+
+@pytest.fixture(autouse=True)
+def image(ctx: Context, settings, tmp_path) -> dict:  # type: ignore[no-untyped-def]
+    """A registered image, deployed by default."""
+    from conductor.images import registry
+
+    source = tmp_path / "ubuntu.raw"
+    source.write_bytes(IMAGE_BYTES)
+    with ctx.db.session() as session:
+        return registry.to_dict(registry.add(session, settings.images_path, IMAGE, source))
 
 
 def make_node(client, name="n1", **driver_info):  # type: ignore[no-untyped-def]
@@ -88,16 +102,20 @@ def test_deploy_waits_for_the_agent_then_boots_from_disk(client, anonymous, cond
     request_id = put(client, "active", configdrive="#cloud-config\n")
     drain(conductor_ctx)
     request = client.get(f"/v1/requests/{request_id}").json
-    assert request["state"] == "waiting" and request["step"] == "deploy 2/5: agent write_image"
+    assert request["state"] == "waiting" and request["step"] == "deploy 3/6: agent write_image"
     assert request["params"] == {"image_source": IMAGE, "configdrive": "<14 bytes>"}
     assert states(client)["provision_state"] == "wait call-back"
     assert states(client)["request_id"] == request_id
-    assert states(client)["step"] == "deploy 2/5: agent write_image"
+    assert states(client)["step"] == "deploy 3/6: agent write_image"
     config = boot_config(settings, client)
     assert config["api_url"] == settings.agent_url and len(config["token"]) > 30
     command = agent(anonymous, settings, client)
     assert command["name"] == "write_image"
-    assert command["params"] == {"image_source": IMAGE, "configdrive": "#cloud-config\n"}
+    params = command["params"]
+    # The agent downloads the registered image from the conductor, at a signed URL.
+    assert params.pop("image_source").startswith(settings.agent_url + "/v1/images/content/")
+    assert params == {"image_checksum": hashlib.sha256(IMAGE_BYTES).hexdigest(), "image_compression": "none",
+                      "image_size": len(IMAGE_BYTES), "configdrive": "#cloud-config\n"}
     drain(conductor_ctx)
     assert client.get(f"/v1/requests/{request_id}").json["state"] == "succeeded"
     node = client.get("/v1/nodes/n1").json
@@ -110,9 +128,9 @@ def test_deploy_waits_for_the_agent_then_boots_from_disk(client, anonymous, cond
     entries = client.get("/v1/nodes/n1/history?limit=200").json["history"]
     steps = [e for e in entries if e["event"] == "deploy.step" and e["request_id"] == request_id][::-1]
     assert [s["message"] for s in steps] == [
-        "Step deploy 1/5: power off.", "Step deploy 2/5: agent write_image.",
-        "Step deploy 3/5: boot device disk (persistent).", "Step deploy 4/5: power off.",
-        "Step deploy 5/5: power on.",
+        "Step deploy 1/6: prepare image.", "Step deploy 2/6: power off.", "Step deploy 3/6: agent write_image.",
+        "Step deploy 4/6: boot device disk (persistent).", "Step deploy 5/6: power off.",
+        "Step deploy 6/6: power on.",
     ]
     assert all(s["conductor"] == conductor_ctx.name and s["created_at"] for s in steps)
     assert not any(config["token"] in e["message"] for e in entries)
@@ -382,9 +400,16 @@ def test_deploy_interface_is_validated(client) -> None:
     ({"target": "active", "image_source": "ftp://host/img"}, "image_source"),
     ({"target": "active", "image_source": "http:///no-host"}, "image_source"),
     ({"target": "active", "image_source": "bad name!"}, "image_source"),
-    ({"target": "active", "image_source": "img", "configdrive": "x" * (64 * 1024 + 1)}, "configdrive"),
-    ({"target": "active", "image_source": "img", "configdrive": 12}, "configdrive"),
+    ({"target": "active", "image_source": IMAGE, "configdrive": "x" * (64 * 1024 + 1)}, "configdrive"),
+    ({"target": "active", "image_source": IMAGE, "configdrive": 12}, "configdrive"),
     ({"target": "manage", "image_source": "img"}, "image_source"),
+    ({"target": "active", "image_source": "http://images.example/a.img"}, "image_checksum"),
+    ({"target": "active", "image_source": "https://images.example/a.img", "image_checksum": "abc"}, "image_checksum"),
+    ({"target": "active", "image_source": "not-registered"}, "image_source"),
+    ({"target": "active", "image_source": "file://relative/path"}, "image_source"),
+    ({"target": "clean", "erase": "everything"}, "erase"),
+    ({"target": "active", "image_source": "img", "erase": "full"}, "erase"),
+    ({"target": "clean", "image_checksum": "0" * 64}, "image_checksum"),
 ])
 def test_provision_inputs_are_validated(client, body, field) -> None:
     make_node(client)
