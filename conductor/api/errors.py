@@ -80,7 +80,11 @@ class ErrorSchema(ma.Schema):
     port = ma.fields.String(metadata={
         "description": "The port asked for (port_not_found); the port owning the MAC (port_address_in_use)"})
     address = ma.fields.String(metadata={"description": "The MAC address already in use (port_address_in_use)"})
-    name = ma.fields.String(metadata={"description": "The node name already in use (node_name_in_use)"})
+    name = ma.fields.String(metadata={
+        "description": "The node name already in use (node_name_in_use); the image name (image_name_in_use)"})
+    image = ma.fields.String(metadata={"description": "The image asked for (image_not_found)"})
+    request_ids = ma.fields.List(ma.fields.String(), metadata={
+        "description": "The requests in progress deploying the image (image_in_use)"})
     uuid = ma.fields.String(metadata={"description": "The node UUID already in use (node_name_in_use)"})
     holder = ma.fields.String(metadata={"description": "The conductor holding the node's reservation (node_locked)"})
     maintenance_reason = ma.fields.String(allow_none=True, metadata={

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -177,7 +178,9 @@ class ImageCache:
             except FileNotFoundError:
                 return "connecting"
 
-        return flight.Flight(self.root, sha, lambda: self.lookup(sha), lambda: self._download(url, sha), progress)
+        source = hashlib.sha256(url.encode()).hexdigest()[:16]
+        return flight.Flight(self.root, sha, lambda: self.lookup(sha), lambda: self._download(url, sha), progress,
+                             failure_key=f"{sha}-{source}")
 
     def poll(self, url: str, sha: str, since: float) -> Entry | flight.Running | flight.Failed:
         """Non-blocking: the entry, or the download under way (started if need be), or its failure."""

@@ -13,7 +13,8 @@ run that got the lock first checks whether the result appeared meanwhile
 (a concurrent run finished it) and then does nothing.  A process that dies
 mid-run drops its lock with it; the next poll starts again.
 
-A failed run leaves ``<dir>/<key>.failed`` (the error and when).  Every
+A failed run leaves ``<dir>/<failure key>.failed`` (the error and when;
+the failure key defaults to the key).  Every
 poll that began waiting before that failure reports it (all the deploys
 that waited for the download fail with the same clear error); a poll that
 began after it starts a new run, so a fixed source is tried again.
@@ -64,6 +65,9 @@ class Flight(Generic[T]):
     done: Callable[[], T | None]
     work: Callable[[], None]
     progress: Callable[[], str] = lambda: ""
+    #: Whose failures a poll reports (default: the key's): one result may be
+    #: produced from several sources (an image from two URLs), each failing its own way.
+    failure_key: str = ""
 
     @property
     def lock_path(self) -> Path:
@@ -71,7 +75,7 @@ class Flight(Generic[T]):
 
     @property
     def failure_path(self) -> Path:
-        return self.directory / f"{self.key}.failed"
+        return self.directory / f"{self.failure_key or self.key}.failed"
 
 
 _running: set[str] = set()

@@ -32,7 +32,7 @@ SAMPLES: dict[str, Any] = {
     "uuid": "8a2c4b2e-0000-4000-8000-000000000000", "holder": "c1", "maintenance_reason": None,
     "token_id": "tok-1", "subscription_id": "sub-1", "reason": "not_allowed", "required_role": "admin",
     "retry_after": 3, "bmc": "10.0.0.1", "port": "8a2c4b2e-0000-4000-8000-000000000001",
-    "address": "52:54:00:00:00:01",
+    "address": "52:54:00:00:00:01", "image": "img", "request_ids": ["req-1"],
 }
 
 
@@ -110,7 +110,8 @@ def test_real_error_responses_validate(app, ctx, conductor_ctx, client, anonymou
         "node_name_in_use": client.post("/v1/nodes", json={"name": "n2", "driver": "fake"}),
         "node_in_maintenance": client.put("/v1/nodes/n1/states/provision", json={"target": "provide"}),
         "invalid_transition": client.put("/v1/nodes/n1/states/provision", json={"target": "active",
-                                                                                "image_source": "x"}),
+                                                                                "image_source": "http://i.example/x",
+                                                                                "image_checksum": "0" * 64}),
         "transition_in_progress": client.put("/v1/nodes/n2/states/provision", json={"target": "inspect"}),
         "unknown_driver": client.post("/v1/nodes", json={"name": "n3", "driver": "nope"}),
         "validation_error": client.post("/v1/nodes", json={"driver": 3}),

@@ -66,7 +66,8 @@ def test_other_request_in_flight_is_409_with_the_active_request(client, node) ->
 
 
 def test_target_the_fsm_refuses_is_400_with_allowed_targets(client, node) -> None:
-    response = client.put("/v1/nodes/n1/states/provision", json={"target": "active", "image_source": "img"})
+    body = {"target": "active", "image_source": "http://images.example/i.img", "image_checksum": "0" * 64}
+    response = client.put("/v1/nodes/n1/states/provision", json=body)
     assert response.status_code == 400
     assert response.json["code"] == "invalid_transition"
     assert response.json["allowed_targets"] == ["manage"]

@@ -23,6 +23,7 @@ def put(client, kind, target, node="n1"):  # type: ignore[no-untyped-def]
     body = {"target": target}
     if target in ("active", "rebuild"):
         body["image_source"] = "http://images.example/ubuntu.qcow2"
+        body["image_checksum"] = "0" * 64  # the fake deploy interface downloads nothing
     response = client.put(f"/v1/nodes/{node}/states/{kind}", json=body)
     assert response.status_code == 202, response.json
     return response.json["id"]
