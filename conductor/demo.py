@@ -30,7 +30,8 @@ from typing import Any
 
 import requests
 
-IMAGE = "http://images.example/ubuntu-24.04-server.qcow2"
+#: The image deployed: a small local file (the simulated agents do not write disks).
+IMAGE = "ubuntu-24.04-server.img"
 CONFIGDRIVE = "#cloud-config\nhostname: demo\n"
 STYLE = {
     "active": "bold green", "available": "green", "manageable": "cyan", "enroll": "white",
@@ -208,8 +209,10 @@ class Demo:
         self.agent.configure(self.fleet.bmc(victim).name, silent=True)
         self._note(f"{victim}'s agent will hang at boot (it will be aborted)")
         deploying = [n for n in names if n != victim]
-        self._phase(f"deploying all {len(names)} nodes (pxe: agent writes {IMAGE.rsplit('/', 1)[-1]})")
-        ids = {n: api.provision(n, "active", image_source=IMAGE, configdrive=CONFIGDRIVE) for n in names}
+        self._phase(f"deploying all {len(names)} nodes (pxe: agent writes {IMAGE})")
+        image = self.data_dir / IMAGE
+        image.write_bytes(b"\x00" * 65536)
+        ids = {n: api.provision(n, "active", image_source=image.as_uri(), configdrive=CONFIGDRIVE) for n in names}
         self._wait(ids, skip={victim})
         self._until(lambda: self._state(victim) == "wait call-back", f"{victim} waiting for its agent")
         few = deploying[: max(1, len(names) // 7)]

@@ -7,6 +7,9 @@ service's API back with the token it found there.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -17,7 +20,18 @@ from conductor.bmcsim import BMCSpec, Fleet
 from conductor.bmcsim.agent import SimAgent
 from tests.functional.bmcsim.test_ipmi_driver import FAST_IPMI, enroll, node_of
 
-IMAGE = "http://images.example/ubuntu-24.04.qcow2"
+IMAGE = "ubuntu"  # registered by the image fixture
+
+
+@pytest.fixture(autouse=True)
+def image(settings) -> str:  # type: ignore[no-untyped-def]
+    """Image ``ubuntu``, registered the way an operator does (``conductor image add``)."""
+    source = settings.data_dir / "ubuntu-24.04.raw"
+    source.write_bytes(b"\x00" * 65536)
+    subprocess.run([sys.executable, "-m", "conductor", "image", "add", IMAGE, str(source),
+                    "--data-dir", str(settings.data_dir)], check=True, capture_output=True,
+                   env={**os.environ, "DATABASE_URL": settings.sqlalchemy_url})
+    return IMAGE
 
 
 @pytest.fixture
@@ -88,7 +102,7 @@ def test_full_lifecycle(deploy_service, fleet: Fleet, agent: SimAgent,
     assert any("running write_image" in n for n in notes) and notes[-1].startswith("booted from disk")
     history = service.http.get(f"{service.url}/v1/nodes/{bmc.name}/history?limit=200", timeout=10).json()["history"]
     steps = [h for h in history if h["event"] == "deploy.step" and h["request_id"] == deploy["id"]]
-    assert len(steps) == 5 and all(h["conductor"] for h in steps)
+    assert len(steps) == 6 and all(h["conductor"] for h in steps)
     assert any(h["event"] == "agent.result" and "write_image succeeded" in h["message"] for h in history)
     run(service, bmc.name, "rebuild")
     run(service, bmc.name, "deleted")

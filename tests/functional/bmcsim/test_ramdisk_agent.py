@@ -10,6 +10,7 @@ exactly as it does in the ramdisk.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import threading
@@ -146,10 +147,13 @@ def test_shell_agent_inspects_cleans_and_deploys_through_the_real_api(
     assert MARK not in disk.read_bytes()[:MIB]
 
     response = service.http.put(f"{service.url}/v1/nodes/{bmc.name}/states/provision",
-                                json={"target": "active", "image_source": url}, timeout=10)
+                                json={"target": "active", "image_source": url,
+                                      "image_checksum": hashlib.sha256(image).hexdigest()}, timeout=10)
     assert response.status_code == 202, response.text
     assert "command=write_image" in _boot_agent(settings, key, env, spent)
     finished = service.wait_request(response.json()["id"])
     assert finished["state"] == "succeeded", finished
     assert disk.read_bytes()[: len(image)] == image
     assert node_of(service, bmc.name)["provision_state"] == "active"
+    # The conductor downloaded the image once into its cache and the agent fetched it from there.
+    assert (settings.image_cache_path / hashlib.sha256(image).hexdigest()).read_bytes() == image
