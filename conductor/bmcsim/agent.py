@@ -24,6 +24,7 @@ token instead, plus the delays), for tests and the demo.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import random
 import threading
@@ -57,6 +58,9 @@ class Behaviour:
     silent: bool = False
     #: Send this token instead of the one in the boot config.
     token: str | None = None
+    #: Download the image of ``write_image`` and check its checksum, as a
+    #: real agent does (off by default: the fleet's thousand agents write no disk).
+    fetch_image: bool = False
 
 
 class SimAgent:
@@ -154,7 +158,7 @@ class SimAgent:
             boot_delay=own.boot_delay if own.boot_delay is not None else self.default.boot_delay,
             work_duration=own.work_duration if own.work_duration is not None else self.default.work_duration,
             failure_rate=own.failure_rate if own.failure_rate is not None else self.default.failure_rate,
-            fail=own.fail, silent=own.silent, token=own.token,
+            fail=own.fail, silent=own.silent, token=own.token, fetch_image=own.fetch_image,
         )
 
     # --- one boot of one machine ---------------------------------------------------
@@ -187,13 +191,35 @@ class SimAgent:
         if not self._sleep(bmc, generation, behaviour.work_duration or 0.0):
             return
         result: dict[str, Any] = {"id": command["id"], "status": "succeeded"}
-        if behaviour.fail or self._random.random() < (behaviour.failure_rate or 0.0):
+        fetch_error = (self._fetch_image(bmc, command.get("params") or {})
+                       if behaviour.fetch_image and command["name"] == "write_image" else None)
+        if fetch_error:
+            result.update(status="failed", error=fetch_error)
+        elif behaviour.fail or self._random.random() < (behaviour.failure_rate or 0.0):
             result.update(status="failed", error=behaviour.fail if isinstance(behaviour.fail, str)
                           else f"simulated failure of {command['name']}")
         elif command["name"] == "inspect":
             result["inventory"] = inventory(spec.index)
         if self._heartbeat(bmc, generation, url, token, {"command_result": result}) is not None:
             self._note(bmc, f"reported {command['name']} {result['status']}")
+
+    def _fetch_image(self, bmc: str, params: dict[str, Any]) -> str | None:
+        """Download ``image_source`` and check ``image_checksum``; the error (as the real agent words it) or None."""
+        url, want = params.get("image_source", ""), str(params.get("image_checksum") or "").removeprefix("sha256:")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with self._session().get(url, stream=True, timeout=30) as response:
+                if response.status_code != 200:
+                    return f"downloading {url} failed: HTTP {response.status_code}"
+                for chunk in response.iter_content(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except requests.RequestException as exc:
+            return f"downloading {url} failed: {exc}"
+        if want and digest.hexdigest() != want:
+            return f"checksum mismatch for {url}: expected sha256 {want}, downloaded {digest.hexdigest()}"
+        self._note(bmc, f"downloaded the image ({size} bytes, sha256 {digest.hexdigest()[:12]}...)")
+        return None
 
     def _heartbeat(self, bmc: str, generation: int, url: str, token: str,
                    body: dict[str, Any]) -> dict[str, Any] | None:

@@ -7,9 +7,12 @@ service's API back with the token it found there.
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -93,6 +96,7 @@ def test_full_lifecycle(deploy_service, fleet: Fleet, agent: SimAgent,
     assert node["properties"]["cpus"] > 0 and node["properties"]["nics"][0]["mac"].startswith("52:54:00:")
     run(service, bmc.name, "provide")
     assert node_of(service, bmc.name)["provision_state"] == "available"
+    agent.configure(bmc.name, fetch_image=True)  # downloads the image from the conductor and checks it
     deploy = run(service, bmc.name, "active")
     node = node_of(service, bmc.name)
     assert node["provision_state"] == "active" and node["power_state"] == "power on"
@@ -100,6 +104,7 @@ def test_full_lifecycle(deploy_service, fleet: Fleet, agent: SimAgent,
     assert state["power"] == "on" and state["boot_device"] == "disk" and state["boot_persistent"] is True
     notes = [what for _t, name, what in agent.log if name == bmc.name]
     assert any("running write_image" in n for n in notes) and notes[-1].startswith("booted from disk")
+    assert any(n.startswith("downloaded the image (65536 bytes") for n in notes)
     history = service.http.get(f"{service.url}/v1/nodes/{bmc.name}/history?limit=200", timeout=10).json()["history"]
     steps = [h for h in history if h["event"] == "deploy.step" and h["request_id"] == deploy["id"]]
     assert len(steps) == 6 and all(h["conductor"] for h in steps)
@@ -110,6 +115,51 @@ def test_full_lifecycle(deploy_service, fleet: Fleet, agent: SimAgent,
     assert node["provision_state"] == "available" and node["power_state"] == "power off"
     logs = "".join(p.read_text() for p in (service.settings.data_dir / "logs").glob("*.log"))
     assert bmc.password not in logs
+
+
+def test_remote_images_are_downloaded_once_and_verified(deploy_service, agent: SimAgent,
+                                                        new_bmc: Callable[..., BMCSpec]) -> None:
+    body = os.urandom(300_000)
+    hits: list[str] = []
+
+    class Source(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    source = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Source)
+    threading.Thread(target=source.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{source.server_address[1]}/disk.img"
+    try:
+        service = deploy_service()
+        bmcs = [new_bmc(), new_bmc()]
+        for bmc in bmcs:
+            ready_node(service, bmc, agent)
+            agent.configure(bmc.name, fetch_image=True)
+        ids = [provision(service, bmc.name, "active", image_source=url,
+                         image_checksum=hashlib.sha256(body).hexdigest()) for bmc in bmcs]
+        assert [service.wait_request(i, timeout=60)["state"] for i in ids] == ["succeeded", "succeeded"]
+        assert hits == ["/disk.img"]  # one download for both deploys
+        for bmc in bmcs:
+            notes = [what for _t, name, what in agent.log if name == bmc.name]
+            assert any(n.startswith(f"downloaded the image ({len(body)} bytes") for n in notes)
+        # A wrong checksum fails the deploy before the node is touched.
+        run(service, bmcs[0].name, "deleted")
+        done = service.wait_request(provision(service, bmcs[0].name, "active", image_source=url,
+                                              image_checksum="0" * 64), timeout=60)
+        node = node_of(service, bmcs[0].name)
+        assert done["state"] == "failed" and node["provision_state"] == "deploy failed"
+        assert f"checksum mismatch for {url}: expected sha256 {'0' * 64}" in node["last_error"]
+        assert node["power_state"] == "power off"
+    finally:
+        source.shutdown()
+        source.server_close()
 
 
 def test_agent_failure_is_deploy_failed(deploy_service, agent: SimAgent,
