@@ -79,7 +79,7 @@ class Source:
         source = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 source.hits += 1
                 self.send_response(200)
                 self.send_header("Content-Length", str(path.stat().st_size))

@@ -10,16 +10,16 @@ API clients like every other command.
 
 from __future__ import annotations
 
-# Imports inside functions: most commands are thin API clients, so each command
-# imports the server side it needs (settings, database, Flask, RQ, workers) when
-# it runs; `conductor --help` and the client commands stay quick to start.
-
 from pathlib import Path
 
 import click
 
 from conductor.cli import Obj, pass_obj
 from conductor.cli.server import _data_dir, _settings
+
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
 
 IMAGE_KEYS = ["name", "sha256", "size", "compression", "image_size", "source", "created_at"]
 LIST_COLUMNS = ["name", "compression", "size", "image_size", "sha256", "created_at"]

@@ -36,12 +36,11 @@ import os
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
-
 import requests
 import urllib3.exceptions
 
 from conductor.images import flight, formats
+from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
 GIB = 1024**3
@@ -83,7 +82,8 @@ class ImageCache:
         self.pin_ttl = pin_ttl
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ImageCache:
+    def from_settings(cls, settings: Settings) -> ImageCache:
+        """The cache the settings describe (``image_cache_dir``, ``image_cache_size``, ...)."""
         return cls(settings.image_cache_path, int(settings.image_cache_size * GIB),
                    timeout=settings.image_download_timeout, pin_ttl=settings.deploy_agent_timeout + 3600.0)
 
@@ -168,7 +168,7 @@ class ImageCache:
         return removed
 
     # --- downloads ----------------------------------------------------------------------
-    def flight(self, url: str, sha: str) -> flight.Flight[Entry]:
+    def job(self, url: str, sha: str) -> flight.Flight[Entry]:
         """The download of ``url`` (expected to hash to ``sha``) as a single-flight job."""
         part = self.root / f"{sha}.part"
 
@@ -185,7 +185,7 @@ class ImageCache:
     def poll(self, url: str, sha: str, since: float) -> Entry | flight.Running | flight.Failed:
         """Non-blocking: the entry, or the download under way (started if need be), or its failure."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return flight.poll(self.flight(url, sha), since)
+        return flight.poll(self.job(url, sha), since)
 
     def fetch(self, url: str, sha: str) -> Entry:
         """Blocking: the entry, downloading it if need be.
@@ -193,7 +193,7 @@ class ImageCache:
         :raises flight.WorkFailed: the download failed (the message says why).
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        return flight.run(self.flight(url, sha))
+        return flight.run(self.job(url, sha))
 
     def _download(self, url: str, sha: str) -> None:
         """Download ``url`` into the entry ``sha`` (the caller holds its lock).

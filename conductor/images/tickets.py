@@ -55,8 +55,8 @@ def _unb64(text: str) -> bytes:
 
 
 def _keys(settings: Settings) -> list[bytes]:
-    return [hmac.new(key.encode(), _PURPOSE, hashlib.sha256).digest()
-            for key in secretbox.for_settings(settings).keys()]
+    ring = secretbox.for_settings(settings).keys()
+    return [hmac.new(key.encode(), _PURPOSE, hashlib.sha256).digest() for key in ring]
 
 
 def _sign(key: bytes, payload: str) -> str:

@@ -123,7 +123,7 @@ def test_remote_images_are_downloaded_once_and_verified(deploy_service, agent: S
     hits: list[str] = []
 
     class Source(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             hits.append(self.path)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))

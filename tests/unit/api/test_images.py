@@ -106,3 +106,25 @@ def test_an_image_being_deployed_cannot_be_deleted(client, anonymous, conductor_
     agent(anonymous, settings, client)
     drain(conductor_ctx)
     assert client.delete("/v1/images/img").status_code == 204
+
+
+def test_cli_image_add_registers_on_the_conductor_host(ctx, settings, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from conductor.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", settings.sqlalchemy_url)
+    source = tmp_path / "disk.raw"
+    source.write_bytes(BODY)
+    runner = CliRunner()
+    added = runner.invoke(main, ["--json", "image", "add", "disk", str(source), "--data-dir", str(settings.data_dir),
+                                 "--checksum", hashlib.sha256(BODY).hexdigest()])
+    assert added.exit_code == 0, added.output
+    assert '"sha256": "' + hashlib.sha256(BODY).hexdigest() in added.output
+    with ctx.db.session() as session:
+        assert registry.path_of(settings.images_path, registry.get(session, "disk")).read_bytes() == BODY
+    refused = runner.invoke(main, ["image", "add", "other", str(source), "--data-dir", str(settings.data_dir),
+                                   "--checksum", "0" * 64])
+    assert refused.exit_code == 1 and "Checksum mismatch" in refused.output
+    taken = runner.invoke(main, ["image", "add", "disk", str(source), "--data-dir", str(settings.data_dir)])
+    assert taken.exit_code == 1 and "already registered" in taken.output

@@ -24,7 +24,7 @@ class ImageServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 server.hits[self.path] += 1
                 body = server.files.get(self.path)
                 if body is None:
