@@ -36,6 +36,7 @@ import os
 import time
 import urllib.parse
 from pathlib import Path
+
 import requests
 import urllib3.exceptions
 
