@@ -91,6 +91,12 @@ def add(session: Session, images_dir: Path, name: str, source: Path, checksum: s
         session.commit()
     except IntegrityError:
         session.rollback()
+        # A concurrent add of this name won.  Its file has this very name
+        # when it has this content: then it is the winner's, not ours to remove.
+        winner = session.scalars(sa.select(Image.file_name).where(Image.name == name)).first()
+        if winner != image.file_name:
+            with contextlib.suppress(FileNotFoundError):
+                path_of(images_dir, image).unlink()
         raise ImageNameInUse(f"An image named {name} is already registered.", name=name) from None
     return image
 

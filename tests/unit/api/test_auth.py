@@ -33,6 +33,12 @@ EXPECTED = {
     ("GET", "/v1/ports/<port_uuid>"): READER,
     ("DELETE", "/v1/ports/<port_uuid>"): OPERATOR,
     ("GET", "/v1/nodes/<ident>/history"): READER,
+    ("GET", "/v1/images"): READER,
+    ("GET", "/v1/images/<name>"): READER,
+    ("DELETE", "/v1/images/<name>"): OPERATOR,
+    ("GET", "/v1/images/<name>/content"): READER,
+    # An agent's image download: the signed URL is the proof (tests/unit/api/test_images.py).
+    ("GET", "/v1/images/content/<ticket>"): PUBLIC,
     # The agent's own token, checked by the view (tests/unit/engine/test_pxe.py).
     ("POST", "/v1/nodes/<ident>/heartbeat"): PUBLIC,
     ("GET", "/v1/requests"): READER,
