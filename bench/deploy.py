@@ -30,12 +30,12 @@ from typing import Any
 
 from conductor.bmcsim.agent import SimAgent
 from conductor.bmcsim.fleet import Fleet
-from conductor.demo import Api
+from conductor.demo import Api, register_image
 from conductor.settings import load
 from conductor.supervisor import Supervisor
 
-#: Deployed from a small local file (the simulated agents write no disk; the conductor checksums it once).
-IMAGE = "bench.img"
+#: A small registered image (the simulated agents write no disk).
+IMAGE = "bench"
 
 
 def free_port() -> int:
@@ -88,8 +88,8 @@ def run(nodes: int, workers: int, boot_delay: float, work_duration: float, power
             if failed:
                 raise SystemExit(f"{target}: {len(failed)} failed, e.g. {failed[0]['error']}")
         began = time.monotonic()
-        (data_dir / IMAGE).write_bytes(b"\x00" * 65536)
-        ids = {n: api.provision(n, "active", image_source=(data_dir / IMAGE).as_uri()) for n in names}
+        register_image(settings, IMAGE)
+        ids = {n: api.provision(n, "active", image_source=IMAGE) for n in names}
         accepted = time.monotonic() - began
         results = _wait_all(api, ids, timeout)
         wall = time.monotonic() - began

@@ -101,7 +101,8 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        env.update(CONDUCTOR_DATA_DIR=str(data_dir), CONDUCTOR_LOG_LEVEL="WARNING", CONDUCTOR_AUTOMATED_CLEAN="false")
+        env.update(CONDUCTOR_DATA_DIR=str(data_dir), CONDUCTOR_LOG_LEVEL="WARNING", CONDUCTOR_AUTOMATED_CLEAN="false",
+                   CONDUCTOR_IMAGE_FILE_DIRS=str(data_dir.parent / "files"))
         self.proc = subprocess.Popen([sys.executable, "-m", "conductor", "up", "--port", str(self.port),
                                       "--workers", "1"], env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
@@ -246,7 +247,8 @@ def main() -> None:
     service = None
     try:
         print(f"writing {args.size_mb} MiB and {args.remote_mb} MiB of random bytes ...", flush=True)
-        local, remote = work / "local.img", work / "remote.img"
+        (work / "files").mkdir()
+        local, remote = work / "files" / "local.img", work / "remote.img"
         random_file(local, args.size_mb)
         remote_sha = random_file(remote, args.remote_mb)
         source = Source(remote)

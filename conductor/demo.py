@@ -30,8 +30,8 @@ from typing import Any
 
 import requests
 
-#: The image deployed: a small local file (the simulated agents do not write disks).
-IMAGE = "ubuntu-24.04-server.img"
+#: The image deployed, registered at start (a small file: the simulated agents write no disk).
+IMAGE = "ubuntu-24.04-server"
 CONFIGDRIVE = "#cloud-config\nhostname: demo\n"
 STYLE = {
     "active": "bold green", "available": "green", "manageable": "cyan", "enroll": "white",
@@ -81,6 +81,26 @@ class Api:
 
     def request(self, request_id: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/requests/{request_id}")  # type: ignore[no-any-return]
+
+
+def register_image(settings: Any, name: str, size: int = 65536) -> None:
+    """Register a small image ``name`` in ``settings``' deployment (as ``conductor image add`` does), once."""
+    # Loaded only when the demo (or a bench) runs, like the rest of the server side.
+    from conductor.database import Database
+    from conductor.exceptions import ImageNameInUse
+    from conductor.images import registry
+
+    source = settings.data_dir / f".{name}.source"
+    source.write_bytes(b"\x00" * size)
+    db = Database.from_settings(settings)
+    try:
+        with db.session() as session:
+            registry.add(session, settings.images_path, name, source)
+    except ImageNameInUse:
+        pass  # a data directory used before
+    finally:
+        db.dispose()
+        source.unlink()
 
 
 class Demo:
@@ -135,6 +155,7 @@ class Demo:
         self.supervisor.start()
         self._watcher = threading.Thread(target=self.supervisor.watch, name="demo-supervisor", daemon=True)
         self._watcher.start()
+        register_image(settings, IMAGE)
         token_file = settings.admin_token_file
         token = token_file.read_text().strip() if token_file.exists() else None
         self.api = Api(self.supervisor.url, token)
@@ -210,9 +231,7 @@ class Demo:
         self._note(f"{victim}'s agent will hang at boot (it will be aborted)")
         deploying = [n for n in names if n != victim]
         self._phase(f"deploying all {len(names)} nodes (pxe: agent writes {IMAGE})")
-        image = self.data_dir / IMAGE
-        image.write_bytes(b"\x00" * 65536)
-        ids = {n: api.provision(n, "active", image_source=image.as_uri(), configdrive=CONFIGDRIVE) for n in names}
+        ids = {n: api.provision(n, "active", image_source=IMAGE, configdrive=CONFIGDRIVE) for n in names}
         self._wait(ids, skip={victim})
         self._until(lambda: self._state(victim) == "wait call-back", f"{victim} waiting for its agent")
         few = deploying[: max(1, len(names) // 7)]

@@ -225,11 +225,16 @@ class Settings:
     #: GiB (least recently used evicted first).  ``image_cache_size = 0``
     #: turns the cache off: agents then download remote images from their
     #: source themselves.  A download fails when its source sends nothing
-    #: for ``image_download_timeout`` seconds.
+    #: for ``image_download_timeout`` seconds.  ``file://`` images may come
+    #: only from under ``image_file_dirs`` (comma-separated directories; empty:
+    #: no ``file://`` images), never from the data directory: whoever may
+    #: deploy could otherwise have any file the conductor can read written to
+    #: a machine they hold.
     image_dir: str = _setting(Group.IMAGES, "")
     image_cache_dir: str = _setting(Group.IMAGES, "")
     image_cache_size: float = _setting(Group.IMAGES, 50.0)
     image_download_timeout: float = _setting(Group.IMAGES, 60.0)
+    image_file_dirs: str = _setting(Group.IMAGES, "/srv/images")
 
     # --- webhooks --------------------------------------------------------------------------
     #: Callback (webhook) delivery: worker processes started by ``up``; how

@@ -17,6 +17,7 @@ mismatch.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,31 @@ def kind(image_source: str) -> str:
         return "name"
     scheme = urllib.parse.urlsplit(image_source).scheme
     return "file" if scheme == "file" else "http"
+
+
+def file_refusal(settings: Settings, path: Path) -> str | None:
+    """Why ``path`` may not be deployed as a ``file://`` image (None: it may).
+
+    Only files under ``image_file_dirs`` are served, once symbolic links are
+    resolved, and never one in the data directory (keys, tokens, the
+    database): the agent writes whatever it is given to a machine that the
+    one who asked for the deploy holds.
+    """
+    roots = [Path(os.path.realpath(Path(d.strip()).expanduser()))
+             for d in settings.image_file_dirs.split(",") if d.strip()]
+    real = Path(os.path.realpath(path))
+    data_dir = Path(os.path.realpath(settings.data_dir))
+    if real == data_dir or data_dir in real.parents:
+        return f"{path} is in the conductor's data directory; register the image with `conductor image add` instead"
+    if not any(real == root or root in real.parents for root in roots):
+        allowed = ", ".join(str(r) for r in roots) or "none: image_file_dirs is empty"
+        return f"{path} is not under the directories file:// images may come from (image_file_dirs: {allowed})"
+    return None
+
+
+def file_path(image_source: str) -> Path:
+    """The path of a ``file://`` URL."""
+    return Path(urllib.parse.unquote(urllib.parse.urlsplit(image_source).path))
 
 
 def prepare(settings: Settings, session: Session, image_source: str, checksum: str | None, *,
@@ -60,8 +86,12 @@ def prepare(settings: Settings, session: Session, image_source: str, checksum: s
             raise DriverError(f"The file of image {image_source} is missing ({path}); add the image again.")
         found = localsums.LocalImage(path, image.sha256, image.size, image.compression, image.image_size)
     elif source == "file":
-        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(image_source).path))
-        found = localsums.poll(settings.image_cache_path / "local", path, since)
+        path = file_path(image_source)
+        refused = file_refusal(settings, path)
+        if refused is not None:
+            raise DriverError(f"Refusing the image {image_source}: {refused}.")
+        # The resolved path is what is served: a symbolic link changed later points nowhere new.
+        found = localsums.poll(settings.image_cache_path / "local", Path(os.path.realpath(path)), since)
     elif settings.image_cache_size <= 0:
         # No cache: the agent downloads from the source and verifies the checksum itself.
         return {"image_source": image_source, "image_checksum": want}

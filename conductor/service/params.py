@@ -7,16 +7,18 @@ cleaning) with their limits; the API schemas take their choices from here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.parse
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from conductor.context import Context
 from conductor.drivers.base import ManagementInterface
 from conductor.exceptions import InvalidInput
 from conductor.fsm.states import PowerState, ProvisionTarget
-from conductor.images import registry
+from conductor.images import registry, sources
 
 POWER_TARGETS = (
     PowerState.POWER_ON,
@@ -49,15 +51,25 @@ MAX_IMAGE_SOURCE = 2048
 _IMAGE_SCHEMES = frozenset({"http", "https", "file"})
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageRules:
+    """What :func:`check_provision_params` asks the deployment about an ``image_source``."""
+
+    #: Whether an image is registered under a name.
+    exists: Callable[[str], bool]
+    #: Why a ``file://`` image's path may not be deployed (None: it may).
+    file_refusal: Callable[[Path], str | None]
+
+
 def check_provision_params(target: str, params: Mapping[str, Any],
-                           image_exists: Callable[[str], bool] | None = None) -> dict[str, Any]:
+                           images: ImageRules | None = None) -> dict[str, Any]:
     """The provision request's extra inputs, checked (``image_source``, ``image_checksum``, ``configdrive``,
     ``erase``).
 
     ``image_checksum`` is required with an http(s) ``image_source`` (the
     conductor verifies the download against it) and optional otherwise
     (computed for files and registered images; checked when given).
-    ``image_exists`` says whether an image name is registered (None: not checked).
+    ``images`` checks names and ``file://`` paths against the deployment (None: not checked).
 
     :raises InvalidInput: a missing, malformed or oversized input, one the target does not take,
         or an image name that is not registered.
@@ -71,7 +83,7 @@ def check_provision_params(target: str, params: Mapping[str, Any],
         targets = IMAGE_TARGETS if key in IMAGE_PARAMS else CLEAN_TARGETS
         errors[key] = f"only taken by the targets {', '.join(sorted(targets))}"
     if target in IMAGE_TARGETS:
-        _check_image(params, errors, image_exists)
+        _check_image(params, errors, images)
         drive = params.get("configdrive")
         if drive is not None:
             if not isinstance(drive, str | dict):
@@ -91,18 +103,18 @@ def check_provision_params(target: str, params: Mapping[str, Any],
     return {k: v for k, v in params.items() if v is not None}
 
 
-def registered_in(ctx: Context) -> Callable[[str], bool]:
-    """``image_exists`` for :func:`check_provision_params`: a look-up in ``ctx``'s database."""
+def image_rules(ctx: Context) -> ImageRules:
+    """The :class:`ImageRules` of ``ctx``'s deployment (its database, its settings)."""
 
     def exists(name: str) -> bool:
         with ctx.db.session() as session:
             return registry.exists(session, name)
 
-    return exists
+    return ImageRules(exists, lambda path: sources.file_refusal(ctx.settings, path))
 
 
 def _check_image(params: Mapping[str, Any], errors: dict[str, str],
-                 image_exists: Callable[[str], bool] | None) -> None:
+                 images: ImageRules | None) -> None:
     image, checksum = params.get("image_source"), params.get("image_checksum")
     if checksum is not None:
         try:
@@ -122,9 +134,13 @@ def _check_image(params: Mapping[str, Any], errors: dict[str, str],
             errors["image_source"] = "a file URL names an absolute path on the conductor host (file:///srv/image.raw)"
         elif parsed.scheme != "file" and checksum is None:
             errors["image_checksum"] = "required with an http(s) image_source: its SHA-256 (64 hex digits)"
+        elif parsed.scheme == "file" and images is not None:
+            refused = images.file_refusal(sources.file_path(image))
+            if refused is not None:
+                errors["image_source"] = refused
     elif not registry.NAME.match(image):
         errors["image_source"] = registry.NAME_RULE
-    elif image_exists is not None and not image_exists(image):
+    elif images is not None and not images.exists(image):
         errors["image_source"] = f"no image is registered as {image!r} (see `conductor image list`)"
 
 

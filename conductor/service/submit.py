@@ -152,7 +152,7 @@ def submit_provision(
         if provision_params:
             params.check_provision_params(target, provision_params)
         return abort(ctx, ident, callback_url, client, idempotency_key)
-    checked = params.check_provision_params(target, provision_params or {}, params.registered_in(ctx))
+    checked = params.check_provision_params(target, provision_params or {}, params.image_rules(ctx))
 
     def validate(node: Any) -> str | None:
         machine.target_event(node.provision_state, target)

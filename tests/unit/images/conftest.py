@@ -7,8 +7,11 @@ import http.server
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from conductor.settings import Settings
 
 
 class ImageServer:
@@ -63,3 +66,15 @@ def image_server() -> Iterator[ImageServer]:
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+@pytest.fixture
+def image_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where file:// images may come from in these tests (outside the data directory)."""
+    return tmp_path_factory.mktemp("srv-images")
+
+
+@pytest.fixture
+def settings(settings: Settings, image_files: Path) -> Settings:
+    """The shared test settings, with ``image_files`` as the one directory of file:// images."""
+    return settings.replace(image_file_dirs=str(image_files))

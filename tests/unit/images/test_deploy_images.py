@@ -115,8 +115,8 @@ def test_without_the_cache_agents_download_from_the_source(client, anonymous, se
 
 
 def test_a_local_file_is_served_with_its_computed_checksum(client, anonymous, conductor_ctx, settings,
-                                                           tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    path = tmp_path / "disk image.raw"
+                                                           image_files: Path) -> None:  # type: ignore[no-untyped-def]
+    path = image_files / "disk image.raw"
     path.write_bytes(RAW)
     make_node(client)
     to_available(client, anonymous, settings, conductor_ctx)
@@ -132,14 +132,14 @@ def test_a_local_file_is_served_with_its_computed_checksum(client, anonymous, co
     put(client, "rebuild", image_source=path.as_uri(), image_checksum="0" * 64)
     drain(conductor_ctx)
     assert "checksum mismatch" in client.get("/v1/nodes/n1").json["last_error"]
-    put(client, "active", image_source=(tmp_path / "gone.raw").as_uri())
+    put(client, "active", image_source=(image_files / "gone.raw").as_uri())
     drain(conductor_ctx)
     assert "gone.raw cannot be read" in client.get("/v1/nodes/n1").json["last_error"]
 
 
 def test_an_image_larger_than_every_disk_fails_with_the_agents_words(client, anonymous, conductor_ctx,
-                                                                      settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    path = tmp_path / "big.raw"
+                                                                      settings, image_files: Path) -> None:  # type: ignore[no-untyped-def]
+    path = image_files / "big.raw"
     path.write_bytes(RAW)
     make_node(client)
     to_available(client, anonymous, settings, conductor_ctx)
@@ -164,3 +164,32 @@ def test_cleaning_erases_as_asked_or_as_configured(client, anonymous, conductor_
     put(client, "provide")
     drain(conductor_ctx)
     assert agent(anonymous, settings, client)["params"] == {"erase": settings.clean_erase} == {"erase": "metadata"}
+
+
+def test_file_images_come_only_from_image_file_dirs(client, anonymous, conductor_ctx, settings, image_files: Path,
+                                                    tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    make_node(client)
+    outside = tmp_path_factory.mktemp("elsewhere") / "disk.raw"
+    outside.write_bytes(RAW)
+    link = image_files / "key.raw"
+    link.symlink_to(settings.secret_key_file)  # a link from an allowed directory into the data directory
+    settings.secret_key_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.secret_key_file.write_text("the key")
+    for path, why in ((outside, "is not under the directories file:// images may come from"),
+                      (settings.secret_key_file, "in the conductor's data directory"),
+                      (link, "in the conductor's data directory")):
+        response = client.put("/v1/nodes/n1/states/provision", json={"target": "active",
+                                                                     "image_source": path.as_uri()})
+        assert response.status_code == 400 and why in response.json["errors"]["image_source"], response.json
+    # Checked again when the image is prepared (a link may change after the request was accepted).
+    to_available(client, anonymous, settings, conductor_ctx)
+    good = image_files / "good.raw"
+    good.write_bytes(RAW)
+    swapped = image_files / "swapped.raw"
+    swapped.symlink_to(good)
+    put(client, "active", image_source=swapped.as_uri())
+    swapped.unlink()
+    swapped.symlink_to(settings.secret_key_file)
+    drain(conductor_ctx)
+    node = client.get("/v1/nodes/n1").json
+    assert node["provision_state"] == "deploy failed" and "data directory" in node["last_error"]
