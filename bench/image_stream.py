@@ -266,7 +266,7 @@ def main() -> None:
         first = deploy_until_waiting(service, "n3", image_source=local.as_uri())
         print(f"   first use:  {first:6.2f} s  (sha256 of the file, then remembered)")
 
-        print(f"\n3. agent download of the {args.size_mb} MiB image from the API (gunicorn, sendfile), "
+        print(f"\n3. agent download of the {args.size_mb} MiB image from the API (gunicorn, 1 MiB pieces), "
               "read and discarded")
         url = agent_url(service, uuids["n3"])
         rates = []

@@ -48,10 +48,14 @@ class _App(BaseApplication):  # type: ignore[misc]
         return app
 
 
-def _die_with_master(server: Any, _worker: Any) -> None:
+def _die_with_master(server: Any, worker: Any) -> None:
     procs.set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != server.pid:
         os._exit(1)
+    # Image downloads outlast the worker timeout; they prove progress instead.
+    from conductor.api import images
+
+    images.prove_alive_with(worker.notify)
 
 
 class _EchoInstance:

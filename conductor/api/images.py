@@ -12,11 +12,13 @@ agent command carries it.  Both downloads stream the file from disk with
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import marshmallow as ma
-from flask import Response, send_file
+from flask import Response, request, send_file
 from flask.views import MethodView
 
 from conductor.api import schemas
@@ -46,6 +48,43 @@ class ImageList(ma.Schema):
     next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})
 
 
+#: Under gunicorn, the serving worker's ``notify`` (set after fork by
+#: :mod:`conductor.gunicorn_app`).  A sync worker that does not call it for
+#: gunicorn's worker timeout (60 s) is killed, and a multi-GB download over a
+#: real network takes longer than that: such downloads are then sent in 1 MiB
+#: pieces, the worker proving itself alive after each piece the client took.
+#: A client that stops reading proves nothing, and its worker is killed after
+#: the timeout as before.
+_notify: Callable[[], None] | None = None
+_PIECE = 1024 * 1024
+#: Least time between two proofs.
+_PROOF_INTERVAL = 1.0
+
+
+def prove_alive_with(notify: Callable[[], None]) -> None:
+    """Have image downloads call ``notify`` (a gunicorn worker's) while they make progress."""
+    global _notify  # one per process, set once after fork
+    _notify = notify
+
+
+def _pieces(handle: BinaryIO) -> Iterator[bytes]:
+    while piece := handle.read(_PIECE):
+        yield piece
+
+
+def _proving_progress(pieces: Iterable[bytes], notify: Callable[[], None],
+                      close: Callable[[], None]) -> Iterator[bytes]:
+    last = time.monotonic()
+    try:
+        for piece in pieces:
+            yield piece  # returns once the server has written it
+            if time.monotonic() - last >= _PROOF_INTERVAL:
+                notify()
+                last = time.monotonic()
+    finally:
+        close()
+
+
 def _serve(path: Path) -> Response:
     """``path`` streamed with Content-Length, Range (206, 416) and conditional GETs."""
     if not path.is_file():
@@ -54,6 +93,15 @@ def _serve(path: Path) -> Response:
     response = send_file(path, mimetype="application/octet-stream", conditional=True, etag=True,
                          max_age=0)
     response.headers["Accept-Ranges"] = "bytes"
+    notify = _notify
+    if notify is not None and request.method != "HEAD" and response.status_code in (200, 206):
+        # Without it: gunicorn's sendfile(2) of the whole file, which cannot
+        # prove anything while it runs.
+        wrapped = response.response
+        handle = getattr(wrapped, "filelike", None) or getattr(wrapped, "file", None)
+        pieces = (_pieces(handle) if response.status_code == 200 and handle is not None
+                  else cast("Iterable[bytes]", wrapped))
+        response.response = _proving_progress(pieces, notify, getattr(wrapped, "close", lambda: None))
     return response
 
 

@@ -128,3 +128,19 @@ def test_cli_image_add_registers_on_the_conductor_host(ctx, settings, tmp_path: 
     assert refused.exit_code == 1 and "Checksum mismatch" in refused.output
     taken = runner.invoke(main, ["image", "add", "disk", str(source), "--data-dir", str(settings.data_dir)])
     assert taken.exit_code == 1 and "already registered" in taken.output
+
+
+def test_under_gunicorn_downloads_prove_the_worker_alive(client, image, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """gunicorn kills a sync worker silent for its timeout: a long download proves progress instead."""
+    from conductor.api import images as image_api
+
+    proofs: list[float] = []
+    monkeypatch.setattr(image_api, "_notify", lambda: proofs.append(1.0))
+    monkeypatch.setattr(image_api, "_PIECE", 10_000)
+    monkeypatch.setattr(image_api, "_PROOF_INTERVAL", 0.0)
+    full = client.get("/v1/images/img/content")
+    assert full.status_code == 200 and full.data == BODY and full.headers["Content-Length"] == str(len(BODY))
+    assert len(proofs) == 10  # one per piece the client took
+    part = client.get("/v1/images/img/content", headers={"Range": "bytes=5-99999"})
+    assert part.status_code == 206 and part.data == BODY[5:]
+    assert client.head("/v1/images/img/content").status_code == 200
