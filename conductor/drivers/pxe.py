@@ -139,7 +139,10 @@ def _command_params(task: Task, name: str) -> dict[str, Any]:
     """
     params = dict(task.request.params or {})
     if name == "write_image":
-        params.update(task.progress.get("image") or {})
+        if "image" not in task.progress:
+            # Never hand the agent the request's own image_source: only a prepared image is verified.
+            raise DriverError("The image was not prepared for this deploy (internal error); deploy again.")
+        params.update(task.progress["image"])
         hints = (task.node.properties or {}).get("root_device")
         if hints:
             params["root_device"] = hints
