@@ -23,11 +23,12 @@ PXE boot, which is exactly as exposed on a real network (see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 def key_for(driver_info: Mapping[str, Any], node_uuid: str) -> str:
@@ -59,14 +60,12 @@ def write(root: Path, key: str, config: Mapping[str, Any]) -> Path:
 def read(root: Path, key: str) -> dict[str, Any] | None:
     """Boot config ``key``, or None when there is none (the machine finds nothing to boot)."""
     try:
-        return json.loads(path_for(root, key).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        return cast("dict[str, Any]", json.loads(path_for(root, key).read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return None
 
 
 def remove(root: Path, key: str) -> None:
     """Remove boot config ``key`` (if present)."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         path_for(root, key).unlink()
-    except FileNotFoundError:
-        pass

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from contextlib import AbstractContextManager
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -187,17 +187,17 @@ def rotate_key_file(connect: Connect, box: SecretBox) -> tuple[int, int]:
     if key_file is None:
         raise RuntimeError("The keys come from the setting secret_key, not a key file.")
     old = box.keys(reload=True)
-    key_file.write([secretbox.new_key()] + old)
+    key_file.write([secretbox.new_key(), *old])
     changed = reseal_until_current(connect, box)
     new = box.keys(reload=True)[0]
     # Rows a process sealed under an old key after its last look at the
     # file are re-encrypted by a last pass that still holds every key.
-    everything = SecretBox(keys=[new] + old)
+    everything = SecretBox(keys=[new, *old])
     key_file.write([new])
     try:
         changed += reseal_until_current(connect, everything)
     except RuntimeError:
-        key_file.write([new] + old)  # a row may still need an old key: keep them
+        key_file.write([new, *old])  # a row may still need an old key: keep them
         raise
     finally:
         box.keys(reload=True)

@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.orm import Session
@@ -243,5 +243,5 @@ def of(session: Session) -> SecretBox:
     box = session.info.get(SESSION_INFO_KEY)
     if box is None:
         raise NoSecretKey("This database session has no secret key (build it with Database.from_settings).")
-    return box  # type: ignore[no-any-return]
+    return cast(SecretBox, box)
 

@@ -21,6 +21,7 @@ echoes in :data:`INSTANCE_HEADER`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -108,10 +109,8 @@ class Child:
             self.proc.wait()
             return
         # The group goes too: whatever the child left behind (its own children).
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc.wait()
 
     def stop(self, timeout: float) -> None:
@@ -196,18 +195,18 @@ class Supervisor:
         self.children = [
             Child(
                 "api",
-                exe + ["api", "--host", settings.api_host, "--port", str(settings.api_port),
-                       "--api-workers", str(settings.api_workers)],
+                [*exe, "api", "--host", settings.api_host, "--port", str(settings.api_port),
+                 "--api-workers", str(settings.api_workers)],
                 logs / "api.log",
                 env=env,
             )
         ]
         self.children += [
-            Child(f"worker-{i}", exe + ["worker", "--workers", "1"], logs / f"worker-{i}.log", env=env)
+            Child(f"worker-{i}", [*exe, "worker", "--workers", "1"], logs / f"worker-{i}.log", env=env)
             for i in range(settings.workers)
         ]
         self.children += [
-            Child(f"callback-worker-{i}", exe + ["callback-worker", "--workers", "1"],
+            Child(f"callback-worker-{i}", [*exe, "callback-worker", "--workers", "1"],
                   logs / f"callback-worker-{i}.log", env=env)
             for i in range(settings.callback_workers)
         ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from flask import Response, current_app, g, jsonify, request
@@ -40,14 +40,14 @@ class Blueprint(_Blueprint):
 
 def context() -> Context:
     """The application's context."""
-    return current_app.extensions["conductor"]  # type: ignore[no-any-return]
+    return cast(Context, current_app.extensions["conductor"])
 
 
 def session() -> Session:
     """The request's database session (closed at teardown)."""
     if "db_session" not in g:
         g.db_session = context().db.session()
-    return g.db_session  # type: ignore[no-any-return]
+    return cast(Session, g.db_session)
 
 
 def close_session(_exc: BaseException | None = None) -> None:

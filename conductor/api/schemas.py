@@ -127,7 +127,8 @@ class ProvisionChange(Strict):
     target = ma.fields.String(required=True, validate=validate.OneOf([str(t) for t in ProvisionTarget]))
     callback_url = _CALLBACK
     image_source = ma.fields.String(
-        metadata={"description": "Image to deploy (active, rebuild; required there): an http(s)/file URL or an image name"}
+        metadata={"description": "Image to deploy (active, rebuild; required there): "
+                                 "an http(s)/file URL or an image name"}
     )
     configdrive = ma.fields.Raw(
         metadata={"description": "Config drive (active, rebuild): a string or a JSON object, at most 64 KiB"}
@@ -241,9 +242,11 @@ class ThrottleSettings(ma.Schema):
     client_write_burst = ma.fields.Integer()
     read_rate = ma.fields.Float(metadata={"description": "Reads per second, one client (0: no limit)"})
     read_burst = ma.fields.Integer()
-    max_queue_depth = ma.fields.Integer(metadata={"description": "Jobs waiting before new work is refused (0: no limit)"})
+    max_queue_depth = ma.fields.Integer(
+        metadata={"description": "Jobs waiting before new work is refused (0: no limit)"})
     bmc_min_interval = ma.fields.Float(metadata={"description": "Least seconds between two commands to one BMC"})
-    worker_concurrency = ma.fields.Integer(metadata={"description": "Worker processes per conductor host taking jobs (0: all)"})
+    worker_concurrency = ma.fields.Integer(
+        metadata={"description": "Worker processes per conductor host taking jobs (0: all)"})
 
 
 class ThrottlePatch(Strict):

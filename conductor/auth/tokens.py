@@ -28,7 +28,7 @@ from conductor.callbacks import subscriptions
 from conductor.auth import tokenfile
 from conductor.auth.roles import Role
 from conductor.context import Context
-from conductor.database import Database
+from conductor.database import Database, rowcount
 from conductor.exceptions import InvalidInput, TokenNotFound
 from conductor.models import ApiToken, utcnow
 
@@ -119,11 +119,11 @@ def revoke(ctx: Context, token_id: str) -> ApiToken:
     :raises TokenNotFound: no such token.
     """
     with ctx.db.session() as session:
-        revoked = session.execute(
+        revoked = rowcount(session.execute(
             sa.update(ApiToken)
             .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
-        ).rowcount
+        ))
         if revoked:
             subscriptions.deactivate_for_client(session, token_id, "The token that created it was revoked.")
         session.commit()

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from conductor.callbacks import delivery, destinations, events
 from conductor.callbacks.status import delivery_to_dict
+from conductor.database import rowcount
 from conductor.exceptions import InvalidInput, SubscriptionNotFound
 from conductor.models import CallbackDelivery, CallbackSubscription, utcnow
 from conductor.service import nodes as node_service
@@ -103,9 +104,9 @@ def delete(session: Session, subscription_id: str, owner: str | None = EVERYONE)
     :raises SubscriptionNotFound: no such subscription (of that owner).
     """
     # The conditional write first (SQLite), then the deliveries.
-    deleted = session.execute(
+    deleted = rowcount(session.execute(
         sa.delete(CallbackSubscription).where(CallbackSubscription.id == subscription_id, _owned(owner))
-    ).rowcount
+    ))
     if deleted != 1:
         session.rollback()
         raise SubscriptionNotFound(
@@ -142,11 +143,11 @@ def deliveries(
 
 def deactivate_for_client(session: Session, client: str, reason: str) -> int:
     """Stop the subscriptions of ``client`` (its token was revoked), in the caller's transaction."""
-    return session.execute(
+    return rowcount(session.execute(
         sa.update(CallbackSubscription)
         .where(CallbackSubscription.client == client, CallbackSubscription.active.is_(True))
         .values(active=False, disabled_reason=reason, updated_at=utcnow())
-    ).rowcount
+    ))
 
 
 def to_dict(subscription: CallbackSubscription) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import click
 import requests
@@ -104,7 +104,7 @@ class Client:
                     states = None
                 show(request, states)
             if request["state"] in FINAL_STATES:
-                return request  # type: ignore[no-any-return]
+                return cast("dict[str, Any]", request)
             if deadline is not None and time.monotonic() > deadline:
                 raise click.ClickException(f"Request {request_id} still {request['state']} after {timeout} s")
             time.sleep(interval)

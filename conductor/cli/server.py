@@ -21,7 +21,8 @@ _data_dir = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Data directory (SQLite file, embedded Redis, logs). Default: $CONDUCTOR_DATA_DIR or ~/.local/share/conductor.",
+    help="Data directory (SQLite file, embedded Redis, logs). "
+    "Default: $CONDUCTOR_DATA_DIR or ~/.local/share/conductor.",
 )
 
 

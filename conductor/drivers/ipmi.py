@@ -38,6 +38,7 @@ each BMC's session stays open between the steps of a request).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import Callable, Mapping
@@ -169,10 +170,8 @@ def lock_ttl(settings: Settings) -> float:
 
 
 def _release_quietly(ctx: Context, endpoint: str, owner: str) -> None:
-    try:
+    with contextlib.suppress(redis.RedisError):  # the lock expires on its own
         bmc_throttle.release(ctx, endpoint, owner)
-    except redis.RedisError:
-        pass  # the lock expires on its own
 
 
 def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClient], T], *,
