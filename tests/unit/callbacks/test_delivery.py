@@ -284,7 +284,8 @@ def test_request_lists_show_each_callback(client, ctx, conductor_ctx, node, rece
     assert listed[pending]["state"] == "pending" and listed[pending]["id"].startswith("msg_")
 
 
-def test_the_standard_webhooks_reference_library_verifies_deliveries(client, ctx, conductor_ctx, node, receiver) -> None:
+def test_the_standard_webhooks_reference_library_verifies_deliveries(
+        client, ctx, conductor_ctx, node, receiver) -> None:
     old = client.post("/v1/callbacks/secret/rotate").json["secret"]
     new = client.post("/v1/callbacks/secret/rotate").json["secret"]
     finished_request(client, conductor_ctx, receiver.url())
