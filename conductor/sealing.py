@@ -24,9 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from conductor import secretbox
-from conductor.secretbox import is_secret
 from conductor.exceptions import InvalidInput
-from conductor.secretbox import SecretBox
+from conductor.secretbox import SecretBox, is_secret
 from conductor.settings import load as load_settings
 
 LOG = logging.getLogger(__name__)

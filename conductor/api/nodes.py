@@ -9,9 +9,8 @@ from flask.views import MethodView
 
 from conductor.api import admission, schemas
 from conductor.api.common import Blueprint, context, json_response, next_link, session
-from conductor.service import agent, history, nodes
+from conductor.service import agent, history, nodes, submit
 from conductor.service import requests as request_service
-from conductor.service import submit
 
 blp = Blueprint("nodes", __name__, url_prefix="/v1/nodes", description="Nodes and their state changes")
 

@@ -23,10 +23,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from conductor.callbacks import secrets as signing_secrets
-from conductor.callbacks import subscriptions
 from conductor.auth import tokenfile
 from conductor.auth.roles import Role
+from conductor.callbacks import secrets as signing_secrets
+from conductor.callbacks import subscriptions
 from conductor.context import Context
 from conductor.database import Database, rowcount
 from conductor.exceptions import InvalidInput, TokenNotFound

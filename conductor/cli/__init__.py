@@ -12,10 +12,6 @@ client starts fast.
 
 from __future__ import annotations
 
-# Imports inside functions: most commands are thin API clients, so each command
-# imports the server side it needs (settings, database, Flask, RQ, workers) when
-# it runs; `conductor --help` and the client commands stay quick to start.
-
 import json
 import sys
 from typing import Any
@@ -23,6 +19,10 @@ from typing import Any
 import click
 
 from conductor.cli.client import Client, default_url, progress_line, resolve_token
+
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
 
 
 class Output:

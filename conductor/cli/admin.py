@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-# Imports inside functions: most commands are thin API clients, so each command
-# imports the server side it needs (settings, database, Flask, RQ, workers) when
-# it runs; `conductor --help` and the client commands stay quick to start.
-
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +10,10 @@ import click
 
 from conductor.cli import Obj, pass_obj
 from conductor.cli.server import _data_dir, _settings
+
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
 
 TOKEN_COLUMNS = ["id", "name", "role", "created_at", "revoked_at"]
 THROTTLE_KEYS = [

@@ -6,10 +6,6 @@ against a remote deployment.
 
 from __future__ import annotations
 
-# Imports inside functions: most commands are thin API clients, so each command
-# imports the server side it needs (settings, database, Flask, RQ, workers) when
-# it runs; `conductor --help` and the client commands stay quick to start.
-
 import os
 import sys
 import time
@@ -18,6 +14,10 @@ from typing import Any, cast
 
 import click
 import requests
+
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
 
 DEFAULT_URL = "http://127.0.0.1:6385"
 FINAL_STATES = ("succeeded", "failed", "cancelled")

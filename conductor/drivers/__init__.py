@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from conductor.drivers.base import Driver
-from conductor.secretbox import is_secret
 from conductor.exceptions import InvalidInput, UnknownDriver
+from conductor.secretbox import is_secret
 
 #: Driver name -> module whose ``driver()`` builds it.
 DRIVERS: dict[str, str] = {

@@ -48,8 +48,8 @@ import redis
 
 from conductor import secretbox
 from conductor.drivers import base, fake
-from conductor.drivers.pxe import PXEDeploy
 from conductor.drivers.ipmi_client import LOGIN_TIMEOUT, BMCClient, BMCCredentials
+from conductor.drivers.pxe import PXEDeploy
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState
 from conductor.settings import Settings

@@ -187,7 +187,7 @@ def _io_sendto(mysocket: Any, packet: Any, sockaddr: Any) -> None:
                 select.select((), (mysocket,), (), 0.1)
             except (OSError, ValueError):
                 return
-        except Exception:  # pylint: disable=broad-except  # pyghmi ignores send errors too
+        except Exception:  # pyghmi ignores send errors too
             return
 
 
@@ -458,7 +458,7 @@ class _Session(ipmi_session.Session):
             if not getattr(self, "broken", False):
                 self._mark_broken("abandoned")
             self._forget()
-        except Exception as exc:  # pylint: disable=broad-except  # must not hide the attempt's error
+        except Exception as exc:  # must not hide the attempt's error
             LOG.debug("discarding a pyghmi session failed: %r", exc)
 
 

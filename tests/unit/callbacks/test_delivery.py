@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.models import CallbackDelivery, Node, NodeHistory
 from tests.callback_helpers import Reply, deliver_due, deliveries, drain_callbacks, verify_signature
 from tests.conftest import drain, free_port

@@ -23,7 +23,6 @@ from sqlalchemy import event
 
 from conductor import database
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.engine import conductors, jobs, runner, sweeper
 from conductor.fsm.states import RequestKind
 from conductor.models import Node, Request, utcnow

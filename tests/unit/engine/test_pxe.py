@@ -11,7 +11,6 @@ import sqlalchemy as sa
 
 from conductor import bootfiles
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.engine import conductors, watchdog
 from conductor.models import Node
 from tests.conftest import drain

@@ -10,8 +10,7 @@ import sqlalchemy as sa
 
 from conductor.exceptions import IdempotencyKeyReused, InvalidInput
 from conductor.models import IdempotencyRecord, Request
-from conductor.service import nodes
-from conductor.service import submit
+from conductor.service import nodes, submit
 from conductor.throttle import idempotency
 from conductor.throttle.idempotency import IdempotencyKey
 from tests.conftest import drain
