@@ -47,7 +47,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         # Connections, queues, throttles, metrics, secrets: what every layer above uses.
         "conductor.context", "conductor.database", "conductor.workqueue", "conductor.metrics", "conductor.throttle",
         "conductor.callbacks", "conductor.auth", "conductor.secretbox", "conductor.datadir", "conductor.bootfiles",
-        "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing", "conductor.macs",
+        "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing",
+        "conductor.macs",
     )),
     ("foundation", (
         "conductor.models", "conductor.fsm", "conductor.settings", "conductor.exceptions", "conductor",
