@@ -167,17 +167,6 @@ def authenticate(ctx: Context, secret: str) -> Principal | None:
     return principal
 
 
-def to_dict(token: ApiToken) -> dict[str, Any]:
-    """The API form of a token (never its secret or hash)."""
-    return {
-        "id": token.id,
-        "name": token.name,
-        "role": token.role,
-        "created_at": token.created_at,
-        "revoked_at": token.revoked_at,
-    }
-
-
 def ensure_admin_token(db: Database, settings: Any) -> bool:
     """Make ``settings.admin_token_file`` hold a valid admin token; True if a new one was made.
 

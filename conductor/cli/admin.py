@@ -49,6 +49,7 @@ def create(obj: Obj, role: str, name: str | None, direct: bool) -> None:
 
 
 def _create_direct(role: str, name: str | None) -> dict[str, Any]:
+    from conductor.api import schemas
     from conductor.auth import tokens
     from conductor.database import Database
     from conductor.exceptions import InvalidInput
@@ -61,12 +62,8 @@ def _create_direct(role: str, name: str | None) -> dict[str, Any]:
             with db.session() as session:
                 issued = tokens.issue(session, role, name)
                 session.commit()
-                return {
-                    **tokens.to_dict(issued.token),
-                    "created_at": issued.token.created_at.isoformat(),
-                    "token": issued.secret,
-                    "signing_secret": issued.signing_secret,
-                }
+                # What POST /v1/tokens answers.
+                return schemas.TokenCreated().dump(issued)
         finally:
             db.dispose()
     except InvalidInput as exc:
