@@ -233,6 +233,22 @@ def test_every_output_field_is_in_the_openapi_spec(client) -> None:
         assert set(components[schema.__name__]["properties"]) == set(schema().fields), schema.__name__
 
 
+def test_bodies_built_as_dicts_below_the_api_have_exactly_their_schemas_fields(client, conductor_ctx) -> None:
+    # The schema dumps these dicts; a key missing from one would silently
+    # drop its field from the answer.
+    client.post("/v1/nodes", json={"name": "n1", "driver": "fake"})
+    client.post("/v1/callbacks/secret/rotate")
+    for path, schema in (
+        ("/v1/conductors", schemas.Conductor),
+        ("/v1/nodes/n1/management/boot_device", schemas.BootDevice),
+        ("/v1/callbacks/secret", schemas.CallbackSecret),
+        ("/v1/throttle", schemas.ThrottleSettings),
+    ):
+        body = client.get(path).json
+        body = body["conductors"][0] if path == "/v1/conductors" else body
+        assert set(body) == set(schema().fields), path
+
+
 # The webhook snapshots (conductor.callbacks.events) are smaller on purpose
 # (docs/callbacks.md says why) but never disagree with the API.
 
