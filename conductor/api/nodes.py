@@ -16,6 +16,7 @@ blp = Blueprint("nodes", __name__, url_prefix="/v1/nodes", description="Nodes an
 
 
 def _accepted(submitted: submit.Submitted) -> tuple[Request, dict[str, str]]:
+    """The 202 of a state change: the request (dumped by ``RequestOut``) and where to poll it."""
     return submitted.request, {"Location": f"/v1/requests/{submitted.request.id}"}
 
 

@@ -63,7 +63,8 @@ def _create_direct(role: str, name: str | None) -> dict[str, Any]:
                 issued = tokens.issue(session, role, name)
                 session.commit()
                 # What POST /v1/tokens answers.
-                return schemas.TokenCreated().dump(issued)
+                created: dict[str, Any] = schemas.TokenCreated().dump(issued)
+                return created
         finally:
             db.dispose()
     except InvalidInput as exc:

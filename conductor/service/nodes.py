@@ -375,7 +375,7 @@ _STATES_BY_UUID = _STATES.where(Node.uuid == sa.bindparam("ident"))
 _STATES_BY_NAME = _STATES.where(Node.name == sa.bindparam("ident"))
 
 
-def states(conn: sa.Connection, ident: str) -> sa.Row[Any]:
+def states(conn: sa.Connection, ident: str) -> sa.Row[*tuple[Any, ...]]:
     """The node's current and target states, its active request id and that request's step.
 
     One narrow Core query on a plain connection: clients poll this.  The

@@ -178,7 +178,7 @@ def assert_hand_built_matches(hand_built: dict[str, Any], schema: ma.Schema, obj
     assert body == expected
 
 
-def states_row(ctx: Any, ident: str) -> sa.Row[Any]:
+def states_row(ctx: Any, ident: str) -> sa.Row[*tuple[Any, ...]]:
     with ctx.db.engine.connect() as conn:
         return node_service.states(conn, ident)
 
