@@ -453,8 +453,10 @@ class PortCreate(Strict):
 
 
 class Port(ma.Schema):
+    """Dumps a :class:`conductor.models.Port`."""
+
     uuid = ma.fields.String()
-    node_uuid = ma.fields.String()
+    node_uuid = ma.fields.String(attribute="node.uuid")
     address = ma.fields.String(metadata={"description": "MAC address, lower case, colon separated"})
     created_at = ma.fields.DateTime()
 

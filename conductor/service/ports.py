@@ -131,13 +131,3 @@ def delete(session: Session, port_uuid: str) -> None:
 def of_node(session: Session, node: Node) -> list[str]:
     """The MACs of ``node``'s ports, in creation order."""
     return list(session.scalars(sa.select(Port.address).where(Port.node_id == node.id).order_by(Port.id)))
-
-
-def to_dict(port: Port) -> dict[str, Any]:
-    """The API form of a port."""
-    return {
-        "uuid": port.uuid,
-        "node_uuid": port.node.uuid,
-        "address": port.address,
-        "created_at": port.created_at,
-    }

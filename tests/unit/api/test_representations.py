@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from conductor.api import schemas
 from conductor.auth.tokens import Issued
 from conductor.callbacks import events
-from conductor.models import ApiToken, CallbackDelivery, CallbackSubscription, Node, NodeHistory, Request
+from conductor.models import ApiToken, CallbackDelivery, CallbackSubscription, Node, NodeHistory, Port, Request
 from conductor.service import nodes as node_service
 
 T0 = dt.datetime(2026, 12, 6, 7, 1, 2, 345678, tzinfo=dt.UTC)
@@ -142,12 +142,18 @@ def test_pending_callback_has_every_field_of_a_delivery() -> None:
     assert set(schemas.PENDING_CALLBACK) == {f.attribute or name for name, f in schemas.CallbackStatus().fields.items()}
 
 
-def test_history_token_subscription_and_delivery_dumps() -> None:
+def test_history_port_token_subscription_and_delivery_dumps() -> None:
     entry = NodeHistory(id=7, node_id=1, created_at=T0, event="power.changed", severity="info", message="On.",
                         request_id="req-1", conductor="cond-1", provision_state="active", power_state="power on")
     assert dump(schemas.HistoryEntry(), entry) == {
         "id": 7, "created_at": T0_JSON, "event": "power.changed", "severity": "info", "message": "On.",
         "request_id": "req-1", "conductor": "cond-1", "provision_state": "active", "power_state": "power on",
+    }
+    port = Port(uuid="5d1c2b3a-0f9e-4d8c-8b7a-6f5e4d3c2b1a", node=make_node(True), address="52:54:00:12:34:56",
+                created_at=T0)
+    assert dump(schemas.Port(), port) == {
+        "uuid": "5d1c2b3a-0f9e-4d8c-8b7a-6f5e4d3c2b1a", "node_uuid": NODE_UUID, "address": "52:54:00:12:34:56",
+        "created_at": T0_JSON,
     }
     token = ApiToken(id="tok-1", name="ci", role="operator", secret_hash="h", created_at=T0, revoked_at=T1)
     shown = {"id": "tok-1", "name": "ci", "role": "operator", "created_at": T0_JSON, "revoked_at": T1_JSON}
@@ -228,8 +234,8 @@ def test_states_endpoint_answers_the_hand_built_json(client, ctx, busy_node) -> 
 
 def test_every_output_field_is_in_the_openapi_spec(client) -> None:
     components = client.get("/openapi.json").json["components"]["schemas"]
-    for schema in (schemas.Node, schemas.NodeStates, schemas.RequestOut, schemas.CallbackStatus,
-                   schemas.HistoryEntry, schemas.Token, schemas.TokenCreated, schemas.Subscription, schemas.Delivery):
+    for schema in (schemas.Node, schemas.NodeStates, schemas.RequestOut, schemas.CallbackStatus, schemas.HistoryEntry,
+                   schemas.Port, schemas.Token, schemas.TokenCreated, schemas.Subscription, schemas.Delivery):
         assert set(components[schema.__name__]["properties"]) == set(schema().fields), schema.__name__
 
 
