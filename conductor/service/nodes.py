@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conductor import drivers, macs, secretbox
+from conductor import database, drivers, macs, secretbox
 from conductor.callbacks import events
-from conductor.secretbox import is_secret
+from conductor.core import history
 from conductor.exceptions import (
     Conflict,
     InvalidInput,
@@ -32,7 +32,7 @@ from conductor.exceptions import (
 from conductor.fsm import table
 from conductor.fsm.states import ProvisionState
 from conductor.models import Node, Port, Request, utcnow
-from conductor.core import history
+from conductor.secretbox import is_secret
 
 MASK = "******"
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
@@ -227,7 +227,7 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
     if unknown:
         raise InvalidInput(
             f"Cannot patch {', '.join(unknown)}; patchable: {', '.join(sorted(PATCHABLE))}.",
-            errors={k: "not patchable" for k in unknown},
+            errors=dict.fromkeys(unknown, "not patchable"),
         )
     for _attempt in range(_PATCH_ATTEMPTS):
         node = session.scalars(
@@ -291,7 +291,7 @@ def _apply_patch(session: Session, node: Node, values: dict[str, Any], changes: 
     if DRIVER_FIELDS & set(changes):
         query = query.where(Node.active_request_id.is_(None))
     try:
-        if session.execute(query.values(**values, updated_at=utcnow())).rowcount != 1:
+        if database.rowcount(session.execute(query.values(**values, updated_at=utcnow()))) != 1:
             session.rollback()
             session.refresh(node)
             if DRIVER_FIELDS & set(changes) and node.active_request_id is not None:
@@ -342,7 +342,7 @@ def delete(session: Session, ident: str) -> None:
             ),
         ),
     )
-    if session.execute(query).rowcount == 1:
+    if database.rowcount(session.execute(query)) == 1:
         session.commit()
         return
     session.rollback()
