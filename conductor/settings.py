@@ -71,6 +71,8 @@ class Group(enum.StrEnum):
     IPMI = "ipmi"
     #: Deploy, clean and inspect with an agent (the ``pxe`` deploy interface).
     DEPLOY = "deploy"
+    #: DHCP and TFTP for network boot: dnsmasq run by ``conductor up`` (see conductor/dhcp/).
+    DHCP = "dhcp"
     #: Callbacks: webhook deliveries to subscribers and ``callback_url``.
     WEBHOOKS = "webhooks"
     #: How long finished requests, deliveries and history are kept.
@@ -210,6 +212,19 @@ class Settings:
     pxe_root: str = _setting(Group.DEPLOY, "")
     #: The API URL agents call; empty means ``http://<api_host>:<api_port>``.
     agent_api_url: str = _setting(Group.DEPLOY, "")
+
+    # --- dhcp ------------------------------------------------------------------------------
+    #: The interface dnsmasq serves DHCP and TFTP on, and the addresses it
+    #: leases (``first,last``, IPv4, inside the interface's subnet).  Both
+    #: empty: ``conductor up`` runs no DHCP server (the default).  Set both,
+    #: or neither.
+    dhcp_interface: str = _setting(Group.DHCP, "")
+    dhcp_range: str = _setting(Group.DHCP, "")
+    #: The dnsmasq program (Debian package ``dnsmasq-base``), by name or path.
+    dnsmasq_path: str = _setting(Group.DHCP, "dnsmasq")
+    #: What dnsmasq's TFTP serves: the iPXE binaries legacy PXE firmware
+    #: chain-loads (``undionly.kpxe``, ``snponly.efi``: Debian package ``ipxe``).
+    tftp_root: str = _setting(Group.DHCP, "/usr/lib/ipxe")
 
     # --- webhooks --------------------------------------------------------------------------
     #: Callback (webhook) delivery: worker processes started by ``up``; how

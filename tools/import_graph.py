@@ -40,6 +40,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     )),
     ("workers", (
         "conductor.engine", "conductor.callbacks.delivery", "conductor.callbacks.outbox", "conductor.callbacks.retry",
+        # The DHCP host entries follow the nodes booting from the network (asks the drivers which do).
+        "conductor.dhcp",
     )),
     ("drivers", ("conductor.drivers",)),
     ("core", ("conductor.core",)),
