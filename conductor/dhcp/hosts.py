@@ -92,8 +92,10 @@ class HostsDir:
         return f"# node {node_uuid}\n{mac}\n"
 
     def present(self) -> dict[str, str]:
-        """File name -> text, of every file in the directory."""
-        found = {}
+        """File name -> text, of every file in the directory (none before the first reconciliation)."""
+        found: dict[str, str] = {}
+        if not self.path.is_dir():
+            return found
         for path in self.path.iterdir():
             try:
                 found[path.name] = path.read_text(encoding="utf-8")
