@@ -236,8 +236,6 @@ class Supervisor:
                 child.start()
         self._record_children()
         self._wait_for_api(wait)
-        if self._dhcp_sync is not None:
-            self._dhcp_sync.start()
 
     def _start_dhcp(self, config: DhcpConfig, env: dict[str, str], log: Path) -> None:
         """Write dnsmasq's configuration and host entries, start it and wait until it is set up.
@@ -272,6 +270,7 @@ class Supervisor:
                 raise RuntimeError(f"dnsmasq did not start on {config.interface}: {said or 'no message'} "
                                    f"(log: {log})")
             time.sleep(0.05)
+        self._dhcp_sync.start()
 
     def _reload_dnsmasq(self) -> bool:
         """Have dnsmasq re-read its host entries (SIGHUP); False when it cannot be asked yet."""
