@@ -212,6 +212,10 @@ class Settings:
     pxe_root: str = _setting(Group.DEPLOY, "")
     #: The API URL agents call; empty means ``http://<api_host>:<api_port>``.
     agent_api_url: str = _setting(Group.DEPLOY, "")
+    #: Where the agent ramdisk's ``agent.kernel`` and ``agent.initramfs``
+    #: are served from (``GET /v1/boot/files/<name>``); empty means
+    #: ``<data_dir>/ramdisk``, where ``conductor ramdisk build`` writes them.
+    ramdisk_dir: str = _setting(Group.DEPLOY, "")
 
     # --- dhcp ------------------------------------------------------------------------------
     #: The interface dnsmasq serves DHCP and TFTP on, and the addresses it
@@ -286,6 +290,11 @@ class Settings:
     def pxe_dir(self) -> Path:
         """Where the pxe deploy writes per-node boot configs."""
         return Path(self.pxe_root).expanduser() if self.pxe_root else self.data_dir / "pxe"
+
+    @property
+    def ramdisk_path(self) -> Path:
+        """Where the boot files of the agent ramdisk are served from."""
+        return Path(self.ramdisk_dir).expanduser() if self.ramdisk_dir else self.data_dir / "ramdisk"
 
     @property
     def agent_url(self) -> str:

@@ -8,8 +8,8 @@ from flask import Flask, Response
 
 from conductor import __version__, bootstrap
 from conductor.api import (
-    admission, callbacks, conductors, errors, limits, nodes, ports, requests, strict_json, subscriptions, throttle,
-    tokens,
+    admission, boot, callbacks, conductors, errors, limits, nodes, ports, requests, strict_json, subscriptions,
+    throttle, tokens,
 )
 from conductor.api import metrics as api_metrics
 from conductor.api.common import close_session
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     app.before_request(limits.refuse_oversized_body)
     errors.register(app)
     admission.install(app)
-    for module in (nodes, ports, requests, conductors, throttle, tokens, subscriptions, callbacks):
+    for module in (nodes, ports, boot, requests, conductors, throttle, tokens, subscriptions, callbacks):
         api.register_blueprint(module.blp)
     app.teardown_appcontext(close_session)
 

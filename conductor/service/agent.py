@@ -15,8 +15,12 @@ agent booted by the ``pxe`` deploy interface talks to the conductor:
 
 The token is compared with the SHA-256 the deploy interface stored when it
 issued it (a per-workflow secret, never a bearer API token): only that
-node's agent, for that workflow, is heard.  The protocol's records
-(token, command, result) are :mod:`conductor.core.agent`'s.
+node's agent, for that workflow, is heard.  The first heartbeat that
+proves the token *claims* it (committed before anything else is
+answered, even a 409): the node's iPXE boot script (``GET
+/v1/boot/<mac>``) stops carrying it, so a boot script hands each token
+out only until its agent has called.  The protocol's records (token,
+command, result) are :mod:`conductor.core.agent`'s.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
                 f"The agent token is missing or is not the one issued for node {ident}'s current workflow."
             ) from None
         protocol.check_token(node, token)
+        if protocol.claim(session, node):
+            session.commit()
         # Its next heartbeats skip the budgets of unknown tokens (see throttle.agents).
         agents.accepted(ctx).remember(ident, agents.digest(token or ""))
         request = session.get(Request, node.active_request_id) if node.active_request_id else None
