@@ -11,7 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +25,7 @@ import sqlalchemy as sa
 from conductor import ramdisk
 from conductor.api import admission
 from conductor.models import Node
-from tests.conftest import drain
+from tests.conftest import drain, free_port
 from tests.unit.engine.test_pxe import boot_config, heartbeat, make_node, put, states
 
 MAC = "52:54:00:12:34:56"
@@ -380,3 +386,104 @@ def test_a_token_the_secret_key_cannot_open_boots_the_local_disk(client, anonymo
         info["agent_token_sealed"] = "fernet:" + re.sub(r".", "A", info["agent_token_sealed"][7:])
         node.driver_internal_info = info
     assert script(anonymous) == local(anonymous)
+
+
+# --- real iPXE -----------------------------------------------------------------------------
+
+IPXE_ROM = Path("/usr/lib/ipxe/qemu/pxe-e1000.rom")
+
+
+class Recorder:
+    """WSGI middleware: every request's path and query, and its status."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+        self.seen: list[tuple[str, int]] = []
+
+    def __call__(self, environ, start_response):  # type: ignore[no-untyped-def]
+        path = environ.get("PATH_INFO", "") + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
+
+        def start(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
+            self.seen.append((path, int(status.split()[0])))
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
+
+
+def boot_vm(mac: str, base: str, console: Path, until) -> None:  # type: ignore[no-untyped-def]
+    """Network-boot a QEMU machine with NIC ``mac`` from ``base``/v1/boot until ``until()`` (or 120 s).
+
+    QEMU's user network hands out the boot URL by DHCP and lets the guest
+    reach this host's loopback as 10.0.2.2; the console (SeaBIOS's serial
+    text console) goes to ``console``.
+    """
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot", "-m", "256",
+         "-machine", "graphics=off", "-serial", f"file:{console}", "-boot", "n",
+         "-netdev", f"user,id=n0,bootfile={base}/v1/boot",
+         "-device", f"e1000,netdev=n0,mac={mac},romfile={IPXE_ROM}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not until():
+            assert qemu.poll() is None, qemu.stdout.read() if qemu.stdout else ""
+            time.sleep(0.2)
+    finally:
+        os.killpg(qemu.pid, signal.SIGKILL)
+        qemu.wait(timeout=30)
+
+
+def console_text(console: Path) -> str:
+    if not console.exists():
+        return ""
+    return re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|c)", "", console.read_text(errors="replace")).replace("\r", "")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None or not IPXE_ROM.exists(),
+                    reason="needs qemu-system-x86_64 and Debian's ipxe-qemu")
+def test_real_ipxe_follows_the_scripts(client, anonymous, conductor_ctx, settings, tmp_path) -> None:
+    """Debian's iPXE (in QEMU) runs our scripts: DHCP -> /v1/boot -> /v1/boot/<mac> -> kernel, initrd, boot.
+
+    The "kernel" is an iPXE script that lists the loaded images on the
+    console and calls home, so the test sees that ``boot`` ran it.  A MAC
+    of no node gets the local-disk script, which iPXE runs too (there is no
+    disk: sanboot fails, exit hands back to the BIOS).
+    """
+    from werkzeug.serving import make_server
+
+    from conductor.api import create_app
+    from conductor.bootstrap import build_context
+
+    vm_mac, stranger = "52:54:00:b0:07:01", "52:54:00:b0:07:02"
+    with_port(client, mac=vm_mac)
+    put(client, "manage")
+    drain(conductor_ctx)
+    put(client, "inspect")
+    drain(conductor_ctx)
+    port = free_port()
+    base = f"http://10.0.2.2:{port}"
+    served = build_context(settings.replace(agent_api_url=base))
+    recorder = Recorder(create_app(ctx=served))
+    server = make_server("127.0.0.1", port, recorder, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.ramdisk_path.mkdir(parents=True)
+    (settings.ramdisk_path / "agent.kernel").write_text(f"#!ipxe\nimgstat\nchain {base}/probe\n")
+    (settings.ramdisk_path / "agent.initramfs").write_bytes(b"initramfs")
+    try:
+        boot_vm(vm_mac, base, tmp_path / "agent.log", lambda: any(p == "/probe" for p, _ in recorder.seen))
+        agent_boot, recorder.seen = recorder.seen, []
+        boot_vm(stranger, base, tmp_path / "local.log",
+                lambda: "No bootable device" in console_text(tmp_path / "local.log"))
+        local_boot = recorder.seen
+    finally:
+        server.shutdown()
+        served.close()
+    assert agent_boot == [("/v1/boot", 200), (f"/v1/boot/{vm_mac}", 200), ("/v1/boot/files/agent.kernel", 200),
+                          ("/v1/boot/files/agent.initramfs", 200), ("/probe", 401)]
+    text = console_text(tmp_path / "agent.log")
+    assert "agent.initramfs : 9 bytes" in text, text  # loaded under the name initrd= gives the kernel
+    assert local_boot == [("/v1/boot", 200), (f"/v1/boot/{stranger}", 200)]
+    text = console_text(tmp_path / "local.log")
+    assert "Booting from SAN device 0x80" in text and "No bootable device" in text, text
