@@ -10,7 +10,8 @@ and removes it when the agent's work is done.  A machine that boots from
 * ``api_url``: the conductor API to heartbeat to;
 * ``node``: its node's UUID;
 * ``token``: the agent token issued for this workflow (the conductor keeps
-  only its SHA-256).
+  its SHA-256, and a sealed copy for the iPXE boot script of real machines
+  until the agent claims it: :mod:`conductor.core.agent`).
 
 The file is named after the node's BMC address (``<address>-<port>.json``),
 the one identity both the conductor (``driver_info``) and the machine know
