@@ -487,3 +487,28 @@ def test_real_ipxe_follows_the_scripts(client, anonymous, conductor_ctx, setting
     assert local_boot == [("/v1/boot", 200), (f"/v1/boot/{stranger}", 200)]
     text = console_text(tmp_path / "local.log")
     assert "Booting from SAN device 0x80" in text and "No bootable device" in text, text
+
+
+def test_a_claim_racing_another_write_of_the_node_is_skipped(client, anonymous, conductor_ctx, settings) -> None:
+    """A claim never writes back a stale ``driver_internal_info`` (e.g. over a result or a revocation)."""
+    from conductor.core import agent as protocol
+
+    with_port(client)
+    put(client, "manage")
+    drain(conductor_ctx)
+    put(client, "clean")
+    drain(conductor_ctx)
+    with conductor_ctx.db.session() as claimer:
+        stale = claimer.scalars(sa.select(Node)).one()
+        with conductor_ctx.db.begin() as other:  # e.g. the wait is aborted meanwhile
+            node = other.scalars(sa.select(Node)).one()
+            node.driver_internal_info = {**node.driver_internal_info, "written": "meanwhile"}
+        assert protocol.claim(claimer, stale) is False
+        claimer.commit()
+    with conductor_ctx.db.session() as session:
+        info = session.scalars(sa.select(Node)).one().driver_internal_info
+    assert info["written"] == "meanwhile" and "agent_token_sealed" in info
+    # The agent's next heartbeat claims it.
+    token = agent_args(script(anonymous), settings)[ramdisk.TOKEN_ARG]
+    assert heartbeat(anonymous, "n1", token).status_code == 200
+    assert script(anonymous) == local(anonymous)
