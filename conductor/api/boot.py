@@ -30,6 +30,7 @@ from flask.views import MethodView
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.http import parse_range_header
 from werkzeug.utils import send_file
+from werkzeug.wrappers import Response as BaseResponse
 
 from conductor import ramdisk
 from conductor.api.common import Blueprint, context, session
@@ -89,7 +90,7 @@ def _script(text: str) -> Response:
     return response
 
 
-def serve_file(path: Path) -> Response:
+def serve_file(path: Path) -> BaseResponse:
     """``path`` as a download: ``Content-Length``, ``Range`` (206, or 416), ``ETag``, streamed.
 
     One range per request: a ``Range`` that does not parse, names another
@@ -146,6 +147,6 @@ class BootFile(MethodView):
         "404": {"description": "No such boot file, or not built (run `conductor ramdisk build`)"},
         "416": {"description": "The range is not within the file"},
     })
-    def get(self, name: str) -> Response:
+    def get(self, name: str) -> BaseResponse:
         """A boot file of the agent ramdisk (``agent.kernel``, ``agent.initramfs``), with ``Range`` support."""
         return serve_file(boot.ramdisk_file(context().settings, name))

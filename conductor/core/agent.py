@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from conductor import bootfiles, secretbox
+from conductor import bootfiles, database, secretbox
 from conductor.exceptions import InvalidAgentToken
 from conductor.models import Node, utcnow
 
@@ -148,12 +148,12 @@ def claim(session: Session, node: Node) -> bool:
     now = utcnow()
     info.pop(_SEALED)
     info[_CLAIMED] = now.isoformat()
-    done = session.execute(
+    done = database.rowcount(session.execute(
         sa.update(Node)
         .where(Node.id == node.id, Node.updated_at == node.updated_at)
         .values(driver_internal_info=info, updated_at=now)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if done != 1:
         return False
     # What the row now holds, without marking the object dirty (a later

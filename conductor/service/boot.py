@@ -33,13 +33,15 @@ from conductor import macs
 from conductor.core import agent as protocol
 from conductor.exceptions import NotFound, SecretUnreadable
 from conductor.fsm import table
+from conductor.fsm.states import ProvisionState as S
 from conductor.models import Node, Port
 from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
-#: Provision states in which a node's agent may boot (see the module docstring).
-AGENT_PHASE_STATES = table.WAIT_STATES | table.BUSY_STATES
+#: Provision states in which a node's agent may boot (see the module docstring):
+#: the waits, and the busy states whose phases boot an agent.
+AGENT_PHASE_STATES = table.WAIT_STATES | {S.DEPLOYING, S.CLEANING, S.INSPECTING}
 #: The files of the agent ramdisk, as ``conductor ramdisk build`` names them.
 RAMDISK_FILES = ("agent.kernel", "agent.initramfs")
 
