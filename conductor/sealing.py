@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from conductor import secretbox
 from conductor.exceptions import InvalidInput
-from conductor.secretbox import SecretBox, is_secret
+from conductor.secretbox import SEALED_INTERNAL_KEYS, SecretBox, is_secret
 from conductor.settings import load as load_settings
 
 LOG = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ BATCH = 200
 MAX_PASSES = 5
 
 _nodes = sa.table("nodes", sa.column("id", sa.Integer), sa.column("driver_info", sa.JSON),
-                  sa.column("updated_at"))
+                  sa.column("driver_internal_info", sa.JSON), sa.column("updated_at"))
 _secrets = sa.table("callback_secrets", sa.column("client", sa.String), sa.column("secret", sa.String),
                     sa.column("previous_secret", sa.String))
 
@@ -59,21 +59,23 @@ def _outdated(box: SecretBox, value: Any, plain_only: bool) -> bool:
 def _node_batch(conn: sa.Connection, rewrite: Rewrite, after: int) -> tuple[int | None, int, int]:
     needs, redo = rewrite
     rows = conn.execute(
-        sa.select(_nodes.c.id, _nodes.c.driver_info, _nodes.c.updated_at)
+        sa.select(_nodes.c.id, _nodes.c.driver_info, _nodes.c.driver_internal_info, _nodes.c.updated_at)
         .where(_nodes.c.id > after).order_by(_nodes.c.id).limit(BATCH)
     ).all()
     changed = needed = 0
-    for node_id, info, updated_at in rows:
-        info = info or {}
-        if not any(is_secret(k) and needs(v) for k, v in info.items()):
+    for node_id, info, internal, updated_at in rows:
+        info, internal = info or {}, internal or {}
+        if not (any(is_secret(k) and needs(v) for k, v in info.items())
+                or any(k in SEALED_INTERNAL_KEYS and needs(v) for k, v in internal.items())):
             continue
         needed += 1
         new = {k: (redo(v) if is_secret(k) and needs(v) else v) for k, v in info.items()}
+        new_internal = {k: (redo(v) if k in SEALED_INTERNAL_KEYS and needs(v) else v) for k, v in internal.items()}
         # Conditional on the version a patch checks too (and left as it is):
         # a concurrent patch wins, and the next pass looks at its result.
         changed += conn.execute(
             sa.update(_nodes).where(_nodes.c.id == node_id, _nodes.c.updated_at == updated_at)
-            .values(driver_info=new)
+            .values(driver_info=new, driver_internal_info=new_internal)
         ).rowcount
     return (rows[-1][0] if rows else None), changed, needed
 

@@ -44,6 +44,10 @@ def is_secret(key: str) -> bool:
     return key.lower().endswith(SECRET_SUFFIX)
 
 
+#: ``driver_internal_info`` keys whose values are sealed (the agent token a
+#: boot script hands over); ``rotate-key`` re-encrypts them with the rest.
+SEALED_INTERNAL_KEYS = ("agent_token_sealed",)
+
 PREFIX = "fernet:"
 #: The key of a session's ``info`` holding its :class:`SecretBox`.
 SESSION_INFO_KEY = "secretbox"

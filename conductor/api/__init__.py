@@ -8,8 +8,19 @@ from flask import Flask, Response
 
 from conductor import __version__, bootstrap
 from conductor.api import (
-    admission, boot, callbacks, conductors, errors, limits, nodes, ports, requests, strict_json, subscriptions,
-    throttle, tokens,
+    admission,
+    boot,
+    callbacks,
+    conductors,
+    errors,
+    limits,
+    nodes,
+    ports,
+    requests,
+    strict_json,
+    subscriptions,
+    throttle,
+    tokens,
 )
 from conductor.api import metrics as api_metrics
 from conductor.api.common import close_session

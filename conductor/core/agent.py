@@ -66,7 +66,7 @@ INVENTORY_KEYS = ("cpus", "cpu_arch", "memory_mb", "local_gb", "disks", "nics")
 RESULT_STATUSES = ("succeeded", "failed")
 
 _TOKEN = "agent_token_sha256"
-_SEALED = "agent_token_sealed"
+(_SEALED,) = secretbox.SEALED_INTERNAL_KEYS
 _CLAIMED = "agent_token_claimed_at"
 _COMMAND = "agent_command"
 _RESULT = "agent_result"

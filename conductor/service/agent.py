@@ -31,13 +31,14 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
+from conductor import database
 from conductor.context import Context
 from conductor.core import agent as protocol
 from conductor.core import history
 from conductor.exceptions import InvalidAgentToken, InvalidInput, NodeNotFound, NodeNotWaiting
 from conductor.fsm import table
 from conductor.fsm.states import RequestState
-from conductor.models import Node, Request, utcnow
+from conductor.models import Request, utcnow
 from conductor.service import nodes
 from conductor.throttle import agents
 
@@ -92,7 +93,7 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
                 f"({command.get('id')!r}).",
                 errors={"command_result.id": "not the current command"},
             )
-        woken = session.execute(_WAKE, {"rid": request.id, "now": utcnow()}).rowcount
+        woken = database.rowcount(session.execute(_WAKE, {"rid": request.id, "now": utcnow()}))
         if woken != 1:
             session.rollback()
             raise NodeNotWaiting(
