@@ -60,8 +60,6 @@ COMMAND_PARAMS: dict[str, tuple[str, ...]] = {
     "erase_disks": (),
     "inspect": (),
 }
-#: Inventory keys an agent reports, copied into the node's ``properties``.
-INVENTORY_KEYS = ("cpus", "cpu_arch", "memory_mb", "local_gb", "disks", "nics")
 #: The statuses a command result may have.
 RESULT_STATUSES = ("succeeded", "failed")
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from conductor import bootfiles
 from conductor.core import agent as protocol
+from conductor.core import inventory
 from conductor.drivers import base
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState as P
@@ -75,8 +76,7 @@ def _agent(name: str) -> Callable[[Task, dict[str, Any]], base.StepResult | None
             raise DriverError(f"The agent failed to {name.replace('_', ' ')}: "
                               f"{result.get('error') or 'no reason given'}")
         if name == "inspect":
-            inventory = result.get("inventory") or {}
-            task.update_properties(**{k: inventory[k] for k in protocol.INVENTORY_KEYS if k in inventory})
+            inventory.record(task.session, task.node, result.get("inventory") or {}, task.request, task.conductor)
         return None
 
     phase.__doc__ = f"agent {name}"
