@@ -164,7 +164,8 @@ def run_python(url: str, method: str, paths: list[str], duration: float, body_ki
 
 def suspend(data_dir: Path, on: bool) -> None:
     import redis
-    from rq.suspension import resume, suspend as rq_suspend
+    from rq.suspension import resume
+    from rq.suspension import suspend as rq_suspend
 
     from conductor import embedded_redis
 

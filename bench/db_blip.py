@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import shutil
 import signal
@@ -86,12 +87,12 @@ class Drill:
                "CONDUCTOR_POWER_POLL_INITIAL": "0.1", "CONDUCTOR_POWER_POLL_MAX": "0.5",
                "CONDUCTOR_LOG_LEVEL": "INFO"}
         env.pop("CONDUCTOR_REDIS_URL", None)
-        log = open(self.data_dir / "up.log", "ab")
-        self.proc = subprocess.Popen(
-            [CONDUCTOR, "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
-             "--workers", str(self.args.workers), "--api-workers", "2"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.data_dir / "up.log", "ab") as log:  # the child writes to its own copy
+            self.proc = subprocess.Popen(
+                [CONDUCTOR, "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                 "--workers", str(self.args.workers), "--api-workers", "2"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         token_file = self.data_dir / "admin.token"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -113,15 +114,11 @@ class Drill:
             return
         with_group = [self.proc.pid]
         self.proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
         for pgid in with_group:  # anything left in its process group
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait()
 
     def setup_nodes(self) -> list[str]:

@@ -71,7 +71,9 @@ def run(nodes: int, workers: int, boot_delay: float, work_duration: float, power
                      "power_poll_initial": 0.25, "power_poll_max": 2.0, "automated_clean": False},
                     env={})
     (data_dir / "logs").mkdir(parents=True)
-    fleet = Fleet(count=nodes, delay=power_delay, stderr=open(data_dir / "logs" / "bmcsim.log", "ab")).start()
+    # Open for the fleet's life: it starts a crashed shard again with the same stderr.
+    bmcsim_log = open(data_dir / "logs" / "bmcsim.log", "ab")  # noqa: SIM115
+    fleet = Fleet(count=nodes, delay=power_delay, stderr=bmcsim_log).start()
     agent = SimAgent(fleet, settings.pxe_dir, boot_delay=boot_delay, work_duration=work_duration).start()
     supervisor = Supervisor(settings)
     try:

@@ -66,7 +66,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bmcsim_load  # noqa: E402
-
 from conductor.bmcsim import Fleet  # noqa: E402
 
 #: Worker processes of ``conductor up`` by default: measured best on the 2-core box (docs/ipmi.md).
@@ -74,8 +73,8 @@ DEFAULT_WORKERS = 3
 BASELINE_THREADS = 16
 BASELINE_POLL = 0.5
 ACTIVE_RE = re.compile(r'^conductor_requests_active\{state="(\w+)"\} ([0-9.e+]+)$', re.M)
-BMC_CALLS_RE = re.compile(r'^conductor_bmc_command_duration_seconds_count\{command="(\w+)",driver="ipmi"\} ([0-9.e+]+)$',
-                          re.M)
+BMC_CALLS_RE = re.compile(
+    r'^conductor_bmc_command_duration_seconds_count\{command="(\w+)",driver="ipmi"\} ([0-9.e+]+)$', re.M)
 
 
 class Stalled(Exception):
@@ -89,7 +88,7 @@ def _free_port() -> int:
 
 
 def _load() -> str:
-    return "load %.2f %.2f %.2f" % os.getloadavg()
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 # --- CPU accounting, by role ---------------------------------------------------------------
@@ -134,9 +133,9 @@ class Service:
         self.http.mount("http://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64))
 
     def start(self, timeout: float = 60.0) -> Service:
-        log = open(self.data_dir / "up.log", "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with open(self.data_dir / "up.log", "ab") as log:  # the child writes to its own copy
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -25,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conductor.bmcsim import Fleet  # noqa: E402
-from conductor.drivers.ipmi_client import BMCClient, BMCCredentials  # noqa: E402
+from conductor.bmcsim import Fleet
+from conductor.drivers.ipmi_client import BMCClient, BMCCredentials
 
 
 def timed(label: str, bmcs: Sequence[Any], call: Callable[[Any], object]) -> None:

@@ -78,7 +78,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def start_service(data_dir: Path, port: int, workers: int, api_workers: int,
@@ -87,12 +87,12 @@ def start_service(data_dir: Path, port: int, workers: int, api_workers: int,
     env.update(CONDUCTOR_DATA_DIR=str(data_dir), CONDUCTOR_LOG_LEVEL="WARNING")
     if database_url:
         env["DATABASE_URL"] = database_url
-    log = open(data_dir / "up.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conductor", "up", "--port", str(port), "--workers", str(workers),
-         "--api-workers", str(api_workers)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    with open(data_dir / "up.log", "ab") as log:  # the child writes to its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conductor", "up", "--port", str(port), "--workers", str(workers),
+             "--api-workers", str(api_workers)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -247,12 +247,15 @@ def main() -> None:
             print(f"database: {args.database_url.split('@')[-1] if args.database_url else 'SQLite'}")
             print(f"\noffered {len(results)} PUTs in {wall:.1f} s = {len(results) / wall:.0f}/s "
                   f"({args.factor:g}x the configured {args.rate:g}/s; {args.threads} client threads, "
-                  f"{args.api_workers} gunicorn sync workers, {args.workers} conductor workers, {os.cpu_count()} cores)")
+                  f"{args.api_workers} gunicorn sync workers, {args.workers} conductor workers, "
+                  f"{os.cpu_count()} cores)")
             print("status counts: " + ", ".join(f"{s}: {len(v)}" for s, v in sorted(by_status.items())))
             expected = args.rate + burst / wall
             print(f"admitted (not 503): {len(admitted) / wall:.1f}/s vs configured {args.rate:g}/s "
-                  f"(+ burst {burst} spread over the run = {expected:.1f}/s): ratio {len(admitted) / wall / expected:.3f}")
-            print(f"503 latency: p50 {percentile(refused, 0.5) * 1000:.1f} ms, p99 {percentile(refused, 0.99) * 1000:.1f} ms, "
+                  f"(+ burst {burst} spread over the run = {expected:.1f}/s): "
+                  f"ratio {len(admitted) / wall / expected:.3f}")
+            print(f"503 latency: p50 {percentile(refused, 0.5) * 1000:.1f} ms, "
+                  f"p99 {percentile(refused, 0.99) * 1000:.1f} ms, "
                   f"max {max(refused, default=float('nan')) * 1000:.1f} ms (target p99 <= 20 ms)")
             print(f"admitted latency: p50 {percentile(admitted, 0.5) * 1000:.1f} ms, "
                   f"p99 {percentile(admitted, 0.99) * 1000:.1f} ms")

@@ -10,7 +10,8 @@ and removes it when the agent's work is done.  A machine that boots from
 * ``api_url``: the conductor API to heartbeat to;
 * ``node``: its node's UUID;
 * ``token``: the agent token issued for this workflow (the conductor keeps
-  only its SHA-256).
+  its SHA-256, and a sealed copy for the iPXE boot script of real machines
+  until the agent claims it: :mod:`conductor.core.agent`).
 
 The file is named after the node's BMC address (``<address>-<port>.json``),
 the one identity both the conductor (``driver_info``) and the machine know
@@ -23,11 +24,12 @@ PXE boot, which is exactly as exposed on a real network (see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 def key_for(driver_info: Mapping[str, Any], node_uuid: str) -> str:
@@ -59,14 +61,12 @@ def write(root: Path, key: str, config: Mapping[str, Any]) -> Path:
 def read(root: Path, key: str) -> dict[str, Any] | None:
     """Boot config ``key``, or None when there is none (the machine finds nothing to boot)."""
     try:
-        return json.loads(path_for(root, key).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        return cast("dict[str, Any]", json.loads(path_for(root, key).read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return None
 
 
 def remove(root: Path, key: str) -> None:
     """Remove boot config ``key`` (if present)."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         path_for(root, key).unlink()
-    except FileNotFoundError:
-        pass

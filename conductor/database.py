@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -105,6 +105,15 @@ def retrying(unit: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -
 
 def _brief(exc: sa.exc.DBAPIError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+
+
+def rowcount(result: sa.Result[Any]) -> int:
+    """The rows an UPDATE or DELETE run by ``Session.execute`` matched.
+
+    The session hands back a ``CursorResult`` for these statements, but is
+    typed as returning a plain ``Result``, which has no ``rowcount``.
+    """
+    return cast("sa.CursorResult[Any]", result).rowcount
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

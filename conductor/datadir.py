@@ -9,6 +9,7 @@ and shared-memory files the database file's mode.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -47,12 +48,10 @@ def ensure_private_sqlite(path: Path) -> None:
     """
     if not path.parent.exists():
         ensure_private_dir(path.parent)
-    try:
+    with contextlib.suppress(FileExistsError):
         # An empty file is an empty SQLite database; created here so that
         # SQLite never creates it with the process umask (0644).
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
     for name in [path.name] + [path.name + suffix for suffix in SQLITE_SIDE_FILES]:
         _tighten(path.with_name(name), 0o177)
 

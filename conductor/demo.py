@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 
@@ -70,17 +70,17 @@ class Api:
         return response.json() if response.content else None
 
     def provision(self, node: str, target: str, **params: Any) -> str:
-        return self.call("PUT", f"/v1/nodes/{node}/states/provision",  # type: ignore[no-any-return]
-                         json={"target": target, **params})["id"]
+        return cast(str, self.call("PUT", f"/v1/nodes/{node}/states/provision",
+                                   json={"target": target, **params})["id"])
 
     def power(self, node: str, target: str) -> str:
-        return self.call("PUT", f"/v1/nodes/{node}/states/power", json={"target": target})["id"]  # type: ignore[no-any-return]
+        return cast(str, self.call("PUT", f"/v1/nodes/{node}/states/power", json={"target": target})["id"])
 
     def nodes(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/nodes", params={"limit": 1000})["nodes"]  # type: ignore[no-any-return]
+        return cast("list[dict[str, Any]]", self.call("GET", "/v1/nodes", params={"limit": 1000})["nodes"])
 
     def request(self, request_id: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/requests/{request_id}")  # type: ignore[no-any-return]
+        return cast("dict[str, Any]", self.call("GET", f"/v1/requests/{request_id}"))
 
 
 def register_image(settings: Any, name: str, size: int = 65536) -> None:
@@ -147,8 +147,10 @@ class Demo:
             "deploy_agent_timeout": 120, "clean_agent_timeout": 120, "inspect_agent_timeout": 120,
         }, env={})
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Open for the fleet's life: it starts a crashed shard again with the same stderr.
+        bmcsim_log = open(self.data_dir / "logs" / "bmcsim.log", "ab")  # noqa: SIM115
         self.fleet = Fleet(count=self.count, delay=self.power_delay, password_mode="per-bmc",
-                           stderr=open(self.data_dir / "logs" / "bmcsim.log", "ab")).start()
+                           stderr=bmcsim_log).start()
         self.agent = SimAgent(self.fleet, settings.pxe_dir, boot_delay=self.boot_delay,
                               work_duration=self.work_duration).start()
         self.supervisor = Supervisor(settings)
@@ -260,7 +262,7 @@ class Demo:
     def _state(self, name: str) -> str | None:
         for node in self.snapshot or self._api().nodes():
             if node["name"] == name:
-                return node["provision_state"]  # type: ignore[no-any-return]
+                return cast(str, node["provision_state"])
         return None
 
     def _until(self, predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:

@@ -9,6 +9,7 @@ on Linux), so neither a crash nor a test run leaks servers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -133,10 +134,8 @@ class EmbeddedRedis:
             proc.kill()
             proc.wait()
         if self.socket.exists():
-            try:
+            with contextlib.suppress(OSError):
                 self.socket.unlink()
-            except OSError:
-                pass
 
     @property
     def pid(self) -> int | None:

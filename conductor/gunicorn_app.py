@@ -13,7 +13,7 @@ from conductor.api import limits
 from conductor.settings import Settings
 
 
-class _App(BaseApplication):  # type: ignore[misc]
+class _App(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         super().__init__()
@@ -44,7 +44,8 @@ class _App(BaseApplication):  # type: ignore[misc]
         app = create_app(self.settings)
         instance = os.environ.get("CONDUCTOR_INSTANCE_ID")
         if instance:  # under `conductor up`, whose start-up check looks for it
-            app.wsgi_app = _EchoInstance(app.wsgi_app, instance)
+            # Flask's own way to add WSGI middleware; mypy sees a method replaced.
+            app.wsgi_app = _EchoInstance(app.wsgi_app, instance)  # type: ignore[method-assign]
         return app
 
 

@@ -15,12 +15,10 @@ hook), so a rolled-back step counts nothing.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import json
 import logging
-import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import redis
 from sqlalchemy.orm import Session

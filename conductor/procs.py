@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 LOG = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def _parent_death_signal() -> int:
     return value.value
 
 
-def die_with_parent(parent_pid: int):  # type: ignore[no-untyped-def]
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets SIGTERM when ``parent_pid`` dies (or exits at once if it already has)."""
 
     def preexec() -> None:  # pragma: no cover - runs in the child, between fork and exec

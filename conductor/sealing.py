@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from contextlib import AbstractContextManager
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from conductor import secretbox
-from conductor.secretbox import is_secret
 from conductor.exceptions import InvalidInput
-from conductor.secretbox import SecretBox
+from conductor.secretbox import SEALED_INTERNAL_KEYS, SecretBox, is_secret
 from conductor.settings import load as load_settings
 
 LOG = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ BATCH = 200
 MAX_PASSES = 5
 
 _nodes = sa.table("nodes", sa.column("id", sa.Integer), sa.column("driver_info", sa.JSON),
-                  sa.column("updated_at"))
+                  sa.column("driver_internal_info", sa.JSON), sa.column("updated_at"))
 _secrets = sa.table("callback_secrets", sa.column("client", sa.String), sa.column("secret", sa.String),
                     sa.column("previous_secret", sa.String))
 
@@ -60,21 +59,23 @@ def _outdated(box: SecretBox, value: Any, plain_only: bool) -> bool:
 def _node_batch(conn: sa.Connection, rewrite: Rewrite, after: int) -> tuple[int | None, int, int]:
     needs, redo = rewrite
     rows = conn.execute(
-        sa.select(_nodes.c.id, _nodes.c.driver_info, _nodes.c.updated_at)
+        sa.select(_nodes.c.id, _nodes.c.driver_info, _nodes.c.driver_internal_info, _nodes.c.updated_at)
         .where(_nodes.c.id > after).order_by(_nodes.c.id).limit(BATCH)
     ).all()
     changed = needed = 0
-    for node_id, info, updated_at in rows:
-        info = info or {}
-        if not any(is_secret(k) and needs(v) for k, v in info.items()):
+    for node_id, info, internal, updated_at in rows:
+        info, internal = info or {}, internal or {}
+        if not (any(is_secret(k) and needs(v) for k, v in info.items())
+                or any(k in SEALED_INTERNAL_KEYS and needs(v) for k, v in internal.items())):
             continue
         needed += 1
         new = {k: (redo(v) if is_secret(k) and needs(v) else v) for k, v in info.items()}
+        new_internal = {k: (redo(v) if k in SEALED_INTERNAL_KEYS and needs(v) else v) for k, v in internal.items()}
         # Conditional on the version a patch checks too (and left as it is):
         # a concurrent patch wins, and the next pass looks at its result.
         changed += conn.execute(
             sa.update(_nodes).where(_nodes.c.id == node_id, _nodes.c.updated_at == updated_at)
-            .values(driver_info=new)
+            .values(driver_info=new, driver_internal_info=new_internal)
         ).rowcount
     return (rows[-1][0] if rows else None), changed, needed
 
@@ -187,17 +188,17 @@ def rotate_key_file(connect: Connect, box: SecretBox) -> tuple[int, int]:
     if key_file is None:
         raise RuntimeError("The keys come from the setting secret_key, not a key file.")
     old = box.keys(reload=True)
-    key_file.write([secretbox.new_key()] + old)
+    key_file.write([secretbox.new_key(), *old])
     changed = reseal_until_current(connect, box)
     new = box.keys(reload=True)[0]
     # Rows a process sealed under an old key after its last look at the
     # file are re-encrypted by a last pass that still holds every key.
-    everything = SecretBox(keys=[new] + old)
+    everything = SecretBox(keys=[new, *old])
     key_file.write([new])
     try:
         changed += reseal_until_current(connect, everything)
     except RuntimeError:
-        key_file.write([new] + old)  # a row may still need an old key: keep them
+        key_file.write([new, *old])  # a row may still need an old key: keep them
         raise
     finally:
         box.keys(reload=True)

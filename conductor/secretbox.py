@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.orm import Session
@@ -43,6 +43,10 @@ def is_secret(key: str) -> bool:
     """Whether a ``driver_info`` key holds a secret."""
     return key.lower().endswith(SECRET_SUFFIX)
 
+
+#: ``driver_internal_info`` keys whose values are sealed (the agent token a
+#: boot script hands over); ``rotate-key`` re-encrypts them with the rest.
+SEALED_INTERNAL_KEYS = ("agent_token_sealed",)
 
 PREFIX = "fernet:"
 #: The key of a session's ``info`` holding its :class:`SecretBox`.
@@ -243,5 +247,5 @@ def of(session: Session) -> SecretBox:
     box = session.info.get(SESSION_INFO_KEY)
     if box is None:
         raise NoSecretKey("This database session has no secret key (build it with Database.from_settings).")
-    return box  # type: ignore[no-any-return]
+    return cast(SecretBox, box)
 

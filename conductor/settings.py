@@ -73,6 +73,8 @@ class Group(enum.StrEnum):
     DEPLOY = "deploy"
     #: Images: registered images and the cache of remote ones.
     IMAGES = "images"
+    #: DHCP and TFTP for network boot: dnsmasq run by ``conductor up`` (see conductor/dhcp/).
+    DHCP = "dhcp"
     #: Callbacks: webhook deliveries to subscribers and ``callback_url``.
     WEBHOOKS = "webhooks"
     #: How long finished requests, deliveries and history are kept.
@@ -212,6 +214,10 @@ class Settings:
     pxe_root: str = _setting(Group.DEPLOY, "")
     #: The API URL agents call; empty means ``http://<api_host>:<api_port>``.
     agent_api_url: str = _setting(Group.DEPLOY, "")
+    #: Where the agent ramdisk's ``agent.kernel`` and ``agent.initramfs``
+    #: are served from (``GET /v1/boot/files/<name>``); empty means
+    #: ``<data_dir>/ramdisk``, where ``conductor ramdisk build`` writes them.
+    ramdisk_dir: str = _setting(Group.DEPLOY, "")
     #: What cleaning erases when the request does not say (``erase``):
     #: ``metadata`` (partition tables and signatures at both ends of each
     #: disk) or ``full`` (a zero pass over every disk).
@@ -235,6 +241,19 @@ class Settings:
     image_cache_size: float = _setting(Group.IMAGES, 50.0)
     image_download_timeout: float = _setting(Group.IMAGES, 60.0)
     image_file_dirs: str = _setting(Group.IMAGES, "/srv/images")
+
+    # --- dhcp ------------------------------------------------------------------------------
+    #: The interface dnsmasq serves DHCP and TFTP on, and the addresses it
+    #: leases (``first,last``, IPv4, inside the interface's subnet).  Both
+    #: empty: ``conductor up`` runs no DHCP server (the default).  Set both,
+    #: or neither.
+    dhcp_interface: str = _setting(Group.DHCP, "")
+    dhcp_range: str = _setting(Group.DHCP, "")
+    #: The dnsmasq program (Debian package ``dnsmasq-base``), by name or path.
+    dnsmasq_path: str = _setting(Group.DHCP, "dnsmasq")
+    #: What dnsmasq's TFTP serves: the iPXE binaries legacy PXE firmware
+    #: chain-loads (``undionly.kpxe``, ``snponly.efi``: Debian package ``ipxe``).
+    tftp_root: str = _setting(Group.DHCP, "/usr/lib/ipxe")
 
     # --- webhooks --------------------------------------------------------------------------
     #: Callback (webhook) delivery: worker processes started by ``up``; how
@@ -306,6 +325,11 @@ class Settings:
     def image_cache_path(self) -> Path:
         """Where downloaded remote images are cached."""
         return Path(self.image_cache_dir).expanduser() if self.image_cache_dir else self.data_dir / "image-cache"
+
+    @property
+    def ramdisk_path(self) -> Path:
+        """Where the boot files of the agent ramdisk are served from."""
+        return Path(self.ramdisk_dir).expanduser() if self.ramdisk_dir else self.data_dir / "ramdisk"
 
     @property
     def agent_url(self) -> str:

@@ -17,10 +17,17 @@ records its children in ``<data dir>/conductor.pids`` (pid and start time),
 so that the next one, if this one was killed, stops any that survived.
 The start-up check knows its own API by a random instance id the API
 echoes in :data:`INSTANCE_HEADER`.
+
+With ``dhcp_interface`` and ``dhcp_range`` set, dnsmasq is one more child
+(started first: a DHCP server that cannot start stops ``conductor up``
+before anything else runs), under the same rules, and a thread keeps its
+host entries equal to the nodes booting from the network
+(:mod:`conductor.dhcp`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -34,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +49,17 @@ import requests
 
 from conductor import database, datadir, procs
 from conductor.auth import tokens
+from conductor.dhcp.config import DhcpConfig
+from conductor.dhcp.hosts import HostsDir
+from conductor.dhcp.sync import HostsSync
 from conductor.embedded_redis import EmbeddedRedis
 from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
 #: The API echoes the supervisor's ``CONDUCTOR_INSTANCE_ID`` in this header.
 INSTANCE_HEADER = "X-Conductor-Instance"
+#: How long dnsmasq may take to open its sockets and write its pid file.
+DNSMASQ_START_WAIT = 10.0
 
 
 class DataDirInUse(RuntimeError):
@@ -108,10 +121,8 @@ class Child:
             self.proc.wait()
             return
         # The group goes too: whatever the child left behind (its own children).
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc.wait()
 
     def stop(self, timeout: float) -> None:
@@ -147,6 +158,11 @@ class Supervisor:
         #: Echoed by this supervisor's API (and no other server) in INSTANCE_HEADER.
         self.instance_id = secrets.token_hex(16)
         self._lock: int | None = None
+        #: The DHCP server's configuration, once started; None when DHCP is not configured.
+        self.dhcp: DhcpConfig | None = None
+        self._dnsmasq: Child | None = None
+        self._dhcp_sync: HostsSync | None = None
+        self._dhcp_db: database.Database | None = None
 
     @property
     def url(self) -> str:
@@ -154,9 +170,10 @@ class Supervisor:
         return f"http://{self.settings.api_host}:{self.settings.api_port}"
 
     def start(self, wait: float = 30.0) -> None:
-        """Start Redis (embedded), migrate, start the children, wait for the API.
+        """Start Redis (embedded), migrate, start the children (dnsmasq first, if configured), wait for the API.
 
         :raises RuntimeError: something did not start.
+        :raises InvalidInput: the settings cannot work (auth off on a public address, a malformed DHCP range...).
         """
         # The supervisor serves nothing: the API's modules (Flask) are loaded
         # by the API processes; this check is all it needs of them.
@@ -164,6 +181,7 @@ class Supervisor:
 
         settings = self.settings
         check_auth_settings(settings)
+        self.dhcp = DhcpConfig.from_settings(settings)
         datadir.ensure_data_dir(settings)  # 0700, and the secret key on first start
         self._take_data_dir()
         _check_port_free(settings.api_host, settings.api_port)
@@ -196,25 +214,75 @@ class Supervisor:
         self.children = [
             Child(
                 "api",
-                exe + ["api", "--host", settings.api_host, "--port", str(settings.api_port),
-                       "--api-workers", str(settings.api_workers)],
+                [*exe, "api", "--host", settings.api_host, "--port", str(settings.api_port),
+                 "--api-workers", str(settings.api_workers)],
                 logs / "api.log",
                 env=env,
             )
         ]
         self.children += [
-            Child(f"worker-{i}", exe + ["worker", "--workers", "1"], logs / f"worker-{i}.log", env=env)
+            Child(f"worker-{i}", [*exe, "worker", "--workers", "1"], logs / f"worker-{i}.log", env=env)
             for i in range(settings.workers)
         ]
         self.children += [
-            Child(f"callback-worker-{i}", exe + ["callback-worker", "--workers", "1"],
+            Child(f"callback-worker-{i}", [*exe, "callback-worker", "--workers", "1"],
                   logs / f"callback-worker-{i}.log", env=env)
             for i in range(settings.callback_workers)
         ]
+        if self.dhcp is not None:
+            self._start_dhcp(self.dhcp, env, logs / "dnsmasq.log")
         for child in self.children:
-            child.start()
+            if child.proc is None:
+                child.start()
         self._record_children()
         self._wait_for_api(wait)
+
+    def _start_dhcp(self, config: DhcpConfig, env: dict[str, str], log: Path) -> None:
+        """Write dnsmasq's configuration and host entries, start it and wait until it is set up.
+
+        :raises RuntimeError: dnsmasq is not installed, or exited at start
+            (its reason, from its log, is in the message).
+        """
+        program = config.program()
+        missing = config.missing_boot_files()
+        if missing:
+            LOG.warning("tftp_root %s has no %s: PXE firmware cannot load iPXE (install the Debian package "
+                        "ipxe, or set tftp_root); machines already running iPXE still boot",
+                        config.tftp_root, " or ".join(missing))
+        if urllib.parse.urlsplit(config.boot_url).hostname in ("127.0.0.1", "localhost", "::1"):
+            LOG.warning("Machines are sent the boot URL %s, on the loopback: set agent_api_url to an address "
+                        "they reach", config.boot_url)
+        config.write()
+        self._dhcp_db = database.Database.from_settings(self.settings)
+        self._dhcp_sync = HostsSync(self._dhcp_db, HostsDir(config.hosts_dir), self._reload_dnsmasq)
+        self._dhcp_sync.sync()  # the entries are in place before dnsmasq first reads them
+        config.pid_file.unlink(missing_ok=True)
+        child = self._dnsmasq = Child("dnsmasq", config.argv(program), log, env=env)
+        self.children.append(child)
+        start_of_log = log.stat().st_size if log.exists() else 0
+        child.start()
+        deadline = time.monotonic() + DNSMASQ_START_WAIT
+        while config.running_pid() != child.proc.pid:  # type: ignore[union-attr]
+            if child.proc.poll() is not None or time.monotonic() > deadline:  # type: ignore[union-attr]
+                with open(log, "rb") as out:
+                    out.seek(start_of_log)
+                    said = out.read().decode(errors="replace").strip()[-2000:]
+                raise RuntimeError(f"dnsmasq did not start on {config.interface}: {said or 'no message'} "
+                                   f"(log: {log})")
+            time.sleep(0.05)
+        self._dhcp_sync.start()
+
+    def _reload_dnsmasq(self) -> bool:
+        """Have dnsmasq re-read its host entries (SIGHUP); False when it cannot be asked yet."""
+        child = self._dnsmasq
+        if child is None or child.proc is None or child.proc.poll() is not None:
+            return True  # not running: the restart reads the directory as it is
+        if self.dhcp is None or self.dhcp.running_pid() != child.proc.pid:
+            # Restarted and still setting up: SIGHUP might kill it before its
+            # handler is installed, and it may have read the removed file.
+            return False
+        child.proc.send_signal(signal.SIGHUP)
+        return True
 
     @property
     def lock_file(self) -> Path:
@@ -321,10 +389,14 @@ class Supervisor:
                     self._record_children()
 
     def stop(self) -> None:
-        """Stop the API, then the workers (warm, all at once), then Redis; release the data directory."""
+        """Stop the API, then the workers (warm, all at once), then dnsmasq, then Redis; release the data directory."""
         self.stopping.set()
+        if self._dhcp_sync is not None:
+            if self._dhcp_sync.is_alive():
+                self._dhcp_sync.stop()
+            self._dhcp_sync = None
         api = [c for c in self.children if c.name == "api"]
-        workers = [c for c in self.children if c.name != "api"]
+        workers = [c for c in self.children if c.name not in ("api", "dnsmasq")]
         for child in api:
             child.stop(timeout=15.0)  # gunicorn's graceful_timeout is 10 s
         for child in workers:
@@ -337,6 +409,13 @@ class Supervisor:
             else:
                 timeout = self.settings.job_timeout
             child.wait_or_kill(began + timeout)
+        # DHCP last: a node the workers were still booting could ask until then.
+        for child in self.children:
+            if child.name == "dnsmasq":
+                child.stop(timeout=10.0)
+        if self._dhcp_db is not None:
+            self._dhcp_db.dispose()
+            self._dhcp_db = None
         if self.redis is not None:
             self.redis.stop()
             self.redis = None

@@ -24,9 +24,9 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.serializers import JSONSerializer
-from rq.job import Job
 from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from conductor import keys
 from conductor.settings import Settings
@@ -117,10 +117,8 @@ class WorkQueue:
         """Drop a request's queued job and timer (best effort: the database decides)."""
         self.connection.zrem(self.timers_key, request_id)
         self.connection.zrem(self.pumped_key, request_id)
-        try:
+        with contextlib.suppress(NoSuchJobError):
             Job.fetch(request_id, connection=self.connection, serializer=JSONSerializer).cancel()
-        except NoSuchJobError:
-            pass
 
     def has_pending_job(self, request_id: str) -> bool:
         """Whether Redis still holds a queued job or a timer for the request."""
@@ -144,7 +142,7 @@ class WorkQueue:
         return {
             request_id
             for request_id, timer, pumped, status in zip(
-                request_ids, answers[::3], answers[1::3], answers[2::3]
+                request_ids, answers[::3], answers[1::3], answers[2::3], strict=True
             )
             if timer is not None or (pumped is not None and pumped > recent) or status in _PENDING_STATUSES
         }

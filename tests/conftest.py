@@ -117,7 +117,7 @@ def _postgres_ready() -> bool:
     if not TEST_DATABASE_URL:
         return False
     statements = [f'DROP TABLE IF EXISTS "{table.name}" CASCADE' for table in reversed(Base.metadata.sorted_tables)]
-    _postgres_exclusive(statements + ["DROP TABLE IF EXISTS alembic_version"])
+    _postgres_exclusive([*statements, "DROP TABLE IF EXISTS alembic_version"])
     database.upgrade(TEST_DATABASE_URL)
     return True
 

@@ -9,6 +9,7 @@ it was re-parented to PID 1.  Descendants of the pytest process count too
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -93,10 +94,8 @@ def kill(records: list[ProcessRecord]) -> None:
     """SIGKILL ``records`` that still run (checked by start time: pids are reused)."""
     for record in records:
         if record.is_running():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def describe(records: list[ProcessRecord]) -> str:

@@ -40,6 +40,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     )),
     ("workers", (
         "conductor.engine", "conductor.callbacks.delivery", "conductor.callbacks.outbox", "conductor.callbacks.retry",
+        # The DHCP host entries follow the nodes booting from the network (asks the drivers which do).
+        "conductor.dhcp",
     )),
     ("drivers", ("conductor.drivers",)),
     ("core", ("conductor.core",)),
@@ -47,8 +49,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         # Connections, queues, throttles, metrics, secrets: what every layer above uses.
         "conductor.context", "conductor.database", "conductor.workqueue", "conductor.metrics", "conductor.throttle",
         "conductor.callbacks", "conductor.auth", "conductor.secretbox", "conductor.datadir", "conductor.bootfiles",
-        "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing", "conductor.macs",
-        "conductor.images",
+        "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing",
+        "conductor.macs", "conductor.images",
     )),
     ("foundation", (
         "conductor.models", "conductor.fsm", "conductor.settings", "conductor.exceptions", "conductor",

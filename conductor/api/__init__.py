@@ -8,8 +8,20 @@ from flask import Flask, Response
 
 from conductor import __version__, bootstrap
 from conductor.api import (
-    admission, callbacks, conductors, errors, images, limits, nodes, ports, requests, strict_json, subscriptions,
-    throttle, tokens,
+    admission,
+    boot,
+    callbacks,
+    conductors,
+    errors,
+    images,
+    limits,
+    nodes,
+    ports,
+    requests,
+    strict_json,
+    subscriptions,
+    throttle,
+    tokens,
 )
 from conductor.api import metrics as api_metrics
 from conductor.api.common import close_session
@@ -76,7 +88,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     app.before_request(limits.refuse_oversized_body)
     errors.register(app)
     admission.install(app)
-    for module in (nodes, ports, requests, conductors, throttle, tokens, subscriptions, callbacks, images):
+    for module in (nodes, ports, boot, requests, conductors, throttle, tokens, subscriptions, callbacks, images):
         api.register_blueprint(module.blp)
     app.teardown_appcontext(close_session)
 

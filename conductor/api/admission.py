@@ -18,6 +18,7 @@ only ask :func:`client` and :func:`idempotency_key`.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import redis
 from flask import Flask, Response, g, request
@@ -35,11 +36,15 @@ from conductor.throttle.idempotency import IdempotencyKey
 
 LOG = logging.getLogger(__name__)
 
-#: Endpoints anyone may call: the service's name, the API description, and
-#: the agents' heartbeat (authenticated by its own per-node agent token) and
-#: image downloads (by their signed URL, see conductor/images/tickets.py).
-PUBLIC_ENDPOINTS = frozenset({"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat",
-                              "images.AgentImageContent"})
+#: Endpoints anyone may call: the service's name, the API description, the
+#: agents' heartbeat (authenticated by its own per-node agent token),
+#: network boot (firmware sends no credentials: see conductor/service/boot.py),
+#: and the agents' image downloads (by their signed URL: see conductor/images/tickets.py).
+BOOT_ENDPOINTS = frozenset({"boot.ChainScript", "boot.MacScript", "boot.BootFile"})
+PUBLIC_ENDPOINTS = frozenset(
+    {"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat", "images.AgentImageContent"}
+    | BOOT_ENDPOINTS
+)
 #: Endpoints only admins may call, whatever the method.
 ADMIN_ENDPOINTS = frozenset({"throttle.Throttle", "tokens.Tokens", "tokens.TokenItem"})
 #: Endpoints (-> request kind) whose writes create work for the conductors:
@@ -60,7 +65,7 @@ def required_role(endpoint: str | None, method: str) -> Role | None:
 
 def client() -> str:
     """The identity of the caller (token id, or address when auth is off)."""
-    return g.principal.client  # type: ignore[no-any-return]
+    return cast(str, g.principal.client)
 
 
 def idempotency_key() -> IdempotencyKey | None:
@@ -160,6 +165,27 @@ def _throttle_heartbeats(ctx: Context) -> None:
     _admit_or_refuse(limiter, wanted, f"Too many heartbeats for node {node}")
 
 
+#: Network boot takes no token at all, so it is bounded by the caller's
+#: address: a machine asks for two scripts and two files per boot (a few
+#: more if it retries), and a boot-script look-up reads the database, so
+#: those also share one budget for the whole deployment.
+BOOT_ADDRESS_RATE, BOOT_ADDRESS_BURST = 5.0, 40
+BOOT_LOOKUP_RATE, BOOT_LOOKUP_BURST = 500.0, 1000
+
+
+def _throttle_boot(ctx: Context, endpoint: str | None) -> None:
+    """Bound the network-boot calls of one address (and the MAC look-ups of everyone).
+
+    :raises RateLimited: one of its budgets is empty.
+    """
+    limiter = _limiter(ctx)
+    wanted = [limiter.bucket("boot-address", request.remote_addr or "unknown", BOOT_ADDRESS_RATE,
+                             BOOT_ADDRESS_BURST)]
+    if endpoint == "boot.MacScript":
+        wanted.append(limiter.bucket("boot-lookup", "*", BOOT_LOOKUP_RATE, BOOT_LOOKUP_BURST))
+    _admit_or_refuse(limiter, wanted, "Too many network-boot requests from this address")
+
+
 def _limiter(ctx: Context) -> buckets.Limiter:
     limiter = ctx.cache.get(_LIMITER)
     if limiter is None:
@@ -227,6 +253,8 @@ def before_request() -> None:
     if needed is None:
         if endpoint == "nodes.Heartbeat":
             _throttle_heartbeats(context())
+        elif endpoint in BOOT_ENDPOINTS:
+            _throttle_boot(context(), endpoint)
         return
     ctx = context()
     principal = _authenticate(ctx)

@@ -71,16 +71,15 @@ def error_bytes(status: int, code: str, reason: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
-class JsonErrorWorker(SyncWorker):  # type: ignore[misc]
+class JsonErrorWorker(SyncWorker):
     """Gunicorn's sync worker, answering the requests it refuses itself with our JSON error."""
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        for kinds, status, code, reason in _REFUSALS:
-            if isinstance(exc, kinds):
-                break
-        else:
+        refusal = next((refusal for refusal in _REFUSALS if isinstance(exc, refusal[0])), None)
+        if refusal is None:
             super().handle_error(req, client, addr, exc)
             return
+        _kinds, status, code, reason = refusal
         self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
         try:
             util.write_nonblock(client, error_bytes(status, code, reason, _MESSAGES.get(status, str(exc))))

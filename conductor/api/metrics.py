@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -22,7 +22,9 @@ from conductor.throttle.drain import DrainMeter
 
 
 def _families(ctx: Context) -> list[Any]:
-    raw = {k.decode(): v.decode() for k, v in ctx.redis.hgetall(recorder(ctx).key).items()}
+    # The client does not decode responses: keys and values are bytes.
+    stored = cast("dict[bytes, bytes]", ctx.redis.hgetall(recorder(ctx).key))
+    raw = {k.decode(): v.decode() for k, v in stored.items()}
     counters: dict[str, Any] = {}
     histograms: dict[tuple[str, str], dict[str, float]] = {}
     for field, value in raw.items():
@@ -58,7 +60,7 @@ def _families(ctx: Context) -> list[Any]:
         active.add_metric([state], count)
     alive = GaugeMetricFamily("conductor_conductors_alive", "Conductors whose heartbeat is recent.")
     alive.add_metric([], sum(1 for c in list_conductors(ctx.db, ctx.settings.heartbeat_timeout) if c["alive"]))
-    return families + [depth, drain_rate, active, alive]
+    return [*families, depth, drain_rate, active, alive]
 
 
 def render(ctx: Context) -> tuple[bytes, str]:
@@ -73,5 +75,5 @@ def render(ctx: Context) -> tuple[bytes, str]:
             return families
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot())  # type: ignore[arg-type]
+    registry.register(_Snapshot())
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -9,16 +9,15 @@ from flask.views import MethodView
 
 from conductor.api import admission, schemas
 from conductor.api.common import Blueprint, context, json_response, next_link, session
-from conductor.service import agent, history, nodes
-from conductor.service import requests as request_service
-from conductor.service import submit
+from conductor.models import Node, Request
+from conductor.service import agent, history, nodes, submit
 
 blp = Blueprint("nodes", __name__, url_prefix="/v1/nodes", description="Nodes and their state changes")
 
 
-def _accepted(submitted: submit.Submitted) -> Response:
-    body = request_service.to_dict(submitted.request)
-    return json_response(body, 202, {"Location": f"/v1/requests/{submitted.request.id}"})
+def _accepted(submitted: submit.Submitted) -> tuple[Request, dict[str, str]]:
+    """The 202 of a state change: the request (dumped by ``RequestOut``) and where to poll it."""
+    return submitted.request, {"Location": f"/v1/requests/{submitted.request.id}"}
 
 
 @blp.route("")
@@ -29,31 +28,28 @@ class Nodes(MethodView):
         """List nodes, filtered, in pages of ``limit`` after ``marker``."""
         limit, marker = args.pop("limit"), args.pop("marker")
         items = nodes.list_nodes(session(), limit=limit, marker=marker, filters=args)
-        return {
-            "nodes": [nodes.to_dict(n) for n in items],
-            "next": next_link(items, limit, items[-1].uuid if items else None),
-        }
+        return {"nodes": items, "next": next_link(items, limit, items[-1].uuid if items else None)}
 
     @blp.arguments(schemas.NodeCreate)
     @blp.response(201, schemas.Node)
-    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    def post(self, body: dict[str, Any]) -> tuple[Node, dict[str, str]]:
         """Enrol a node (provision state ``enroll``)."""
         node = nodes.create(session(), body)
-        return nodes.to_dict(node), {"Location": f"/v1/nodes/{node.uuid}"}
+        return node, {"Location": f"/v1/nodes/{node.uuid}"}
 
 
 @blp.route("/<ident>")
 class NodeItem(MethodView):
     @blp.response(200, schemas.Node)
-    def get(self, ident: str) -> dict[str, Any]:
+    def get(self, ident: str) -> Node:
         """Show a node by UUID or name."""
-        return nodes.to_dict(nodes.find(session(), ident))
+        return nodes.find(session(), ident)
 
     @blp.arguments(schemas.NodePatch)
     @blp.response(200, schemas.Node)
-    def patch(self, changes: dict[str, Any], ident: str) -> dict[str, Any]:
+    def patch(self, changes: dict[str, Any], ident: str) -> Node:
         """Change a node with a JSON merge patch (RFC 7396)."""
-        return nodes.to_dict(nodes.patch(session(), ident, changes))
+        return nodes.patch(session(), ident, changes)
 
     @blp.response(204)
     def delete(self, ident: str) -> None:
@@ -66,17 +62,17 @@ class NodeStates(MethodView):
     @blp.response(200, schemas.NodeStates)
     def get(self, ident: str) -> Response:
         """The node's current and target states and its active request."""
-        # The polling hot path: a plain connection, and the JSON built here
-        # rather than by the schema (which documents it), about twice as fast.
+        # The polling hot path: a plain connection, and the JSON built by
+        # hand (schemas.node_states_json, held equal to the schema's dump).
         with context().db.engine.connect() as conn:
-            return json_response(nodes.states(conn, ident))
+            return json_response(schemas.node_states_json(nodes.states(conn, ident)))
 
 
 @blp.route("/<ident>/states/power")
 class PowerState(MethodView):
     @blp.arguments(schemas.PowerChange)
     @blp.response(202, schemas.RequestOut)
-    def put(self, body: dict[str, Any], ident: str) -> Response:
+    def put(self, body: dict[str, Any], ident: str) -> tuple[Request, dict[str, str]]:
         """Ask for a power change; answers at once with the request to poll."""
         return _accepted(
             submit.submit_power(
@@ -94,7 +90,7 @@ class PowerState(MethodView):
 class ProvisionState(MethodView):
     @blp.arguments(schemas.ProvisionChange)
     @blp.response(202, schemas.RequestOut)
-    def put(self, body: dict[str, Any], ident: str) -> Response:
+    def put(self, body: dict[str, Any], ident: str) -> tuple[Request, dict[str, str]]:
         """Ask for a provision state change; ``abort`` acts at once."""
         target = body.pop("target")
         callback_url = body.pop("callback_url", None)
@@ -120,7 +116,7 @@ class BootDevice(MethodView):
 
     @blp.arguments(schemas.BootDeviceChange)
     @blp.response(202, schemas.RequestOut)
-    def put(self, body: dict[str, Any], ident: str) -> Response:
+    def put(self, body: dict[str, Any], ident: str) -> tuple[Request, dict[str, str]]:
         """Ask to set the boot device (a ``management`` request); answers at once with the request to poll."""
         return _accepted(
             submit.submit_boot_device(
@@ -143,10 +139,7 @@ class NodeHistory(MethodView):
         """The node's history, newest first, in pages of ``limit`` before ``marker``."""
         node = nodes.find(session(), ident)
         entries = history.list_entries(session(), node, args["limit"], args["marker"])
-        return {
-            "history": [history.to_dict(e) for e in entries],
-            "next": next_link(entries, args["limit"], entries[-1].id if entries else None),
-        }
+        return {"history": entries, "next": next_link(entries, args["limit"], entries[-1].id if entries else None)}
 
 
 @blp.route("/<ident>/heartbeat")

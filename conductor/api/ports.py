@@ -8,6 +8,7 @@ from flask.views import MethodView
 
 from conductor.api import schemas
 from conductor.api.common import Blueprint, next_link, session
+from conductor.models import Port
 from conductor.service import ports
 
 blp = Blueprint("ports", __name__, url_prefix="/v1/ports", description="Ports: nodes' NICs, by MAC address")
@@ -21,25 +22,22 @@ class Ports(MethodView):
         """List ports in creation order, of one node or with one MAC."""
         limit, marker = args.pop("limit"), args.pop("marker")
         items = ports.list_ports(session(), limit=limit, marker=marker, **args)
-        return {
-            "ports": [ports.to_dict(p) for p in items],
-            "next": next_link(items, limit, items[-1].uuid if items else None),
-        }
+        return {"ports": items, "next": next_link(items, limit, items[-1].uuid if items else None)}
 
     @blp.arguments(schemas.PortCreate)
     @blp.response(201, schemas.Port)
-    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    def post(self, body: dict[str, Any]) -> tuple[Port, dict[str, str]]:
         """Add a port (a MAC address) to a node; 409 if the MAC is another port's."""
         port = ports.create(session(), body["node"], body["address"])
-        return ports.to_dict(port), {"Location": f"/v1/ports/{port.uuid}"}
+        return port, {"Location": f"/v1/ports/{port.uuid}"}
 
 
 @blp.route("/<port_uuid>")
 class PortItem(MethodView):
     @blp.response(200, schemas.Port)
-    def get(self, port_uuid: str) -> dict[str, Any]:
+    def get(self, port_uuid: str) -> Port:
         """Show a port."""
-        return ports.to_dict(ports.get(session(), port_uuid))
+        return ports.get(session(), port_uuid)
 
     @blp.response(204)
     def delete(self, port_uuid: str) -> None:

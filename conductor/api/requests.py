@@ -8,6 +8,7 @@ from flask.views import MethodView
 
 from conductor.api import schemas
 from conductor.api.common import Blueprint, context, next_link, session
+from conductor.models import Request
 from conductor.service import requests as request_service
 
 blp = Blueprint("requests", __name__, url_prefix="/v1/requests", description="Asynchronous requests")
@@ -21,20 +22,17 @@ class Requests(MethodView):
         """List requests, newest first, filtered by node, state and kind."""
         limit, marker = args.pop("limit"), args.pop("marker")
         items = request_service.list_requests(session(), limit=limit, marker=marker, **args)
-        return {
-            "requests": [request_service.to_dict(r) for r in items],
-            "next": next_link(items, limit, items[-1].id if items else None),
-        }
+        return {"requests": items, "next": next_link(items, limit, items[-1].id if items else None)}
 
 
 @blp.route("/<request_id>")
 class RequestItem(MethodView):
     @blp.response(200, schemas.RequestOut)
-    def get(self, request_id: str) -> dict[str, Any]:
+    def get(self, request_id: str) -> Request:
         """Show a request."""
-        return request_service.to_dict(request_service.get(session(), request_id))
+        return request_service.get(session(), request_id)
 
     @blp.response(200, schemas.RequestOut)
-    def delete(self, request_id: str) -> dict[str, Any]:
+    def delete(self, request_id: str) -> Request:
         """Cancel a queued request (or abort a waiting one); 409 once it runs."""
-        return request_service.to_dict(request_service.cancel(context(), request_id))
+        return request_service.cancel(context(), request_id)

@@ -11,6 +11,7 @@ from conductor.api import admission, schemas
 from conductor.api.common import Blueprint, context, next_link, session
 from conductor.auth.roles import Role
 from conductor.callbacks import subscriptions
+from conductor.models import CallbackSubscription
 
 blp = Blueprint(
     "subscriptions", __name__, url_prefix="/v1/subscriptions", description="Callback subscriptions"
@@ -29,24 +30,24 @@ class Subscriptions(MethodView):
     def get(self) -> dict[str, Any]:
         """List the subscriptions."""
         found = subscriptions.list_subscriptions(session(), _owner())
-        return {"subscriptions": [subscriptions.to_dict(s) for s in found]}
+        return {"subscriptions": found}
 
     @blp.arguments(schemas.SubscriptionCreate)
     @blp.response(201, schemas.Subscription)
-    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    def post(self, body: dict[str, Any]) -> tuple[CallbackSubscription, dict[str, str]]:
         """Subscribe a URL to events, optionally of some nodes only (400 ``callback_url_denied``)."""
         created = subscriptions.create(
             session(), context().settings, body["url"], body["events"], body["nodes"], admission.client()
         )
-        return subscriptions.to_dict(created), {"Location": f"/v1/subscriptions/{created.id}"}
+        return created, {"Location": f"/v1/subscriptions/{created.id}"}
 
 
 @blp.route("/<subscription_id>")
 class SubscriptionItem(MethodView):
     @blp.response(200, schemas.Subscription)
-    def get(self, subscription_id: str) -> dict[str, Any]:
+    def get(self, subscription_id: str) -> CallbackSubscription:
         """Show a subscription."""
-        return subscriptions.to_dict(subscriptions.get(session(), subscription_id, _owner()))
+        return subscriptions.get(session(), subscription_id, _owner())
 
     @blp.response(204)
     def delete(self, subscription_id: str) -> None:
@@ -63,5 +64,5 @@ class SubscriptionDeliveries(MethodView):
         items = subscriptions.deliveries(session(), subscription_id, args["limit"], args["marker"], _owner())
         return {
             "deliveries": items,
-            "next": next_link(items, args["limit"], items[-1]["id"] if items else None),
+            "next": next_link(items, args["limit"], items[-1].webhook_id if items else None),
         }

@@ -9,6 +9,7 @@ from flask.views import MethodView
 from conductor.api import schemas
 from conductor.api.common import Blueprint, context, session
 from conductor.auth import tokens
+from conductor.models import ApiToken
 
 blp = Blueprint("tokens", __name__, url_prefix="/v1/tokens", description="API tokens and their roles")
 
@@ -19,11 +20,11 @@ class Tokens(MethodView):
     @blp.response(200, schemas.TokenList)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List tokens (never their secrets)."""
-        return {"tokens": [tokens.to_dict(t) for t in tokens.list_tokens(session(), args["all"])]}
+        return {"tokens": tokens.list_tokens(session(), args["all"])}
 
     @blp.arguments(schemas.TokenCreate)
     @blp.response(201, schemas.TokenCreated)
-    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    def post(self, body: dict[str, Any]) -> tuple[tokens.Issued, dict[str, str]]:
         """Create a token with a role: ``reader``, ``operator`` or ``admin``.
 
         The response is the only place its secret and its callback signing
@@ -32,13 +33,12 @@ class Tokens(MethodView):
         db_session = session()
         issued = tokens.issue(db_session, body["role"], body["name"])
         db_session.commit()
-        body = {**tokens.to_dict(issued.token), "token": issued.secret, "signing_secret": issued.signing_secret}
-        return body, {"Location": f"/v1/tokens/{issued.token.id}", "Cache-Control": "no-store"}
+        return issued, {"Location": f"/v1/tokens/{issued.token.id}", "Cache-Control": "no-store"}
 
 
 @blp.route("/<token_id>")
 class TokenItem(MethodView):
     @blp.response(200, schemas.Token)
-    def delete(self, token_id: str) -> dict[str, Any]:
+    def delete(self, token_id: str) -> ApiToken:
         """Revoke a token; every API process refuses it within a second."""
-        return tokens.to_dict(tokens.revoke(context(), token_id))
+        return tokens.revoke(context(), token_id)

@@ -23,12 +23,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from conductor.callbacks import secrets as signing_secrets
-from conductor.callbacks import subscriptions
 from conductor.auth import tokenfile
 from conductor.auth.roles import Role
+from conductor.callbacks import secrets as signing_secrets
+from conductor.callbacks import subscriptions
 from conductor.context import Context
-from conductor.database import Database
+from conductor.database import Database, rowcount
 from conductor.exceptions import InvalidInput, TokenNotFound
 from conductor.models import ApiToken, utcnow
 
@@ -119,11 +119,11 @@ def revoke(ctx: Context, token_id: str) -> ApiToken:
     :raises TokenNotFound: no such token.
     """
     with ctx.db.session() as session:
-        revoked = session.execute(
+        revoked = rowcount(session.execute(
             sa.update(ApiToken)
             .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
-        ).rowcount
+        ))
         if revoked:
             subscriptions.deactivate_for_client(session, token_id, "The token that created it was revoked.")
         session.commit()
@@ -165,17 +165,6 @@ def authenticate(ctx: Context, secret: str) -> Principal | None:
         cache.clear()
     cache[hashed] = (now + CACHE_TTL, principal)
     return principal
-
-
-def to_dict(token: ApiToken) -> dict[str, Any]:
-    """The API form of a token (never its secret or hash)."""
-    return {
-        "id": token.id,
-        "name": token.name,
-        "role": token.role,
-        "created_at": token.created_at,
-        "revoked_at": token.revoked_at,
-    }
 
 
 def ensure_admin_token(db: Database, settings: Any) -> bool:

@@ -23,6 +23,7 @@ token instead, plus the delays), for tests and the demo.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -30,7 +31,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 
@@ -97,10 +98,8 @@ class SimAgent:
     def stop(self) -> None:
         """Stop every agent (their threads end at their next check)."""
         self._stopping.set()
-        try:
+        with contextlib.suppress(ValueError):
             self.fleet.remove_power_hook(self._on_power)
-        except ValueError:
-            pass
 
     def __enter__(self) -> SimAgent:
         return self.start()
@@ -232,7 +231,7 @@ class SimAgent:
                 status, detail = None, str(exc)
             else:
                 if response.status_code == 200:
-                    return response.json()  # type: ignore[no-any-return]
+                    return cast("dict[str, Any]", response.json())
                 status, detail = response.status_code, response.text[:200]
                 if status in (400, 401, 404):
                     self._note(bmc, f"heartbeat refused ({status}): {detail}")

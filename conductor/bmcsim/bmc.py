@@ -37,7 +37,7 @@ import socket
 import struct
 import time
 import uuid as uuidlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.constants as ipmi_constants
@@ -111,7 +111,7 @@ class SimServerSession(serversession.ServerSession):
             self.refused = True
             self.clientsessionid = request[4:8]
             return bytearray([request[0], RMCP_NO_CIPHER_MATCH, 0, 0]) + request[4:8]
-        return super().create_open_session_response(request)
+        return cast(bytearray, super().create_open_session_response(request))
 
     def _got_rakp1(self, data: bytearray) -> None:
         namelen = data[27] if len(data) > 27 else 0
@@ -178,7 +178,7 @@ class SimBmc(pyghmi_bmc.Bmc):
         self.additionaldevices = 0
         self.mfgid = 0
         self.prodid = 0
-        self.pktqueue = collections.deque()
+        self.pktqueue: collections.deque[Any] = collections.deque()
         self.uuid = bmc_uuid
         self.authcap = struct.pack("BBBBBBBBB", 0, 1, 0b10000000, 0b00000100, 0b00000010, 0, 0, 0, 0)
         self.kg = None
@@ -211,10 +211,10 @@ class SimBmc(pyghmi_bmc.Bmc):
             return
         ptype = data[5] & 0x3F
         if ptype == 0x10:  # RMCP+ Open Session Request: always a new session
-            session = SimServerSession(self.authdata, self.kg, addr, self.serversocket,
-                                       bytearray(data[16:]), self.uuid, bmc=self)
-            if not session.refused:
-                self.sessions[addr] = session
+            opened = SimServerSession(self.authdata, self.kg, addr, self.serversocket,
+                                      bytearray(data[16:]), self.uuid, bmc=self)
+            if not opened.refused:
+                self.sessions[addr] = opened
             return
         if ptype == 0 and data[6:10] == b"\x00\x00\x00\x00":
             self.sessionless_data(data, addr)  # e.g. Get Channel Cipher Suites
@@ -282,7 +282,7 @@ class SimBmc(pyghmi_bmc.Bmc):
             return CC_OK  # accepted, never acted on
         now = time.monotonic()
         self.settle(now)
-        power, pending, _ = self.table.read_raw_power(self.index)
+        power, _pending, _ = self.table.read_raw_power(self.index)
         if directive == Directive.SOFT and bits & FaultBit.IGNORE_ACPI:
             return CC_OK  # the OS ignores the ACPI power button
         if directive in (Directive.OFF, Directive.SOFT, Directive.RESET) and not power:

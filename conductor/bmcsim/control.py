@@ -35,7 +35,7 @@ import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from conductor.bmcsim.events import PowerEvent
 from conductor.bmcsim.fleet import Fleet, FleetError
@@ -64,7 +64,7 @@ class ControlServer:
     @property
     def url(self) -> str:
         """``http://host:port``."""
-        host, port = self.httpd.server_address[:2]
+        host, port = self.httpd.socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
     def start(self) -> ControlServer:
@@ -85,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "bmcsim"
     protocol_version = "HTTP/1.1"
 
-    _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
         ("GET", re.compile(r"/health"), "health"),
         ("GET", re.compile(r"/bmcs"), "list_bmcs"),
         ("GET", re.compile(r"/bmcs/(?P<name>[^/]+)"), "show_bmc"),
@@ -99,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         ("GET", re.compile(r"/shards"), "shards"),
         ("GET", re.compile(r"/restarts"), "restarts"),
         ("POST", re.compile(r"/shards/(?P<shard>\d+)/(?P<action>crash|wedge)"), "shard_action"),
-    ]
+    )
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         LOG.debug("control: " + format, *args)
@@ -238,9 +238,10 @@ class RemoteFleet:
             args += ["--shards", str(shards)]
         args += list(extra_args)
         process = subprocess.Popen(args, stdout=subprocess.PIPE, env=_child_env())
-        assert process.stdout is not None
+        stdout = process.stdout
+        assert stdout is not None
         reader: list[bytes] = []
-        thread = threading.Thread(target=lambda: reader.append(process.stdout.readline()),
+        thread = threading.Thread(target=lambda: reader.append(stdout.readline()),
                                   daemon=True)
         thread.start()
         thread.join(timeout)
@@ -288,7 +289,7 @@ class RemoteFleet:
 
     def states(self) -> list[dict[str, Any]]:
         """See :meth:`Fleet.states`."""
-        return self._request("GET", "/bmcs")["bmcs"]
+        return cast("list[dict[str, Any]]", self._request("GET", "/bmcs")["bmcs"])
 
     def set_fault(self, name: str, **faults: Any) -> dict[str, Any]:
         """See :meth:`Fleet.set_fault`; returns the BMC's state."""
@@ -321,11 +322,11 @@ class RemoteFleet:
 
     def shards(self) -> list[dict[str, Any]]:
         """See :meth:`Fleet.shards`."""
-        return self._request("GET", "/shards")["shards"]
+        return cast("list[dict[str, Any]]", self._request("GET", "/shards")["shards"])
 
     def restarts(self) -> list[dict[str, Any]]:
         """Every shard restart so far."""
-        return self._request("GET", "/restarts")["restarts"]
+        return cast("list[dict[str, Any]]", self._request("GET", "/restarts")["restarts"])
 
     def crash_shard(self, shard: int) -> None:
         """See :meth:`Fleet.crash_shard`."""
@@ -336,8 +337,8 @@ class RemoteFleet:
         self._request("POST", f"/shards/{shard}/wedge")
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                 timeout: float = 10.0) -> Any:
-        """One API call.
+                 timeout: float = 10.0) -> dict[str, Any]:
+        """One API call; every answer is a JSON object.
 
         :raises FleetError: HTTP error (with the server's message) or no server.
         """
@@ -346,7 +347,8 @@ class RemoteFleet:
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read()).get("error", exc.reason)

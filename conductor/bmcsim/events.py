@@ -12,14 +12,16 @@ machine that boots from the network::
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
 import queue
 import selectors
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 LOG = logging.getLogger(__name__)
 
@@ -144,10 +146,8 @@ class EventHub:
             return [ev for ev in self._history if ev.seq > since]
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # already stopped
             os.write(self._wake_w, b"x")
-        except OSError:
-            pass  # already stopped
 
     def _read(self) -> None:
         while not self._stopping.is_set():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 #: Stable per-BMC UUIDs (the RAKP exchange carries the BMC's GUID).
 _UUID_NAMESPACE = uuid.UUID("7b3cf2a4-6f0e-4a51-9d8e-6c1d2f0b9a10")

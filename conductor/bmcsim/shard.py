@@ -26,7 +26,8 @@ import sys
 import time
 import traceback
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from conductor.bmcsim.bmc import SimBmc
 from conductor.bmcsim.state import FaultBit, StateTable
@@ -106,7 +107,7 @@ class Shard:
             if self.timers:
                 timeout = min(timeout, self.timers[0][0] - time.monotonic())
             for key, _ in self.selector.select(max(timeout, 0.0)):
-                self._drain(key.fileobj, key.data)
+                self._drain(cast(socket.socket, key.fileobj), key.data)  # only sockets are registered
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 _, _, func, args = heapq.heappop(self.timers)

@@ -140,7 +140,7 @@ _FAULT_FLAGS: dict[str, FaultBit] = {
     "unreachable": FaultBit.UNREACHABLE,
     "ignore_acpi": FaultBit.IGNORE_ACPI,
 }
-FAULT_NAMES = tuple(_FAULT_FLAGS) + ("drop", "latency", "flap_period")
+FAULT_NAMES = (*_FAULT_FLAGS, "drop", "latency", "flap_period")
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ class StateTable:
 
     def read_delay(self, index: int) -> float:
         """Seconds a power transition of this BMC takes."""
-        return struct.unpack_from("<d", self._mm, index * RECORD_SIZE + 72)[0]
+        return float(struct.unpack_from("<d", self._mm, index * RECORD_SIZE + 72)[0])
 
     def read_force(self, index: int) -> tuple[int, int, int]:
         """``(force_seq, force_power, applied_force_seq)``."""

@@ -13,6 +13,7 @@ restart is logged and recorded with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -111,10 +112,8 @@ class ShardProcess:
         if process is None:
             return
         if process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            except ProcessLookupError:
-                pass
         process.wait()
 
     def terminate(self, grace: float = 2.0) -> None:

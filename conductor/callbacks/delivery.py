@@ -81,7 +81,7 @@ def claim(ctx: Context, delivery_id: int, holder: str) -> CallbackDelivery | Non
     """Lease delivery ``delivery_id`` for one attempt (counted now), or None."""
     now = utcnow()
     with ctx.db.begin() as session:
-        taken = session.execute(
+        taken = database.rowcount(session.execute(
             sa.update(CallbackDelivery)
             .where(CallbackDelivery.id == delivery_id, CallbackDelivery.next_at <= now, *outbox.eligible(now))
             .values(
@@ -91,7 +91,7 @@ def claim(ctx: Context, delivery_id: int, holder: str) -> CallbackDelivery | Non
                 updated_at=now,
             )
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         if taken != 1:
             return None
         return session.get(CallbackDelivery, delivery_id)
@@ -212,7 +212,7 @@ def record(ctx: Context, delivery: CallbackDelivery, holder: str, outcome: Outco
     else:
         values.update(state=FAILED, next_at=None, finished_at=now)
     with ctx.db.begin() as session:
-        updated = session.execute(
+        updated = database.rowcount(session.execute(
             sa.update(CallbackDelivery)
             .where(
                 CallbackDelivery.id == delivery.id,
@@ -220,7 +220,7 @@ def record(ctx: Context, delivery: CallbackDelivery, holder: str, outcome: Outco
                 CallbackDelivery.state == PENDING,
             )
             .values(**values)
-        ).rowcount
+        ))
         if updated and verdict == "gone" and delivery.subscription_id:
             disable_subscription(session, delivery.subscription_id,
                                  f"The receiver answered 410 Gone to delivery {delivery.webhook_id}.")

@@ -125,7 +125,7 @@ def _subscriptions(session: Session) -> list[Any]:
                 .order_by(CallbackSubscription.created_at)
             ).all()
         session.info[_SUBSCRIPTIONS_KEY] = cached
-    return cached  # type: ignore[no-any-return]
+    return list(cached)
 
 
 @sa.event.listens_for(Session, "after_transaction_end")

@@ -27,16 +27,15 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
-
-from conductor.procs import pid_alive
 from rq import Queue
 from rq.serializers import JSONSerializer
 from sqlalchemy.orm import Session, aliased
 
-from conductor import keys
+from conductor import database, keys
 from conductor.callbacks.events import PENDING_KEY
 from conductor.database import Database
 from conductor.models import CallbackDelivery, utcnow
+from conductor.procs import pid_alive
 from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -176,7 +175,7 @@ def pump(db: Database, queue: CallbackQueue, requeue_after: float, limit: int = 
     marked = []
     with db.begin() as session:
         for delivery_id in candidates:
-            taken = session.execute(
+            taken = database.rowcount(session.execute(
                 sa.update(CallbackDelivery)
                 .where(
                     CallbackDelivery.id == delivery_id,
@@ -184,7 +183,7 @@ def pump(db: Database, queue: CallbackQueue, requeue_after: float, limit: int = 
                     sa.or_(CallbackDelivery.enqueued_at.is_(None), CallbackDelivery.enqueued_at < stale),
                 )
                 .values(enqueued_at=now)
-            ).rowcount
+            ))
             if taken == 1:
                 marked.append(delivery_id)
     # If Redis fails here, the marks hold these back for requeue_after.
@@ -204,7 +203,8 @@ def release_dead_leases(db: Database, hostname: str | None = None) -> int:
         holders = set(
             session.scalars(
                 sa.select(CallbackDelivery.claimed_by)
-                .where(CallbackDelivery.state == "pending", CallbackDelivery.claimed_by.startswith(prefix, autoescape=True))
+                .where(CallbackDelivery.state == "pending",
+                       CallbackDelivery.claimed_by.startswith(prefix, autoescape=True))
                 .distinct()
             )
         )
@@ -212,10 +212,10 @@ def release_dead_leases(db: Database, hostname: str | None = None) -> int:
     if not dead:
         return 0
     with db.begin() as session:
-        freed = session.execute(
+        freed = database.rowcount(session.execute(
             sa.update(CallbackDelivery)
             .where(CallbackDelivery.claimed_by.in_(dead), CallbackDelivery.state == "pending")
             .values(lease_until=None, claimed_by=None, enqueued_at=None)
-        ).rowcount
+        ))
     LOG.warning("Freed %d callback delivery lease(s) of dead worker(s) %s", freed, ", ".join(sorted(dead)))
     return int(freed)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from conductor import secretbox
 from conductor.callbacks import signing
+from conductor.database import rowcount
 from conductor.exceptions import SecretUnreadable
 from conductor.models import CallbackSecret, utcnow
 
@@ -59,11 +60,11 @@ def create_for_client(session: Session, client: str | None) -> str:
     secret = signing.new_secret()
     sealed = secretbox.of(session).seal(secret)
     now = utcnow()
-    replaced = session.execute(
+    replaced = rowcount(session.execute(
         sa.update(CallbackSecret)
         .where(CallbackSecret.client == signer)
         .values(secret=sealed, previous_secret=None, previous_expires_at=None, rotated_at=now)
-    ).rowcount
+    ))
     if replaced != 1:
         session.add(CallbackSecret(client=signer, secret=sealed, created_at=now, rotated_at=now))
         session.flush()
@@ -84,7 +85,7 @@ def rotate(session: Session, client: str | None, overlap: float) -> str:
         now = utcnow()
         # One statement: the previous secret is whatever is current at the
         # moment of the write, so a concurrent rotation is never lost.
-        rotated = session.execute(
+        rotated = rowcount(session.execute(
             sa.update(CallbackSecret)
             .where(CallbackSecret.client == signer)
             .values(
@@ -93,7 +94,7 @@ def rotate(session: Session, client: str | None, overlap: float) -> str:
                 secret=sealed,
                 rotated_at=now,
             )
-        ).rowcount
+        ))
         if rotated == 1:
             session.commit()
             return secret
@@ -148,11 +149,10 @@ def describe(session: Session, client: str | None) -> dict[str, Any]:
     if row is None:
         return {"client": signer, "exists": False, "fingerprint": None, "created_at": None,
                 "rotated_at": None, "previous_fingerprint": None, "previous_expires_at": None}
-    previous_live = bool(
-        row.previous_secret and row.previous_expires_at and row.previous_expires_at > utcnow()
-    )
+    expires = row.previous_expires_at
+    live_previous = row.previous_secret if expires is not None and expires > utcnow() else None
     box = secretbox.of(session)
-    previous = _open_previous(box, row.previous_secret) if previous_live else None  # type: ignore[arg-type]
+    previous = _open_previous(box, live_previous) if live_previous else None
     return {
         "client": signer,
         "exists": True,
@@ -160,5 +160,5 @@ def describe(session: Session, client: str | None) -> dict[str, Any]:
         "created_at": row.created_at,
         "rotated_at": row.rotated_at,
         "previous_fingerprint": signing.fingerprint(previous) if previous is not None else None,
-        "previous_expires_at": row.previous_expires_at if previous_live else None,
+        "previous_expires_at": expires if live_previous else None,
     }

@@ -1,51 +1,23 @@
-"""How deliveries look in the API: on a request (``callback``) and in lists."""
+"""A request's callback delivery, as far as it can be read without a query.
+
+The API shows it (``callback`` in :class:`conductor.api.schemas.RequestOut`).
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import sqlalchemy as sa
 
 from conductor.models import CallbackDelivery, Request
 
 
-def delivery_to_dict(delivery: CallbackDelivery) -> dict[str, Any]:
-    """The API form of a delivery (its body is not shown)."""
-    return {
-        "id": delivery.webhook_id,
-        "event_type": delivery.event_type,
-        "node_uuid": delivery.node_uuid,
-        "request_id": delivery.request_id,
-        "state": delivery.state,
-        "attempts": delivery.attempts,
-        "last_status": delivery.last_status,
-        "last_error": delivery.last_error,
-        "next_at": delivery.next_at,
-        "created_at": delivery.created_at,
-        "finished_at": delivery.finished_at,
-    }
+def request_delivery(request: Request) -> CallbackDelivery | None:
+    """The delivery of the request's ``callback_url``, or None when there is none to show.
 
-
-def request_callback(request: Request) -> dict[str, Any] | None:
-    """The ``callback`` of a request: None without ``callback_url``.
-
-    Until the request finishes (or when the request was read in a session
-    that is gone) there is no delivery to show yet: ``pending``, no attempts.
+    None until the request finishes (the delivery is made then), and when
+    the request was read in a session that is gone and never loaded it (no
+    query is possible; its delivery is shown as not made yet).
     """
-    if not request.callback_url:
-        return None
-    delivery = None
     state = sa.inspect(request)
-    if "callback_delivery" not in state.unloaded or state.session is not None:
-        delivery = request.callback_delivery
-    if delivery is None:
-        return {"id": None, "state": "pending", "attempts": 0, "last_status": None,
-                "last_error": None, "next_at": None}
-    return {
-        "id": delivery.webhook_id,
-        "state": delivery.state,
-        "attempts": delivery.attempts,
-        "last_status": delivery.last_status,
-        "last_error": delivery.last_error,
-        "next_at": delivery.next_at,
-    }
+    if "callback_delivery" in state.unloaded and state.session is None:
+        return None
+    return request.callback_delivery

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from conductor.callbacks import delivery, destinations, events
-from conductor.callbacks.status import delivery_to_dict
+from conductor.database import rowcount
 from conductor.exceptions import InvalidInput, SubscriptionNotFound
 from conductor.models import CallbackDelivery, CallbackSubscription, utcnow
 from conductor.service import nodes as node_service
@@ -103,9 +102,9 @@ def delete(session: Session, subscription_id: str, owner: str | None = EVERYONE)
     :raises SubscriptionNotFound: no such subscription (of that owner).
     """
     # The conditional write first (SQLite), then the deliveries.
-    deleted = session.execute(
+    deleted = rowcount(session.execute(
         sa.delete(CallbackSubscription).where(CallbackSubscription.id == subscription_id, _owned(owner))
-    ).rowcount
+    ))
     if deleted != 1:
         session.rollback()
         raise SubscriptionNotFound(
@@ -123,7 +122,7 @@ def delete(session: Session, subscription_id: str, owner: str | None = EVERYONE)
 
 def deliveries(
     session: Session, subscription_id: str, limit: int, before: str | None = None, owner: str | None = EVERYONE
-) -> list[dict[str, Any]]:
+) -> list[CallbackDelivery]:
     """The subscription's deliveries, newest first, older than delivery ``before``.
 
     :raises SubscriptionNotFound: no such subscription.
@@ -136,28 +135,13 @@ def deliveries(
         if anchor is None:
             raise InvalidInput(f"Marker delivery {before} not found.", errors={"marker": "unknown delivery"})
         query = query.where(CallbackDelivery.id < anchor)
-    rows = session.scalars(query.order_by(CallbackDelivery.id.desc()).limit(limit))
-    return [delivery_to_dict(row) for row in rows]
+    return list(session.scalars(query.order_by(CallbackDelivery.id.desc()).limit(limit)))
 
 
 def deactivate_for_client(session: Session, client: str, reason: str) -> int:
     """Stop the subscriptions of ``client`` (its token was revoked), in the caller's transaction."""
-    return session.execute(
+    return rowcount(session.execute(
         sa.update(CallbackSubscription)
         .where(CallbackSubscription.client == client, CallbackSubscription.active.is_(True))
         .values(active=False, disabled_reason=reason, updated_at=utcnow())
-    ).rowcount
-
-
-def to_dict(subscription: CallbackSubscription) -> dict[str, Any]:
-    """The API form of a subscription."""
-    return {
-        "id": subscription.id,
-        "url": subscription.url,
-        "events": list(subscription.events),
-        "nodes": list(subscription.nodes),
-        "active": subscription.active,
-        "disabled_reason": subscription.disabled_reason,
-        "created_at": subscription.created_at,
-        "updated_at": subscription.updated_at,
-    }
+    ))

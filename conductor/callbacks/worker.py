@@ -19,8 +19,8 @@ import time
 import redis
 from rq.serializers import JSONSerializer
 
-from conductor.callbacks import destinations, outbox, retry
 from conductor.bootstrap import build_context
+from conductor.callbacks import destinations, outbox, retry
 from conductor.context import Context
 from conductor.engine import jobs
 from conductor.engine.worker import QuickStopWorker

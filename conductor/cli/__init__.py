@@ -12,10 +12,6 @@ client starts fast.
 
 from __future__ import annotations
 
-# Imports inside functions: most commands are thin API clients, so each command
-# imports the server side it needs (settings, database, Flask, RQ, workers) when
-# it runs; `conductor --help` and the client commands stay quick to start.
-
 import json
 import sys
 from typing import Any
@@ -23,6 +19,10 @@ from typing import Any
 import click
 
 from conductor.cli.client import Client, default_url, progress_line, resolve_token
+
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
 
 
 class Output:
@@ -48,9 +48,9 @@ class Output:
             return
         cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
         widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-        click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+        click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
         for row in cells:
-            click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+            click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 class Obj:

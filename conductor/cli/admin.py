@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-# Imports inside functions: most commands are thin API clients, so each command
-# imports the server side it needs (settings, database, Flask, RQ, workers) when
-# it runs; `conductor --help` and the client commands stay quick to start.
-
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +10,10 @@ import click
 
 from conductor.cli import Obj, pass_obj
 from conductor.cli.server import _data_dir, _settings
+
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
 
 TOKEN_COLUMNS = ["id", "name", "role", "created_at", "revoked_at"]
 THROTTLE_KEYS = [
@@ -49,6 +49,7 @@ def create(obj: Obj, role: str, name: str | None, direct: bool) -> None:
 
 
 def _create_direct(role: str, name: str | None) -> dict[str, Any]:
+    from conductor.api import schemas
     from conductor.auth import tokens
     from conductor.database import Database
     from conductor.exceptions import InvalidInput
@@ -61,12 +62,9 @@ def _create_direct(role: str, name: str | None) -> dict[str, Any]:
             with db.session() as session:
                 issued = tokens.issue(session, role, name)
                 session.commit()
-                return {
-                    **tokens.to_dict(issued.token),
-                    "created_at": issued.token.created_at.isoformat(),
-                    "token": issued.secret,
-                    "signing_secret": issued.signing_secret,
-                }
+                # What POST /v1/tokens answers.
+                created: dict[str, Any] = schemas.TokenCreated().dump(issued)
+                return created
         finally:
             db.dispose()
     except InvalidInput as exc:

@@ -6,18 +6,18 @@ against a remote deployment.
 
 from __future__ import annotations
 
-# Imports inside functions: most commands are thin API clients, so each command
-# imports the server side it needs (settings, database, Flask, RQ, workers) when
-# it runs; `conductor --help` and the client commands stay quick to start.
-
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import click
 import requests
+
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
 
 DEFAULT_URL = "http://127.0.0.1:6385"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -104,7 +104,7 @@ class Client:
                     states = None
                 show(request, states)
             if request["state"] in FINAL_STATES:
-                return request  # type: ignore[no-any-return]
+                return cast("dict[str, Any]", request)
             if deadline is not None and time.monotonic() > deadline:
                 raise click.ClickException(f"Request {request_id} still {request['state']} after {timeout} s")
             time.sleep(interval)

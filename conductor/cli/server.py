@@ -6,10 +6,6 @@ commands stay fast.
 
 from __future__ import annotations
 
-# Imports inside functions: most commands are thin API clients, so each command
-# imports the server side it needs (settings, database, Flask, RQ, workers) when
-# it runs; `conductor --help` and the client commands stay quick to start.
-
 import signal
 import sys
 from pathlib import Path
@@ -17,11 +13,16 @@ from typing import Any
 
 import click
 
+# Imports inside functions: most commands are thin API clients, so each command
+# imports the server side it needs (settings, database, Flask, RQ, workers) when
+# it runs; `conductor --help` and the client commands stay quick to start.
+
 _data_dir = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Data directory (SQLite file, embedded Redis, logs). Default: $CONDUCTOR_DATA_DIR or ~/.local/share/conductor.",
+    help="Data directory (SQLite file, embedded Redis, logs). "
+    "Default: $CONDUCTOR_DATA_DIR or ~/.local/share/conductor.",
 )
 
 
@@ -42,15 +43,25 @@ def _settings(**overrides: Any) -> Any:
 @click.option("--workers", type=int, default=None, help="Conductor worker processes [1].")
 @click.option("--api-workers", type=int, default=None, help="API processes [2].")
 @click.option("--callback-workers", type=int, default=None, help="Callback worker processes [1].")
+@click.option("--dhcp-interface", default=None, metavar="IF",
+              help="Run dnsmasq for network boot on this interface (with --dhcp-range) [none].")
+@click.option("--dhcp-range", default=None, metavar="FIRST,LAST",
+              help="The IPv4 addresses dnsmasq leases, e.g. 192.168.50.100,192.168.50.200.")
 def up(host: str | None, port: int | None, data_dir: Path | None, workers: int | None,
-       api_workers: int | None, callback_workers: int | None) -> None:
-    """Run the API, conductor and callback workers on this box (embedded Redis and SQLite by default)."""
+       api_workers: int | None, callback_workers: int | None, dhcp_interface: str | None,
+       dhcp_range: str | None) -> None:
+    """Run the API, conductor and callback workers on this box (embedded Redis and SQLite by default).
+
+    With --dhcp-interface and --dhcp-range, also dnsmasq: DHCP and TFTP for
+    the nodes booting from the network, and only for them.
+    """
     from conductor import logs
     from conductor.exceptions import InvalidInput
     from conductor.supervisor import Supervisor
 
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir, workers=workers,
-                         api_workers=api_workers, callback_workers=callback_workers)
+                         api_workers=api_workers, callback_workers=callback_workers,
+                         dhcp_interface=dhcp_interface, dhcp_range=dhcp_range)
     logs.setup(settings.log_level)
     supervisor = Supervisor(settings)
 
@@ -70,6 +81,10 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
             click.echo("Authentication  OFF (auth_enabled = false; loopback only)")
         click.echo(f"Workers         {settings.workers} (+{settings.callback_workers} for callbacks); "
                    f"Redis {'embedded' if supervisor.redis else _without_password(settings.redis_url)}")
+        if supervisor.dhcp is not None:
+            dhcp = supervisor.dhcp
+            click.echo(f"DHCP            dnsmasq on {dhcp.interface}, {dhcp.first}-{dhcp.last}; iPXE is sent "
+                       f"{dhcp.boot_url}   (log {settings.data_dir / 'logs' / 'dnsmasq.log'})")
         click.echo("Press Ctrl-C to stop.")
         supervisor.watch()
     except (RuntimeError, InvalidInput) as exc:

@@ -6,8 +6,17 @@ its heartbeat (``POST /v1/nodes/<node>/heartbeat``, header
 ``X-Agent-Token``) and reports the result the same way.  What is kept of
 it lives in the node's ``driver_internal_info``:
 
-* ``agent_token_sha256``: the SHA-256 of the token (the token itself is
-  only in the node's boot config, never in the database);
+* ``agent_token_sha256``: the SHA-256 of the token, what a heartbeat is
+  checked against;
+* ``agent_token_sealed``: the token itself, sealed with the deployment's
+  secret key (:mod:`conductor.secretbox`), for the boot script of
+  ``GET /v1/boot/<mac>`` (:mod:`conductor.service.boot`), which any API
+  process may render.  It lives only until the token is *claimed*: the
+  first heartbeat that proves it (:func:`claim`) drops the sealed copy and
+  records ``agent_token_claimed_at``, so a boot script carries a token at
+  most until its agent has called; a MAC asked again afterwards boots the
+  local disk.  The simulated agent reads the token from its boot config
+  file instead (:mod:`conductor.bootfiles`);
 * ``agent_command``: ``{"id", "name", "params"}``, the command issued;
 * ``agent_result``: ``{"id", "status", "error"[, "inventory"]}``, what the
   agent reported for it.
@@ -28,11 +37,15 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from conductor import bootfiles
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from conductor import bootfiles, database, secretbox
 from conductor.exceptions import InvalidAgentToken
+from conductor.models import Node, utcnow
 
 if TYPE_CHECKING:
-    from conductor.models import Node
     from conductor.settings import Settings
 
 #: The commands an agent understands, and the setting bounding the wait for each.
@@ -51,12 +64,12 @@ COMMAND_PARAMS: dict[str, tuple[str, ...]] = {
     "erase_disks": ("erase",),
     "inspect": (),
 }
-#: Inventory keys an agent reports, copied into the node's ``properties``.
-INVENTORY_KEYS = ("cpus", "cpu_arch", "memory_mb", "local_gb", "disks", "nics")
 #: The statuses a command result may have.
 RESULT_STATUSES = ("succeeded", "failed")
 
 _TOKEN = "agent_token_sha256"
+(_SEALED,) = secretbox.SEALED_INTERNAL_KEYS
+_CLAIMED = "agent_token_claimed_at"
 _COMMAND = "agent_command"
 _RESULT = "agent_result"
 
@@ -76,11 +89,14 @@ def _update(node: Node, **changes: Any) -> None:
     node.driver_internal_info = info
 
 
-def issue(node: Node, name: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def issue(session: Session, node: Node, name: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Issue a new token and command ``name`` to ``node``'s agent; returns both.
 
     The previous token, command and result are replaced: only the agent of
-    this phase is heard from now on.
+    this phase is heard from now on.  The token is kept as its SHA-256 and,
+    until it is claimed, sealed with ``session``'s secret box.
+
+    :raises NoSecretKey: ``session`` has no secret box.
     """
     if name not in COMMANDS:
         raise ValueError(f"unknown agent command {name!r}")
@@ -90,7 +106,9 @@ def issue(node: Node, name: str, params: Mapping[str, Any]) -> tuple[str, dict[s
         "name": name,
         "params": {k: params[k] for k in COMMAND_PARAMS[name] if params.get(k) is not None},
     }
-    _update(node, **{_TOKEN: token_hash(token), _COMMAND: command, _RESULT: None})
+    sealed = secretbox.of(session).seal(token)
+    _update(node, **{_TOKEN: token_hash(token), _SEALED: sealed, _CLAIMED: None, _COMMAND: command,
+                     _RESULT: None})
     return token, command
 
 
@@ -101,6 +119,50 @@ def check_token(node: Node, token: str | None) -> None:
         raise InvalidAgentToken(
             f"The agent token is missing or is not the one issued for node {node.uuid}'s current workflow."
         )
+
+
+def boot_token(session: Session, node: Node) -> str | None:
+    """The token a boot script of ``node`` may carry: issued and not yet claimed (None otherwise).
+
+    :raises SecretUnreadable: no key of the ring opens it (lost or rotated out).
+    """
+    sealed = (node.driver_internal_info or {}).get(_SEALED)
+    if not sealed or not (node.driver_internal_info or {}).get(_TOKEN):
+        return None
+    return secretbox.of(session).open(sealed)
+
+
+def claim(session: Session, node: Node) -> bool:
+    """Record that ``node``'s agent has its token (a heartbeat proved it); whether this call did.
+
+    Drops the sealed copy, so no boot script hands the token out again.
+    Idempotent: a token claimed already changes nothing.  The caller checked
+    the token and commits.
+
+    One conditional UPDATE, on the node row as it was read: a concurrent
+    write (a result stored, a revocation, a step) wins and this claim is
+    skipped rather than writing back stale ``driver_internal_info``; the
+    agent's next heartbeat claims again.
+    """
+    info = dict(node.driver_internal_info or {})
+    if _SEALED not in info:
+        return False
+    now = utcnow()
+    info.pop(_SEALED)
+    info[_CLAIMED] = now.isoformat()
+    done = database.rowcount(session.execute(
+        sa.update(Node)
+        .where(Node.id == node.id, Node.updated_at == node.updated_at)
+        .values(driver_internal_info=info, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ))
+    if done != 1:
+        return False
+    # What the row now holds, without marking the object dirty (a later
+    # flush must not write it again, unconditionally).
+    set_committed_value(node, "driver_internal_info", info)
+    set_committed_value(node, "updated_at", now)
+    return True
 
 
 def command(node: Node) -> dict[str, Any] | None:
@@ -132,5 +194,5 @@ def revoke(settings: Settings, node: Node) -> None:
     """
     bootfiles.remove(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid))
     info = node.driver_internal_info or {}
-    if _TOKEN in info or _COMMAND in info:
-        _update(node, **{_TOKEN: None, _COMMAND: None})
+    if any(key in info for key in (_TOKEN, _SEALED, _CLAIMED, _COMMAND)):
+        _update(node, **{_TOKEN: None, _SEALED: None, _CLAIMED: None, _COMMAND: None})

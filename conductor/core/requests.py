@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from conductor import metrics
 from conductor.callbacks import events
 from conductor.core import history, states
+from conductor.database import rowcount
 from conductor.exceptions import RequestNotCancellable
 from conductor.fsm import table
 from conductor.fsm.states import RequestKind, RequestState
@@ -158,11 +159,11 @@ def abandon(session: Session, request_id: str, reason: str) -> bool:
     """
     now = utcnow()
     with session.no_autoflush:
-        taken = session.execute(
+        taken = rowcount(session.execute(
             sa.update(_requests_t)
             .where(_requests_t.c.id == request_id, _requests_t.c.state == RequestState.QUEUED)
             .values(state=RequestState.FAILED, error=reason, finished_at=now, updated_at=now)
-        ).rowcount
+        ))
     if taken != 1:
         session.rollback()
         return False
@@ -180,10 +181,10 @@ def abandon(session: Session, request_id: str, reason: str) -> bool:
 
 def _mark_cancelled(session: Session, request: Request, *conditions: sa.ColumnElement[bool]) -> bool:
     """Mark ``request`` cancelled if ``conditions`` hold (one conditional UPDATE); else roll back."""
-    taken = session.execute(
+    taken = rowcount(session.execute(
         sa.update(Request).where(Request.id == request.id, *conditions)
         .values(state=RequestState.CANCELLED, updated_at=utcnow())
-    ).rowcount
+    ))
     if taken != 1:
         session.rollback()
         return False

@@ -18,6 +18,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from conductor.database import rowcount
 from conductor.models import Node, Request
 
 _nodes = Node.__table__
@@ -72,7 +73,7 @@ def release(conn: sa.Connection, node_id: int, holder: str | None) -> bool:
 
 def release_all_of(conn: sa.Connection | Session, holder: str) -> int:
     """Take every reservation of conductor ``holder`` away (dead, or this one's previous life)."""
-    return conn.execute(sa.update(_nodes).where(_nodes.c.reservation == holder).values(reservation=None)).rowcount
+    return rowcount(conn.execute(sa.update(_nodes).where(_nodes.c.reservation == holder).values(reservation=None)))
 
 
 def release_for_request(conn: sa.Connection, request_id: str, holder: str | None) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from conductor.drivers.base import Driver
-from conductor.secretbox import is_secret
 from conductor.exceptions import InvalidInput, UnknownDriver
+from conductor.secretbox import is_secret
 
 #: Driver name -> module whose ``driver()`` builds it.
 DRIVERS: dict[str, str] = {
@@ -34,7 +34,7 @@ def get(name: str) -> Driver:
             f"Unknown driver {name!r}; available: {', '.join(sorted(DRIVERS))}.",
             errors={"driver": f"must be one of {sorted(DRIVERS)}"},
         )
-    return importlib.import_module(DRIVERS[name]).driver()
+    return cast(Driver, importlib.import_module(DRIVERS[name]).driver())
 
 
 def validate(name: str, driver_info: Mapping[str, Any]) -> None:

@@ -74,7 +74,7 @@ class Field:
     required: bool = False
 
 
-class Interface(abc.ABC):
+class Interface(abc.ABC):  # noqa: B024 - the interfaces below declare the abstract methods
     """Base of every driver interface."""
 
     #: The ``driver_info`` fields this interface reads.

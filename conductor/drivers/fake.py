@@ -49,7 +49,7 @@ def _check_fail(task: Task, action: str) -> None:
 
 
 class _Validating(base.Interface):
-    fields = _FIELDS
+    fields: Mapping[str, base.Field] = _FIELDS
 
     def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
         errors = super().validate(driver_info)

@@ -38,6 +38,7 @@ each BMC's session stays open between the steps of a request).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import Callable, Mapping
@@ -47,8 +48,8 @@ import redis
 
 from conductor import secretbox
 from conductor.drivers import base, fake
-from conductor.drivers.pxe import PXEDeploy
 from conductor.drivers.ipmi_client import LOGIN_TIMEOUT, BMCClient, BMCCredentials
+from conductor.drivers.pxe import PXEDeploy
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState
 from conductor.settings import Settings
@@ -169,10 +170,8 @@ def lock_ttl(settings: Settings) -> float:
 
 
 def _release_quietly(ctx: Context, endpoint: str, owner: str) -> None:
-    try:
+    with contextlib.suppress(redis.RedisError):  # the lock expires on its own
         bmc_throttle.release(ctx, endpoint, owner)
-    except redis.RedisError:
-        pass  # the lock expires on its own
 
 
 def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClient], T], *,

@@ -55,8 +55,9 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar, cast
 
 from pyghmi import exceptions as pyghmi_exc
 from pyghmi.ipmi import command as ipmi_command
@@ -186,7 +187,7 @@ def _io_sendto(mysocket: Any, packet: Any, sockaddr: Any) -> None:
                 select.select((), (mysocket,), (), 0.1)
             except (OSError, ValueError):
                 return
-        except Exception:  # pylint: disable=broad-except  # pyghmi ignores send errors too
+        except Exception:  # pyghmi ignores send errors too
             return
 
 
@@ -457,7 +458,7 @@ class _Session(ipmi_session.Session):
             if not getattr(self, "broken", False):
                 self._mark_broken("abandoned")
             self._forget()
-        except Exception as exc:  # pylint: disable=broad-except  # must not hide the attempt's error
+        except Exception as exc:  # must not hide the attempt's error
             LOG.debug("discarding a pyghmi session failed: %r", exc)
 
 
@@ -520,7 +521,7 @@ class BMCClient:
         thread's grace), and every backoff sleep at its longest."""
         attempts = self.retries + 1
         per_attempt = self.login_timeout + self.timeout + 2 * (WAIT_SLICE + IO_STALL_GRACE)
-        backoff = sum(min(self.max_backoff, self.backoff * 2 ** i) * (1 + self.jitter)
+        backoff = sum(min(self.max_backoff, self.backoff * 2.0 ** i) * (1 + self.jitter)
                       for i in range(attempts - 1))
         return attempts * per_attempt + backoff
 
@@ -687,7 +688,7 @@ class BMCClient:
 
     def _raw(self, cmd: _Command, what: str, **kwargs: Any) -> dict[str, Any]:
         """One raw IPMI request; an error reply becomes BMCError or _Timeout."""
-        return self._checked(cmd.raw_command(**kwargs), what)
+        return cast("dict[str, Any]", self._checked(cmd.raw_command(**kwargs), what))
 
     def _checked(self, result: Any, what: str) -> Any:
         """Turn a returned ``{'error': ...}`` or completion code into an exception.

@@ -11,8 +11,10 @@ with ``Wait``, holding no worker)::
     tear_down  power off
 
 An agent phase issues a new agent token and command through the agent
-protocol (:mod:`conductor.core.agent`; only the token's SHA-256 is kept), writes
-the node's boot config (API URL, node, token; see :mod:`conductor.bootfiles`),
+protocol (:mod:`conductor.core.agent`: the token's SHA-256, and the token
+sealed until the agent claims it, for the iPXE boot script of
+``GET /v1/boot/<mac>``), writes the node's boot config for the simulated
+agent (API URL, node, token; see :mod:`conductor.bootfiles`),
 sets the boot device to ``pxe`` (one time) and powers the node on, then
 waits (``wait call-back``, ``clean wait`` or ``inspect wait``).  The agent's
 heartbeat (:mod:`conductor.service.agent`) hands it the command and, when it
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from conductor import bootfiles
 from conductor.core import agent as protocol
+from conductor.core import inventory
 from conductor.drivers import base
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState as P
@@ -74,8 +77,7 @@ def _agent(name: str) -> Callable[[Task, dict[str, Any]], base.StepResult | None
             raise DriverError(f"The agent failed to {name.replace('_', ' ')}: "
                               f"{result.get('error') or 'no reason given'}")
         if name == "inspect":
-            inventory = result.get("inventory") or {}
-            task.update_properties(**{k: inventory[k] for k in protocol.INVENTORY_KEYS if k in inventory})
+            inventory.record(task.session, task.node, result.get("inventory") or {}, task.request, task.conductor)
         return None
 
     phase.__doc__ = f"agent {name}"
@@ -88,7 +90,7 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
     # after the last command sent, never sending one twice.
     node, settings = task.node, task.settings
     if "command" not in progress:
-        token, command = protocol.issue(node, name, _command_params(task, name))
+        token, command = protocol.issue(task.session, node, name, _command_params(task, name))
         bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
                         {"api_url": settings.agent_url, "node": node.uuid, "token": token})
         progress["command"] = command["id"]

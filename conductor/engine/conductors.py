@@ -26,7 +26,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from conductor import keys
+from conductor import database, keys
 from conductor.context import Context
 from conductor.database import Database
 from conductor.models import ConductorRecord, utcnow
@@ -90,7 +90,7 @@ def register(ctx: Context) -> Registration:
             if not free:
                 continue
             _forget_pid_namespace(ctx, name)
-            taken = session.execute(
+            taken = database.rowcount(session.execute(
                 sa.update(ConductorRecord)
                 .where(
                     ConductorRecord.id == row.id,
@@ -98,7 +98,7 @@ def register(ctx: Context) -> Registration:
                     ConductorRecord.heartbeat_at == row.heartbeat_at,
                 )
                 .values(hostname=ctx.hostname, pid=os.getpid(), started_at=now, heartbeat_at=now, online=True)
-            ).rowcount
+            ))
             session.commit()
             if taken == 1:
                 _record_pid_namespace(ctx, name, here)
@@ -157,11 +157,11 @@ def heartbeat(ctx: Context) -> bool:
     """
     with ctx.db.begin() as session:
         return (
-            session.execute(
+            database.rowcount(session.execute(
                 sa.update(ConductorRecord)
                 .where(ConductorRecord.name == ctx.name, ConductorRecord.pid == os.getpid())
                 .values(heartbeat_at=utcnow(), online=True)
-            ).rowcount
+            ))
             == 1
         )
 

@@ -15,7 +15,6 @@ is set.
 from __future__ import annotations
 
 import time
-
 from typing import TYPE_CHECKING
 
 from conductor.core import states

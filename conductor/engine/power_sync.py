@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy.orm import Session
 
-from conductor import drivers, keys
+from conductor import database, drivers, keys
 from conductor.callbacks import events
 from conductor.context import Context
 from conductor.core import history, reservations, states
@@ -102,7 +102,10 @@ def start_round(ctx: Context) -> int | None:
         # Each batch job decrements the count when it ends; the expiry (every
         # batch's timeout, one after the other) forgets a batch whose worker died.
         budget_ms = sum(int(settings.job_timeout) * len(b) for b in batches) * 1000
-        ctx.redis.pipeline().incrby(_pending_key(ctx), len(batches)).pexpire(_pending_key(ctx), budget_ms).execute()
+        pipe = ctx.redis.pipeline()
+        pipe.incrby(_pending_key(ctx), len(batches))
+        pipe.pexpire(_pending_key(ctx), budget_ms)
+        pipe.execute()
     for batch in batches:
         ctx.queue.queue.enqueue_call(
             BATCH_FUNCTION,
@@ -196,7 +199,7 @@ def sync_node(ctx: Context, node_id: int) -> str:
                     cleanup()
             with session.no_autoflush:
                 params = {"node_id": node_id, "me": ctx.name, "read_at": read_at}
-                still_ours = session.execute(reservations.RELEASE_UNCHANGED, params).rowcount == 1
+                still_ours = database.rowcount(session.execute(reservations.RELEASE_UNCHANGED, params)) == 1
             if not still_ours:
                 # The node changed meanwhile (an operator's PATCH), or a sweep
                 # declared this conductor dead: drop the findings.

@@ -33,7 +33,6 @@ import redis
 import sqlalchemy as sa
 from rq.timeouts import BaseTimeoutException
 
-
 from conductor import database, logs
 from conductor.context import Context
 from conductor.core import requests as core_requests
@@ -126,6 +125,7 @@ def _run_step(ctx: Context, request_id: str) -> None:
                 task.node.last_error = None
                 task.request_progress["begun"] = True
             step, fail = _WORKFLOWS[task.request.kind]
+            result: StepResult | None
             try:
                 result = step(task)
             except TryLater as exc:
@@ -254,7 +254,7 @@ def fail_request(ctx: Context, request_id: str, message: str, owner: str | None)
     with ctx.db.begin() as session:
         with session.no_autoflush:
             params = {"rid": request_id, "owner": owner, "now": utcnow()}
-            if session.execute(_FENCE_FAIL[owner is not None], params).rowcount != 1:
+            if database.rowcount(session.execute(_FENCE_FAIL[owner is not None], params)) != 1:
                 return False
         request = session.get(Request, request_id)
         assert request is not None

@@ -95,16 +95,19 @@ def _sweep(ctx: Context) -> dict[str, int]:
                 )
             )
         )
-        holders = set(
-            session.scalars(sa.select(Node.reservation).where(Node.reservation.is_not(None)).distinct())
-        )
-        runners = set(
-            session.scalars(
+        holders = {
+            name
+            for name in session.scalars(sa.select(Node.reservation).where(Node.reservation.is_not(None)).distinct())
+            if name is not None
+        }
+        runners = {
+            name for name in session.scalars(
                 sa.select(Request.conductor)
                 .where(Request.conductor.is_not(None), Request.state == RequestState.RUNNING)
                 .distinct()
             )
-        )
+            if name is not None
+        }
     failed = sum(recover_conductor(ctx, name) for name in (holders | runners) - alive)
     forgotten = idempotency.purge_expired(ctx.db)
     return {"failed": failed, **_requeue_lost(ctx, now, alive), "keys_forgotten": forgotten,

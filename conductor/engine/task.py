@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from conductor import drivers
+from conductor import database, drivers
 from conductor.context import Context
 from conductor.core import history, reservations
 from conductor.drivers.base import DeployInterface, Driver, Poll
@@ -177,7 +177,7 @@ def hold_claim(session: Session, ctx: Context, request_id: str) -> bool:
     """
     with session.no_autoflush:
         params = {"rid": request_id, "me": ctx.name, "now": utcnow()}
-        return session.execute(_FENCE_REQUEST, params).rowcount == 1
+        return database.rowcount(session.execute(_FENCE_REQUEST, params)) == 1
 
 
 def release(ctx: Context, node_id: int) -> None:
@@ -238,7 +238,8 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
                 task.save_progress()
                 node.updated_at = utcnow()
                 with session.no_autoflush:
-                    released = session.execute(reservations.RELEASE, {"node_id": node_id, "me": ctx.name}).rowcount
+                    params = {"node_id": node_id, "me": ctx.name}
+                    released = database.rowcount(session.execute(reservations.RELEASE, params))
                 if released != 1 or not hold_claim(session, ctx, request_id):
                     session.rollback()
                     raise StepFenced(

@@ -15,6 +15,7 @@ watchdog wins or loses cleanly: the wait ends once.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import sqlalchemy as sa
@@ -63,7 +64,7 @@ def check(ctx: Context) -> int:
             .limit(BATCH)
         ))
     # Failing is conditional: safe to run again on a transient database error.
-    return sum(database.retrying(lambda rid=request_id: fail_overdue(ctx, rid), f"Watchdog: request {request_id}")
+    return sum(database.retrying(functools.partial(fail_overdue, ctx, request_id), f"Watchdog: request {request_id}")
                for request_id in overdue)
 
 
@@ -71,7 +72,7 @@ def fail_overdue(ctx: Context, request_id: str) -> bool:
     """Fail one overdue wait; False if it is no longer waiting (or not overdue)."""
     with ctx.db.begin() as session:
         with session.no_autoflush:
-            if session.execute(_TAKE, {"rid": request_id, "now": utcnow()}).rowcount != 1:
+            if database.rowcount(session.execute(_TAKE, {"rid": request_id, "now": utcnow()})) != 1:
                 return False
         request = session.get(Request, request_id)
         assert request is not None

@@ -46,6 +46,7 @@ def next_state(current: ProvisionState | str, event: Event | str) -> ProvisionSt
             provision_state=str(current),
             allowed_targets=allowed_targets(current),
         ) from exc
+    assert machine.current_state is not None  # initialize() set it
     return ProvisionState(machine.current_state)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from conductor.fsm.states import Event as E
+from conductor.fsm.states import Event as E  # noqa: N817 - one letter keeps each row of the table on one line
 from conductor.fsm.states import ProvisionState as S
 from conductor.fsm.states import ProvisionTarget as T
 

@@ -113,7 +113,7 @@ def modules_dep(tree: Path, release: str, busybox: Path) -> Path:
         return path
     kmod = shutil.which("depmod") or next((p for p in ("/sbin/depmod", "/usr/sbin/depmod") if os.path.exists(p)), None)
     command = [kmod] if kmod else [str(busybox), "depmod"]
-    done = subprocess.run(command + ["-b", str(tree), release], capture_output=True, text=True, check=False)
+    done = subprocess.run([*command, "-b", str(tree), release], capture_output=True, text=True, check=False)
     if done.returncode != 0 or not path.is_file():
         raise BuildError(f"{' '.join(command)} -b {tree} {release} failed: {done.stderr.strip()[-300:]}")
     return path

@@ -15,7 +15,7 @@ def ramdisk() -> None:
 
 @ramdisk.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write agent.kernel and agent.initramfs [<data dir>/ramdisk].")
+              help="Where to write agent.kernel and agent.initramfs [setting ramdisk_dir: <data dir>/ramdisk].")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where downloaded .deb files are kept between builds [~/.cache/conductor/ramdisk].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -26,11 +26,12 @@ def build(ctx: click.Context, out_dir: Path | None, cache_dir: Path | None, as_j
     from conductor.ramdisk import build as builder
     from conductor.ramdisk.debs import PackageError
     from conductor.ramdisk.modules import UnknownModule
-    from conductor.settings import default_data_dir
+    from conductor.settings import load
 
     # `conductor --json ramdisk build` works too.
     as_json = as_json or bool(getattr(getattr(ctx.find_root().obj, "out", None), "as_json", False))
-    out_dir = out_dir or default_data_dir() / "ramdisk"
+    # Where the API serves boot files from (setting ramdisk_dir).
+    out_dir = out_dir or load().ramdisk_path
     cache_dir = cache_dir or builder.default_cache_dir()
     try:
         result = builder.build(out_dir, cache_dir, progress=None if as_json else click.echo)

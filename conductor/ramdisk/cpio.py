@@ -17,7 +17,10 @@ import dataclasses
 import gzip
 import stat
 from collections.abc import Iterable
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # _typeshed exists for type checkers only
+    from _typeshed import SupportsWrite
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
@@ -80,7 +83,7 @@ def _with_parents(entries: Iterable[Entry]) -> list[Entry]:
     return [by_path[p] for p in sorted(by_path, key=lambda p: p.split("/"))]
 
 
-def write(out: BinaryIO, entries: Iterable[Entry], mtime: int = 0) -> int:
+def write(out: SupportsWrite[bytes], entries: Iterable[Entry], mtime: int = 0) -> int:
     """Write ``entries`` (plus missing parent directories) as a newc archive; returns bytes written."""
     written = 0
     for ino, entry in enumerate(_with_parents(entries), start=1):
@@ -103,7 +106,7 @@ def write(out: BinaryIO, entries: Iterable[Entry], mtime: int = 0) -> int:
 def write_gzip(out: BinaryIO, entries: Iterable[Entry], mtime: int = 0, level: int = 9) -> None:
     """:func:`write` through gzip, with no name and a zero time in the gzip header (reproducible)."""
     with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=level, mtime=0) as packed:
-        write(packed, entries, mtime)  # type: ignore[arg-type]
+        write(packed, entries, mtime)
 
 
 def read(data: bytes) -> list[tuple[str, int, bytes, tuple[int, int]]]:
@@ -111,7 +114,7 @@ def read(data: bytes) -> list[tuple[str, int, bytes, tuple[int, int]]]:
 
     :raises ValueError: not a newc archive.
     """
-    members = []
+    members: list[tuple[str, int, bytes, tuple[int, int]]] = []
     offset = 0
     while True:
         if data[offset:offset + 6] != MAGIC:

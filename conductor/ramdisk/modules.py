@@ -67,7 +67,7 @@ def load_order(deps: Mapping[str, list[str]], wanted: Iterable[str],
         # modules.dep lists the transitive closure; visiting each dependency's
         # own line first still yields a valid order when it is incomplete.
         for dep in deps.get(path, []):
-            visit(dep, trail + (path,))
+            visit(dep, (*trail, path))
         done.add(path)
         order.append(path)
 

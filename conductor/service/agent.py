@@ -15,8 +15,12 @@ agent booted by the ``pxe`` deploy interface talks to the conductor:
 
 The token is compared with the SHA-256 the deploy interface stored when it
 issued it (a per-workflow secret, never a bearer API token): only that
-node's agent, for that workflow, is heard.  The protocol's records
-(token, command, result) are :mod:`conductor.core.agent`'s.
+node's agent, for that workflow, is heard.  The first heartbeat that
+proves the token *claims* it (committed before anything else is
+answered, even a 409): the node's iPXE boot script (``GET
+/v1/boot/<mac>``) stops carrying it, so a boot script hands each token
+out only until its agent has called.  The protocol's records (token,
+command, result) are :mod:`conductor.core.agent`'s.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
+from conductor import database
 from conductor.context import Context
 from conductor.core import agent as protocol
 from conductor.core import history
 from conductor.exceptions import InvalidAgentToken, InvalidInput, NodeNotFound, NodeNotWaiting
 from conductor.fsm import table
 from conductor.fsm.states import RequestState
-from conductor.models import Node, Request, utcnow
+from conductor.models import Request, utcnow
 from conductor.service import nodes
 from conductor.throttle import agents
 
@@ -67,6 +72,8 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
                 f"The agent token is missing or is not the one issued for node {ident}'s current workflow."
             ) from None
         protocol.check_token(node, token)
+        if protocol.claim(session, node):
+            session.commit()
         # Its next heartbeats skip the budgets of unknown tokens (see throttle.agents).
         agents.accepted(ctx).remember(ident, agents.digest(token or ""))
         request = session.get(Request, node.active_request_id) if node.active_request_id else None
@@ -86,7 +93,7 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
                 f"({command.get('id')!r}).",
                 errors={"command_result.id": "not the current command"},
             )
-        woken = session.execute(_WAKE, {"rid": request.id, "now": utcnow()}).rowcount
+        woken = database.rowcount(session.execute(_WAKE, {"rid": request.id, "now": utcnow()}))
         if woken != 1:
             session.rollback()
             raise NodeNotWaiting(

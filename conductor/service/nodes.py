@@ -2,7 +2,7 @@
 
 A node is named by its UUID or its (unique, non-UUID-looking) name.
 Secrets in ``driver_info`` are write-only: they are stored sealed
-(:mod:`conductor.secretbox`), :func:`to_dict` masks them, and a patch that
+(:mod:`conductor.secretbox`), the API shows them masked, and a patch that
 sends back the mask keeps the stored value.
 """
 
@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conductor import drivers, macs, secretbox
+from conductor import database, drivers, macs, secretbox
 from conductor.callbacks import events
-from conductor.secretbox import is_secret
+from conductor.core import history
 from conductor.exceptions import (
     Conflict,
     InvalidInput,
@@ -32,7 +32,7 @@ from conductor.exceptions import (
 from conductor.fsm import table
 from conductor.fsm.states import ProvisionState
 from conductor.models import Node, Port, Request, utcnow
-from conductor.core import history
+from conductor.secretbox import is_secret
 
 MASK = "******"
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
@@ -227,7 +227,7 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
     if unknown:
         raise InvalidInput(
             f"Cannot patch {', '.join(unknown)}; patchable: {', '.join(sorted(PATCHABLE))}.",
-            errors={k: "not patchable" for k in unknown},
+            errors=dict.fromkeys(unknown, "not patchable"),
         )
     for _attempt in range(_PATCH_ATTEMPTS):
         node = session.scalars(
@@ -291,7 +291,7 @@ def _apply_patch(session: Session, node: Node, values: dict[str, Any], changes: 
     if DRIVER_FIELDS & set(changes):
         query = query.where(Node.active_request_id.is_(None))
     try:
-        if session.execute(query.values(**values, updated_at=utcnow())).rowcount != 1:
+        if database.rowcount(session.execute(query.values(**values, updated_at=utcnow()))) != 1:
             session.rollback()
             session.refresh(node)
             if DRIVER_FIELDS & set(changes) and node.active_request_id is not None:
@@ -342,7 +342,7 @@ def delete(session: Session, ident: str) -> None:
             ),
         ),
     )
-    if session.execute(query).rowcount == 1:
+    if database.rowcount(session.execute(query)) == 1:
         session.commit()
         return
     session.rollback()
@@ -356,29 +356,6 @@ def delete(session: Session, ident: str) -> None:
         f"allowed: {', '.join(sorted(table.DELETE_ALLOWED_STATES))} (any stable state in maintenance).",
         provision_state=node.provision_state,
     )
-
-
-def to_dict(node: Node) -> dict[str, Any]:
-    """The API form of a node (secrets masked)."""
-    return {
-        "uuid": node.uuid,
-        "name": node.name,
-        "driver": node.driver,
-        "driver_info": drivers.mask_secrets(node.driver_info),
-        "properties": node.properties,
-        "power_state": node.power_state,
-        "target_power_state": node.target_power_state,
-        "provision_state": node.provision_state,
-        "target_provision_state": node.target_provision_state,
-        "last_error": node.last_error,
-        "maintenance": node.maintenance,
-        "maintenance_reason": node.maintenance_reason,
-        "fault": node.fault,
-        "reservation": node.reservation,
-        "request_id": node.active_request_id,
-        "created_at": node.created_at,
-        "updated_at": node.updated_at,
-    }
 
 
 _STATE_COLUMNS = (
@@ -398,10 +375,12 @@ _STATES_BY_UUID = _STATES.where(Node.uuid == sa.bindparam("ident"))
 _STATES_BY_NAME = _STATES.where(Node.name == sa.bindparam("ident"))
 
 
-def states(conn: sa.Connection, ident: str) -> dict[str, Any]:
-    """The node's current and target states and its active request id.
+def states(conn: sa.Connection, ident: str) -> sa.Row[*tuple[Any, ...]]:
+    """The node's current and target states, its active request id and that request's step.
 
-    One narrow Core query on a plain connection: clients poll this.
+    One narrow Core query on a plain connection: clients poll this.  The
+    row has the columns of ``_STATE_COLUMNS`` and ``step`` (None without an
+    active request).
 
     :raises NodeNotFound: no such node.
     """
@@ -411,16 +390,7 @@ def states(conn: sa.Connection, ident: str) -> dict[str, Any]:
         row = conn.execute(_STATES_BY_NAME, {"ident": ident}).one_or_none()
     if row is None:
         raise NodeNotFound(f"Node {ident} not found.", node=ident)
-    return {
-        "power_state": row.power_state,
-        "target_power_state": row.target_power_state,
-        "provision_state": row.provision_state,
-        "target_provision_state": row.target_provision_state,
-        "last_error": row.last_error,
-        "request_id": row.active_request_id,
-        "step": row.step if row.active_request_id else None,
-        "updated_at": row.updated_at,
-    }
+    return row
 
 
 def boot_device(session: Session, ident: str) -> dict[str, Any]:

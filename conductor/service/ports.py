@@ -19,10 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conductor import macs
+from conductor import database, macs
 from conductor.exceptions import PortNotFound, TransitionInProgress
 from conductor.models import Node, Port, utcnow
 from conductor.service import nodes
+
 
 def add(session: Session, node: Node, addresses: Iterable[str]) -> list[Port]:
     """Add ports with these (normalised) addresses to ``node`` in the caller's transaction.
@@ -62,9 +63,9 @@ def create(session: Session, node_ident: str, address: Any) -> Port:
         raise macs.in_use(session, [mac]) from None
     # Only while no request holds the node: a conditional touch of its row in
     # the same transaction (a submission racing with us waits, or we see it).
-    held = session.execute(
+    held = database.rowcount(session.execute(
         sa.update(Node).where(Node.id == node.id, Node.active_request_id.is_(None)).values(updated_at=utcnow())
-    ).rowcount
+    ))
     if held != 1:
         session.rollback()
         node = nodes.find(session, node_ident)
@@ -112,13 +113,13 @@ def delete(session: Session, port_uuid: str) -> None:
     port = get(session, port_uuid)
     node = port.node
     _refuse_if_busy(node, "deleted")
-    deleted = session.execute(
+    deleted = database.rowcount(session.execute(
         sa.delete(Port).where(
             Port.id == port.id,
             # Only while no request holds the node: one statement, no race.
             sa.exists().where(Node.id == Port.node_id, Node.active_request_id.is_(None)),
         )
-    ).rowcount
+    ))
     if deleted != 1:
         session.rollback()
         session.refresh(node)
@@ -130,13 +131,3 @@ def delete(session: Session, port_uuid: str) -> None:
 def of_node(session: Session, node: Node) -> list[str]:
     """The MACs of ``node``'s ports, in creation order."""
     return list(session.scalars(sa.select(Port.address).where(Port.node_id == node.id).order_by(Port.id)))
-
-
-def to_dict(port: Port) -> dict[str, Any]:
-    """The API form of a port."""
-    return {
-        "uuid": port.uuid,
-        "node_uuid": port.node.uuid,
-        "address": port.address,
-        "created_at": port.created_at,
-    }

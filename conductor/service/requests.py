@@ -1,4 +1,4 @@
-"""Requests as the API shows them: look-ups, listings, cancel.
+"""Requests for the API: look-ups, listings, cancel.
 
 How a request is accepted is :mod:`conductor.service.submit`; how it ends
 (and frees its node) is :mod:`conductor.core.requests`.
@@ -7,20 +7,17 @@ How a request is accepted is :mod:`conductor.service.submit`; how it ends
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 
-from conductor.callbacks import status
 from conductor.context import Context
 from conductor.core import requests as core_requests
 from conductor.exceptions import RequestNotCancellable, RequestNotFound
 from conductor.fsm.states import ACTIVE_REQUEST_STATES, RequestState
 from conductor.models import Node, Request
 from conductor.service import nodes
-from conductor.service.params import public_params
 
 LOG = logging.getLogger(__name__)
 
@@ -128,25 +125,3 @@ def drop_job(ctx: Context, request_id: str) -> None:
         ctx.queue.cancel(request_id)
     except redis.RedisError:
         LOG.warning("Could not drop the job of request %s; the worker will skip it.", request_id)
-
-
-def to_dict(request: Request) -> dict[str, Any]:
-    """The API form of a request."""
-    return {
-        "id": request.id,
-        "node_uuid": request.node_uuid,
-        "kind": request.kind,
-        "target": request.target,
-        "params": public_params(request.params),
-        "state": request.state,
-        "step": request.step,
-        "error": request.error,
-        "conductor": request.conductor,
-        "callback_url": request.callback_url,
-        "callback": status.request_callback(request),
-        "created_at": request.created_at,
-        "started_at": request.started_at,
-        "finished_at": request.finished_at,
-        "updated_at": request.updated_at,
-    }
-

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from conductor import database
 from conductor.database import Database
 from conductor.exceptions import IdempotencyKeyReused, InvalidInput
 from conductor.models import IdempotencyRecord, utcnow
@@ -87,7 +88,7 @@ def find(db: Session | Connection, key: IdempotencyKey) -> str | None:
             f"({record.request_id}); use a new key for a new request.",
             request_id=record.request_id,
         )
-    return record.request_id
+    return str(record.request_id)
 
 
 def remember(db: Session | Connection, key: IdempotencyKey, request_id: str, retention: float) -> None:
@@ -119,7 +120,7 @@ def purge_expired(db: Database) -> int:
     """Forget expired keys; returns how many."""
     with db.begin() as session:
         return int(
-            session.execute(
+            database.rowcount(session.execute(
                 sa.delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= utcnow())
-            ).rowcount
+            ))
         )

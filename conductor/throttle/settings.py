@@ -21,7 +21,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from conductor import keys
+from conductor import database, keys
 from conductor.context import Context
 from conductor.exceptions import InvalidInput
 from conductor.models import ThrottleRecord, utcnow
@@ -154,14 +154,14 @@ def update(ctx: Context, changes: Mapping[str, Any]) -> Throttle:
         with ctx.db.session() as session:
             # The conditional write comes first (SQLite: take the write lock
             # before reading; PostgreSQL: lock the row).
-            bumped = session.execute(
+            bumped = database.rowcount(session.execute(
                 sa.update(ThrottleRecord)
                 .where(ThrottleRecord.id == _ROW_ID)
                 .values(version=ThrottleRecord.version + 1, updated_at=utcnow())
-            ).rowcount
+            ))
             if bumped:
                 record = session.get(ThrottleRecord, _ROW_ID, populate_existing=True)
-                assert record is not None
+                assert record is not None  # the UPDATE just matched it
                 record.values = {**(record.values or {}), **clean}
             else:
                 session.add(ThrottleRecord(id=_ROW_ID, values=clean, version=1))
@@ -170,7 +170,7 @@ def update(ctx: Context, changes: Mapping[str, Any]) -> Throttle:
             except IntegrityError:
                 session.rollback()
                 continue
-            value = _from_values(record.values if bumped else clean)
+            value = _from_values(record.values if bumped and record is not None else clean)
             break
     else:
         raise InvalidInput("The throttle settings are changing too fast; retry.")

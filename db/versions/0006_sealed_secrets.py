@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from alembic import context, op
 
 from conductor import sealing
+from conductor.secretbox import SecretBox
 
 revision = "0006"
 down_revision = "0005"
@@ -22,7 +23,7 @@ depends_on = None
 LOG = logging.getLogger("alembic.runtime.migration")
 
 
-def _box():  # type: ignore[no-untyped-def]
+def _box() -> SecretBox | None:
     # A caller may hand the key ring over (config.attributes["secretbox"]);
     # conductor.database.upgrade() gets only a URL, so otherwise it is found
     # the way the service finds it (sealing.box_for_migration).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -22,9 +23,9 @@ def second_api(service_factory):  # type: ignore[no-untyped-def]
     """A service (no workers) plus a second, separate API server on the same database and Redis."""
     service = service_factory(workers=0, api_workers=2)
     port = free_port()
-    log = open(service.settings.data_dir / "api2.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "conductor", "api", "--port", str(port), "--api-workers", "2"],
-                            env=service.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(service.settings.data_dir / "api2.log", "ab") as log:  # the child writes to its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "conductor", "api", "--port", str(port), "--api-workers", "2"],
+                                env=service.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -43,12 +44,9 @@ def second_api(service_factory):  # type: ignore[no-untyped-def]
         try:
             proc.wait(30)
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # gunicorn's workers too, if any is left
-            except ProcessLookupError:
-                pass
             proc.wait()
-            log.close()
 
 
 def test_limits_are_shared_by_every_api_process(second_api) -> None:

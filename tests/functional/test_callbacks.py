@@ -112,9 +112,9 @@ def _callback_worker(settings, env_extra: dict[str, str]) -> subprocess.Popen[by
         CONDUCTOR_REDIS_NAMESPACE=settings.redis_namespace,
         **env_extra,
     )
-    log = open(settings.data_dir / "callback-worker.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "conductor", "callback-worker"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(settings.data_dir / "callback-worker.log", "ab") as log:  # the child writes to its own copy
+        return subprocess.Popen([sys.executable, "-m", "conductor", "callback-worker"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def test_a_worker_killed_mid_delivery_is_resumed_by_the_next(settings, ctx, client, conductor_ctx, receiver) -> None:

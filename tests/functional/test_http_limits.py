@@ -6,6 +6,7 @@ stop reading at the first error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -20,10 +21,8 @@ def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
 
     def send() -> None:
-        try:
+        with contextlib.suppress(OSError):  # the server answered and closed without reading the rest
             sock.sendall(request)
-        except OSError:  # the server answered and closed without reading the rest
-            pass
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import requests
 
@@ -95,7 +96,7 @@ def test_a_new_up_stops_the_recorded_orphans_of_a_killed_one_and_nothing_else(se
         service_factory()
         assert orphan.wait(60) == -signal.SIGTERM
         assert bystander.poll() is None
-        assert "Stopped worker-0 (pid %d), left running by a `conductor up` that was killed" % orphan.pid \
+        assert f"Stopped worker-0 (pid {orphan.pid}), left running by a `conductor up` that was killed" \
             in (settings.data_dir / "up.log").read_text()
     finally:
         for proc in (orphan, bystander):
@@ -149,7 +150,7 @@ def test_a_stopped_child_s_group_is_killed_before_the_child_is_reaped(tmp_path, 
     real_killpg = os.killpg
 
     def killpg(pgid: int, signum: int) -> None:
-        stat = open(f"/proc/{pgid}/stat").read() if os.path.exists(f"/proc/{pgid}/stat") else ""
+        stat = Path(f"/proc/{pgid}/stat").read_text() if os.path.exists(f"/proc/{pgid}/stat") else ""
         left = ProcessRecord.of("left behind", int(child.log.read_text()))
         seen.append((pgid, stat[stat.rindex(")") + 2:].split()[0] if stat else "reaped", left))
         real_killpg(pgid, signum)

@@ -28,8 +28,8 @@ def put(service, node, kind, target):  # type: ignore[no-untyped-def]
 def test_cli_drives_a_node_through_its_life(service_factory) -> None:
     service = service_factory(workers=2)
     service.cli("node", "create", "--driver", "fake", "--name", "life", "-i", "fake_delay=0.2")
-    for command in (["node", "manage"], ["node", "provide"], ["node", "deploy", "--image", "ubuntu-24.04"], ["node", "reboot"],
-                    ["node", "power", "soft-off"], ["node", "undeploy"]):
+    for command in (["node", "manage"], ["node", "provide"], ["node", "deploy", "--image", "ubuntu-24.04"],
+                    ["node", "reboot"], ["node", "power", "soft-off"], ["node", "undeploy"]):
         result = service.cli(*command, "life", "--wait")
         assert "succeeded" in result.stderr
     shown = json.loads(service.cli("--json", "node", "show", "life").stdout)

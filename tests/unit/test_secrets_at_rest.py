@@ -9,6 +9,7 @@ PostgreSQL, the text of the rows.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 
 from conductor import database, datadir, sealing, secretbox
 from conductor.callbacks import secrets as signing_secrets
@@ -158,14 +159,14 @@ def test_rotate_key_reencrypts_every_row_and_drops_the_old_key(client, ctx, sett
     assert stat.S_IMODE(settings.secret_key_file.stat().st_mode) == 0o600
     new_password, new_signing = _rows(ctx)
     text = stored_text(ctx)
-    for old in [old_password] + old_signing:
+    for old in [old_password, *old_signing]:
         assert old not in text
     old_fernet = Fernet(old_keys[0].encode())
     current = Fernet(new_keys[0].encode())
-    for value in [new_password] + new_signing:
+    for value in [new_password, *new_signing]:
         assert secretbox.is_sealed(value)
         current.decrypt(value[len(secretbox.PREFIX):].encode())
-        with pytest.raises(Exception):
+        with pytest.raises(InvalidToken):
             old_fernet.decrypt(value[len(secretbox.PREFIX):].encode())
     # A running process reads the rotated key file by itself, for opening and sealing.
     assert other.open(new_password) == PASSWORD
@@ -179,7 +180,7 @@ def test_a_rotation_interrupted_after_the_new_key_is_written_loses_nothing(clien
     key_file = secretbox.KeyFile(settings.secret_key_file)
     old = key_file.read(create=False)
     # The crash point: the new key is current, no row re-encrypted yet.
-    key_file.write([secretbox.new_key()] + old)
+    key_file.write([secretbox.new_key(), *old])
     restarted = secretbox.SecretBox(key_file=secretbox.KeyFile(settings.secret_key_file), create=False)
     password, _signing = _rows(ctx)
     assert restarted.open(password) == PASSWORD
@@ -216,8 +217,9 @@ def _plain_database(tmp_path: Path) -> str:
         conn.execute(sa.text(
             "INSERT INTO nodes (uuid, name, driver, driver_info, driver_internal_info, properties, provision_state, "
             "maintenance, power_sync_failures, created_at, updated_at) VALUES ('00000000-0000-0000-0000-000000000001', "
-            "'old', 'ipmi', :info, '{}', '{}', 'enroll', 0, 0, '2026-12-01 00:00:00.000000', '2026-12-01 00:00:00.000000')"
-        ), {"info": '{"ipmi_address": "127.0.0.1", "ipmi_password": "%s"}' % PASSWORD})
+            "'old', 'ipmi', :info, '{}', '{}', 'enroll', 0, 0, "
+            "'2026-12-01 00:00:00.000000', '2026-12-01 00:00:00.000000')"
+        ), {"info": json.dumps({"ipmi_address": "127.0.0.1", "ipmi_password": PASSWORD})})
         conn.execute(sa.text(
             "INSERT INTO callback_secrets (client, secret, previous_secret, created_at, rotated_at) "
             "VALUES ('', 'whsec_plainsigningsecret', NULL, '2026-12-01 00:00:00.000000', '2026-12-01 00:00:00.000000')"

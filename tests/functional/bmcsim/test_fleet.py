@@ -106,5 +106,5 @@ def test_state_and_faults_api(fleet: Fleet, new_bmc: Callable[..., BMCSpec]) -> 
 
 
 def test_port_in_use_is_reported(fleet: Fleet) -> None:
-    with pytest.raises(FleetError, match="could not start.*Address already in use"):
+    with pytest.raises(FleetError, match=r"could not start.*Address already in use"):
         Fleet(count=2, base_port=fleet.base_port).start()

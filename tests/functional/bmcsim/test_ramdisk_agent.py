@@ -10,6 +10,7 @@ exactly as it does in the ramdisk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import subprocess
@@ -97,15 +98,14 @@ def image_server():
     image = bytes(range(256)) * (3 * MIB // 256)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(image)))
             self.end_headers()
             if self.command == "GET":
-                try:
+                # busybox wget --spider hangs up after the headers.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(image)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # busybox wget --spider hangs up after the headers
 
         do_HEAD = do_GET  # noqa: N815
 

@@ -9,10 +9,6 @@ from pathlib import Path
 import pytest
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: boots a virtual machine (QEMU, TCG): a minute or more")
-
-
 @pytest.fixture(scope="session")
 def ramdisk_cache() -> Path:
     """Where downloaded .deb files are kept between runs ($CONDUCTOR_RAMDISK_CACHE, else the builder's default)."""

@@ -13,6 +13,7 @@ QEMU's user network lets the guest reach this host's loopback as
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -117,27 +118,25 @@ class Conductor:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 if not head:
-                    try:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                         self.wfile.write(body)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass
                 self.close_connection = True
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path != f"/v1/nodes/{NODE}/heartbeat":
                     return self._send(404, b'{"code": "node_not_found"}')
                 status, answer = owner.heartbeat(self.headers, raw)
                 self._send(status, json.dumps(answer).encode())
 
-            def do_GET(self, head: bool = False) -> None:  # noqa: N802
+            def do_GET(self, head: bool = False) -> None:
                 data = owner.files.get(self.path)
                 if data is None:
                     return self._send(404, b"not found", "text/plain", head)
                 owner.note(f"GET {self.path}")
                 self._send(200, data, "application/octet-stream", head)
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self.do_GET(head=True)
 
             def log_message(self, *args: Any) -> None:
@@ -196,10 +195,8 @@ def test_agent_inspects_erases_writes_and_powers_off(built_ramdisk, tmp_path: Pa
     qemu = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             qemu.wait(timeout=420)
-        except subprocess.TimeoutExpired:
-            pass
         exited = qemu.poll() is not None
     finally:
         if qemu.poll() is None:

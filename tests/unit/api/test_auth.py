@@ -41,6 +41,10 @@ EXPECTED = {
     ("GET", "/v1/images/content/<ticket>"): PUBLIC,
     # The agent's own token, checked by the view (tests/unit/engine/test_pxe.py).
     ("POST", "/v1/nodes/<ident>/heartbeat"): PUBLIC,
+    # Network boot: firmware sends no credentials (tests/unit/api/test_boot.py).
+    ("GET", "/v1/boot"): PUBLIC,
+    ("GET", "/v1/boot/<mac>"): PUBLIC,
+    ("GET", "/v1/boot/files/<name>"): PUBLIC,
     ("GET", "/v1/requests"): READER,
     ("GET", "/v1/requests/<request_id>"): READER,
     ("DELETE", "/v1/requests/<request_id>"): OPERATOR,

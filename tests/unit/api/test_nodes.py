@@ -92,11 +92,11 @@ def test_passwords_are_write_only(client, ctx, monkeypatch) -> None:
     assert node["driver_info"] == {"fake_password": "******", "fake_delay": 1}
     assert "hunter2" not in client.get("/v1/nodes").get_data(as_text=True)
     # Sending the mask back keeps the stored secret; a new value replaces it.
-    patched = client.patch(f"/v1/nodes/{node['uuid']}", json={"driver_info": {"fake_password": "******", "fake_delay": 2}})
+    patched = client.patch(f"/v1/nodes/{node['uuid']}",
+                           json={"driver_info": {"fake_password": "******", "fake_delay": 2}})
     assert patched.status_code == 200
-    from conductor.service import nodes as node_service
-
     from conductor import secretbox
+    from conductor.service import nodes as node_service
 
     with ctx.db.session() as session:
         stored = node_service.find(session, node["uuid"]).driver_info

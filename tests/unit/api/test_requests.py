@@ -208,7 +208,7 @@ def test_request_list_filters_and_pages(client, conductor_ctx, node) -> None:
     page = client.get("/v1/requests?limit=2").json
     assert len(page["requests"]) == 2
     rest = client.get(page["next"]).json["requests"]
-    assert {r["id"] for r in page["requests"] + rest} == set(ids + [other])
+    assert {r["id"] for r in page["requests"] + rest} == {*ids, other}
     assert client.get("/v1/requests/req-nope").json["code"] == "request_not_found"
     assert client.get("/v1/requests?state=bogus").status_code == 400
 

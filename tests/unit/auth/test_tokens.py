@@ -9,7 +9,6 @@ import pytest
 from conductor.auth import tokens
 from conductor.auth.roles import Role, allows
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.exceptions import InvalidInput, TokenNotFound
 from tests.conftest import make_token
 

@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.models import CallbackDelivery, Node, NodeHistory
 from tests.callback_helpers import Reply, deliver_due, deliveries, drain_callbacks, verify_signature
 from tests.conftest import drain, free_port
@@ -284,7 +283,8 @@ def test_request_lists_show_each_callback(client, ctx, conductor_ctx, node, rece
     assert listed[pending]["state"] == "pending" and listed[pending]["id"].startswith("msg_")
 
 
-def test_the_standard_webhooks_reference_library_verifies_deliveries(client, ctx, conductor_ctx, node, receiver) -> None:
+def test_the_standard_webhooks_reference_library_verifies_deliveries(
+        client, ctx, conductor_ctx, node, receiver) -> None:
     old = client.post("/v1/callbacks/secret/rotate").json["secret"]
     new = client.post("/v1/callbacks/secret/rotate").json["secret"]
     finished_request(client, conductor_ctx, receiver.url())

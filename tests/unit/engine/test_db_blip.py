@@ -23,16 +23,19 @@ from sqlalchemy import event
 
 from conductor import database
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.engine import conductors, jobs, runner, sweeper
 from conductor.fsm.states import RequestKind
 from conductor.models import Node, Request, utcnow
 from tests.conftest import bearer, drain, make_token
 
-CLAIM = r"^UPDATE requests SET state="  # the claim of a step (engine/task.py _CLAIM)
-STEP_FENCE = r"^UPDATE nodes SET reservation=.* WHERE nodes\.id = \S+ AND nodes\.reservation = "  # the step's release (and its undo)
-UNCLAIM = r"^UPDATE requests SET conductor=.* WHERE requests\.id = \S+ AND requests\.conductor = "  # runner._unclaim
-FAIL_FENCE = r"^UPDATE requests SET updated_at=.* WHERE requests\.id = \S+ AND requests\.state IN"  # runner.fail_request
+# The claim of a step (engine/task.py _CLAIM).
+CLAIM = r"^UPDATE requests SET state="
+# The step's release (and its undo).
+STEP_FENCE = r"^UPDATE nodes SET reservation=.* WHERE nodes\.id = \S+ AND nodes\.reservation = "
+# runner._unclaim.
+UNCLAIM = r"^UPDATE requests SET conductor=.* WHERE requests\.id = \S+ AND requests\.conductor = "
+# runner.fail_request.
+FAIL_FENCE = r"^UPDATE requests SET updated_at=.* WHERE requests\.id = \S+ AND requests\.state IN"
 
 
 class Blip:

@@ -7,7 +7,6 @@ import dataclasses
 import sqlalchemy as sa
 
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.drivers import fake
 from conductor.engine import jobs, power_sync
 from conductor.exceptions import BMCError

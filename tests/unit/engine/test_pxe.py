@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from conductor import bootfiles
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.engine import conductors, watchdog
+from conductor.images import registry
 from conductor.models import Node
 from tests.conftest import drain
 
@@ -23,10 +23,8 @@ IMAGE_BYTES = b"\x00" * 4096 + b"an image"
 
 
 @pytest.fixture(autouse=True)
-def image(ctx: Context, settings, tmp_path) -> dict:  # type: ignore[no-untyped-def]
+def image(ctx, settings, tmp_path) -> dict:  # type: ignore[no-untyped-def]
     """A registered image, deployed by default."""
-    from conductor.images import registry
-
     source = tmp_path / "ubuntu.raw"
     source.write_bytes(IMAGE_BYTES)
     with ctx.db.session() as session:
@@ -216,7 +214,36 @@ def test_inspect_stores_the_inventory(client, anonymous, conductor_ctx, settings
     drain(conductor_ctx)
     node = client.get("/v1/nodes/n1").json
     assert node["provision_state"] == "manageable"
-    assert node["properties"] == inventory
+    assert node["properties"] == {**inventory, "macs": ["52:54:00:12:34:56"]}
+
+
+def test_inspect_makes_ports_of_the_nics_it_finds(client, anonymous, conductor_ctx, settings) -> None:
+    make_node(client)
+    assert client.post("/v1/ports", json={"node": "n1", "address": "52:54:00:00:00:01"}).status_code == 201
+    make_node(client, "n2")
+    assert client.post("/v1/ports", json={"node": "n2", "address": "52:54:00:00:00:03"}).status_code == 201
+    waiting_in(client, conductor_ctx, "inspect")
+    nics = [{"name": "eth0", "mac": "52:54:00:00:00:01"},  # already n1's port
+            {"name": "eth1", "mac": "52-54-00-00-00-02"},  # new: becomes a port
+            {"name": "eth2", "mac": "52:54:00:00:00:03"},  # n2's port: left alone, a warning
+            {"name": "bond0", "mac": "00:00:00:00:00:00"},  # no usable address: skipped
+            {"name": "eth3", "mac": "52:54:00:00:00:02"}]  # the same NIC seen twice
+    agent(anonymous, settings, client, inventory={"cpus": 2, "nics": nics})
+    drain(conductor_ctx)
+    node = client.get("/v1/nodes/n1").json
+    assert node["provision_state"] == "manageable"
+    assert node["properties"]["macs"] == ["52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"]
+    ports = client.get("/v1/ports", query_string={"node": "n1"}).json["ports"]
+    assert [p["address"] for p in ports] == ["52:54:00:00:00:01", "52:54:00:00:00:02"]
+    assert [p["address"] for p in client.get("/v1/ports", query_string={"node": "n2"}).json["ports"]] \
+        == ["52:54:00:00:00:03"]
+    history = {h["message"]: h["severity"] for h in client.get("/v1/nodes/n1/history").json["history"]
+               if h["event"] == "inspect.ports"}
+    assert history == {
+        "Ports added for the NICs found: 52:54:00:00:00:02.": "info",
+        f"NICs found that are other nodes' ports (left alone): 52:54:00:00:00:03 (node "
+        f"{client.get('/v1/nodes/n2').json['uuid']}).": "warning",
+    }
 
 
 def test_manual_clean_through_the_agent(client, anonymous, conductor_ctx, settings) -> None:

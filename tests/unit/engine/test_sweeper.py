@@ -8,7 +8,6 @@ import os
 import sqlalchemy as sa
 
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.engine import conductors, sweeper
 from conductor.models import ConductorRecord, Node, Request, utcnow
 

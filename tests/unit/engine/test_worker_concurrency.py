@@ -10,8 +10,7 @@ import sqlalchemy as sa
 from conductor.engine import jobs
 from conductor.engine.worker import ConductorWorker, may_take_jobs, slot_of
 from conductor.models import Request
-from conductor.service import nodes
-from conductor.service import submit
+from conductor.service import nodes, submit
 from conductor.throttle import settings as throttle_settings
 
 

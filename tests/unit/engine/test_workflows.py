@@ -218,8 +218,7 @@ def test_a_step_is_claimed_and_its_node_reserved_by_one_conductor(client, ctx, c
     with node_task(conductor_ctx, request_id) as task:
         assert task.node.reservation == conductor_ctx.name
         assert task.request.conductor == conductor_ctx.name
-        with pytest.raises(StepNotRunnable):
-            with node_task(other, request_id):
-                pass
+        with pytest.raises(StepNotRunnable), node_task(other, request_id):
+            pass
     with ctx.db.session() as session:
         assert session.get(Node, task.node.id).reservation is None

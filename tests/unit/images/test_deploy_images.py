@@ -171,12 +171,12 @@ def test_file_images_come_only_from_image_file_dirs(client, anonymous, conductor
     make_node(client)
     outside = tmp_path_factory.mktemp("elsewhere") / "disk.raw"
     outside.write_bytes(RAW)
+    secret = settings.data_dir / "admin.token"  # what the rule is for (the test's own data directory)
+    secret.write_text("a secret")
     link = image_files / "key.raw"
-    link.symlink_to(settings.secret_key_file)  # a link from an allowed directory into the data directory
-    settings.secret_key_file.parent.mkdir(parents=True, exist_ok=True)
-    settings.secret_key_file.write_text("the key")
+    link.symlink_to(secret)  # a link from an allowed directory into the data directory
     for path, why in ((outside, "is not under the directories file:// images may come from"),
-                      (settings.secret_key_file, "in the conductor's data directory"),
+                      (secret, "in the conductor's data directory"),
                       (link, "in the conductor's data directory")):
         response = client.put("/v1/nodes/n1/states/provision", json={"target": "active",
                                                                      "image_source": path.as_uri()})
@@ -189,7 +189,7 @@ def test_file_images_come_only_from_image_file_dirs(client, anonymous, conductor
     swapped.symlink_to(good)
     put(client, "active", image_source=swapped.as_uri())
     swapped.unlink()
-    swapped.symlink_to(settings.secret_key_file)
+    swapped.symlink_to(secret)
     drain(conductor_ctx)
     node = client.get("/v1/nodes/n1").json
     assert node["provision_state"] == "deploy failed" and "data directory" in node["last_error"]

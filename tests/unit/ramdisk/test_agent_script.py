@@ -7,6 +7,7 @@ functions and does nothing), a PATH holding only busybox applets (so that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -135,7 +136,7 @@ class _Endpoint:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.got.append((dict(self.headers), body))
                 status, answer = owner.script.pop(0) if owner.script else (401, {"code": "invalid_agent_token"})
@@ -264,16 +265,15 @@ def images(endpoint):
              "/img.zst": b"(zstd)"}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             data = files.get(self.path)
             self.send_response(200 if data is not None else 404)
             self.send_header("Content-Length", str(len(data or b"")))
             self.end_headers()
             if self.command == "GET":
-                try:
+                # busybox wget --spider hangs up after the headers.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data or b"")
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # busybox wget --spider hangs up after the headers
 
         do_HEAD = do_GET  # noqa: N815 (busybox --spider may send either)
 
@@ -303,7 +303,7 @@ def test_write_image_streams_verifies_and_picks_the_smallest_disk(sh, images, pa
 
 
 def test_write_image_by_hint_and_its_failures(sh, images) -> None:
-    url, raw, files = images
+    url, raw, _files = images
     big, small = _disk_file(sh, "vda", 32 * MIB, serial="ROOT"), _disk_file(sh, "vdb", 8 * MIB)
 
     def error(params: dict[str, Any]) -> str:

@@ -96,9 +96,9 @@ def test_an_independent_cpio_extracts_it(tmp_path: Path) -> None:
     assert command is not None
     # Without the device node: extracting one needs root (and is not the point here).
     entries = [e for e in ENTRIES if not stat.S_ISCHR(e.mode)]
-    listing = subprocess.run(command + ["-t"], input=_archive(entries), capture_output=True, check=True)
+    listing = subprocess.run([*command, "-t"], input=_archive(entries), capture_output=True, check=True)
     assert set(listing.stdout.decode().split()) >= {"init", "bin/busybox", "bin/sh", "etc/empty"}
-    subprocess.run(command + ["-i", "-d"], input=_archive(entries), cwd=tmp_path, capture_output=True,
+    subprocess.run([*command, "-i", "-d"], input=_archive(entries), cwd=tmp_path, capture_output=True,
                    check=True)
     assert (tmp_path / "init").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert os.access(tmp_path / "init", os.X_OK)

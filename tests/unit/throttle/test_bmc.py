@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.throttle import bmc
 from conductor.throttle import settings as throttle_settings
 

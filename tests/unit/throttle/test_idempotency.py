@@ -10,8 +10,7 @@ import sqlalchemy as sa
 
 from conductor.exceptions import IdempotencyKeyReused, InvalidInput
 from conductor.models import IdempotencyRecord, Request
-from conductor.service import nodes
-from conductor.service import submit
+from conductor.service import nodes, submit
 from conductor.throttle import idempotency
 from conductor.throttle.idempotency import IdempotencyKey
 from tests.conftest import drain
@@ -113,6 +112,7 @@ def test_parse_refuses_bad_keys(header) -> None:
 
 
 def test_fingerprint_ignores_json_layout_but_not_content() -> None:
-    assert idempotency.fingerprint("PUT", "/p", {"a": 1, "b": 2}) == idempotency.fingerprint("put", "/p", {"b": 2, "a": 1})
+    same = idempotency.fingerprint("put", "/p", {"b": 2, "a": 1})
+    assert idempotency.fingerprint("PUT", "/p", {"a": 1, "b": 2}) == same
     assert idempotency.fingerprint("PUT", "/p", {"a": 1}) != idempotency.fingerprint("PUT", "/p", {"a": 2})
     assert idempotency.fingerprint("PUT", "/p", {"a": 1}) != idempotency.fingerprint("PUT", "/q", {"a": 1})

@@ -7,7 +7,6 @@ import time
 import pytest
 
 from conductor.bootstrap import build_context
-from conductor.context import Context
 from conductor.exceptions import InvalidInput
 from conductor.throttle import settings as throttle_settings
 
