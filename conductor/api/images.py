@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-import marshmallow as ma
 from flask import Response, request, send_file
 from flask.views import MethodView
 
@@ -26,26 +25,11 @@ from conductor.api.common import Blueprint, close_session, context, next_link, s
 from conductor.core import agent as protocol
 from conductor.exceptions import InvalidImageTicket, NodeNotFound, NotFound
 from conductor.images import registry, tickets
+from conductor.models import Image
 from conductor.service import nodes
 
 blp = Blueprint("images", __name__, url_prefix="/v1/images",
                 description="Images: registered by name; served to agents")
-
-
-class Image(ma.Schema):
-    name = ma.fields.String()
-    sha256 = ma.fields.String(metadata={"description": "Of the file as stored and served"})
-    size = ma.fields.Integer(metadata={"description": "Bytes of the file"})
-    compression = ma.fields.String(metadata={"description": "none, gzip, xz or zstd (from the first bytes)"})
-    image_size = ma.fields.Integer(allow_none=True,
-                                   metadata={"description": "Bytes once decompressed (null: not known)"})
-    source = ma.fields.String(allow_none=True, metadata={"description": "The file it was added from"})
-    created_at = ma.fields.DateTime()
-
-
-class ImageList(ma.Schema):
-    images = ma.fields.List(ma.fields.Nested(Image))
-    next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})
 
 
 #: Under gunicorn, the serving worker's ``notify`` (set after fork by
@@ -108,22 +92,19 @@ def _serve(path: Path) -> Response:
 @blp.route("")
 class Images(MethodView):
     @blp.arguments(schemas.Page, location="query")
-    @blp.response(200, ImageList)
+    @blp.response(200, schemas.ImageList)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """List registered images by name."""
         items = registry.list_images(session(), limit=args["limit"], marker=args["marker"])
-        return {
-            "images": [registry.to_dict(i) for i in items],
-            "next": next_link(items, args["limit"], items[-1].name if items else None),
-        }
+        return {"images": items, "next": next_link(items, args["limit"], items[-1].name if items else None)}
 
 
 @blp.route("/<name>")
 class ImageItem(MethodView):
-    @blp.response(200, Image)
-    def get(self, name: str) -> dict[str, Any]:
+    @blp.response(200, schemas.Image)
+    def get(self, name: str) -> Image:
         """Show an image."""
-        return registry.to_dict(registry.get(session(), name))
+        return registry.get(session(), name)
 
     @blp.response(204)
     def delete(self, name: str) -> None:

@@ -477,3 +477,21 @@ class PortQuery(Page):
 class PortList(ma.Schema):
     ports = ma.fields.List(ma.fields.Nested(Port))
     next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})
+
+
+class Image(ma.Schema):
+    """Dumps a :class:`conductor.models.Image`."""
+
+    name = ma.fields.String()
+    sha256 = ma.fields.String(metadata={"description": "Of the file as stored and served"})
+    size = ma.fields.Integer(metadata={"description": "Bytes of the file"})
+    compression = ma.fields.String(metadata={"description": "none, gzip, xz or zstd (from the first bytes)"})
+    image_size = ma.fields.Integer(allow_none=True,
+                                   metadata={"description": "Bytes once decompressed (null: not known)"})
+    source = ma.fields.String(allow_none=True, metadata={"description": "The file it was added from"})
+    created_at = ma.fields.DateTime()
+
+
+class ImageList(ma.Schema):
+    images = ma.fields.List(ma.fields.Nested(Image))
+    next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})

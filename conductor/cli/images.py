@@ -44,6 +44,7 @@ def add(obj: Obj, name: str, file: Path, checksum: str | None, data_dir: Path | 
     that does not match.
     """
     from conductor import database
+    from conductor.api import schemas
     from conductor.database import Database
     from conductor.exceptions import ConductorError
     from conductor.images import registry
@@ -54,12 +55,11 @@ def add(obj: Obj, name: str, file: Path, checksum: str | None, data_dir: Path | 
     db = Database.from_settings(settings)
     try:
         with db.session() as session:
-            added = registry.to_dict(registry.add(session, settings.images_path, name, file, checksum))
+            added = schemas.Image().dump(registry.add(session, settings.images_path, name, file, checksum))
     except ConductorError as exc:
         raise click.ClickException(exc.message) from None
     finally:
         db.dispose()
-    added["created_at"] = added["created_at"].isoformat()
     obj.out.item(added, IMAGE_KEYS)
     if added["compression"] == "zstd":
         click.echo("note: the agent ramdisk decompresses gzip and xz; deploys of this zstd image will fail "

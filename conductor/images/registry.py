@@ -169,16 +169,3 @@ def delete(session: Session, images_dir: Path, name: str) -> None:
     session.commit()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def to_dict(image: Image) -> dict[str, Any]:
-    """The API form of an image."""
-    return {
-        "name": image.name,
-        "sha256": image.sha256,
-        "size": image.size,
-        "compression": image.compression,
-        "image_size": image.image_size,
-        "source": image.source,
-        "created_at": image.created_at,
-    }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conductor.api import schemas
 from conductor.context import Context
 from conductor.images import registry, tickets
 from tests.conftest import bearer, drain, make_token
@@ -21,7 +22,7 @@ def image(ctx: Context, settings, tmp_path: Path) -> dict:  # type: ignore[no-un
     source = tmp_path / "source.img"
     source.write_bytes(BODY)
     with ctx.db.session() as session:
-        return registry.to_dict(registry.add(session, settings.images_path, "img", source))
+        return schemas.Image().dump(registry.add(session, settings.images_path, "img", source))
 
 
 def test_list_show_delete(client, anonymous, ctx, image, settings) -> None:  # type: ignore[no-untyped-def]

@@ -235,7 +235,8 @@ def test_states_endpoint_answers_the_hand_built_json(client, ctx, busy_node) -> 
 def test_every_output_field_is_in_the_openapi_spec(client) -> None:
     components = client.get("/openapi.json").json["components"]["schemas"]
     for schema in (schemas.Node, schemas.NodeStates, schemas.RequestOut, schemas.CallbackStatus, schemas.HistoryEntry,
-                   schemas.Port, schemas.Token, schemas.TokenCreated, schemas.Subscription, schemas.Delivery):
+                   schemas.Port, schemas.Token, schemas.TokenCreated, schemas.Subscription, schemas.Delivery,
+                   schemas.Image):
         assert set(components[schema.__name__]["properties"]) == set(schema().fields), schema.__name__
 
 

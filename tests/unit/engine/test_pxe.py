@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from conductor import bootfiles
+from conductor.api import schemas
 from conductor.bootstrap import build_context
 from conductor.engine import conductors, watchdog
 from conductor.images import registry
@@ -22,13 +23,15 @@ IMAGE = "ubuntu"
 IMAGE_BYTES = b"\x00" * 4096 + b"an image"
 
 
-@pytest.fixture(autouse=True)
-def image(ctx, settings, tmp_path) -> dict:  # type: ignore[no-untyped-def]
-    """A registered image, deployed by default."""
-    source = tmp_path / "ubuntu.raw"
-    source.write_bytes(IMAGE_BYTES)
+def register_image(client) -> dict:  # type: ignore[no-untyped-def]
+    """Image ``IMAGE``, registered in ``client``'s deployment (once), as ``conductor image add`` does."""
+    ctx = client.application.extensions["conductor"]
     with ctx.db.session() as session:
-        return registry.to_dict(registry.add(session, settings.images_path, IMAGE, source))
+        if registry.exists(session, IMAGE):
+            return schemas.Image().dump(registry.get(session, IMAGE))
+        source = ctx.settings.data_dir / "ubuntu.raw"
+        source.write_bytes(IMAGE_BYTES)
+        return schemas.Image().dump(registry.add(session, ctx.settings.images_path, IMAGE, source))
 
 
 def make_node(client, name="n1", **driver_info):  # type: ignore[no-untyped-def]
@@ -39,8 +42,9 @@ def make_node(client, name="n1", **driver_info):  # type: ignore[no-untyped-def]
 
 
 def put(client, target, node="n1", **params):  # type: ignore[no-untyped-def]
-    if target in ("active", "rebuild"):
-        params.setdefault("image_source", IMAGE)
+    if target in ("active", "rebuild") and "image_source" not in params:
+        register_image(client)
+        params["image_source"] = IMAGE
     response = client.put(f"/v1/nodes/{node}/states/provision", json={"target": target, **params})
     assert response.status_code == 202, response.json
     return response.json["id"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conductor.api import schemas
 from conductor.context import Context
 from conductor.exceptions import ImageInUse, ImageNameInUse, ImageNotFound, InvalidInput
 from conductor.images import localsums, registry
@@ -23,7 +24,7 @@ def test_add_copies_and_describes_the_file(ctx: Context, tmp_path: Path) -> None
     with ctx.db.session() as session:
         image = registry.add(session, images_dir, "debian-12", source,
                              checksum="sha256:" + hashlib.sha256(source.read_bytes()).hexdigest().upper())
-        shown = registry.to_dict(image)
+        shown = schemas.Image().dump(image)
     assert shown["compression"] == "gzip" and shown["image_size"] == len(raw)
     assert shown["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     stored = images_dir / image.file_name
