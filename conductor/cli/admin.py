@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from conductor.cli import Obj, pass_obj
+from conductor.cli.base import Obj, pass_obj
 from conductor.cli.server import _data_dir, _settings
 
 # Imports inside functions: most commands are thin API clients, so each command

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from conductor.cli import Obj, pass_obj
+from conductor.cli.base import Obj, pass_obj
 
 SECRET_KEYS = ["client", "exists", "fingerprint", "created_at", "rotated_at",
                "previous_fingerprint", "previous_expires_at"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from conductor.cli import Obj, finish_request, pass_obj
+from conductor.cli.base import Obj, finish_request, pass_obj
 from conductor.cli.client import ApiError
 
 NODE_COLUMNS = ["uuid", "name", "driver", "power_state", "provision_state", "maintenance", "request_id"]

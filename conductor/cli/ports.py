@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from conductor.cli import Obj, pass_obj
+from conductor.cli.base import Obj, pass_obj
 
 PORT_KEYS = ["uuid", "node_uuid", "address", "created_at"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from conductor.cli import Obj, finish_request, pass_obj
+from conductor.cli.base import Obj, finish_request, pass_obj
 
 REQUEST_KEYS = [
     "id", "node_uuid", "kind", "target", "params", "state", "step", "error", "conductor",

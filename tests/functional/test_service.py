@@ -25,10 +25,15 @@ def put(service, node, kind, target):  # type: ignore[no-untyped-def]
     return response.json()["id"]
 
 
+#: The fake deploy interface never fetches the image; a URL needs its checksum all the same.
+IMAGE_URL = "http://images.example/ubuntu-24.04.img"
+IMAGE_SHA256 = "0" * 64
+
+
 def test_cli_drives_a_node_through_its_life(service_factory) -> None:
     service = service_factory(workers=2)
     service.cli("node", "create", "--driver", "fake", "--name", "life", "-i", "fake_delay=0.2")
-    for command in (["node", "manage"], ["node", "provide"], ["node", "deploy", "--image", "ubuntu-24.04"],
+    for command in (["node", "manage"], ["node", "provide"], ["node", "deploy", "--image", IMAGE_URL, "--checksum", IMAGE_SHA256],
                     ["node", "reboot"], ["node", "power", "soft-off"], ["node", "undeploy"]):
         result = service.cli(*command, "life", "--wait")
         assert "succeeded" in result.stderr
@@ -46,7 +51,7 @@ def test_cli_wait_exits_non_zero_when_the_request_fails(service_factory) -> None
     result = service.cli("node", "manage", "bad", "--wait", check=False)
     assert result.returncode == 1
     assert "no BMC" in result.stderr
-    result = service.cli("node", "deploy", "bad", "--image", "img", check=False)
+    result = service.cli("node", "deploy", "bad", "--image", IMAGE_URL, "--checksum", IMAGE_SHA256, check=False)
     assert result.returncode == 1 and "invalid_transition" in result.stderr
 
 
