@@ -32,8 +32,16 @@ def up(service, port: int) -> subprocess.CompletedProcess[str]:  # type: ignore[
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def kill_supervisor(service) -> list[ProcessRecord]:  # type: ignore[no-untyped-def]
-    """SIGKILL `conductor up` alone; returns the processes it had started."""
+def kill_supervisor(service, api_processes: int = 0) -> list[ProcessRecord]:  # type: ignore[no-untyped-def]
+    """SIGKILL `conductor up` alone; returns the processes it had started.
+
+    ``up`` is ready once the API answers, which one gunicorn worker can do
+    while its master is still forking the next (it waits up to 0.1 s
+    between forks): first wait for ``api_processes`` API processes.
+    """
+    deadline = time.monotonic() + 10
+    while sum("conductor api" in r.name for r in service.tree()) < api_processes and time.monotonic() < deadline:
+        time.sleep(0.05)
     tree = service.tree()[1:]
     service.proc.send_signal(signal.SIGKILL)
     service.proc.wait()
@@ -43,7 +51,7 @@ def kill_supervisor(service) -> list[ProcessRecord]:  # type: ignore[no-untyped-
 def test_killing_the_supervisor_takes_its_whole_tree_down(service_factory) -> None:
     # Embedded Redis (no REDIS_URL): it must go too.
     service = service_factory(workers=2, env={"REDIS_URL": ""})
-    tree = kill_supervisor(service)
+    tree = kill_supervisor(service, api_processes=3)
     commands = [r.name for r in tree]
     assert sum("redis-server" in c for c in commands) == 1, commands
     assert sum("conductor api" in c for c in commands) == 3, commands  # gunicorn's master and 2 workers
@@ -58,7 +66,9 @@ def test_the_api_workers_die_with_their_master(service_factory) -> None:
     service = service_factory(api_workers=2)
     (api,) = [r for r in service.tree() if r.name.startswith(f"{sys.executable} -m conductor api")
               and processes.descendants(r.pid)]
-    workers = processes.descendants(api.pid)
+    deadline = time.monotonic() + 10  # the master may still be forking its second worker
+    while len(workers := processes.descendants(api.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(workers) == 2, workers
     os.kill(api.pid, signal.SIGKILL)  # the supervisor reaps it and starts another
     left = processes.wait_gone(workers, 60)
