@@ -33,7 +33,8 @@ IMAGE_SHA256 = "0" * 64
 def test_cli_drives_a_node_through_its_life(service_factory) -> None:
     service = service_factory(workers=2)
     service.cli("node", "create", "--driver", "fake", "--name", "life", "-i", "fake_delay=0.2")
-    for command in (["node", "manage"], ["node", "provide"], ["node", "deploy", "--image", IMAGE_URL, "--checksum", IMAGE_SHA256],
+    deploy = ["node", "deploy", "--image", IMAGE_URL, "--checksum", IMAGE_SHA256]
+    for command in (["node", "manage"], ["node", "provide"], deploy,
                     ["node", "reboot"], ["node", "power", "soft-off"], ["node", "undeploy"]):
         result = service.cli(*command, "life", "--wait")
         assert "succeeded" in result.stderr
