@@ -165,6 +165,11 @@ def claim(session: Session, node: Node) -> bool:
     return True
 
 
+def issued(driver_internal_info: Mapping[str, Any] | None) -> bool:
+    """Whether a node with this ``driver_internal_info`` has an agent token issued (and not revoked)."""
+    return bool((driver_internal_info or {}).get(_TOKEN))
+
+
 def command(node: Node) -> dict[str, Any] | None:
     """The command issued to ``node``'s agent (None: none)."""
     found = (node.driver_internal_info or {}).get(_COMMAND)
@@ -177,12 +182,18 @@ def result(node: Node) -> dict[str, Any]:
 
 
 def store_result(node: Node, reported: Mapping[str, Any]) -> dict[str, Any]:
-    """Record the agent's report of its current command; returns what was stored."""
+    """Record the agent's report of its current command; returns what was stored.
+
+    A report proves the agent has its token: the token counts as claimed
+    (no boot script hands it out again), whatever the node row read before
+    said (a first heartbeat's claim may have committed meanwhile).
+    """
     current = command(node) or {}
     stored: dict[str, Any] = {"id": current.get("id"), "status": reported["status"], "error": reported.get("error")}
     if reported.get("inventory") is not None:
         stored["inventory"] = reported["inventory"]
-    _update(node, **{_RESULT: stored})
+    claimed = (node.driver_internal_info or {}).get(_CLAIMED) or utcnow().isoformat()
+    _update(node, **{_RESULT: stored, _SEALED: None, _CLAIMED: claimed})
     return stored
 
 

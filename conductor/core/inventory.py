@@ -23,21 +23,33 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from conductor import macs
 from conductor.core import history
 from conductor.exceptions import InvalidInput
-from conductor.models import Node, Port, Request
+from conductor.models import Node, Port, Request, utcnow
 
 #: Inventory keys copied into the node's ``properties`` as reported.
 PROPERTY_KEYS = ("cpus", "cpu_arch", "memory_mb", "local_gb", "disks", "nics", "boot_mode", "system_vendor")
 
 
+def _owners(session: Session, addresses: list[str]) -> dict[str, str]:
+    """MAC -> the UUID of the node whose port it is, for those of ``addresses`` that are ports."""
+    if not addresses:
+        return {}
+    rows = session.execute(
+        sa.select(Port.address, Node.uuid).join(Node, Node.id == Port.node_id).where(Port.address.in_(addresses))
+    )
+    return {str(address): str(owner) for address, owner in rows}
+
+
 def discovered_macs(inventory: Mapping[str, Any]) -> list[str]:
     """The normalised unicast MACs of the inventory's NICs, in order, without repeats (bad ones skipped)."""
     found: dict[str, None] = {}
-    for nic in inventory.get("nics") or []:
+    nics = inventory.get("nics")
+    for nic in nics if isinstance(nics, list) else []:
         if not isinstance(nic, Mapping):
             continue
         try:
@@ -55,14 +67,21 @@ def record(session: Session, node: Node, inventory: Mapping[str, Any], request: 
     properties.update({key: inventory[key] for key in PROPERTY_KEYS if key in inventory})
     properties["macs"] = found
     node.properties = properties
-    owners: dict[str, str] = {}
-    if found:
-        rows = session.execute(
-            sa.select(Port.address, Node.uuid).join(Node, Node.id == Port.node_id).where(Port.address.in_(found))
-        )
-        owners = {str(address): str(owner) for address, owner in rows}
-    added = [mac for mac in found if mac not in owners]
-    session.add_all(Port(uuid=str(uuidlib.uuid4()), node_id=node.id, address=mac) for mac in added)
+    before = _owners(session, found)
+    new = [mac for mac in found if mac not in before]
+    if new:
+        # Another node's inspection (or a POST /v1/ports) may take one of
+        # these MACs at the same moment: an insert that finds the address
+        # taken does nothing, and the owners read again say who won.
+        insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)
+        for mac in new:
+            session.execute(
+                insert(Port.__table__)
+                .values(uuid=str(uuidlib.uuid4()), node_id=node.id, address=mac, created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["address"])
+            )
+    owners = _owners(session, found) if new else before
+    added = [mac for mac in new if owners.get(mac) == node.uuid]
     request_id = request.id if request is not None else None
     if added:
         history.record(session, node, "inspect.ports", f"Ports added for the NICs found: {', '.join(added)}.",

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from conductor import drivers
+from conductor.core import agent as protocol
 from conductor.drivers.pxe import PXEDeploy
 from conductor.exceptions import UnknownDriver
 from conductor.fsm.states import ProvisionState as S
@@ -43,7 +44,7 @@ NETWORK_BOOT_STATES = frozenset(
 )
 
 _WANTED = (
-    sa.select(Port.address, Node.uuid, Node.driver, Node.driver_info)
+    sa.select(Port.address, Node.uuid, Node.driver, Node.driver_info, Node.driver_internal_info)
     .join(Node, Port.node_id == Node.id)
     .where(Node.provision_state.in_(sorted(str(s) for s in NETWORK_BOOT_STATES)))
     .order_by(Port.address)
@@ -60,11 +61,17 @@ def boots_from_network(driver: str, driver_info: Mapping[str, Any]) -> bool:
 
 
 def wanted(session: Session) -> dict[str, str]:
-    """MAC -> node uuid, for every port of a node booting from the network now."""
+    """MAC -> node uuid, for every port of a node booting its agent from the network now.
+
+    Only once the agent phase has issued its token: a rebuild's image
+    preparation (in ``deploying``, the node still in service) may take
+    hours, and its OS must not get answers from the provisioning network
+    meanwhile.  The token is committed before the node is powered on.
+    """
     return {
         address: uuid
-        for address, uuid, driver, driver_info in session.execute(_WANTED)
-        if boots_from_network(driver, driver_info or {})
+        for address, uuid, driver, driver_info, internal in session.execute(_WANTED)
+        if protocol.issued(internal) and boots_from_network(driver, driver_info or {})
     }
 
 

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
 from conductor import bootfiles
 from conductor.core import agent as protocol
 from conductor.core import inventory
@@ -36,6 +38,7 @@ from conductor.drivers import base
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState as P
 from conductor.images import flight, sources
+from conductor.models import Port
 
 if TYPE_CHECKING:
     from conductor.engine.task import Task
@@ -105,6 +108,13 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
     task.record("agent.command",
                 f"Booting the agent from the network for {name} (command {progress['command']}); "
                 f"waiting up to {timeout:g} s for its call-back.")
+    if not task.session.scalar(sa.select(sa.exists().where(Port.node_id == node.id))):
+        # Network boot finds a machine by its MAC: without a port, DHCP ignores
+        # it and GET /v1/boot/<mac> boots its disk (only a simulated agent,
+        # which reads its boot config by BMC address, gets through).
+        task.record("agent.no_ports",
+                    "The node has no ports: a real machine cannot find its boot script; register its NICs' "
+                    "MACs (conductor port create) or this phase times out.", severity="warning")
     return base.Wait(f"agent {name}", timeout)
 
 

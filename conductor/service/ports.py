@@ -60,6 +60,8 @@ def create(session: Session, node_ident: str, address: Any) -> Port:
         session.flush()
     except IntegrityError:
         session.rollback()
+        # The MAC is taken, or the node was deleted meanwhile (its foreign key).
+        nodes.find(session, node_ident)
         raise macs.in_use(session, [mac]) from None
     # Only while no request holds the node: a conditional touch of its row in
     # the same transaction (a submission racing with us waits, or we see it).

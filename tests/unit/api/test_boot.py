@@ -532,3 +532,36 @@ def test_a_key_rotation_while_a_node_waits_keeps_its_boot_script(client, anonymo
     # The API (which re-reads the key file) still renders the same token; the agent is heard.
     assert agent_args(script(anonymous), settings)[ramdisk.TOKEN_ARG] == token
     assert heartbeat(anonymous, "n1", token).status_code == 200
+
+
+def test_a_result_racing_the_first_heartbeats_claim_leaves_the_token_claimed(client, anonymous, conductor_ctx,
+                                                                              settings, monkeypatch) -> None:
+    from conductor.core import agent as protocol
+    from conductor.service import agent as service_agent
+
+    with_port(client)
+    put(client, "manage")
+    drain(conductor_ctx)
+    put(client, "inspect")
+    drain(conductor_ctx)
+    token = agent_args(script(anonymous), settings)[ramdisk.TOKEN_ARG]
+    with conductor_ctx.db.session() as session:
+        command_id = session.scalars(sa.select(Node)).one().driver_internal_info["agent_command"]["id"]
+    claim = protocol.claim
+
+    def claimed_meanwhile(session, node):  # type: ignore[no-untyped-def]
+        # The agent's first heartbeat, in another API process, claims the token right now.
+        with conductor_ctx.db.session() as other:
+            assert claim(other, other.scalars(sa.select(Node)).one())
+            other.commit()
+        return claim(session, node)  # loses: the row changed since it was read
+
+    monkeypatch.setattr(service_agent.protocol, "claim", claimed_meanwhile)
+    done = heartbeat(anonymous, "n1", token, command_result={"id": command_id, "status": "succeeded",
+                                                             "inventory": {"cpus": 2}})
+    assert done.status_code == 200, done.json
+    # The result's write must not bring the sealed token back: the MAC boots its disk.
+    assert script(anonymous) == local(anonymous)
+    with conductor_ctx.db.session() as session:
+        info = session.scalars(sa.select(Node)).one().driver_internal_info
+    assert "agent_token_sealed" not in info and info["agent_token_claimed_at"]

@@ -157,3 +157,21 @@ def test_the_network_boot_states_are_the_agent_waits_and_the_states_that_enter_t
     entering = {source for source, event, target in table.TRANSITIONS if target in table.WAIT_STATES}
     assert NETWORK_BOOT_STATES == table.WAIT_STATES | entering
     assert NETWORK_BOOT_STATES <= table.POWER_OWNED_STATES
+
+
+def test_a_node_gets_its_entry_only_once_its_agent_token_is_issued(client, conductor_ctx) -> None:
+    import sqlalchemy as sa
+
+    from conductor.dhcp.hosts import wanted
+    from conductor.models import Node
+
+    make_node(client)
+    # A rebuild preparing its image: deploying, still in service, no agent token yet.
+    with conductor_ctx.db.begin() as session:
+        session.execute(sa.update(Node).values(provision_state="deploying", driver_internal_info={}))
+    with conductor_ctx.db.session() as session:
+        assert wanted(session) == {}
+    with conductor_ctx.db.begin() as session:
+        session.execute(sa.update(Node).values(driver_internal_info={"agent_token_sha256": "ab" * 32}))
+    with conductor_ctx.db.session() as session:
+        assert list(wanted(session)) == [MAC]

@@ -16,7 +16,7 @@ from conductor.api import schemas
 from conductor.bootstrap import build_context
 from conductor.engine import conductors, watchdog
 from conductor.images import registry
-from conductor.models import Node
+from conductor.models import Node, Port, utcnow
 from tests.conftest import drain
 
 IMAGE = "ubuntu"
@@ -463,3 +463,55 @@ def test_automated_clean_can_be_switched_off(client, settings) -> None:
         assert states(client)["provision_state"] == "available"
     finally:
         ctx.close()
+
+
+def test_a_mac_taken_while_inspection_records_it_is_a_warning(client, anonymous, conductor_ctx, settings,
+                                                               monkeypatch) -> None:
+    from conductor.core import inventory
+
+    if conductor_ctx.db.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises writers: the other one waits for this step's commit (PostgreSQL pass)")
+    make_node(client)
+    make_node(client, "n2")
+    waiting_in(client, conductor_ctx, "inspect")
+    looked_up = inventory._owners
+    raced: list[bool] = []
+
+    def then_taken(session, addresses):  # type: ignore[no-untyped-def]
+        owners = looked_up(session, addresses)
+        if not raced:
+            raced.append(True)
+            # Another writer (n2's inspection, a POST /v1/ports) takes the MAC right after the look-up.
+            with conductor_ctx.db.engine.begin() as conn:
+                n2 = conn.execute(sa.select(Node.id).where(Node.name == "n2")).scalar_one()
+                conn.execute(sa.insert(Port.__table__).values(
+                    uuid="00000000-0000-4000-8000-0000000000aa", node_id=n2, address="52:54:00:00:00:09",
+                    created_at=utcnow()))
+        return owners
+
+    monkeypatch.setattr(inventory, "_owners", then_taken)
+    agent(anonymous, settings, client, inventory={"nics": [{"name": "eth0", "mac": "52:54:00:00:00:09"},
+                                                           {"name": "eth1", "mac": "52:54:00:00:00:0a"}]})
+    drain(conductor_ctx)
+    node = client.get("/v1/nodes/n1").json
+    assert node["provision_state"] == "manageable", node["last_error"]
+    assert [p["address"] for p in client.get("/v1/ports", query_string={"node": "n1"}).json["ports"]] \
+        == ["52:54:00:00:00:0a"]
+    warnings = [h["message"] for h in client.get("/v1/nodes/n1/history").json["history"]
+                if h["event"] == "inspect.ports" and h["severity"] == "warning"]
+    assert len(warnings) == 1 and "52:54:00:00:00:09" in warnings[0]
+
+
+def test_a_node_without_ports_is_warned_about_when_its_agent_boots(client, conductor_ctx) -> None:
+    make_node(client)
+    make_node(client, "n2")
+    assert client.post("/v1/ports", json={"node": "n2", "address": "52:54:00:00:00:22"}).status_code == 201
+    for node in ("n1", "n2"):
+        waiting_in(client, conductor_ctx, "inspect", node)
+
+    def warned(node: str) -> list[str]:
+        return [h["message"] for h in client.get(f"/v1/nodes/{node}/history").json["history"]
+                if h["event"] == "agent.no_ports"]
+
+    assert len(warned("n1")) == 1 and "conductor port create" in warned("n1")[0]
+    assert warned("n2") == []
