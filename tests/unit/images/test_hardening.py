@@ -13,7 +13,7 @@ import pytest
 
 from conductor.bootstrap import build_context
 from conductor.engine import conductors
-from conductor.images import cache, registry, sources
+from conductor.images import cache, registry, sources, tickets
 from tests.conftest import drain
 from tests.unit.engine.test_pxe import boot_config, make_node, put, states, to_available
 from tests.unit.images.test_deploy_images import RAW, command_of, sha
@@ -163,3 +163,12 @@ def test_a_cached_entry_is_pinned_before_it_is_looked_up(settings, ctx, image_se
         params = sources.prepare(small, session, url, sha(RAW), node="n-uuid", owner="req-1", since=0.0)
     assert isinstance(params, dict) and params["image_checksum"] == sha(RAW)
     assert (images.root / sha(RAW)).is_file()  # still there to be served
+
+
+def test_a_ticket_carries_the_identity_of_its_file(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    identity = tickets.identity_of(path.stat())
+    granted = tickets.verify(settings, tickets.issue(settings, "n", path, 60.0, identity))
+    assert granted.identity == identity and granted.path == path
+    assert tickets.verify(settings, tickets.issue(settings, "n", path, 60.0)).identity is None
