@@ -231,7 +231,9 @@ class Settings:
     #: GiB (least recently used evicted first).  ``image_cache_size = 0``
     #: turns the cache off: agents then download remote images from their
     #: source themselves.  A download fails when its source sends nothing
-    #: for ``image_download_timeout`` seconds.  ``file://`` images may come
+    #: for ``image_download_timeout`` seconds; a deploy whose image is not
+    #: ready (downloaded, or its checksum computed) ``image_prepare_timeout``
+    #: seconds after it began preparing it fails.  ``file://`` images may come
     #: only from under ``image_file_dirs`` (comma-separated directories; empty:
     #: no ``file://`` images), never from the data directory: whoever may
     #: deploy could otherwise have any file the conductor can read written to
@@ -240,6 +242,7 @@ class Settings:
     image_cache_dir: str = _setting(Group.IMAGES, "")
     image_cache_size: float = _setting(Group.IMAGES, 50.0)
     image_download_timeout: float = _setting(Group.IMAGES, 60.0)
+    image_prepare_timeout: float = _setting(Group.IMAGES, 3600.0)
     image_file_dirs: str = _setting(Group.IMAGES, "/srv/images")
 
     # --- dhcp ------------------------------------------------------------------------------

@@ -7,24 +7,33 @@ downloads the image of its deploy: no bearer token, the signed URL is the
 proof (:mod:`conductor.images.tickets`), valid only while the node's
 agent command carries it.  Both downloads stream the file from disk with
 ``Content-Length`` and ``Range`` support (gunicorn sends it with
-``sendfile``); no file is ever read into memory.
+``sendfile``); no file is ever read into memory.  Each is opened once,
+without following a symbolic link, checked (a regular file; for an agent,
+the very file its deploy prepared: same device, inode, size and
+modification time, still where ``image_file_dirs`` allows) and served
+from that open file.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from flask import Response, request, send_file
+from flask import Response, request
 from flask.views import MethodView
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wsgi import wrap_file
 
 from conductor.api import schemas
 from conductor.api.common import Blueprint, close_session, context, next_link, session
 from conductor.core import agent as protocol
 from conductor.exceptions import InvalidImageTicket, NodeNotFound, NotFound
-from conductor.images import registry, tickets
+from conductor.images import registry, sources, tickets
 from conductor.models import Image
 from conductor.service import nodes
 
@@ -69,21 +78,53 @@ def _proving_progress(pieces: Iterable[bytes], notify: Callable[[], None],
         close()
 
 
-def _serve(path: Path) -> Response:
-    """``path`` streamed with Content-Length, Range (206, 416) and conditional GETs."""
-    if not path.is_file():
-        raise NotFound("The image file is gone (the image was deleted or evicted).")
+def _open(path: Path, identity: tuple[int, int, int, int] | None) -> tuple[BinaryIO, os.stat_result]:
+    """``path`` opened without following a symbolic link, and what ``fstat`` says of it.
+
+    The download is served from this open file, never by name again: a
+    file swapped after these checks (for a link to a key, say) is not
+    what is sent.
+
+    :raises NotFound: gone, not a regular file, or not the file ``identity`` names.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        # ELOOP (a symbolic link), ENOENT, EACCES...: all the same to the agent.
+        raise NotFound("The image file is gone (the image was deleted, evicted or replaced).") from None
+    handle = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (identity is not None and tickets.identity_of(st) != identity):
+        handle.close()
+        raise NotFound("The image file was replaced after the deploy prepared it; deploy again.")
+    return handle, st
+
+
+def _serve(path: Path, identity: tuple[int, int, int, int] | None = None) -> Response:
+    """``path`` streamed with Content-Length, Range (206, 416) and conditional GETs, from one open file."""
+    handle, st = _open(path, identity)
     close_session()  # a long download must not hold a database connection
-    response = send_file(path, mimetype="application/octet-stream", conditional=True, etag=True,
-                         max_age=0)
+    response = Response(wrap_file(request.environ, handle), mimetype="application/octet-stream",
+                        direct_passthrough=True)
+    response.content_length = st.st_size
+    response.last_modified = datetime.fromtimestamp(st.st_mtime, UTC)
+    response.cache_control.no_cache = True
+    response.cache_control.max_age = 0
+    response.set_etag(f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}")
+    try:
+        # make_conditional answers the same object, typed as Werkzeug's base Response.
+        response.make_conditional(request.environ, accept_ranges=True, complete_length=st.st_size)
+    except RequestedRangeNotSatisfiable:
+        handle.close()
+        raise
     response.headers["Accept-Ranges"] = "bytes"
     notify = _notify
     if notify is not None and request.method != "HEAD" and response.status_code in (200, 206):
         # Without it: gunicorn's sendfile(2) of the whole file, which cannot
         # prove anything while it runs.
         wrapped = response.response
-        handle = getattr(wrapped, "filelike", None) or getattr(wrapped, "file", None)
-        pieces = (_pieces(handle) if response.status_code == 200 and handle is not None
+        file = getattr(wrapped, "filelike", None) or getattr(wrapped, "file", None)
+        pieces = (_pieces(file) if response.status_code == 200 and file is not None
                   else cast("Iterable[bytes]", wrapped))
         response.response = _proving_progress(pieces, notify, getattr(wrapped, "close", lambda: None))
     return response
@@ -141,4 +182,7 @@ class AgentImageContent(MethodView):
             raise InvalidImageTicket(
                 f"This image URL is no longer valid: node {node.uuid}'s agent is not writing this image now."
             )
-        return _serve(granted.path)
+        refused = sources.served_refusal(ctx.settings, granted.path)
+        if refused is not None:
+            raise NotFound(f"This image cannot be served: {refused}; deploy again.")
+        return _serve(granted.path, granted.identity)

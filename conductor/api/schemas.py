@@ -259,7 +259,8 @@ class RequestOut(ma.Schema):
     kind = ma.fields.String()
     target = ma.fields.String()
     params = PublicParams(
-        metadata={"description": "image_source (a URL's password as ******), configdrive (its size only)"}
+        metadata={"description": "image_source (a URL's password and query string as ******), "
+                              "configdrive (its size only)"}
     )
     state = ma.fields.String()
     step = ma.fields.String(allow_none=True, metadata={"description": "What the conductor is doing now"})

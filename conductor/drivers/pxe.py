@@ -26,6 +26,7 @@ The wait's timeout is ``deploy_agent_timeout`` (``clean_``,
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -78,13 +79,25 @@ def _agent(name: str) -> Callable[[Task, dict[str, Any]], base.StepResult | None
         protocol.revoke(task.settings, task.node)
         if result.get("status") != "succeeded":
             raise DriverError(f"The agent failed to {name.replace('_', ' ')}: "
-                              f"{result.get('error') or 'no reason given'}")
+                              f"{_masked(task, str(result.get('error') or 'no reason given'))}")
         if name == "inspect":
             inventory.record(task.session, task.node, result.get("inventory") or {}, task.request, task.conductor)
         return None
 
     phase.__doc__ = f"agent {name}"
     return phase
+
+
+def _masked(task: Task, error: str) -> str:
+    """The agent's ``error`` without the query string of the request's image URL.
+
+    With the cache off the agent downloads a remote image itself, and its
+    error names the URL it was given: a pre-signed URL's signature must not
+    reach ``last_error``.
+    """
+    source = str((task.request.params or {}).get("image_source") or "")
+    query = urllib.parse.urlsplit(source).query if "://" in source else ""
+    return error.replace(query, "******") if query else error
 
 
 def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float) -> base.StepResult:
@@ -133,6 +146,13 @@ def _prepare_image(task: Task, progress: dict[str, Any]) -> base.StepResult | No
     prepared = sources.prepare(task.settings, task.session, params["image_source"], params.get("image_checksum"),
                                node=task.node.uuid, owner=task.request.id, since=since)
     if isinstance(prepared, flight.Running):
+        limit = float(task.settings.image_prepare_timeout)
+        if time.time() - float(since) > limit:
+            # A source that trickles bytes never trips image_download_timeout,
+            # and a hung file system never ends a checksum: without a bound the
+            # deploy would poll for ever, and a deploy in progress cannot be aborted.
+            raise DriverError(f"The image {sources.shown(params['image_source'])} was not ready after "
+                              f"{limit:g} s (image_prepare_timeout; {prepared.detail}); the deploy failed.")
         polls = progress["polls"] = int(progress.get("polls", 0)) + 1
         task.request.step = f"{task.request.step}: {prepared.detail}"[:64]
         return base.Poll(min(IMAGE_POLL_MAX, 0.25 * 2 ** min(polls, 5)), prepared.detail)

@@ -61,12 +61,29 @@ class Entry:
 
 
 def shown(url: str) -> str:
-    """``url`` with its password (if any) masked, for messages."""
-    parsed = urllib.parse.urlsplit(url)
-    if not parsed.password:
-        return url
-    netloc = f"{parsed.username}:******@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+    """``url`` with its password and query string (if any) masked, for messages, logs and history.
+
+    A pre-signed URL (``X-Amz-Signature=``, ``sig=``, ``token=``...) is a
+    credential in its query string, so the whole query goes; only the
+    download itself uses the full URL.
+    """
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        password, port = parsed.password, parsed.port
+    except ValueError:  # not a URL one can take apart (a bad port...): show nothing of it
+        return "<a URL that does not parse>"
+    if password:
+        netloc = f"{parsed.username}:******@{parsed.hostname}" + (f":{port}" if port else "")
+        parsed = parsed._replace(netloc=netloc)
+    if parsed.query:
+        parsed = parsed._replace(query="******")
+    return urllib.parse.urlunsplit(parsed)
+
+
+def _masked(text: str, url: str) -> str:
+    """``text`` (an error from requests, which names the URL) without ``url``'s query string."""
+    query = urllib.parse.urlsplit(url).query
+    return text.replace(query, "******") if query else text
 
 
 class ImageCache:
@@ -128,6 +145,11 @@ class ImageCache:
         path = pins / f"{sha}--{owner}"
         path.touch()
         os.utime(path)
+
+    def unpin(self, sha: str, owner: str) -> None:
+        """Drop ``owner``'s pin of ``sha`` (its deploy failed: the entry may go)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "pins" / f"{sha}--{owner}").unlink()
 
     def pinned(self) -> set[str]:
         """The checksums with a live pin (expired pins are removed)."""
@@ -221,7 +243,7 @@ class ImageCache:
             raise flight.WorkFailed(f"downloading {where} timed out: no data for {self.timeout:g} s") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             self._discard(part)
-            raise flight.WorkFailed(f"downloading {where} failed: {exc}") from None
+            raise flight.WorkFailed(f"downloading {where} failed: {_masked(str(exc), url)}") from None
         except OSError as exc:  # (after requests' errors, which are OSErrors too): the cache's own disk
             self._discard(part)
             raise flight.WorkFailed(f"storing {where} in the image cache ({self.root}) failed: "

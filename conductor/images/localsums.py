@@ -30,6 +30,8 @@ class LocalImage:
     size: int
     compression: str
     image_size: int | None
+    #: ``(st_dev, st_ino, st_size, st_mtime_ns)`` of the file the checksum is of (None: not known).
+    identity: tuple[int, int, int, int] | None = None
 
 
 def _key(path: Path, st: os.stat_result) -> str:
@@ -56,7 +58,8 @@ def flight_for(root: Path, path: Path) -> flight.Flight[LocalImage]:
             data = json.loads(record.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return LocalImage(path, data["sha256"], data["size"], data["compression"], data.get("image_size"))
+        return LocalImage(path, data["sha256"], data["size"], data["compression"], data.get("image_size"),
+                          (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
     def work() -> None:
         try:

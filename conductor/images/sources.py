@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from conductor.exceptions import DriverError, ImageNotFound
-from conductor.images import cache, flight, localsums, registry, tickets
+from conductor.images import cache, flight, formats, localsums, registry, tickets
 from conductor.settings import Settings
 
 
@@ -45,6 +45,8 @@ def file_refusal(settings: Settings, path: Path) -> str | None:
     database): the agent writes whatever it is given to a machine that the
     one who asked for the deploy holds.
     """
+    if "\0" in str(path):
+        return "a path cannot hold a NUL byte"
     roots = [Path(os.path.realpath(Path(d.strip()).expanduser()))
              for d in settings.image_file_dirs.split(",") if d.strip()]
     real = Path(os.path.realpath(path))
@@ -55,6 +57,28 @@ def file_refusal(settings: Settings, path: Path) -> str | None:
         allowed = ", ".join(str(r) for r in roots) or "none: image_file_dirs is empty"
         return f"{path} is not under the directories file:// images may come from (image_file_dirs: {allowed})"
     return None
+
+
+def shown(image_source: str) -> str:
+    """``image_source`` as messages, logs and history show it (a URL's password and query masked)."""
+    return image_source if kind(image_source) == "name" else cache.shown(image_source)
+
+
+def served_refusal(settings: Settings, path: Path) -> str | None:
+    """Why ``path`` (a ticket's) may not be served now (None: it may).
+
+    A registered or cached image lives in the conductor's own directories;
+    anything else is a ``file://`` image and must still pass
+    :func:`file_refusal`.  The path was resolved when the ticket was
+    issued, so it must still be its own resolution (no symbolic link put
+    in its way since).
+    """
+    if "\0" in str(path) or Path(os.path.realpath(path)) != path:
+        return f"{path} is no longer the file the deploy prepared"
+    for own in (settings.images_path, settings.image_cache_path):
+        if Path(os.path.realpath(own)) in path.parents:
+            return None
+    return file_refusal(settings, path)
 
 
 def file_path(image_source: str) -> Path:
@@ -97,20 +121,39 @@ def prepare(settings: Settings, session: Session, image_source: str, checksum: s
         return {"image_source": image_source, "image_checksum": want}
     else:
         if want is None:
-            raise DriverError(f"{cache.shown(image_source)} has no image_checksum; remote images need one.")
+            raise DriverError(f"{shown(image_source)} has no image_checksum; remote images need one.")
         images = cache.ImageCache.from_settings(settings)
+        # Pinned before it is looked up: an eviction between the two would
+        # remove the entry this deploy is about to hand out.
+        images.pin(want, owner)
         found = images.poll(image_source, want, since)
         if isinstance(found, cache.Entry):
-            images.pin(want, owner)
             images.touch(want)
+        elif isinstance(found, flight.Failed):
+            images.unpin(want, owner)
     if isinstance(found, flight.Failed):
         raise DriverError(found.error)
     if isinstance(found, flight.Running):
         return found
     if want is not None and found.sha256 != want:
-        raise DriverError(f"checksum mismatch for {cache.shown(image_source)}: expected sha256 {want}, "
+        raise DriverError(f"checksum mismatch for {shown(image_source)}: expected sha256 {want}, "
                           f"the image has {found.sha256}")
-    ticket = tickets.issue(settings, node, found.path, settings.deploy_agent_timeout + 3600.0)
+    if found.compression == formats.ZSTD:
+        # The ramdisk's busybox decompresses gzip and xz only: refused here,
+        # before the node is powered, rather than by the agent after a boot.
+        raise DriverError(f"The image {shown(image_source)} is zstd-compressed, which the agent cannot "
+                          "decompress; use it uncompressed, gzip or xz.")
+    # The ticket names the resolved path and the file's identity: the
+    # download serves that very file or nothing (see api/images.py).
+    served = Path(os.path.realpath(found.path))
+    identity = getattr(found, "identity", None)
+    if identity is None:
+        try:
+            identity = tickets.identity_of(os.stat(served))
+        except OSError as exc:
+            raise DriverError(f"The file of image {shown(image_source)} cannot be read ({found.path}): "
+                              f"{exc.strerror or exc}.") from None
+    ticket = tickets.issue(settings, node, served, settings.deploy_agent_timeout + 3600.0, identity)
     params: dict[str, Any] = {
         "image_source": tickets.url(settings, ticket),
         "image_checksum": found.sha256,

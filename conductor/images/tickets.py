@@ -15,7 +15,10 @@ command is still the one that carries this URL (see ``api/images.py``):
 the URL dies with the command (the agent's result, an abort, the
 watchdog), like the agent token, and is useless for any other node.  The
 payload is signed, not encrypted: it shows the file's path on the
-conductor host, nothing secret.
+conductor host and its identity (device, inode, size, modification
+time), nothing secret.  The identity is what the download checks against
+the file it opens: a file replaced after the deploy prepared it (by a
+symbolic link to a key, say) is refused, not served.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import time
 from pathlib import Path
 
@@ -44,6 +48,9 @@ class Ticket:
     node: str
     path: Path
     expires: float
+    #: ``(st_dev, st_ino, st_size, st_mtime_ns)`` of the file when the ticket
+    #: was issued: the file served must still be that one (None: not recorded).
+    identity: tuple[int, int, int, int] | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -63,10 +70,19 @@ def _sign(key: bytes, payload: str) -> str:
     return _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
 
 
-def issue(settings: Settings, node: str, path: Path, lifetime: float) -> str:
-    """A ticket for ``node``'s agent to download ``path`` during the next ``lifetime`` seconds."""
-    payload = _b64(json.dumps({"n": node, "p": str(path), "x": int(time.time() + lifetime)},
-                              separators=(",", ":")).encode())
+def identity_of(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one version of a file from another: device, inode, size, modification time."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def issue(settings: Settings, node: str, path: Path, lifetime: float,
+          identity: tuple[int, int, int, int] | None = None) -> str:
+    """A ticket for ``node``'s agent to download ``path`` (the file of ``identity``) during the next
+    ``lifetime`` seconds."""
+    data: dict[str, object] = {"n": node, "p": str(path), "x": int(time.time() + lifetime)}
+    if identity is not None:
+        data["i"] = list(identity)
+    payload = _b64(json.dumps(data, separators=(",", ":")).encode())
     return f"{payload}.{_sign(_keys(settings)[0], payload)}"
 
 
@@ -87,7 +103,9 @@ def verify(settings: Settings, ticket: str) -> Ticket:
         raise InvalidImageTicket("This image URL is not valid (not issued by this conductor, or altered).")
     try:
         data = json.loads(_unb64(payload))
-        found = Ticket(str(data["n"]), Path(data["p"]), float(data["x"]))
+        ident = data.get("i")
+        found = Ticket(str(data["n"]), Path(data["p"]), float(data["x"]),
+                       None if ident is None else (int(ident[0]), int(ident[1]), int(ident[2]), int(ident[3])))
     except (ValueError, KeyError, TypeError):
         raise InvalidImageTicket("This image URL is not valid (malformed).") from None
     if found.expires < time.time():

@@ -145,16 +145,14 @@ def _check_image(params: Mapping[str, Any], errors: dict[str, str],
 
 
 def public_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Request parameters as shown: the config drive (user data, keys) by size only, URL passwords masked."""
+    """Request parameters as shown: the config drive (user data, keys) by size only, a URL's password and
+    query string (a pre-signed URL's signature) masked."""
     shown = dict(params or {})
     drive = shown.get("configdrive")
     if drive is not None:
         size = len((drive if isinstance(drive, str) else json.dumps(drive)).encode())
         shown["configdrive"] = f"<{size} bytes>"
     image = shown.get("image_source")
-    if isinstance(image, str) and "@" in image and "://" in image:
-        parsed = urllib.parse.urlsplit(image)
-        if parsed.password:
-            netloc = f"{parsed.username}:******@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
-            shown["image_source"] = urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+    if isinstance(image, str):
+        shown["image_source"] = sources.shown(image)
     return shown
