@@ -106,13 +106,21 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
     # after the last command sent, never sending one twice.
     node, settings = task.node, task.settings
     if "command" not in progress:
-        token, command = protocol.issue(task.session, node, name, _command_params(task, name))
+        _token, command = protocol.issue(task.session, node, name, _command_params(task, name))
+        progress["command"] = command["id"]
+        # Commit the token before anything can hand it to an agent: one that
+        # called before this step's commit would get 401, and a step run
+        # again (a database error) issues another token.
+        return base.Poll(0.0, "agent token recorded")
+    if not progress.get("boot_config"):
+        # The token committed by the previous step (sealed at rest).
+        token = protocol.boot_token(task.session, node)
+        if token is None:
+            raise DriverError(f"The agent token of node {node.uuid} was claimed or revoked before the node "
+                              "was booted; start the workflow again.")
         bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
                         {"api_url": settings.agent_url, "node": node.uuid, "token": token})
-        progress["command"] = command["id"]
-        # Commit the token's hash before the machine can boot and call back:
-        # an agent that answered before this step's commit would get 401.
-        return base.Poll(0.0, "agent token recorded")
+        progress["boot_config"] = True
     if not progress.get("pxe_set"):
         _management(task).set_boot_device(task, "pxe", persistent=False)
         progress["pxe_set"] = True
