@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from conductor.auth import tokens
+from conductor.throttle import settings as throttle_settings
 from tests.conftest import bearer, free_port
 
 
@@ -109,7 +110,12 @@ def test_cli_manages_tokens_and_throttle(service_factory) -> None:
     assert refused.returncode == 1 and "forbidden" in refused.stderr
     shown = service.cli("throttle", "set", "write_rate=12.5", "max_queue_depth=99").stdout
     assert "12.5" in shown and "99" in shown
-    assert json.loads(service.cli("--json", "throttle", "show").stdout)["max_queue_depth"] == 99
+    # The other API process may still hold the old knobs for throttle_settings.LOCAL_TTL
+    # (documented: "every API and conductor process applies them within a second").
+    deadline = time.monotonic() + 1 + throttle_settings.LOCAL_TTL
+    while json.loads(service.cli("--json", "throttle", "show").stdout)["max_queue_depth"] != 99:
+        assert time.monotonic() < deadline, "the change did not reach every API process within a second"
+        time.sleep(0.1)
     bad = service.cli("throttle", "set", "write_rate=-3", check=False)
     assert bad.returncode == 1 and "validation_error" in bad.stderr
     service.cli("token", "revoke", created["id"])
