@@ -26,7 +26,7 @@ from conductor import ramdisk
 from conductor.api import admission
 from conductor.models import Node
 from tests.conftest import drain, free_port
-from tests.unit.engine.test_pxe import boot_config, heartbeat, make_node, put, states
+from tests.unit.engine.test_pxe import boot_config, heartbeat, make_node, put, states, waiting_in
 
 MAC = "52:54:00:12:34:56"
 #: What iPXE accepts in the scripts we write (command -> how many arguments at least).
@@ -115,10 +115,7 @@ def test_a_malformed_mac_is_400(anonymous, mac) -> None:
 def test_a_waiting_node_boots_its_agent_until_the_agent_has_called(client, anonymous, conductor_ctx,
                                                                     settings) -> None:
     node = with_port(client)
-    put(client, "manage")
-    drain(conductor_ctx)
-    request_id = put(client, "inspect")
-    drain(conductor_ctx)
+    request_id = waiting_in(client, conductor_ctx, "inspect")
     assert states(client)["provision_state"] == "inspect wait"
     text = script(anonymous, "52:54:00:12:34:56".upper())
     args = agent_args(text, settings)
@@ -193,10 +190,7 @@ def test_the_token_is_stored_sealed_and_dropped_once_claimed(client, anonymous, 
 
 def test_an_aborted_wait_boots_the_local_disk(client, anonymous, conductor_ctx, settings) -> None:
     with_port(client)
-    put(client, "manage")
-    drain(conductor_ctx)
-    put(client, "inspect")
-    drain(conductor_ctx)
+    waiting_in(client, conductor_ctx, "inspect")
     assert "conductor_token=" in script(anonymous)
     assert client.put("/v1/nodes/n1/states/provision", json={"target": "abort"}).status_code == 202
     assert states(client)["provision_state"] == "inspect failed"
@@ -458,10 +452,7 @@ def test_real_ipxe_follows_the_scripts(client, anonymous, conductor_ctx, setting
 
     vm_mac, stranger = "52:54:00:b0:07:01", "52:54:00:b0:07:02"
     with_port(client, mac=vm_mac)
-    put(client, "manage")
-    drain(conductor_ctx)
-    put(client, "inspect")
-    drain(conductor_ctx)
+    waiting_in(client, conductor_ctx, "inspect")
     port = free_port()
     base = f"http://10.0.2.2:{port}"
     served = build_context(settings.replace(agent_api_url=base))
@@ -518,10 +509,7 @@ def test_a_key_rotation_while_a_node_waits_keeps_its_boot_script(client, anonymo
     from tests.unit.test_secrets_at_rest import cli
 
     with_port(client)
-    put(client, "manage")
-    drain(conductor_ctx)
-    put(client, "inspect")
-    drain(conductor_ctx)
+    waiting_in(client, conductor_ctx, "inspect")
     token = agent_args(script(anonymous), settings)[ramdisk.TOKEN_ARG]
     with conductor_ctx.db.session() as session:
         sealed_before = session.scalars(sa.select(Node.driver_internal_info)).one()["agent_token_sealed"]
@@ -540,10 +528,7 @@ def test_a_result_racing_the_first_heartbeats_claim_leaves_the_token_claimed(cli
     from conductor.service import agent as service_agent
 
     with_port(client)
-    put(client, "manage")
-    drain(conductor_ctx)
-    put(client, "inspect")
-    drain(conductor_ctx)
+    waiting_in(client, conductor_ctx, "inspect")
     token = agent_args(script(anonymous), settings)[ramdisk.TOKEN_ARG]
     with conductor_ctx.db.session() as session:
         command_id = session.scalars(sa.select(Node)).one().driver_internal_info["agent_command"]["id"]
