@@ -129,6 +129,16 @@ class Settings:
     api_host: str = _setting(Group.API, "127.0.0.1")
     api_port: int = _setting(Group.API, 6385)
     api_workers: int = _setting(Group.API, 2)
+    #: Threads per API process (gunicorn's ``gthread`` worker): a slow client
+    #: or a long download (an image, an agent kernel) holds one thread, not
+    #: the process, and connections are kept alive between requests.  1 runs
+    #: gunicorn's ``sync`` worker (one request per process at a time,
+    #: ``Connection: close``).
+    api_threads: int = _setting(Group.API, 8)
+    #: Seconds a threaded API worker waits on a client that neither sends nor
+    #: reads (a stalled download) before it drops the connection and frees
+    #: the thread.  (The sync worker: gunicorn kills the process instead.)
+    api_client_timeout: float = _setting(Group.API, 60.0)
     #: Whether the API requires bearer tokens.  Switching it off is only
     #: allowed while ``api_host`` is a loopback address.
     auth_enabled: bool = _setting(Group.API, True)
