@@ -228,6 +228,11 @@ class Settings:
     #: are served from (``GET /v1/boot/files/<name>``); empty means
     #: ``<data_dir>/ramdisk``, where ``conductor ramdisk build`` writes them.
     ramdisk_dir: str = _setting(Group.DEPLOY, "")
+    #: Kernel parameters added to the agent's in its boot script: where its
+    #: console (and the agent's log lines) go.  The last ``console=`` is
+    #: the one the agent writes to: the serial port here, as on a server
+    #: whose BMC offers serial-over-LAN.  Space-separated, no quotes.
+    agent_kernel_params: str = _setting(Group.DEPLOY, "console=tty0 console=ttyS0,115200n8")
     #: What cleaning erases when the request does not say (``erase``):
     #: ``metadata`` (partition tables and signatures at both ends of each
     #: disk) or ``full`` (a zero pass over every disk).
