@@ -29,6 +29,8 @@ The whole tree::
     |   +-- PortAddressInUse (409 port_address_in_use)
     |   +-- ImageNameInUse (409 image_name_in_use)
     |   +-- ImageInUse (409 image_in_use)
+    |   +-- InstanceAssociated (409 instance_associated)
+    +-- NotAcceptable (406 not_acceptable)
     +-- IdempotencyKeyReused (422 idempotency_key_reused)
     +-- ServiceUnavailable (503 service_unavailable)
     |   +-- QueueUnavailable (503 queue_unavailable)
@@ -225,6 +227,12 @@ class ImageInUse(Conflict):
     code = "image_in_use"
 
 
+class InstanceAssociated(Conflict):
+    """Another node is already associated with that instance (``instance_uuid``); ``node`` names it."""
+
+    code = "instance_associated"
+
+
 class NodeNotDeletable(Conflict):
     """The node's provision state does not allow deleting it."""
 
@@ -241,6 +249,13 @@ class NodeNotWaiting(Conflict):
     """The node is not waiting for its agent (no wait state, or its call-back was already taken)."""
 
     code = "node_not_waiting"
+
+
+class NotAcceptable(ConductorError):
+    """The API version asked for is not served, or the call needs another version of the API."""
+
+    status = 406
+    code = "not_acceptable"
 
 
 class IdempotencyKeyReused(ConductorError):

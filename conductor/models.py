@@ -99,12 +99,22 @@ class Node(Base):
     reservation: Mapped[str | None] = mapped_column(String(255))
     #: The long lock: the request (queued, running or waiting) that owns the node.
     active_request_id: Mapped[str | None] = mapped_column(String(40))
+    #: The instance deployed on the node (one node per instance); an undeploy clears it.
+    instance_uuid: Mapped[str | None] = mapped_column(String(36))
+    #: What the instance's deploy uses (``image_source``, ``image_checksum``...); an undeploy clears it.
+    instance_info: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    #: The operator's own data about the node.
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    #: The node's scheduling class (Ironic's ``resource_class``).
+    resource_class: Mapped[str | None] = mapped_column(String(80))
+    description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
         Index("ix_nodes_provision_state", "provision_state"),
         Index("ix_nodes_reservation", "reservation"),
+        Index("ix_nodes_instance_uuid", "instance_uuid", unique=True),
     )
 
 

@@ -14,6 +14,7 @@ from conductor.api import (
     conductors,
     errors,
     images,
+    ironic,
     limits,
     nodes,
     ports,
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     # First: nothing may read a chunked body before its size is checked.
     app.before_request(limits.refuse_oversized_body)
     errors.register(app)
+    # Before admission: its answers' envelope must be rewritten after admission looked at them.
+    ironic.install(app)
     admission.install(app)
     for module in (nodes, ports, boot, requests, conductors, throttle, tokens, subscriptions, callbacks, images):
         api.register_blueprint(module.blp)

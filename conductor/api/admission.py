@@ -17,6 +17,8 @@ only ask :func:`client` and :func:`idempotency_key`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from typing import cast
 
@@ -36,20 +38,32 @@ from conductor.throttle.idempotency import IdempotencyKey
 
 LOG = logging.getLogger(__name__)
 
+#: Where the Ironic-compatible API is served (conductor/api/ironic/).  Under
+#: it a token may also come as ``X-Auth-Token`` or as the password of HTTP
+#: basic authentication: what OpenStack clients send without Keystone
+#: (keystoneauth's ``admin_token`` and ``http_basic`` plugins).
+OPENSTACK_PREFIX = "/baremetal"
+
 #: Endpoints anyone may call: the service's name, the API description, the
 #: agents' heartbeat (authenticated by its own per-node agent token),
 #: network boot (firmware sends no credentials: see conductor/service/boot.py),
 #: and the agents' image downloads (by their signed URL: see conductor/images/tickets.py).
 BOOT_ENDPOINTS = frozenset({"boot.ChainScript", "boot.MacScript", "boot.BootFile"})
 PUBLIC_ENDPOINTS = frozenset(
-    {"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat", "images.AgentImageContent"}
+    {"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat", "images.AgentImageContent",
+     # Ironic's version discovery needs no token either.
+     "ironic.root", "ironic.v1"}
     | BOOT_ENDPOINTS
 )
 #: Endpoints only admins may call, whatever the method.
 ADMIN_ENDPOINTS = frozenset({"throttle.Throttle", "tokens.Tokens", "tokens.TokenItem"})
 #: Endpoints (-> request kind) whose writes create work for the conductors:
 #: the queue depth applies, and they take an ``Idempotency-Key``.
-WORK_ENDPOINTS = {"nodes.PowerState": "power", "nodes.ProvisionState": "provision", "nodes.BootDevice": "management"}
+WORK_ENDPOINTS = {
+    "nodes.PowerState": "power", "nodes.ProvisionState": "provision", "nodes.BootDevice": "management",
+    "ironic.set_power_state": "power", "ironic.set_provision_state": "provision",
+    "ironic.set_boot_device": "management",
+}
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LIMITER = "throttle.limiter"
 
@@ -84,16 +98,40 @@ def _authenticate(ctx: Context) -> tokens.Principal:
     if not ctx.settings.auth_enabled:
         address = f"{ADDRESS_PREFIX}{request.remote_addr or 'unknown'}"
         return tokens.Principal(client=address[:64], role=Role.ADMIN)
-    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    secret = _presented_token()
+    if not secret:
+        if _openstack_call():
+            raise Unauthorized("This API needs a token: send 'X-Auth-Token: <token>' (or 'Authorization: Bearer "
+                               "<token>', or the token as the password of HTTP basic authentication).")
         raise Unauthorized("This API needs a token: send 'Authorization: Bearer <token>'.")
-    if not tokens.cached(ctx, secret.strip())[0] and not g.get("lookup_admitted"):
+    if not tokens.cached(ctx, secret)[0] and not g.get("lookup_admitted"):
         _throttle_lookups(ctx)
         g.lookup_admitted = True  # (a run again after a database blip is not charged again)
-    principal = tokens.authenticate(ctx, secret.strip())
+    principal = tokens.authenticate(ctx, secret)
     if principal is None:
         raise Unauthorized("The token is unknown or revoked.")
     return principal
+
+
+def _presented_token() -> str:
+    """The token the call presents (empty: none): a bearer token, or under
+    :data:`OPENSTACK_PREFIX` also ``X-Auth-Token`` or HTTP basic's password."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return credentials.strip()
+    if not _openstack_call():
+        return ""
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2].strip()
+    return request.headers.get("X-Auth-Token", "").strip()
+
+
+def _openstack_call() -> bool:
+    return request.path == OPENSTACK_PREFIX or request.path.startswith(OPENSTACK_PREFIX + "/")
 
 
 #: Token look-ups in the database per client address (a process remembers a

@@ -76,7 +76,7 @@ class ErrorSchema(ma.Schema):
     state = ma.fields.String(metadata={"description": "The request's state (request_not_cancellable)"})
     node = ma.fields.String(metadata={
         "description": "The node name or UUID asked for (node_not_found); the node owning the MAC "
-                       "(port_address_in_use)"})
+                       "(port_address_in_use); the node associated with the instance (instance_associated)"})
     port = ma.fields.String(metadata={
         "description": "The port asked for (port_not_found); the port owning the MAC (port_address_in_use)"})
     address = ma.fields.String(metadata={"description": "The MAC address already in use (port_address_in_use)"})
@@ -86,6 +86,8 @@ class ErrorSchema(ma.Schema):
     request_ids = ma.fields.List(ma.fields.String(), metadata={
         "description": "The requests in progress deploying the image (image_in_use)"})
     uuid = ma.fields.String(metadata={"description": "The node UUID already in use (node_name_in_use)"})
+    instance_uuid = ma.fields.String(metadata={
+        "description": "The instance already associated with another node (instance_associated)"})
     holder = ma.fields.String(metadata={"description": "The conductor holding the node's reservation (node_locked)"})
     maintenance_reason = ma.fields.String(allow_none=True, metadata={
         "description": "Why the node is in maintenance (node_in_maintenance)"})

@@ -40,12 +40,22 @@ def _clean(task: Task) -> StepResult:
     return task.deploy.clean(task)
 
 
+def _tear_down(task: Task) -> StepResult:
+    result = task.deploy.tear_down(task)
+    if isinstance(result, Done):
+        # The instance goes with its deployment (as in Ironic): a node being
+        # cleaned for its next use belongs to no instance.
+        task.node.instance_uuid = None
+        task.node.instance_info = {}
+    return result
+
+
 HANDLERS: dict[str, Callable[[Task], StepResult]] = {
     S.VERIFYING: _verify,
     S.INSPECTING: lambda task: task.deploy.inspect(task),
     S.CLEANING: _clean,
     S.DEPLOYING: lambda task: task.deploy.deploy(task),
-    S.DELETING: lambda task: task.deploy.tear_down(task),
+    S.DELETING: _tear_down,
 }
 
 

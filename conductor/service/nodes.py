@@ -23,6 +23,7 @@ from conductor.callbacks import events
 from conductor.core import history
 from conductor.exceptions import (
     Conflict,
+    InstanceAssociated,
     InvalidInput,
     NodeNameInUse,
     NodeNotDeletable,
@@ -40,8 +41,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._~-]{1,255}$")
 
 #: Fields a merge patch may change.
 PATCHABLE = frozenset(
-    {"name", "driver", "driver_info", "properties", "maintenance", "maintenance_reason"}
+    {"name", "driver", "driver_info", "properties", "maintenance", "maintenance_reason",
+     "instance_uuid", "instance_info", "extra", "resource_class", "description"}
 )
+#: Object fields merged key by key (``null`` removes a key).
+MERGED_FIELDS = ("properties", "instance_info", "extra")
 #: Fields that change how a conductor talks to the hardware: refused while
 #: a transition is in progress.
 DRIVER_FIELDS = frozenset({"driver", "driver_info"})
@@ -115,10 +119,44 @@ def _check_secrets(driver_info: Mapping[str, Any]) -> None:
         raise InvalidInput("Invalid secret in driver_info: " + ", ".join(sorted(errors)) + ".", errors=errors)
 
 
+#: The longest ``resource_class`` and ``description`` (as in Ironic).
+MAX_RESOURCE_CLASS, MAX_DESCRIPTION = 80, 4096
+
+
+def _check_text(field: str, value: Any, longest: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > longest:
+        raise InvalidInput(f"{field} must be a string of at most {longest} characters.",
+                           errors={field: f"a string of at most {longest} characters"})
+    return value
+
+
+def _check_instance_uuid(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(uuidlib.UUID(str(value)))
+    except ValueError:
+        raise InvalidInput("instance_uuid is not a UUID.", errors={"instance_uuid": "not a UUID"}) from None
+
+
 def _validation_view(driver_info: Mapping[str, Any]) -> dict[str, Any]:
     # A stored secret was validated when it was written and is sealed now
     # (longer than any BMC password): validate the rest around it.
     return {k: ("" if secretbox.is_sealed(v) else v) for k, v in driver_info.items()}
+
+
+def driver_errors(node: Node) -> dict[str, str]:
+    """What is wrong with ``node``'s ``driver_info`` for its driver, field by field (empty: nothing).
+
+    The check a create or patch makes; it never touches the hardware.
+    """
+    try:
+        drivers.validate(node.driver, _validation_view(node.driver_info or {}))
+    except InvalidInput as exc:
+        return {str(k): str(v) for k, v in (exc.details.get("errors") or {"driver_info": exc.message}).items()}
+    return {}
 
 
 def create(session: Session, fields: Mapping[str, Any]) -> Node:
@@ -148,6 +186,12 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
         provision_state=ProvisionState.ENROLL,
         maintenance=bool(fields.get("maintenance", False)),
         maintenance_reason=fields.get("maintenance_reason"),
+        instance_uuid=_check_instance_uuid(fields.get("instance_uuid")),
+        instance_info=dict(_check_size("instance_info", _check_dict("instance_info",
+                                                                    fields.get("instance_info") or {}))),
+        extra=dict(_check_size("extra", _check_dict("extra", fields.get("extra") or {}))),
+        resource_class=_check_text("resource_class", fields.get("resource_class"), MAX_RESOURCE_CLASS),
+        description=_check_text("description", fields.get("description"), MAX_DESCRIPTION),
     )
     addresses = macs.normalise_many(fields["ports"]) if fields.get("ports") is not None else []
     session.add(node)
@@ -155,7 +199,7 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
         session.flush()
     except IntegrityError:
         session.rollback()
-        raise _conflict_for(session, node.name, node.uuid) from None
+        raise _conflict_for(session, node.name, node.uuid, node.instance_uuid) from None
     # The node's NICs, in the same transaction: all of them or no node.
     session.add_all(Port(uuid=str(uuidlib.uuid4()), node_id=node.id, address=mac) for mac in addresses)
     try:
@@ -169,10 +213,26 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
     return node
 
 
-def _conflict_for(session: Session, name: str | None, node_uuid: str) -> Exception:
+def _conflict_for(session: Session, name: str | None, node_uuid: str, instance_uuid: str | None = None) -> Exception:
     if session.scalar(sa.select(Node.id).where(Node.uuid == node_uuid)) is not None:
         return NodeNameInUse(f"A node with UUID {node_uuid} already exists.", uuid=node_uuid)
-    return NodeNameInUse(f"A node named {name} already exists.", name=name)
+    if name is not None and session.scalar(sa.select(Node.id).where(Node.name == name)) is not None:
+        return NodeNameInUse(f"A node named {name} already exists.", name=name)
+    return _patch_conflict(session, node_uuid, {"instance_uuid": instance_uuid, "name": name})
+
+
+#: What nodes may be sorted by (and paginated in that order, the id breaking ties).
+SORT_KEYS: Mapping[str, Any] = {
+    "id": Node.id, "uuid": Node.uuid, "name": Node.name, "driver": Node.driver,
+    "provision_state": Node.provision_state, "power_state": Node.power_state,
+    "target_provision_state": Node.target_provision_state, "target_power_state": Node.target_power_state,
+    "maintenance": Node.maintenance, "fault": Node.fault, "reservation": Node.reservation,
+    "instance_uuid": Node.instance_uuid, "resource_class": Node.resource_class,
+    "created_at": Node.created_at, "updated_at": Node.updated_at,
+}
+#: Sort keys that may be null: sorted as the empty string (first when ascending).
+_NULLABLE_SORT_KEYS = frozenset({"name", "power_state", "target_provision_state", "target_power_state", "fault",
+                                 "reservation", "instance_uuid", "resource_class"})
 
 
 def list_nodes(
@@ -181,21 +241,48 @@ def list_nodes(
     limit: int,
     marker: str | None = None,
     filters: Mapping[str, Any] | None = None,
+    associated: bool | None = None,
+    description_contains: str | None = None,
+    sort_key: str = "id",
+    sort_dir: str = "asc",
 ) -> list[Node]:
-    """Up to ``limit`` nodes in enrolment order, after the node ``marker``.
+    """Up to ``limit`` nodes sorted by ``sort_key`` (then id), after the node ``marker``.
+
+    ``filters`` are column values to match (None: no filter); ``associated``
+    keeps the nodes with (True) or without (False) an instance;
+    ``description_contains`` those whose description contains that text.
 
     :raises NodeNotFound: the marker names no node.
+    :raises InvalidInput: an unknown sort key or direction.
     """
+    if sort_key not in SORT_KEYS:
+        raise InvalidInput(f"Cannot sort by {sort_key}; sort keys: {', '.join(sorted(SORT_KEYS))}.",
+                           errors={"sort_key": "not a sort key"})
+    if sort_dir not in ("asc", "desc"):
+        raise InvalidInput(f"Invalid sort direction {sort_dir!r}: asc or desc.", errors={"sort_dir": "asc or desc"})
     query = sa.select(Node)
     for field, value in (filters or {}).items():
         if value is not None:
             query = query.where(getattr(Node, field) == value)
+    if associated is not None:
+        query = query.where(Node.instance_uuid.is_not(None) if associated else Node.instance_uuid.is_(None))
+    if description_contains is not None:
+        query = query.where(Node.description.contains(description_contains, autoescape=True))
+    column = SORT_KEYS[sort_key]
+    key = sa.func.coalesce(column, "") if sort_key in _NULLABLE_SORT_KEYS else column
     if marker:
-        marker_id = session.scalar(sa.select(Node.id).where(ident_clause(marker)))
-        if marker_id is None:
+        after = session.execute(sa.select(key, Node.id).where(ident_clause(marker))).one_or_none()
+        if after is None:
             raise NodeNotFound(f"Marker node {marker} not found.", node=marker)
-        query = query.where(Node.id > marker_id)
-    return list(session.scalars(query.order_by(Node.id).limit(limit)))
+        if sort_key == "id":
+            query = query.where(Node.id > after[1] if sort_dir == "asc" else Node.id < after[1])
+        elif sort_dir == "asc":
+            query = query.where(sa.or_(key > after[0], sa.and_(key == after[0], Node.id > after[1])))
+        else:
+            query = query.where(sa.or_(key < after[0], sa.and_(key == after[0], Node.id < after[1])))
+    order = [key, Node.id] if sort_key != "id" else [Node.id]
+    query = query.order_by(*(o.desc() if sort_dir == "desc" else o for o in order))
+    return list(session.scalars(query.limit(limit)))
 
 
 def _merge(current: Mapping[str, Any], patch: Mapping[str, Any], keep_masked: bool) -> dict[str, Any]:
@@ -251,10 +338,17 @@ def _patched_values(node: Node, changes: Mapping[str, Any], box: secretbox.Secre
     values: dict[str, Any] = {}
     if "name" in changes:
         values["name"] = _check_name(changes["name"])
-    if "properties" in changes:
-        values["properties"] = _check_size(
-            "properties", _merge(node.properties, _check_dict("properties", changes["properties"] or {}), False)
-        )
+    for field in MERGED_FIELDS:
+        if field in changes:
+            values[field] = _check_size(
+                field, _merge(getattr(node, field) or {}, _check_dict(field, changes[field] or {}), False)
+            )
+    if "instance_uuid" in changes:
+        values["instance_uuid"] = _check_instance_uuid(changes["instance_uuid"])
+    if "resource_class" in changes:
+        values["resource_class"] = _check_text("resource_class", changes["resource_class"], MAX_RESOURCE_CLASS)
+    if "description" in changes:
+        values["description"] = _check_text("description", changes["description"], MAX_DESCRIPTION)
     if "maintenance" in changes:
         if not isinstance(changes["maintenance"], bool):
             raise InvalidInput("maintenance must be true or false.", errors={"maintenance": "boolean"})
@@ -314,8 +408,20 @@ def _apply_patch(session: Session, node: Node, values: dict[str, Any], changes: 
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise NodeNameInUse(f"A node named {values.get('name')} already exists.") from None
+        raise _patch_conflict(session, node.uuid, values) from None
     return True
+
+
+def _patch_conflict(session: Session, node_uuid: str, values: Mapping[str, Any]) -> Exception:
+    instance_uuid = values.get("instance_uuid")
+    if instance_uuid is not None:
+        holder = session.scalar(sa.select(Node.uuid).where(Node.instance_uuid == instance_uuid))
+        if holder is not None and holder != node_uuid:
+            return InstanceAssociated(
+                f"Instance {instance_uuid} is already associated with node {holder}.",
+                instance_uuid=instance_uuid, node=holder,
+            )
+    return NodeNameInUse(f"A node named {values.get('name')} already exists.")
 
 
 def delete(session: Session, ident: str) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conductor import database, macs
-from conductor.exceptions import PortNotFound, TransitionInProgress
+from conductor.exceptions import Conflict, InvalidInput, PortNotFound, TransitionInProgress
 from conductor.models import Node, Port, utcnow
 from conductor.service import nodes
 
@@ -44,18 +44,28 @@ def _refuse_if_busy(node: Node, what: str) -> None:
         )
 
 
-def create(session: Session, node_ident: str, address: Any) -> Port:
-    """Add a port to node ``node_ident`` and commit.
+def create(session: Session, node_ident: str, address: Any, port_uuid: str | None = None) -> Port:
+    """Add a port to node ``node_ident`` (with UUID ``port_uuid``, else a new one) and commit.
 
     :raises NodeNotFound: no such node.
-    :raises InvalidInput: not a MAC.
+    :raises InvalidInput: not a MAC, or not a UUID.
     :raises PortAddressInUse: the MAC is another port's.
+    :raises Conflict: a port already has that UUID.
     :raises TransitionInProgress: the node has a transition in progress.
     """
     mac = macs.normalise(address)
+    if port_uuid is not None:
+        try:
+            port_uuid = str(uuidlib.UUID(str(port_uuid)))
+        except ValueError:
+            raise InvalidInput("uuid is not a UUID.", errors={"uuid": "not a UUID"}) from None
+        if session.scalar(sa.select(Port.id).where(Port.uuid == port_uuid)) is not None:
+            raise Conflict(f"A port with UUID {port_uuid} already exists.")
     node = nodes.find(session, node_ident)
     _refuse_if_busy(node, "added")
     (port,) = add(session, node, [mac])
+    if port_uuid is not None:
+        port.uuid = port_uuid
     try:
         session.flush()
     except IntegrityError:
@@ -88,22 +98,43 @@ def get(session: Session, port_uuid: str) -> Port:
     return port
 
 
+#: What ports may be sorted by (the id breaking ties).
+SORT_KEYS = {"id": Port.id, "uuid": Port.uuid, "address": Port.address, "created_at": Port.created_at}
+
+
 def list_ports(session: Session, *, limit: int, marker: str | None = None, node: str | None = None,
-               address: str | None = None) -> list[Port]:
-    """Up to ``limit`` ports in creation order after port ``marker``, of node ``node`` / with MAC ``address``.
+               address: str | None = None, sort_key: str = "id", sort_dir: str = "asc") -> list[Port]:
+    """Up to ``limit`` ports sorted by ``sort_key`` (then id) after port ``marker``, of node ``node`` /
+    with MAC ``address``.
 
     :raises NodeNotFound: ``node`` names no node.
     :raises PortNotFound: the marker names no port.
-    :raises InvalidInput: ``address`` is not a MAC.
+    :raises InvalidInput: ``address`` is not a MAC; an unknown sort key or direction.
     """
+    if sort_key not in SORT_KEYS:
+        raise InvalidInput(f"Cannot sort by {sort_key}; sort keys: {', '.join(sorted(SORT_KEYS))}.",
+                           errors={"sort_key": "not a sort key"})
+    if sort_dir not in ("asc", "desc"):
+        raise InvalidInput(f"Invalid sort direction {sort_dir!r}: asc or desc.", errors={"sort_dir": "asc or desc"})
     query = sa.select(Port)
     if node:
         query = query.where(Port.node_id == nodes.find(session, node).id)
     if address:
         query = query.where(Port.address == macs.normalise(address))
+    key = SORT_KEYS[sort_key]
+    descending = sort_dir == "desc"
     if marker:
-        query = query.where(Port.id > get(session, marker).id)
-    return list(session.scalars(query.order_by(Port.id).limit(limit)))
+        after = get(session, marker)
+        value = getattr(after, sort_key)
+        if sort_key == "id":
+            query = query.where(Port.id < value if descending else Port.id > value)
+        elif descending:
+            query = query.where(sa.or_(key < value, sa.and_(key == value, Port.id < after.id)))
+        else:
+            query = query.where(sa.or_(key > value, sa.and_(key == value, Port.id > after.id)))
+    order = [key, Port.id] if sort_key != "id" else [Port.id]
+    query = query.order_by(*(o.desc() if descending else o for o in order))
+    return list(session.scalars(query.limit(limit)))
 
 
 def delete(session: Session, port_uuid: str) -> None:

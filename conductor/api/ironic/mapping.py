@@ -1,0 +1,227 @@
+"""Ironic's names for our things, and ours for Ironic's.
+
+Provision and power states need no mapping: ours are Ironic's (see
+conductor/fsm/states.py); only versions before 1.2 and 1.39 named two of
+them differently.  Drivers, provision verbs, clean steps, interfaces and
+where a deploy finds its image do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from conductor import drivers
+from conductor.api.ironic import versions
+from conductor.drivers.base import DEPLOY_INTERFACE_KEY
+from conductor.exceptions import InvalidInput, InvalidTransition
+from conductor.fsm.states import ProvisionState, ProvisionTarget
+
+#: Ironic hardware type -> our driver (those of our drivers that are loaded are served).
+HARDWARE_TYPES: Mapping[str, str] = {"fake-hardware": "fake", "ipmi": "ipmi", "redfish": "redfish"}
+
+
+def hardware_types() -> dict[str, str]:
+    """The hardware types served: Ironic name -> our driver name."""
+    return {ironic: ours for ironic, ours in HARDWARE_TYPES.items() if ours in drivers.DRIVERS}
+
+
+def driver_to_ours(name: Any) -> str:
+    """Our driver for Ironic hardware type ``name``.
+
+    :raises InvalidInput: no such hardware type is served.
+    """
+    served = hardware_types()
+    if name not in served:
+        raise InvalidInput(
+            f"No valid host was found. Reason: No conductor service registered which supports driver {name}; "
+            f"drivers served: {', '.join(sorted(served))}.",
+            errors={"driver": f"one of {sorted(served)}"},
+        )
+    return served[name]
+
+
+def driver_to_ironic(ours: str) -> str:
+    """The Ironic hardware type name of our driver ``ours``."""
+    for ironic, mine in HARDWARE_TYPES.items():
+        if mine == ours:
+            return ironic
+    return ours
+
+
+#: Ironic's interface types, in its order.
+INTERFACE_TYPES = ("bios", "boot", "console", "deploy", "inspect", "management", "network", "power", "raid",
+                   "rescue", "storage", "vendor")
+#: Interfaces we do not have, by Ironic's name for "none".
+_ABSENT = {"bios": "no-bios", "console": "no-console", "network": "noop", "raid": "no-raid", "rescue": "no-rescue",
+           "storage": "noop", "vendor": "no-vendor"}
+#: Our drivers' power and management interfaces by Ironic's names.
+_HARDWARE = {"fake": "fake", "ipmi": "ipmitool", "redfish": "redfish"}
+
+
+def deploy_name(driver: str, driver_info: Mapping[str, Any]) -> str:
+    """The name of the deploy interface a node of ``driver`` uses."""
+    chosen = driver_info.get(DEPLOY_INTERFACE_KEY)
+    return str(chosen) if chosen else drivers.get(driver).default_deploy_name()
+
+
+def _by_deploy(deploy: str) -> dict[str, str]:
+    # The deploy interface brings its boot and inspection: the fake one fakes
+    # them, the others boot our agent by iPXE and let it inspect.
+    if deploy == "fake":
+        return {"boot": "fake", "inspect": "fake"}
+    return {"boot": "ipxe", "inspect": "agent"}
+
+
+def interfaces(driver: str, driver_info: Mapping[str, Any]) -> dict[str, str]:
+    """A node's ``<type>_interface`` fields, by Ironic's interface names."""
+    deploy = deploy_name(driver, driver_info)
+    hardware = _HARDWARE.get(driver, driver)
+    named = {**_ABSENT, **_by_deploy(deploy), "deploy": deploy, "power": hardware, "management": hardware}
+    return {f"{kind}_interface": named[kind] for kind in INTERFACE_TYPES}
+
+
+def driver_interfaces(driver: str) -> dict[str, Any]:
+    """A hardware type's ``default_<type>_interface`` and ``enabled_<type>_interfaces``."""
+    loaded = drivers.get(driver)
+    deploys = list(loaded.deploy_interfaces) or [loaded.default_deploy_name()]
+    default = loaded.default_deploy_name()
+    hardware = _HARDWARE.get(driver, driver)
+    fields: dict[str, Any] = {}
+    for kind in INTERFACE_TYPES:
+        if kind == "deploy":
+            default_name, enabled = default, deploys
+        elif kind in ("boot", "inspect"):
+            default_name = _by_deploy(default)[kind]
+            enabled = sorted({_by_deploy(d)[kind] for d in deploys})
+        elif kind in ("power", "management"):
+            default_name, enabled = hardware, [hardware]
+        else:
+            default_name, enabled = _ABSENT[kind], [_ABSENT[kind]]
+        fields[f"default_{kind}_interface"] = default_name
+        fields[f"enabled_{kind}_interfaces"] = enabled
+    return fields
+
+
+def provision_state(state: str | None) -> str | None:
+    """A provision state as the call's version names it (1.1: ``None`` for available; before
+    1.39: ``inspecting`` for inspect wait)."""
+    if state == ProvisionState.AVAILABLE and not versions.at_least(versions.AVAILABLE_STATE):
+        return None
+    if state == ProvisionState.INSPECT_WAIT and not versions.at_least(versions.INSPECT_WAIT):
+        return str(ProvisionState.INSPECTING)
+    return state
+
+
+#: Ironic provision verb -> our target.
+VERBS: Mapping[str, ProvisionTarget] = {
+    "manage": ProvisionTarget.MANAGE,
+    "provide": ProvisionTarget.PROVIDE,
+    "inspect": ProvisionTarget.INSPECT,
+    "clean": ProvisionTarget.CLEAN,
+    "active": ProvisionTarget.ACTIVE,
+    "deploy": ProvisionTarget.ACTIVE,
+    "rebuild": ProvisionTarget.REBUILD,
+    "deleted": ProvisionTarget.DELETED,
+    "undeploy": ProvisionTarget.DELETED,
+    "abort": ProvisionTarget.ABORT,
+}
+#: The version each verb appeared in (Ironic's MIN_VERB_VERSIONS).
+VERB_VERSIONS: Mapping[str, int] = {
+    "manage": versions.MANAGEABLE_STATE, "provide": versions.MANAGEABLE_STATE, "inspect": versions.INSPECT_STATE,
+    "abort": versions.ABORT_VERB, "clean": versions.MANUAL_CLEAN, "adopt": 17, "rescue": versions.RESCUE_INTERFACE,
+    "unrescue": versions.RESCUE_INTERFACE, "deploy": versions.DEPLOY_UNDEPLOY_VERBS,
+    "undeploy": versions.DEPLOY_UNDEPLOY_VERBS,
+}
+#: Verbs Ironic has and we do not (no adoption, rescue, hold or servicing here).
+UNSUPPORTED_VERBS = frozenset({"adopt", "rescue", "unrescue", "unhold", "service"})
+
+
+def target(verb: Any, node_uuid: str, state: str) -> ProvisionTarget:
+    """Our provision target for Ironic's ``verb``.
+
+    :raises NotAcceptable: the verb is newer than the call's version (or, for ``abort`` in
+        ``inspect wait``, before 1.41).
+    :raises InvalidTransition: a verb we do not have (Ironic's 400 for an action it cannot take).
+    """
+    if not isinstance(verb, str):
+        raise InvalidInput("target must be a string.", errors={"target": "a string"})
+    wanted = VERB_VERSIONS.get(verb)
+    if wanted is not None:
+        versions.require(wanted, f"the provision action {verb!r}")
+    if verb == "abort" and state == ProvisionState.INSPECT_WAIT:
+        versions.require(versions.INSPECT_ABORT, "aborting an inspection")
+    if verb in VERBS:
+        return VERBS[verb]
+    reason = " (not supported by this conductor)" if verb in UNSUPPORTED_VERBS else ""
+    raise InvalidTransition(
+        f'The requested action "{verb}" can not be performed on node "{node_uuid}" while it is in state '
+        f'"{state}"{reason}.',
+        provision_state=state,
+    )
+
+
+#: Ironic's clean steps we run, and the erase mode each is.
+CLEAN_STEPS: Mapping[tuple[str, str], str] = {
+    ("deploy", "erase_devices"): "full",
+    ("deploy", "erase_devices_metadata"): "metadata",
+}
+
+
+def erase_mode(clean_steps: Any) -> str:
+    """The erase mode of a manual cleaning's ``clean_steps``.
+
+    :raises InvalidInput: missing, malformed, or a step we do not have.
+    """
+    if not clean_steps:
+        raise InvalidInput('"clean_steps" is required when setting target provision state to clean',
+                           errors={"clean_steps": "required"})
+    if not isinstance(clean_steps, list):
+        raise InvalidInput('"clean_steps" must be a list.', errors={"clean_steps": "a list"})
+    modes = set()
+    for step in clean_steps:
+        key = (str(step.get("interface")), str(step.get("step"))) if isinstance(step, dict) else ("", "")
+        if key not in CLEAN_STEPS:
+            known = ", ".join(f"{i}.{s}" for i, s in CLEAN_STEPS)
+            raise InvalidInput(f"Clean step {step!r} is not supported; supported: {known}.",
+                               errors={"clean_steps": "unsupported step"})
+        modes.add(CLEAN_STEPS[key])
+    return "full" if "full" in modes else "metadata"
+
+
+def image_params(node_uuid: str, instance_info: Mapping[str, Any]) -> dict[str, Any]:
+    """What a deploy of the node takes from its ``instance_info`` (Ironic keeps the image there).
+
+    ``image_source``, and its SHA-256 from ``image_checksum`` or
+    ``image_os_hash_value`` (with ``image_os_hash_algo`` sha256).
+
+    :raises InvalidInput: no ``image_source``.
+    """
+    source = instance_info.get("image_source")
+    if not source:
+        raise InvalidInput(
+            f"Cannot deploy node {node_uuid}: instance_info is missing image_source (set it with "
+            f"PATCH /nodes/{node_uuid} [{{\"op\": \"add\", \"path\": \"/instance_info/image_source\", ...}}]).",
+            errors={"instance_info.image_source": "required"},
+        )
+    params: dict[str, Any] = {"image_source": source}
+    checksum = instance_info.get("image_checksum")
+    if instance_info.get("image_os_hash_algo") == "sha256" and instance_info.get("image_os_hash_value"):
+        checksum = instance_info["image_os_hash_value"]
+    if checksum:
+        params["image_checksum"] = checksum
+    return params
+
+
+def check_version_for_configdrive(verb: str, configdrive: Any) -> None:
+    """:raises NotAcceptable: a config drive the call's version cannot send (rebuild 1.35, object 1.56)."""
+    if configdrive is None:
+        return
+    if verb == "rebuild":
+        versions.require(versions.REBUILD_CONFIGDRIVE, "a config drive with rebuild")
+    if isinstance(configdrive, dict):
+        versions.require(versions.CONFIGDRIVE_DICT, "a config drive given as an object")
+    if verb not in ("active", "deploy", "rebuild"):
+        raise InvalidInput("Config drive can only be provided with the active and rebuild targets.",
+                           errors={"configdrive": "only with active, rebuild"})
+
