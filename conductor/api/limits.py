@@ -54,6 +54,15 @@ _MESSAGES = {
 }
 
 
+#: How long the threaded worker keeps an idle connection open (gunicorn's
+#: default is 2 s).  OpenStack's clients retry a 409 or 503 and poll a
+#: node's state every 2 s on a kept-alive connection: with a 2 s keep-alive
+#: their next request races the server's close and fails with "Remote end
+#: closed connection without response".  10 s is clear of every interval
+#: they use (2 s; 0.5 s doubling).
+KEEPALIVE = 10
+
+
 def gunicorn_options(threads: int = 1, client_timeout: float = 60.0) -> dict[str, Any]:
     """The gunicorn settings that enforce these limits and answer in JSON.
 
@@ -65,6 +74,7 @@ def gunicorn_options(threads: int = 1, client_timeout: float = 60.0) -> dict[str
     return {
         "worker_class": f"{worker.__module__}.{worker.__qualname__}",
         "threads": max(1, threads),
+        "keepalive": KEEPALIVE,
         "limit_request_line": MAX_REQUEST_LINE,
         "limit_request_fields": MAX_HEADER_FIELDS,
         "limit_request_field_size": MAX_HEADER_FIELD_SIZE,

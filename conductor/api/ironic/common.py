@@ -13,8 +13,18 @@ from conductor.api.admission import OPENSTACK_PREFIX
 from conductor.api.ironic import versions
 from conductor.exceptions import InvalidInput
 
+
+class _Blueprint(Blueprint):
+    """A blueprint whose routes take a trailing slash or not, as Ironic's do (clients send both)."""
+
+    def add_url_rule(self, rule: str, endpoint: str | None = None, view_func: Any = None,
+                     provide_automatic_options: bool | None = None, **options: Any) -> None:
+        options.setdefault("strict_slashes", False)
+        super().add_url_rule(rule, endpoint, view_func, provide_automatic_options, **options)
+
+
 #: Every route of the Ironic-compatible API (endpoints ``ironic.<view>``).
-blp = Blueprint("ironic", __name__, url_prefix=OPENSTACK_PREFIX)
+blp = _Blueprint("ironic", __name__, url_prefix=OPENSTACK_PREFIX)
 
 #: The response header naming the request a state change was accepted as (ours, to poll at /v1/requests/<id>).
 REQUEST_ID_HEADER = "X-Conductor-Request-Id"

@@ -21,7 +21,8 @@ from conductor.api.common import context, session
 from conductor.api.ironic import mapping, representation, versions
 from conductor.api.ironic.common import accepted, arg_limit, blp, body_object, boolean, empty, json_body, next_url
 from conductor.api.ironic.nodes import find
-from conductor.exceptions import InvalidInput, NotFound
+from conductor.exceptions import InvalidInput, NotFound, TransitionInProgress
+from conductor.fsm import machine
 from conductor.fsm.states import PowerState, ProvisionTarget
 from conductor.service import history, nodes, submit
 from conductor.service.params import BOOT_DEVICES
@@ -105,7 +106,16 @@ def set_provision_state(ident: str) -> Response:
     node = find(session(), ident)
     verb = body.get("target")
     goal = mapping.target(verb, node.uuid, node.provision_state)
-    params = _provision_params(str(verb), goal, body, dict(node.instance_info or {}), node.uuid)
+    try:
+        params = _provision_params(str(verb), goal, body, dict(node.instance_info or {}), node.uuid)
+    except InvalidInput:
+        # As in Ironic, a busy node (409) or a state that has no such
+        # action (400) is said first; what the arguments lack, after.
+        if node.active_request_id is not None:
+            raise TransitionInProgress(f"Node {node.uuid} has a transition in progress.",
+                                       request_id=node.active_request_id) from None
+        machine.target_event(node.provision_state, goal)
+        raise
     submitted = submit.submit_provision(context(), node.uuid, goal, params, client=admission.client(),
                                         idempotency_key=admission.idempotency_key())
     return accepted(ident, submitted.request.id)

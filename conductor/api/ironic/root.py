@@ -22,7 +22,6 @@ def version_document() -> dict[str, Any]:
 
 
 @blp.get("")
-@blp.get("/")
 def root() -> Response:
     """Ironic's root document: the versions served (what keystoneauth discovers)."""
     return json_body(200, {
@@ -35,7 +34,6 @@ def root() -> Response:
 
 
 @blp.get("/v1")
-@blp.get("/v1/")
 def v1() -> Response:
     """The v1 document: its media type, its resources, its version."""
     body: dict[str, Any] = {

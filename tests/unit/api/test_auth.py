@@ -66,7 +66,9 @@ RANK = {READER: 0, OPERATOR: 1, ADMIN: 2}
 
 
 def test_the_table_covers_every_endpoint(app) -> None:
-    routes = {(m, r.rule) for r in app.url_map.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"}}
+    # (The Ironic-compatible API's table: tests/unit/api/ironic/test_auth.py.)
+    routes = {(m, r.rule) for r in app.url_map.iter_rules() for m in r.methods - {"HEAD", "OPTIONS"}
+              if not r.rule.startswith("/baremetal")}
     assert routes == set(EXPECTED)
 
 
