@@ -109,7 +109,8 @@ def node_changes(node: Node, operations: Any) -> dict[str, Any]:
                     )
                 if not representation.node_allowed(root):
                     raise NotAcceptable(f"Field {root} is not acceptable in version 1.{versions.minor()}.")
-    patched = apply(document, operations)
+    # A field removed (``remove /resource_class``) is null, as in Ironic.
+    patched = dict.fromkeys(document) | apply(document, operations)
     changes: dict[str, Any] = {}
     for field in OBJECT_FIELDS:
         if patched[field] != document[field]:
