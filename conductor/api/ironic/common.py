@@ -39,18 +39,23 @@ def public_url() -> str:
     return request.host_url.rstrip("/") + OPENSTACK_PREFIX
 
 
-def url(resource: str, args: str = "", bookmark: bool = False) -> str:
-    """Ironic's link URL: ``<public>/v1/<resource>/<args>`` (a bookmark has no version)."""
-    base = f"{public_url()}/{resource}" if bookmark else f"{public_url()}/v1/{resource}"
+def url(resource: str, args: str = "", bookmark: bool = False, base: str | None = None) -> str:
+    """Ironic's link URL: ``<public>/v1/<resource>/<args>`` (a bookmark has no version).
+
+    ``base``: :func:`public_url`, when the caller has it already.
+    """
+    base = base or public_url()
+    start = f"{base}/{resource}" if bookmark else f"{base}/v1/{resource}"
     if args.startswith("?"):
-        return base + args
-    return f"{base}/{args}"
+        return start + args
+    return f"{start}/{args}"
 
 
-def links(resource: str, args: str) -> list[dict[str, str]]:
+def links(resource: str, args: str, base: str | None = None) -> list[dict[str, str]]:
     """The ``self`` and ``bookmark`` links of a resource."""
-    return [{"href": url(resource, args), "rel": "self"},
-            {"href": url(resource, args, bookmark=True), "rel": "bookmark"}]
+    base = base or public_url()
+    return [{"href": url(resource, args, base=base), "rel": "self"},
+            {"href": url(resource, args, bookmark=True, base=base), "rel": "bookmark"}]
 
 
 def json_body(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:

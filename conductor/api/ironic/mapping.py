@@ -8,6 +8,7 @@ where a deploy finds its image do.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,10 +76,15 @@ def _by_deploy(deploy: str) -> dict[str, str]:
 
 def interfaces(driver: str, driver_info: Mapping[str, Any]) -> dict[str, str]:
     """A node's ``<type>_interface`` fields, by Ironic's interface names."""
-    deploy = deploy_name(driver, driver_info)
+    return dict(_interfaces(driver, deploy_name(driver, driver_info)))
+
+
+@functools.cache
+def _interfaces(driver: str, deploy: str) -> tuple[tuple[str, str], ...]:
+    # (Every node of a list asks: computed once per driver and deploy interface.)
     hardware = _HARDWARE.get(driver, driver)
     named = {**_ABSENT, **_by_deploy(deploy), "deploy": deploy, "power": hardware, "management": hardware}
-    return {f"{kind}_interface": named[kind] for kind in INTERFACE_TYPES}
+    return tuple((f"{kind}_interface", named[kind]) for kind in INTERFACE_TYPES)
 
 
 def driver_interfaces(driver: str) -> dict[str, Any]:
@@ -103,12 +109,15 @@ def driver_interfaces(driver: str) -> dict[str, Any]:
     return fields
 
 
-def provision_state(state: str | None) -> str | None:
-    """A provision state as the call's version names it (1.1: ``None`` for available; before
-    1.39: ``inspecting`` for inspect wait)."""
-    if state == ProvisionState.AVAILABLE and not versions.at_least(versions.AVAILABLE_STATE):
+def provision_state(state: str | None, minor: int | None = None) -> str | None:
+    """A provision state as version 1.``minor`` (default: the call's) names it (1.1: ``None`` for
+    available; before 1.39: ``inspecting`` for inspect wait)."""
+    if state not in (ProvisionState.AVAILABLE, ProvisionState.INSPECT_WAIT):
+        return state
+    minor = versions.minor() if minor is None else minor
+    if state == ProvisionState.AVAILABLE and minor < versions.AVAILABLE_STATE:
         return None
-    if state == ProvisionState.INSPECT_WAIT and not versions.at_least(versions.INSPECT_WAIT):
+    if state == ProvisionState.INSPECT_WAIT and minor < versions.INSPECT_WAIT:
         return str(ProvisionState.INSPECTING)
     return state
 

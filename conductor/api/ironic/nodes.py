@@ -25,6 +25,7 @@ from conductor.api.ironic.common import (
     empty,
     json_body,
     next_url,
+    public_url,
     return_fields,
     url,
 )
@@ -119,7 +120,8 @@ def _list(resource: str, detail: bool | None) -> Response:
         associated=arg_bool("associated"), description_contains=request.args.get("description_contains"),
         sort_key=sort_key, sort_dir=sort_dir,
     )
-    body: dict[str, Any] = {"nodes": [representation.node(n, fields) for n in found]}
+    minor, base = versions.minor(), public_url()
+    body: dict[str, Any] = {"nodes": [representation.node(n, fields, minor=minor, base=base) for n in found]}
     following = next_url(resource, len(found), limit, found[-1].uuid if found else None, _LIST_ARGS)
     if following:
         body["next"] = following

@@ -11,12 +11,13 @@ shows for a node that never used them (:data:`NODE_CONSTANTS`):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid as uuidlib
 from collections.abc import Mapping
 from typing import Any
 
 from conductor.api.ironic import mapping, versions
-from conductor.api.ironic.common import links, url
+from conductor.api.ironic.common import links, public_url, url
 from conductor.drivers import mask_secrets
 from conductor.exceptions import InvalidInput
 from conductor.models import Node, NodeHistory, Port
@@ -57,6 +58,12 @@ def node_allowed(field: str) -> bool:
     return versions.at_least(NODE_FIELD_VERSIONS.get(field, versions.MIN_MINOR))
 
 
+@functools.cache
+def hidden_node_fields(minor: int) -> frozenset[str]:
+    """The node fields version 1.``minor`` does not show."""
+    return frozenset(field for field, added in NODE_FIELD_VERSIONS.items() if minor < added)
+
+
 def mask_instance_info(info: Mapping[str, Any]) -> dict[str, Any]:
     """``instance_info`` as Ironic shows it: passwords, the config drive and image URLs masked."""
     shown = {k: (MASK if "password" in k.lower() and v is not None else v) for k, v in info.items()}
@@ -66,8 +73,15 @@ def mask_instance_info(info: Mapping[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def node(item: Node, fields: list[str] | None = None) -> dict[str, Any]:
-    """A node as Ironic shows it in the call's version (only ``fields`` when given, and links)."""
+def node(item: Node, fields: list[str] | None = None, *, minor: int | None = None,
+         base: str | None = None) -> dict[str, Any]:
+    """A node as Ironic shows it in the call's version (only ``fields`` when given, and links).
+
+    ``minor`` and ``base`` (the call's version and :func:`~.common.public_url`) may be given by
+    a caller showing many nodes.
+    """
+    minor = versions.minor() if minor is None else minor
+    base = base or public_url()
     body: dict[str, Any] = {
         "uuid": item.uuid,
         "name": item.name,
@@ -81,8 +95,8 @@ def node(item: Node, fields: list[str] | None = None) -> dict[str, Any]:
         "description": item.description,
         "power_state": item.power_state,
         "target_power_state": item.target_power_state,
-        "provision_state": mapping.provision_state(item.provision_state),
-        "target_provision_state": mapping.provision_state(item.target_provision_state),
+        "provision_state": mapping.provision_state(item.provision_state, minor),
+        "target_provision_state": mapping.provision_state(item.target_provision_state, minor),
         "last_error": item.last_error,
         "maintenance": bool(item.maintenance),
         "maintenance_reason": item.maintenance_reason,
@@ -95,13 +109,14 @@ def node(item: Node, fields: list[str] | None = None) -> dict[str, Any]:
         **NODE_CONSTANTS,
         **mapping.interfaces(item.driver, item.driver_info or {}),
     }
-    body = {k: v for k, v in body.items() if node_allowed(k)}
+    hidden = hidden_node_fields(minor)
+    body = {k: v for k, v in body.items() if k not in hidden}
     if fields is not None:
-        return _finish(body, fields, links("nodes", item.uuid))
-    body["ports"] = links("nodes", f"{item.uuid}/ports")
-    if versions.at_least(versions.STATES_LINKS):
-        body["states"] = links("nodes", f"{item.uuid}/states")
-    body["links"] = links("nodes", item.uuid)
+        return _finish(body, fields, links("nodes", item.uuid, base))
+    body["ports"] = links("nodes", f"{item.uuid}/ports", base)
+    if minor >= versions.STATES_LINKS:
+        body["states"] = links("nodes", f"{item.uuid}/states", base)
+    body["links"] = links("nodes", item.uuid, base)
     return body
 
 
