@@ -173,3 +173,23 @@ def test_history(ironic, client, conductor_ctx) -> None:
     assert one["event_type"] == "request.accepted" and one["severity"] == "INFO"
     assert ironic.get("/nodes/n1/history/00000000-0000-0000-0000-0000000003e7").status_code == 404
     assert ironic.get("/nodes/n1/history", version="1.77").status_code == 404
+
+
+def test_throttling_is_503_with_retry_after_in_ironics_envelope(ironic, ctx) -> None:
+    from conductor.throttle import settings as throttle_settings
+
+    for name in ("n1", "n2", "n3"):
+        ironic.create(name=name)
+    throttle_settings.update(ctx, {"max_queue_depth": 2})
+    assert [ironic.put(f"/nodes/{n}/states/power", {"target": "power on"}).status_code
+            for n in ("n1", "n2")] == [202, 202]
+    refused = ironic.put("/nodes/n3/states/power", {"target": "power on"})
+    assert refused.status_code == 503 and 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "The work queue is full" in fault(refused)["faultstring"]
+    assert fault(refused)["faultcode"] == "Server"
+    assert refused.headers["X-Conductor-Error-Code"] == "queue_full"
+    throttle_settings.update(ctx, {"read_rate": 0.01, "read_burst": 1})
+    ironic.get("/nodes")
+    limited = ironic.get("/nodes")
+    assert limited.status_code == 503 and limited.headers["Retry-After"]
+    assert "Too many requests" in fault(limited)["faultstring"]
