@@ -24,16 +24,17 @@ from flask import Flask
 from conductor.api.ironic import drivers, envelope, node_actions, nodes, ports, root  # noqa: F401
 from conductor.api.ironic.common import blp
 
-# Once, at import: a blueprint takes no more hooks once registered (create_app may run many times).
-blp.before_request(envelope.negotiate_version)
-
 
 def install(app: Flask) -> None:
     """Serve the Ironic-compatible API on ``app``.
 
-    Called before the admission hooks are installed, so that the envelope,
-    the after-request hook registered first, runs last: admission counts
-    refusals by our error codes before the body becomes Ironic's.
+    Called before the admission hooks are installed: the version is
+    negotiated before admission (a client's first call at a version not
+    served, the way python-ironicclient negotiates, costs no rate budget),
+    and the envelope, the after-request hook registered first, runs last
+    (admission counts refusals by our error codes before the body becomes
+    Ironic's).
     """
+    app.before_request(envelope.negotiate_version)
     app.register_blueprint(blp)
     app.after_request(envelope.finish)

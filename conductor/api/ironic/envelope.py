@@ -28,9 +28,14 @@ from conductor.api.ironic.common import OPENSTACK_REQUEST_ID_HEADER
 ERROR_CODE_HEADER = "X-Conductor-Error-Code"
 
 
+def _ironic_call() -> bool:
+    return request.path == OPENSTACK_PREFIX or request.path.startswith(OPENSTACK_PREFIX + "/")
+
+
 def negotiate_version() -> None:
-    """Before an Ironic view: the call's microversion (406 when not served)."""
-    versions.negotiate(request.headers)
+    """Before any call under ``/baremetal``: the call's microversion (406 when not served)."""
+    if _ironic_call():
+        versions.negotiate(request.headers)
 
 
 def fault(status: int, message: str) -> str:
@@ -41,7 +46,7 @@ def fault(status: int, message: str) -> str:
 
 def finish(response: Response) -> Response:
     """After any call under ``/baremetal``: Ironic's headers, and its error envelope."""
-    if request.path != OPENSTACK_PREFIX and not request.path.startswith(OPENSTACK_PREFIX + "/"):
+    if not _ironic_call():
         return response
     # (An unmatched route never negotiated: it still says what is served, as Ironic does.)
     response.headers.update(versions.response_headers())

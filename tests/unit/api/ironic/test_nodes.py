@@ -203,3 +203,12 @@ def test_traits_and_vifs_are_empty(ironic) -> None:
     assert ironic.get("/nodes/n1/traits").get_json() == {"traits": []}
     assert ironic.get("/nodes/n1/vifs").get_json() == {"vifs": []}
     assert ironic.get("/nodes/n1/traits", version="1.36").status_code == 404
+
+
+def test_the_deploy_interface_is_a_node_field(ironic) -> None:
+    node = ironic.create(name="n1", deploy_interface="pxe")
+    assert (node["deploy_interface"], node["boot_interface"], node["inspect_interface"]) == ("pxe", "ipxe", "agent")
+    patched = ironic.patch("/nodes/n1", [{"op": "replace", "path": "/deploy_interface", "value": "fake"}])
+    assert (patched.get_json()["deploy_interface"], patched.get_json()["boot_interface"]) == ("fake", "fake")
+    refused = ironic.patch("/nodes/n1", [{"op": "replace", "path": "/deploy_interface", "value": "direct"}])
+    assert refused.status_code == 400 and "deploy_interface" in fault(refused)["faultstring"]

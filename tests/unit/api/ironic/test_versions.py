@@ -115,3 +115,13 @@ def test_parse_is_the_one_rule() -> None:
     assert versions.parse({}) == 1
     assert versions.parse({"X-OpenStack-Ironic-API-Version": " 1.9 "}) == 9
     assert versions.parse({"OpenStack-API-Version": "baremetal 1.2"}) == 2
+
+
+def test_negotiation_costs_no_rate_budget(ironic, ctx) -> None:
+    # python-ironicclient asks for its own latest (1.115) first, then the range it is told.
+    from conductor.throttle import settings as throttle_settings
+
+    throttle_settings.update(ctx, {"read_rate": 0.01, "read_burst": 2})
+    for _ in range(5):
+        assert ironic.get("/nodes", version="1.115").status_code == 406
+    assert [ironic.get("/nodes").status_code for _ in range(3)] == [200, 200, 503]
