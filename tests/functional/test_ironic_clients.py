@@ -145,9 +145,12 @@ def test_the_baremetal_cli(service_factory, tmp_path) -> None:
 
     # A node busy with a transition answers 409, as a locked node does in
     # Ironic: the client retries it 5 times, 2 s apart, then gives up.
-    cli.run("node", "create", "--driver", "fake-hardware", "--name", "c2", "--driver-info", "fake_delay=120")
-    cli.run("node", "manage", "c2", "--wait", str(TIMEOUT))
-    cli.run("node", "provide", "c2")
+    # (The node is made busy through our own API: the CLI's part is the refusal.)
+    service.http.post(f"{service.url}/v1/nodes", json={"name": "c2", "driver": "fake",
+                                                         "driver_info": {"fake_delay": 120}}, timeout=5)
+    service.wait_request(service.http.put(f"{service.url}/v1/nodes/c2/states/provision", json={"target": "manage"},
+                                          timeout=5).json()["id"])
+    service.http.put(f"{service.url}/v1/nodes/c2/states/provision", json={"target": "provide"}, timeout=5)
     busy = cli.run("node", "power", "on", "c2", check=False)
     assert busy.returncode == 1 and "(HTTP 409)" in busy.stderr and "transition in progress" in busy.stderr
     assert rejected(service, "transition_in_progress") >= 6
