@@ -77,11 +77,12 @@ def _provision_params(verb: str, goal: ProvisionTarget, body: dict[str, Any], in
     if unknown:
         raise InvalidInput(f"Unknown provision argument(s): {', '.join(unknown)}.",
                            errors=dict.fromkeys(unknown, "unknown"))
-    for name, wanted in (("clean_steps", ProvisionTarget.CLEAN), ("rescue_password", None),
-                         ("service_steps", None), ("runbook", None)):
-        if body.get(name) is not None and goal != wanted:
-            raise InvalidInput(f'"{name}" is only valid when setting target provision state to '
-                               f'{wanted or name.split("_")[0]}', errors={name: "not with this target"})
+    # (Ironic's messages; rescue, service and runbooks are not here at all.)
+    for name, its_verb in (("clean_steps", "clean"), ("rescue_password", "rescue"), ("service_steps", "service"),
+                           ("runbook", "clean or service")):
+        if body.get(name) is not None and not (name == "clean_steps" and goal == ProvisionTarget.CLEAN):
+            raise InvalidInput(f'"{name}" is only valid when setting target provision state to {its_verb}',
+                               errors={name: "not with this target"})
     if body.get("deploy_steps"):
         versions.require(versions.DEPLOY_STEPS, "deploy_steps")
         raise InvalidInput("Deploy steps are not supported by this conductor.", errors={"deploy_steps": "unsupported"})

@@ -155,9 +155,9 @@ def _creation(body: dict[str, Any]) -> dict[str, Any]:
     if "driver" not in body:
         raise InvalidInput("'driver' is a required property", errors={"driver": "required"})
     ours = mapping.driver_to_ours(body["driver"])
-    driver_info = dict(body.get("driver_info") or {}) if isinstance(body.get("driver_info"), dict | None) else None
-    if driver_info is None:
+    if not isinstance(body.get("driver_info") or {}, dict):
         raise InvalidInput("driver_info must be an object.", errors={"driver_info": "must be an object"})
+    driver_info = dict(body.get("driver_info") or {})
     if body.get("deploy_interface") is not None:
         driver_info["deploy_interface"] = body["deploy_interface"]
     shown = {**representation.NODE_CONSTANTS, **mapping.interfaces(ours, driver_info)}
