@@ -229,3 +229,12 @@ def test_openstacksdk(service_factory, tmp_path) -> None:
     baremetal.set_node_maintenance(node, reason="scrapped")
     baremetal.delete_node(node)
     assert list(baremetal.nodes()) == []
+
+    # The SDK's cloud layer (what Ansible's openstack.cloud.baremetal_node uses): enrol with a NIC,
+    # manage and provide, waiting; then take it away.
+    machine = conn.register_machine(nics=[{"address": "52:54:00:00:10:01"}], driver="fake-hardware",
+                                    name="m1", wait=True, timeout=TIMEOUT)
+    assert machine.provision_state == "available"
+    assert [p.address for p in baremetal.ports(node=machine.id)] == ["52:54:00:00:10:01"]
+    conn.unregister_machine(nics=[{"address": "52:54:00:00:10:01"}], uuid=machine.id, wait=True)
+    assert list(baremetal.nodes()) == [] and list(baremetal.ports()) == []
