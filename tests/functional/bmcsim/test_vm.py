@@ -33,7 +33,8 @@ from conductor.bmcsim.vm import POWEROFF_MESSAGE, missing_requirements, write_po
 from conductor.procs import start_time
 from tests import processes
 
-from .conftest import client_for
+from .conftest import client_for, requires_ipmitool
+from .test_ipmitool import ipmitool
 
 WAIT = 60.0  # generous bound for anything a TCG guest or the simulator does
 
@@ -340,3 +341,27 @@ def test_a_network_boot_fetches_the_boot_url_given_by_qemus_dhcp(vm_fleet) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+@requires_ipmitool
+def test_ipmitool_sees_a_guest_that_powers_itself_off(vm_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet: Fleet = vm_fleet(1)
+    bmc = fleet.bmcs[0]
+    write_poweroff_disk(Path(fleet.vm(bmc.name)["disk"]), 16 << 20)
+    assert ipmitool(bmc, "chassis", "power", "on").stdout.strip() == "Chassis Power Control: Up/On"
+    wait_for("ipmitool reads off", lambda: ipmitool(bmc, "chassis", "power", "status").stdout.strip()
+             == "Chassis Power is off")
+    assert POWEROFF_MESSAGE in console(fleet.vm(bmc.name))
+
+
+def test_drift_and_initial_power_drive_the_machine_too(vm_fleet) -> None:  # type: ignore[no-untyped-def]
+    """``sim power NAME on|off`` (behind the conductor's back) really starts and stops the VM."""
+    fleet: Fleet = vm_fleet(1, fleet={"initial_power": "on"})
+    bmc = fleet.bmcs[0]
+    first = wait_for("the VM of a BMC that starts on runs", lambda: (s := fleet.vm(bmc.name))["running"] and s)
+    assert fleet.set_power(bmc.name, "off")["power"] == "off"
+    wait_for("QEMU quit", lambda: not fleet.vm(bmc.name)["running"])
+    assert not running(first["pid"])
+    fleet.set_power(bmc.name, "on")
+    wait_for("QEMU runs again", lambda: fleet.vm(bmc.name)["running"])
+    assert client_for(bmc).get_power() == "on"
