@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conductor.vmlab import LabError, VmLab  # noqa: E402 - after the path above
+from conductor.vmlab import LabError, VmLab
 
 TARGET_ONE_VM_S = 120.0
 
@@ -76,7 +76,7 @@ def main() -> int:
             print(f"FAILED: {exc}", flush=True)
             return 1
         results.append(summary)
-        phases = {k: v for k, v in summary.items() if k.endswith("_s") or k.endswith("_mb")}
+        phases = {k: v for k, v in summary.items() if k.endswith(("_s", "_mb"))}
         print("   " + ", ".join(f"{k} {v}" for k, v in phases.items()))
         for node in summary["nodes"]:
             print("   " + ", ".join(f"{k} {v}" for k, v in node.items()))

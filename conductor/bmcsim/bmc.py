@@ -52,6 +52,7 @@ from conductor.bmcsim.state import (
     BootDevice,
     Directive,
     FaultBit,
+    ForceCause,
     PowerState,
     StateTable,
     transition_target,
@@ -327,6 +328,14 @@ class SimBmc(pyghmi_bmc.Bmc):
         directive = Directive(pending)
         target = transition_target(directive)
         old = PowerState.ON if power else PowerState.OFF
+        if self.vm and old == PowerState.OFF and target == PowerState.ON:
+            # A virtual machine is on once its QEMU runs: the event asks the
+            # VM manager to start it, and the BMC reads "off" until the
+            # manager writes "on" back (a "vm-started" event), or for good
+            # if it cannot start ("vm-failed").
+            self.table.write_power(self.index, 0, Directive.NONE, 0.0)
+            self._event(old, PowerState.ON, directive.name.lower())
+            return
         self.table.write_power(self.index, 1 if target == PowerState.ON else 0, Directive.NONE, 0.0)
         self._event(old, target or old, directive.name.lower())
 
@@ -357,8 +366,9 @@ class SimBmc(pyghmi_bmc.Bmc):
             old = PowerState.ON if power else PowerState.OFF
             new = PowerState.ON if force_power else PowerState.OFF
             self.table.write_power(self.index, 1 if force_power else 0, Directive.NONE, 0.0)
-            if old != new:
-                self._event(old, new, self.table.read_force_cause(self.index).label)
+            cause = self.table.read_force_cause(self.index)
+            if old != new or cause == ForceCause.VM_FAILED:  # a VM that failed to start stays off, said so
+                self._event(old, new, cause.label)
             self.table.write_applied(self.index, seq)
         if not self.fault_bits() & FaultBit.FLAP:
             self.next_flap = None

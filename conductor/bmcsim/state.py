@@ -91,10 +91,11 @@ class ForceCause(enum.IntEnum):
     DRIFT = 0  # an operator, behind the conductor's back
     VM_EXIT = 1  # the BMC's virtual machine stopped by itself (guest power off, crash, killed)
     VM_FAILED = 2  # the BMC's virtual machine could not start
+    VM_STARTED = 3  # the BMC's virtual machine runs (its power on is complete)
 
     @property
     def label(self) -> str:
-        """The event's ``cause``: ``drift``, ``vm-exit`` or ``vm-failed``."""
+        """The event's ``cause``: ``drift``, ``vm-exit``, ``vm-failed`` or ``vm-started``."""
         return self.name.lower().replace("_", "-")
 
 

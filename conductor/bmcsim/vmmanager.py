@@ -25,8 +25,10 @@ and what a machine does to its BMC: a QEMU process that exits by itself
 path, missing binary, QEMU refusing its arguments) makes the BMC read
 "off" (events with cause ``vm-exit`` / ``vm-failed``), and the reason is in
 :meth:`VmManager.status` (``last_error``, ``last_exit``, ``history``).
-Between an accepted power on and a failed start the BMC reads "on" for the
-moment it takes QEMU to fail (typically under 0.2 s).
+A power on from off completes only once QEMU runs: the BMC's shard passes
+the request on (an off -> on event) but keeps reading "off", and the
+manager writes "on" back when the machine has started (an off -> on event
+with cause ``vm-started``); a machine that cannot start never reads "on".
 
 Each VM has a worker thread that owns its process and its QMP connection:
 power actions, QMP calls from the control API and exit checks (every
@@ -378,7 +380,11 @@ class _Worker:
                 except VmError as exc:  # QEMU went away meanwhile: check() sees it
                     machine.note(f"power button not pressed: {exc}")
             return
-        if not event.booted:
+        if not event.booted or event.cause == ForceCause.VM_STARTED.label:  # ours: the write-back below
+            return
+        if event.cause == "on" and machine.running:
+            # Asked again while its start was being written back: it runs.
+            self.force(machine.bmc.index, PowerState.ON, ForceCause.VM_STARTED)
             return
         try:
             if event.cause == "reset" and machine.running and machine.boot is not None:
@@ -390,6 +396,8 @@ class _Worker:
             if machine.running:
                 machine.stop(f"BMC power {event.cause}: booting again")
             machine.start(event.boot_device, event.persistent)
+            # Its BMC reads "on" from now (it read "off" while QEMU started).
+            self.force(machine.bmc.index, PowerState.ON, ForceCause.VM_STARTED)
         except VmError as exc:
             LOG.error("%s", exc)
             self.force(machine.bmc.index, PowerState.OFF, ForceCause.VM_FAILED)

@@ -86,7 +86,7 @@ def test_power_on_starts_qemu_with_the_nodes_disk_mac_and_boot_order(vm_fleet) -
 
     client.set_power("on")
     vm = wait_for("QEMU runs", lambda: (s := fleet.vm(bmc.name))["running"] and s)
-    assert client.get_power() == "on"
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")  # once QEMU runs
     args = cmdline(vm["pid"])
     assert args[0].endswith("qemu-system-x86_64") and args[args.index("-accel") + 1] == "tcg"
     assert args[args.index("-boot") + 1] == "order=cn"  # no override: disk first, then the network
@@ -120,6 +120,7 @@ def test_a_one_time_pxe_boot_tries_the_network_first_and_the_next_boot_does_not(
     client.set_boot_device("pxe")
     client.set_power("on")
     vm = wait_for("QEMU runs", lambda: (s := fleet.vm(bmc.name))["running"] and s)
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")  # once QEMU runs
     assert vm["boot"] == {"device": "pxe", "persistent": False, "order": "cn", "once": "nc"}
     wait_for("the guest powers off, and the BMC says so", lambda: client.get_power() == "off")
     first = console(vm)
@@ -132,6 +133,7 @@ def test_a_one_time_pxe_boot_tries_the_network_first_and_the_next_boot_does_not(
 
     client.set_power("on")
     vm = wait_for("QEMU runs again", lambda: (s := fleet.vm(bmc.name))["running"] and s)
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")  # once QEMU runs
     assert (vm["boot"]["device"], vm["boot"]["order"], vm["boot"]["once"]) == ("default", "cn", None)
     wait_for("the guest powers off again", lambda: client.get_power() == "off")
     second = console(vm)
@@ -144,12 +146,13 @@ def test_soft_power_off_presses_the_acpi_button_and_a_guest_without_acpi_stays_o
     client = client_for(bmc)
     client.set_power("on")
     vm = wait_for("QEMU runs", lambda: (s := fleet.vm(bmc.name))["running"] and s)
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")  # once QEMU runs
 
     client.set_power("soft")
     wait_for("QEMU saw the power button", lambda: any(
         "QMP event POWERDOWN" in what for _, what in fleet.vm(bmc.name)["history"]))
     # SeaBIOS and iPXE do not handle ACPI: the machine is still on, and the BMC says so.
-    assert client.get_power() == "on"
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")
     assert fleet.vm(bmc.name)["pid"] == vm["pid"] and running(vm["pid"])
     assert [(e.old, e.new, e.cause) for e in fleet.events()][-1] == ("on", "on", "soft")
 
@@ -164,6 +167,7 @@ def test_a_qemu_killed_from_outside_reads_off(vm_fleet) -> None:  # type: ignore
     client = client_for(bmc)
     client.set_power("on")
     vm = wait_for("QEMU runs", lambda: (s := fleet.vm(bmc.name))["running"] and s)
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")  # once QEMU runs
 
     os.kill(vm["pid"], signal.SIGKILL)
     wait_for("the BMC reads off", lambda: client.get_power() == "off")
@@ -172,7 +176,7 @@ def test_a_qemu_killed_from_outside_reads_off(vm_fleet) -> None:  # type: ignore
 
     client.set_power("on")  # and it powers on again
     wait_for("QEMU runs again", lambda: fleet.vm(bmc.name)["running"])
-    assert client.get_power() == "on"
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")
 
 
 def test_vms_that_cannot_start_read_off_with_a_clear_error_and_the_others_run(vm_fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -188,8 +192,9 @@ def test_vms_that_cannot_start_read_off_with_a_clear_error_and_the_others_run(vm
 
     wait_for("the good VM runs", lambda: fleet.vm(good)["running"])
     for name in (missing_dir, no_qemu, not_qcow2):
-        wait_for(f"{name} reads off", lambda name=name: clients[name].get_power() == "off")
-        assert fleet.vm(name)["running"] is False
+        wait_for(f"{name} failed", lambda name=name: any(
+            e.bmc == name and e.cause == "vm-failed" for e in fleet.events()))
+        assert clients[name].get_power() == "off" and fleet.vm(name)["running"] is False
     assert "cannot create disk" in fleet.vm(missing_dir)["last_error"]
     assert "No such file or directory" in fleet.vm(missing_dir)["last_error"]
     assert fleet.vm(no_qemu)["last_error"] == "cannot run /nonexistent/qemu-system-x86_64: No such file or directory"
@@ -197,7 +202,10 @@ def test_vms_that_cannot_start_read_off_with_a_clear_error_and_the_others_run(vm
     assert "qcow2" in fleet.vm(not_qcow2)["last_error"]  # QEMU's own words, from its log
     failed = {e.bmc for e in fleet.events() if e.cause == "vm-failed" and e.new == "off"}
     assert failed == {missing_dir, no_qemu, not_qcow2}
-    assert clients[good].get_power() == "on" and fleet.vm(good)["running"]
+    wait_for("the good BMC reads on", lambda: clients[good].get_power() == "on")
+    # A power on completes only once QEMU runs: the machines that could not start never read "on".
+    assert {e.bmc for e in fleet.events() if e.cause == "vm-started"} == {good}
+    assert not [e for e in fleet.events() if e.bmc in failed and e.new == "on" and e.cause != "on"]
 
     # Fixed, it starts.
     fleet.configure_vm(no_qemu, qemu="qemu-system-x86_64")
@@ -212,6 +220,7 @@ def test_reset_keeps_the_process_unless_the_boot_order_changes(vm_fleet) -> None
     client = client_for(bmc)
     client.set_power("on")
     vm = wait_for("QEMU runs", lambda: (s := fleet.vm(bmc.name))["running"] and s)
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")  # once QEMU runs
 
     client.set_power("reset")
     wait_for("QEMU reset", lambda: any("QMP event RESET" in what for _, what in fleet.vm(bmc.name)["history"]))
@@ -225,7 +234,8 @@ def test_reset_keeps_the_process_unless_the_boot_order_changes(vm_fleet) -> None
 
     client.set_power("cycle")  # off, then on: another process, the override used up
     third = wait_for("QEMU after the cycle", lambda: (s := fleet.vm(bmc.name))["pid"] not in (None, again["pid"]) and s)
-    assert third["boot"]["device"] == "default" and client.get_power() == "on"
+    assert third["boot"]["device"] == "default"
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")
 
 
 def test_a_shard_restart_leaves_the_vms_running(vm_fleet) -> None:  # type: ignore[no-untyped-def]
@@ -234,10 +244,11 @@ def test_a_shard_restart_leaves_the_vms_running(vm_fleet) -> None:  # type: igno
     client = client_for(bmc)
     client.set_power("on")
     vm = wait_for("QEMU runs", lambda: (s := fleet.vm(bmc.name))["running"] and s)
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")  # once QEMU runs
 
     fleet.crash_shard(0)
     wait_for("the shard restarted", lambda: fleet.restarts)
-    assert client.get_power() == "on"
+    wait_for("the BMC reads on", lambda: client.get_power() == "on")
     assert fleet.vm(bmc.name)["pid"] == vm["pid"] and running(vm["pid"])
     client.set_power("off")  # the new shard process drives the same machine
     wait_for("QEMU gone", lambda: not running(vm["pid"]))
@@ -349,6 +360,8 @@ def test_ipmitool_sees_a_guest_that_powers_itself_off(vm_fleet) -> None:  # type
     bmc = fleet.bmcs[0]
     write_poweroff_disk(Path(fleet.vm(bmc.name)["disk"]), 16 << 20)
     assert ipmitool(bmc, "chassis", "power", "on").stdout.strip() == "Chassis Power Control: Up/On"
+    wait_for("ipmitool reads on (QEMU runs)", lambda: ipmitool(bmc, "chassis", "power", "status").stdout.strip()
+             == "Chassis Power is on")
     wait_for("ipmitool reads off", lambda: ipmitool(bmc, "chassis", "power", "status").stdout.strip()
              == "Chassis Power is off")
     assert POWEROFF_MESSAGE in console(fleet.vm(bmc.name))
@@ -364,4 +377,4 @@ def test_drift_and_initial_power_drive_the_machine_too(vm_fleet) -> None:  # typ
     assert not running(first["pid"])
     fleet.set_power(bmc.name, "on")
     wait_for("QEMU runs again", lambda: fleet.vm(bmc.name)["running"])
-    assert client_for(bmc).get_power() == "on"
+    wait_for("the BMC reads on", lambda: client_for(bmc).get_power() == "on")
