@@ -30,6 +30,8 @@ from typing import Any, cast
 
 import requests
 
+from conductor import httpclient
+
 #: The image deployed, registered at start (a small file: the simulated agents write no disk).
 IMAGE = "ubuntu-24.04-server"
 CONFIGDRIVE = "#cloud-config\nhostname: demo\n"
@@ -59,7 +61,7 @@ class Api:
 
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url
-        self.http = requests.Session()
+        self.http = httpclient.session()
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 

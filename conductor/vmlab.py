@@ -224,7 +224,7 @@ class VmLab:
         finished = _parse_time(request["finished_at"])
         seen = self.wait_for_console(name, self.image.line, offset, timeout=300)
         times = self.nodes[name].phases
-        events = [e for e in api.history(name) if _parse_time(e["created_at"]) >= began - 1]
+        events = [e for e in api.history(name) if e.get("request_id") == request_id]
         events.sort(key=lambda e: e["id"])  # oldest first (the API lists newest first)
         connected = next((e for e in events if e["event"] == "agent.connected"), None)
         result = next((e for e in events if e["event"] == "agent.result"), None)

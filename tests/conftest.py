@@ -34,7 +34,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from conductor import database
+from conductor import database, httpclient
 from conductor.auth import tokens
 from conductor.bmcsim import Fleet, VmSpec
 from conductor.bmcsim.vm import missing_requirements
@@ -304,7 +304,7 @@ class Service:
             "--workers", str(workers), "--api-workers", str(api_workers),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
-        self.http = requests.Session()
+        self.http = httpclient.session()
 
     @property
     def admin_token(self) -> str:

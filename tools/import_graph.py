@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "conductor.context", "conductor.database", "conductor.workqueue", "conductor.metrics", "conductor.throttle",
         "conductor.callbacks", "conductor.auth", "conductor.secretbox", "conductor.datadir", "conductor.bootfiles",
         "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing",
-        "conductor.macs", "conductor.images",
+        "conductor.macs", "conductor.images", "conductor.httpclient",
     )),
     ("foundation", (
         "conductor.models", "conductor.fsm", "conductor.settings", "conductor.exceptions", "conductor",

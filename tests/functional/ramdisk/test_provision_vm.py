@@ -167,3 +167,73 @@ def test_a_vm_that_cannot_start_fails_its_power_on_clearly_and_leaves_the_other_
             service.stop()
     with pytest.raises(ProcessLookupError):  # the fleet stopped: its QEMUs are gone
         os.kill(pid, 0)
+
+
+def test_a_disk_too_small_and_a_vm_killed_while_its_agent_boots_fail_nodes_that_can_go_on(
+        settings, built_ramdisk, demo_image, tmp_path) -> None:
+    """Two VMs at once: one whose disk cannot hold the image, one killed from outside before its agent called.
+
+    Each node ends in a failed state with a clear ``last_error``, leaves it
+    (``deleted``, ``manage``), and neither VM's fault touches the other.
+    """
+    _need_vms()
+    from conductor.bmcsim.fleet import Fleet
+    from conductor.bmcsim.vm import UserNetwork, VmSpec
+
+    service = Service(settings, workers=2)
+    service.env.update(
+        CONDUCTOR_AGENT_API_URL=f"http://10.0.2.2:{service.port}",
+        CONDUCTOR_RAMDISK_DIR=str(built_ramdisk.kernel.path.parent),
+        CONDUCTOR_AUTOMATED_CLEAN="false",  # provide and undeploy without an agent: only the faults boot one
+        CONDUCTOR_DEPLOY_AGENT_TIMEOUT="600", CONDUCTOR_INSPECT_AGENT_TIMEOUT="40",
+        CONDUCTOR_POWER_POLL_INITIAL="0.2", CONDUCTOR_POWER_POLL_MAX="1",
+    )
+    spec = VmSpec(count=2, memory_mb=384, disk_size="1G", directory=tmp_path / "vms",
+                  network=UserNetwork(boot_url=f"http://10.0.2.2:{service.port}/v1/boot"))
+    with open(tmp_path / "bmcsim.log", "ab") as log, Fleet(0, vms=spec, stderr=log) as fleet:
+        small, killed = [vm["name"] for vm in fleet.vms()]
+        small_disk = tmp_path / "vms" / "small.img"
+        small_disk.parent.mkdir(parents=True, exist_ok=True)
+        small_disk.write_bytes(bytes(8 << 20))  # 8 MiB: the image is 16 MiB
+        fleet.configure_vm(small, disk=small_disk)
+        service.start()
+        try:
+            inventory = tmp_path / "inventory.json"
+            inventory.write_text(json.dumps(fleet.inventory()))
+            service.cli("node", "import", str(inventory))
+            service.cli("image", "add", "demo-disk", str(demo_image.image.path))
+            for name in (small, killed):
+                service.cli("node", "manage", name, "--wait")
+            service.cli("node", "provide", small, "--wait")
+            deploy = service.http.put(f"{service.url}/v1/nodes/{small}/states/provision",
+                                      json={"target": "active", "image_source": "demo-disk"}, timeout=10).json()
+            inspect = service.http.put(f"{service.url}/v1/nodes/{killed}/states/provision",
+                                       json={"target": "inspect"}, timeout=10).json()
+            _wait_for(lambda: service.http.get(f"{service.url}/v1/nodes/{killed}", timeout=5).json()[
+                "provision_state"] == "inspect wait" and fleet.vm(killed)["running"], "the VM booting its agent", 60)
+            os.kill(fleet.vm(killed)["pid"], 9)
+
+            failed = service.wait_request(deploy["id"], timeout=600)
+            assert failed["state"] == "failed"
+            node = service.http.get(f"{service.url}/v1/nodes/{small}", timeout=5).json()
+            assert node["provision_state"] == "deploy failed"
+            assert "The agent failed to write image" in node["last_error"] and "no disk" in node["last_error"]
+            with open(small_disk, "rb") as raw:
+                assert raw.read(1 << 20) == bytes(1 << 20)  # nothing written
+
+            timed_out = service.wait_request(inspect["id"], timeout=120)
+            assert timed_out["state"] == "failed"
+            node = service.http.get(f"{service.url}/v1/nodes/{killed}", timeout=5).json()
+            assert node["provision_state"] == "inspect failed"
+            assert "Timed out in inspect wait" in node["last_error"]
+            assert fleet.vm(killed)["last_exit"]["reason"] == "QEMU was killed by signal SIGKILL"
+
+            # Both can go on.
+            service.cli("node", "undeploy", small, "--wait")
+            service.cli("node", "manage", killed, "--wait")
+            states = {n: service.http.get(f"{service.url}/v1/nodes/{n}", timeout=5).json()["provision_state"]
+                      for n in (small, killed)}
+            assert states == {small: "available", killed: "manageable"}
+        finally:
+            service.stop()
+    assert not [vm for vm in fleet.vms() if vm["running"]]
