@@ -13,7 +13,7 @@ own (its own port, as a real BMC is its own host), with one system,
   enabled, mode, with ``@Redfish.AllowableValues``; ``PATCH`` sets them),
   the ``#ComputerSystem.Reset`` action with its allowable ``ResetType``
   values, ``ProcessorSummary``, ``MemorySummary``, and the ``Processors``,
-  ``Memory``, ``SimpleStorage``, ``Storage`` (with ``Drives``) and
+  ``Memory``, ``SimpleStorage``, ``Storage`` (its ``Drives`` live in the chassis) and
   ``EthernetInterfaces`` collections, built from the same hardware the
   simulated agent reports (:func:`conductor.bmcsim.agent.inventory`: the
   same MACs, CPUs, memory and disks);
@@ -355,6 +355,9 @@ class RedfishBMC:
             f"{ROOT}/Chassis": lambda: self._collection(f"{ROOT}/Chassis", "ChassisCollection", "Chassis",
                                                         [self.chassis]),
             self.chassis: self._chassis,
+            f"{self.chassis}/Drives": lambda: self._collection(
+                f"{self.chassis}/Drives", "DriveCollection", "Drives",
+                [f"{self.chassis}/Drives/{i}" for i in range(len(self.hardware["disks"]))]),
         }
         posts: dict[str, Callable[[Any], Response]] = {
             f"{system}/Actions/ComputerSystem.Reset": self._reset,
@@ -397,7 +400,7 @@ class RedfishBMC:
             f"{system}/Memory": {f"DIMM{i}": functools.partial(self._dimm, i) for i in range(len(self._dimms()))},
             f"{system}/EthernetInterfaces": {nic["name"]: functools.partial(self._nic, nic)
                                              for nic in self.hardware["nics"]},
-            f"{system}/Storage/1/Drives": {str(i): functools.partial(self._drive, i)
+            f"{self.chassis}/Drives": {str(i): functools.partial(self._drive, i)
                                            for i in range(len(self.hardware["disks"]))},
         }
 
@@ -507,9 +510,8 @@ class RedfishBMC:
             Manufacturer="conductor", Model="bmcsim", SerialNumber=f"SIM{self.index:06d}", UUID=self.uuid,
             PowerState=self.machine.power_state(), Boot=boot,
             ProcessorSummary={"Count": self._sockets(), "LogicalProcessorCount": hw["cpus"],
-                              "Model": "Simulated x86-64 CPU", "Status": {"State": "Enabled", "Health": "OK"}},
-            MemorySummary={"TotalSystemMemoryGiB": hw["memory_mb"] / 1024,
-                           "Status": {"State": "Enabled", "Health": "OK"}},
+                              "Model": "Simulated x86-64 CPU"},
+            MemorySummary={"TotalSystemMemoryGiB": hw["memory_mb"] / 1024},
             Status={"State": "Enabled", "Health": "OK"},
             Processors={"@odata.id": f"{system}/Processors"}, Memory={"@odata.id": f"{system}/Memory"},
             SimpleStorage={"@odata.id": f"{system}/SimpleStorage"}, Storage={"@odata.id": f"{system}/Storage"},
@@ -540,7 +542,7 @@ class RedfishBMC:
                                             Status={"State": "Enabled", "Health": "OK"}))
 
     def _storage(self) -> Response:
-        drives = [{"@odata.id": f"{self.system}/Storage/1/Drives/{i}"} for i in range(len(self.hardware["disks"]))]
+        drives = [{"@odata.id": f"{self.chassis}/Drives/{i}"} for i in range(len(self.hardware["disks"]))]
         return Response(200, self._resource(f"{self.system}/Storage/1", "Storage", "1", "Storage", Drives=drives,
                                             **{"Drives@odata.count": len(drives)},
                                             Status={"State": "Enabled", "Health": "OK"}))
@@ -548,7 +550,7 @@ class RedfishBMC:
     def _drive(self, i: int) -> Response:
         disk = self.hardware["disks"][i]
         return Response(200, self._resource(
-            f"{self.system}/Storage/1/Drives/{i}", "Drive", str(i), disk["name"], Model="bmcsim disk",
+            f"{self.chassis}/Drives/{i}", "Drive", str(i), disk["name"], Model="bmcsim disk",
             SerialNumber=f"SIM{self.index:06d}D{i}", CapacityBytes=disk["size_gb"] * 10**9, MediaType="SSD",
             Protocol="SATA", Status={"State": "Enabled", "Health": "OK"}))
 
@@ -581,7 +583,7 @@ class RedfishBMC:
         return Response(200, self._resource(
             self.chassis, "Chassis", self.name, f"Chassis of {self.name}", ChassisType="RackMount",
             Manufacturer="conductor", Model="bmcsim", PowerState=self.machine.power_state(),
-            Status={"State": "Enabled", "Health": "OK"},
+            Status={"State": "Enabled", "Health": "OK"}, Drives={"@odata.id": f"{self.chassis}/Drives"},
             Links={"ComputerSystems": [{"@odata.id": self.system}], "ManagedBy": [{"@odata.id": self.manager}]}))
 
     # --- actions ----------------------------------------------------------------------------------------
