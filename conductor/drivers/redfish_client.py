@@ -177,6 +177,8 @@ class RedfishClient:
         self._sleep = sleep
         self._root: sushy.Sushy | None = None
         self._system: Any = None
+        #: The system was read by this very call (its creation): no need to GET it again.
+        self._fresh = False
 
     def __repr__(self) -> str:
         return f"RedfishClient({self.credentials!r})"
@@ -366,6 +368,7 @@ class RedfishClient:
             path = self._system_path()
             try:
                 self._system = self._get_root().get_system(path)
+                self._fresh = True
             except sushy_exc.ResourceNotFoundError:
                 raise BMCError(self._no_such_system(path), bmc=self.credentials.endpoint) from None
         return self._system
@@ -382,6 +385,9 @@ class RedfishClient:
     def _system_json(self) -> dict[str, Any]:
         """The system resource, read now (one GET)."""
         system = self._get_system()
+        if self._fresh:  # a first contact has just read it
+            self._fresh = False
+            return dict(system.json)
         body = system._conn.get(system.path).json()
         if not isinstance(body, dict):
             raise ValueError("the system resource is not a JSON object")
@@ -456,6 +462,10 @@ class RedfishClient:
                 LOG.debug("closing the connection to %s failed: %s", self.credentials.address, exc)
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
+        self._fresh = False
+        return self._retrying(what, action)
+
+    def _retrying(self, what: str, action: Callable[[], T]) -> T:
         """Run ``action``, retrying connection failures and timeouts only.
 
         :raises ServiceBusy: the BMC answered 503.
