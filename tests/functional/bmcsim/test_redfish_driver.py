@@ -18,7 +18,7 @@ import pytest
 
 from conductor.bmcsim import BMCSpec, Fleet
 from conductor.bmcsim.agent import inventory as agent_inventory
-from tests.functional.bmcsim.test_ipmi_driver import node_of, put
+from tests.functional.bmcsim.test_ipmi_driver import node_of, put, wait_node
 
 #: Quick bounds so that failure tests do not take the production ones.
 FAST_REDFISH = {"CONDUCTOR_REDFISH_TIMEOUT": "1", "CONDUCTOR_REDFISH_CONNECT_TIMEOUT": "1",
@@ -359,3 +359,23 @@ def test_node_import_enrols_redfish_nodes_from_the_simulators_inventory(
         assert node["driver"] == "redfish"
         assert node["driver_info"]["redfish_password"] == "******"
         assert manage(service, bmc)["provision_state"] == "manageable"
+
+
+def test_observer_corrects_drift_and_fences_a_failing_bmc(redfish_service, redfish_fleet: Fleet,
+                                                          new_redfish_bmc: Callable[..., BMCSpec]) -> None:
+    service = redfish_service(CONDUCTOR_POWER_SYNC_INTERVAL="0.5", CONDUCTOR_POWER_SYNC_MAX_FAILURES="2",
+                              CONDUCTOR_REDFISH_RETRIES="0")
+    drifting, failing = new_redfish_bmc(), new_redfish_bmc()
+    for bmc in (drifting, failing):
+        enroll(service, redfish_fleet, bmc)
+        manage(service, bmc)
+    redfish_fleet.set_power(drifting.name, "on")  # behind the conductor's back
+    node = wait_node(service, drifting.name, lambda n: n["power_state"] == "power on")
+    assert node["maintenance"] is False
+    assert "power off -> power on" in history(service, drifting.name)
+    redfish_fleet.set_fault(failing.name, http_error=500)
+    node = wait_node(service, failing.name, lambda n: n["maintenance"], timeout=60)
+    assert node["fault"] == "power failure" and "500" in node["maintenance_reason"]
+    redfish_fleet.clear_faults(failing.name)
+    node = wait_node(service, failing.name, lambda n: not n["maintenance"], timeout=60)
+    assert node["fault"] is None
