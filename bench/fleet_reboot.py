@@ -306,6 +306,7 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             print(f"  setup: enrolled {len(names)} in {enrolled:.1f} s, managed in {managed:.1f} s", flush=True)
 
             load = _load()
+            sessions_before = redfish_sessions(fleet)
             calls_before = service.bmc_calls()
             cpu_before = cpu_by_role()
             began = time.monotonic()
@@ -323,11 +324,18 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             durations = [
                 (_ts(r["finished_at"]) - _ts(r["created_at"])) for r in outcomes.get("succeeded", [])
             ]
-            return {"total": total, "submitted": submitted, "succeeded": len(outcomes.get("succeeded", [])),
+            return {"total": total, "submitted": submitted,
+                    "sessions": redfish_sessions(fleet) - sessions_before,
+                    "succeeded": len(outcomes.get("succeeded", [])),
                     "failed": outcomes.get("failed", []), "calls": calls, "median_request": statistics.median(durations)
                     if durations else float("nan"), "load": load, "cpu": cpu}
         finally:
             service.stop()
+
+
+def redfish_sessions(fleet: Fleet) -> int:
+    """Redfish sessions the fleet's BMCs have created so far (0 without Redfish)."""
+    return sum(state.get("redfish", {}).get("sessions", 0) for state in fleet.states())
 
 
 def driver_info(fleet: Fleet, bmc: Any, protocol: str) -> dict[str, Any]:
@@ -465,7 +473,9 @@ def main() -> int:
                 print(f"conductor: {conductor['succeeded']}/{args.count} reboots succeeded in "
                       f"{conductor['total']:.1f} s (submitted in {conductor['submitted']:.1f} s; median request "
                       f"{conductor['median_request']:.1f} s); before: {conductor['load']}", flush=True)
-                print(f"  driver calls: {conductor['calls']}", flush=True)
+                print(f"  driver calls: {conductor['calls']}"
+                      + (f"; Redfish sessions created (first contacts of a worker with a BMC): "
+                         f"{conductor['sessions']}" if args.protocol == "redfish" else ""), flush=True)
                 cpu = conductor["cpu"]
                 print(f"  CPU over the timed phase: {sum(cpu.values()):.1f} s ("
                       + ", ".join(f"{role} {secs:.1f}" for role, secs in sorted(cpu.items(), key=lambda i: -i[1]))

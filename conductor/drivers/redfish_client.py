@@ -534,6 +534,11 @@ class RedfishClient:
                            "redfish_system_id", bmc=endpoint) from None
         except sushy_exc.SushyError as exc:
             raise BMCError(f"BMC {endpoint} could not {what}: {exc}", bmc=endpoint) from None
+        except OSError as exc:
+            # requests raises OSError itself (not a RequestException) for a CA bundle it cannot read.
+            self._forget()
+            raise BMCError(f"TLS with BMC {creds.address} cannot be set up: {exc}; check the node's "
+                           "redfish_verify_ca", bmc=endpoint) from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # A reply that is not the JSON a Redfish service sends.
             raise BMCError(f"BMC {endpoint} sent a malformed reply when asked to {what} "

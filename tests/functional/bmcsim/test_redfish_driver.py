@@ -322,6 +322,12 @@ def test_tls_failure_says_how_to_fix_it(redfish_service, redfish_fleet: Fleet,
     assert "TLS with BMC https://" in done["error"] and "certificate verify failed" in done["error"], done
     assert "redfish_verify_ca" in done["error"]
     response = service.http.patch(f"{service.url}/v1/nodes/{bmc.name}",
+                                  json={"driver_info": {"redfish_verify_ca": "/nonexistent/ca.pem"}}, timeout=10)
+    assert response.status_code == 200, response.text
+    done = service.wait_request(put(service, bmc.name, "provision", "manage"))
+    assert done["state"] == "failed"
+    assert "/nonexistent/ca.pem" in done["error"] and "redfish_verify_ca" in done["error"], done
+    response = service.http.patch(f"{service.url}/v1/nodes/{bmc.name}",
                                   json={"driver_info": {"redfish_verify_ca": False}}, timeout=10)
     assert response.status_code == 200, response.text
     assert manage(service, bmc)["provision_state"] == "manageable"
