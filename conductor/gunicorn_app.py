@@ -26,8 +26,9 @@ class _App(BaseApplication):
             "graceful_timeout": 10,
             "loglevel": self.settings.log_level.lower(),
             "proc_name": "conductor-api",
-            # Request line and header limits, refused with our JSON error (a sync worker).
-            **limits.gunicorn_options(),
+            # The worker class (threaded unless api_threads is 1), and the request
+            # line and header limits, refused with our JSON error.
+            **limits.gunicorn_options(self.settings.api_threads, self.settings.api_client_timeout),
             # A worker dies with its master, whatever kills the master.
             "post_fork": _die_with_master,
         }

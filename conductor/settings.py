@@ -131,6 +131,16 @@ class Settings:
     api_host: str = _setting(Group.API, "127.0.0.1")
     api_port: int = _setting(Group.API, 6385)
     api_workers: int = _setting(Group.API, 2)
+    #: Threads per API process (gunicorn's ``gthread`` worker): a slow client
+    #: or a long download (an image, an agent kernel) holds one thread, not
+    #: the process, and connections are kept alive between requests.  1 runs
+    #: gunicorn's ``sync`` worker (one request per process at a time,
+    #: ``Connection: close``).
+    api_threads: int = _setting(Group.API, 8)
+    #: Seconds a threaded API worker waits on a client that neither sends nor
+    #: reads (a stalled download) before it drops the connection and frees
+    #: the thread.  (The sync worker: gunicorn kills the process instead.)
+    api_client_timeout: float = _setting(Group.API, 60.0)
     #: Whether the API requires bearer tokens.  Switching it off is only
     #: allowed while ``api_host`` is a loopback address.
     auth_enabled: bool = _setting(Group.API, True)
@@ -240,6 +250,11 @@ class Settings:
     #: are served from (``GET /v1/boot/files/<name>``); empty means
     #: ``<data_dir>/ramdisk``, where ``conductor ramdisk build`` writes them.
     ramdisk_dir: str = _setting(Group.DEPLOY, "")
+    #: Kernel parameters added to the agent's in its boot script: where its
+    #: console (and the agent's log lines) go.  The last ``console=`` is
+    #: the one the agent writes to: the serial port here, as on a server
+    #: whose BMC offers serial-over-LAN.  Space-separated, no quotes.
+    agent_kernel_params: str = _setting(Group.DEPLOY, "console=tty0 console=ttyS0,115200n8")
     #: What cleaning erases when the request does not say (``erase``):
     #: ``metadata`` (partition tables and signatures at both ends of each
     #: disk) or ``full`` (a zero pass over every disk).

@@ -31,7 +31,8 @@ PKG = ROOT / "conductor"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", (
         "conductor.__main__", "conductor.cli", "conductor.api", "conductor.wsgi", "conductor.gunicorn_app",
-        "conductor.supervisor", "conductor.demo", "conductor.bootstrap", "conductor.bmcsim", "conductor.ramdisk",
+        "conductor.supervisor", "conductor.demo", "conductor.vmlab", "conductor.bootstrap", "conductor.bmcsim",
+        "conductor.ramdisk",
         # The worker processes and the job functions RQ calls by name.
         "conductor.engine.worker", "conductor.engine.jobs", "conductor.callbacks.worker", "conductor.callbacks.jobs",
     )),

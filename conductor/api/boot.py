@@ -60,20 +60,24 @@ def local_disk_script() -> str:
     return "#!ipxe\nsanboot --no-describe --drive 0x80 || exit\n"
 
 
-def agent_script(base_url: str, node: str, token: str) -> str:
+def agent_script(base_url: str, node: str, token: str, params: str = "") -> str:
     """Load and boot the agent ramdisk, telling it where to call, as whom and with what token.
 
     ``initrd=agent.initramfs`` names the initramfs for kernels started
     through their EFI stub by an iPXE that does not hand the initrd over
-    itself; elsewhere it is ignored.
+    itself; elsewhere it is ignored.  ``params`` (the setting
+    ``agent_kernel_params``) come before the agent's own.
 
     :raises ValueError: a value the kernel command line cannot carry.
     """
     files = f"{base_url}/v1/boot/files"
     args = ramdisk.kernel_args(base_url, node, token)
+    extra = " ".join(params.split())
+    if any(c in "\"'" for c in extra):
+        raise ValueError(f"agent_kernel_params must not contain quotes: {params!r}")
     return (
         "#!ipxe\n"
-        f"kernel {files}/agent.kernel initrd=agent.initramfs {args}\n"
+        f"kernel {files}/agent.kernel initrd=agent.initramfs {extra + ' ' if extra else ''}{args}\n"
         f"initrd --name agent.initramfs {files}/agent.initramfs\n"
         "boot\n"
     )
@@ -136,7 +140,7 @@ class MacScript(MethodView):
         found = boot.agent_boot(session(), mac)
         if found is None:
             return _script(local_disk_script())
-        return _script(agent_script(_base_url(), found.node, found.token))
+        return _script(agent_script(_base_url(), found.node, found.token, context().settings.agent_kernel_params))
 
 
 @blp.route("/files/<name>")

@@ -24,6 +24,7 @@ from typing import Any
 from flask import request
 from gunicorn import util
 from gunicorn.http import errors as http_errors
+from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -53,10 +54,17 @@ _MESSAGES = {
 }
 
 
-def gunicorn_options() -> dict[str, Any]:
-    """The gunicorn settings that enforce these limits and answer in JSON."""
+def gunicorn_options(threads: int = 1, client_timeout: float = 60.0) -> dict[str, Any]:
+    """The gunicorn settings that enforce these limits and answer in JSON.
+
+    :param threads: more than 1: the threaded worker (:class:`JsonErrorThreadWorker`).
+    :param client_timeout: the threaded worker's socket timeout (see :class:`JsonErrorThreadWorker`).
+    """
+    worker = JsonErrorThreadWorker if threads > 1 else JsonErrorWorker
+    JsonErrorThreadWorker.client_timeout = client_timeout
     return {
-        "worker_class": f"{JsonErrorWorker.__module__}.{JsonErrorWorker.__qualname__}",
+        "worker_class": f"{worker.__module__}.{worker.__qualname__}",
+        "threads": max(1, threads),
         "limit_request_line": MAX_REQUEST_LINE,
         "limit_request_fields": MAX_HEADER_FIELDS,
         "limit_request_field_size": MAX_HEADER_FIELD_SIZE,
@@ -71,20 +79,53 @@ def error_bytes(status: int, code: str, reason: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+def _refuse(worker: Any, client: Any, addr: Any, exc: BaseException) -> bool:
+    """Answer one of gunicorn's own refusals with our JSON error; False when ``exc`` is not one."""
+    refusal = next((refusal for refusal in _REFUSALS if isinstance(exc, refusal[0])), None)
+    if refusal is None:
+        return False
+    _kinds, status, code, reason = refusal
+    worker.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+    try:
+        util.write_nonblock(client, error_bytes(status, code, reason, _MESSAGES.get(status, str(exc))))
+    except OSError:
+        worker.log.debug("Failed to send error message.")
+    return True
+
+
 class JsonErrorWorker(SyncWorker):
     """Gunicorn's sync worker, answering the requests it refuses itself with our JSON error."""
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        refusal = next((refusal for refusal in _REFUSALS if isinstance(exc, refusal[0])), None)
-        if refusal is None:
+        if not _refuse(self, client, addr, exc):
             super().handle_error(req, client, addr, exc)
-            return
-        _kinds, status, code, reason = refusal
-        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+
+
+class JsonErrorThreadWorker(ThreadWorker):
+    """Gunicorn's threaded worker, answering the requests it refuses itself with our JSON error.
+
+    Gunicorn leaves a request's socket blocking without a timeout: here each
+    request's socket gets ``client_timeout``, so a client that stops reading
+    a download (or sending its body) for that long frees its thread and
+    loses its connection, as the sync worker's process would be killed after
+    gunicorn's timeout.  The timeout is per wait, not per request: a slow
+    download that keeps moving is not cut.
+    """
+
+    client_timeout = 60.0
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        if not _refuse(self, client, addr, exc):
+            super().handle_error(req, client, addr, exc)
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        conn.sock.settimeout(self.client_timeout)
         try:
-            util.write_nonblock(client, error_bytes(status, code, reason, _MESSAGES.get(status, str(exc))))
-        except OSError:
-            self.log.debug("Failed to send error message.")
+            return super().handle_request(req, conn)
+        except TimeoutError:
+            self.log.warning("Dropped a client that neither sent nor read for %s s: ip=%s %s %s",
+                             self.client_timeout, (conn.client or ("",))[0], req.method, req.path)
+            return False
 
 
 def refuse_oversized_body() -> None:

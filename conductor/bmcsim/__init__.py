@@ -9,6 +9,8 @@ Public API:
 * :class:`RemoteFleet` - drive a fleet running elsewhere over its HTTP
   control API (``RemoteFleet.spawn(...)`` starts one as a subprocess).
 * :class:`PowerEvent` - what power hooks receive.
+* :class:`VmSpec`, :class:`UserNetwork` - declare BMCs that drive QEMU
+  virtual machines (``Fleet(..., vms=VmSpec(...))``; see docs/vm.md).
 * :class:`Faults`, :class:`BMCSpec`.
 """
 
@@ -19,5 +21,7 @@ from conductor.bmcsim.events import PowerEvent, PowerHook
 from conductor.bmcsim.fleet import Fleet, FleetError
 from conductor.bmcsim.inventory import BMCSpec
 from conductor.bmcsim.state import Faults
+from conductor.bmcsim.vm import UserNetwork, VmSpec
 
-__all__ = ["BMCSpec", "Faults", "Fleet", "FleetError", "PowerEvent", "PowerHook", "RemoteFleet"]
+__all__ = ["BMCSpec", "Faults", "Fleet", "FleetError", "PowerEvent", "PowerHook", "RemoteFleet", "UserNetwork",
+           "VmSpec"]

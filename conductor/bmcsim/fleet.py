@@ -13,6 +13,12 @@ Usage::
         fleet.set_fault("sim-0003", drop=0.3)
         ...
 
+With ``vms=VmSpec(count=2)`` the fleet also has BMCs that drive real QEMU
+machines (``vm-0000``...; see :mod:`.vmmanager` and docs/vm.md)::
+
+    with Fleet(0, vms=VmSpec(count=2, directory=tmp)) as fleet:
+        fleet.vm("vm-0000")["disk"]     # its disk file, console log, pid...
+
 For a fleet in another process, see :class:`conductor.bmcsim.control.RemoteFleet`.
 """
 
@@ -26,14 +32,18 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from conductor.bmcsim.events import EventHub, PowerEvent, PowerHook
 from conductor.bmcsim.inventory import BMCSpec, inventory_document, write_document
 from conductor.bmcsim.redfish_service import RedfishError, RedfishService
 from conductor.bmcsim.redfish_state import FAULT_NAMES as REDFISH_FAULT_NAMES
-from conductor.bmcsim.state import FAULT_NAMES, Faults, PowerState, StateTable
+from conductor.bmcsim.state import FAULT_NAMES, Faults, ForceCause, PowerState, StateTable
 from conductor.bmcsim.supervisor import Restart, ShardProcess, wedge_reason
+from conductor.bmcsim.vm import VmError, VmSpec, vm_mac
+
+if TYPE_CHECKING:
+    from conductor.bmcsim.vmmanager import VmManager
 
 LOG = logging.getLogger(__name__)
 
@@ -48,7 +58,10 @@ class FleetError(RuntimeError):
 class Fleet:
     """N simulated BMCs on ``host``, UDP ports ``base_port .. base_port+N-1``.
 
-    :param count: number of BMCs.
+    :param count: number of in-memory BMCs (default 1, or 0 with ``vms``).
+    :param vms: VM BMCs besides those: each drives a QEMU machine; they
+        come after the others (indices and ports), named ``vms.name_prefix``
+        + a number.
     :param base_port: first UDP port; None picks a free range.
     :param delay: seconds a power transition takes.
     :param password_mode: ``same`` (every BMC uses ``password``) or
@@ -64,15 +77,20 @@ class Fleet:
     :param redfish_tls: HTTPS with a self-signed certificate (else HTTP).
     """
 
-    def __init__(self, count: int = 1, *, base_port: int | None = None, host: str = "127.0.0.1",
+    def __init__(self, count: int | None = None, *, vms: VmSpec | None = None, base_port: int | None = None,
+                 host: str = "127.0.0.1",
                  delay: float = 0.0, username: str = "admin", password: str = "password",
                  password_mode: str = "same", shards: int | None = None, name_prefix: str = "sim-",
                  initial_power: str = "off", probe_interval: float = 1.0, probe_timeout: float = 1.0,
                  probe_failures: int = 3, start_timeout: float = 30.0,
                  stderr: IO[bytes] | int | None = None, redfish_port: int | None = None,
                  redfish_tls: bool = True) -> None:
-        if count < 1:
-            raise ValueError("count must be at least 1")
+        if count is None:
+            count = 0 if vms else 1
+        vm_count = vms.count if vms else 0
+        if count < 0 or count + vm_count < 1:
+            raise ValueError("a fleet needs at least one BMC")
+        plain, count = count, count + vm_count
         if password_mode not in ("same", "per-bmc"):
             raise ValueError("password_mode must be 'same' or 'per-bmc'")
         self.host = host
@@ -87,14 +105,22 @@ class Fleet:
         self.base_port = base_port if base_port is not None else find_free_ports(count, host)
         nshards = shards or max(1, math.ceil(count / BMCS_PER_SHARD))
         self.shard_count = min(nshards, count)
-        self.bmcs: list[BMCSpec] = [
-            BMCSpec(name=f"{name_prefix}{i:04d}", index=i, host=host, port=self.base_port + i,
-                    username=username,
-                    password=password if password_mode == "same" else secrets.token_urlsafe(12),
-                    shard=i * self.shard_count // count)
-            for i in range(count)
-        ]
+        self.bmcs: list[BMCSpec] = []
+        for i in range(count):
+            name = f"{name_prefix}{i:04d}" if i < plain else f"{vms.name_prefix if vms else ''}{i - plain:04d}"
+            self.bmcs.append(BMCSpec(
+                name=name, index=i, host=host, port=self.base_port + i, username=username,
+                password=password if password_mode == "same" else secrets.token_urlsafe(12),
+                shard=i * self.shard_count // count, vm=i >= plain, mac=vm_mac(name) if i >= plain else None))
         self._by_name = {bmc.name: bmc for bmc in self.bmcs}
+        if len(self._by_name) < count:
+            raise ValueError("BMC names clash: give the VMs another name_prefix")
+        macs = [bmc.mac for bmc in self.bmcs if bmc.mac]
+        if len(set(macs)) < len(macs):
+            raise ValueError("two VM names hash to one MAC: change the VMs' name_prefix")
+        self.vm_spec = vms
+        self._vms: VmManager | None = None
+        self._force_lock = threading.Lock()
         self._hub = EventHub([bmc.name for bmc in self.bmcs], EVENT_HISTORY)
         self._table: StateTable | None = None
         self._shards: list[ShardProcess] = []
@@ -117,6 +143,21 @@ class Fleet:
         self._table = StateTable.create(self.count, self.shard_count, self.delay)
         for bmc in self.bmcs:
             self._table.init_power(bmc.index, self.initial_power)
+        if self.vm_spec is not None:
+            # Only a fleet with VMs loads the code that runs them (threads,
+            # QMP, ctypes for the parent-death signal): shards and plain
+            # fleets stay as lean as before.
+            from conductor.bmcsim.vmmanager import VmManager
+
+            vms = VmManager(self.vm_spec, self.bmcs, self.force_power)
+            try:
+                vms.start(powered_on=[b.name for b in self.bmcs if b.vm and self.initial_power == PowerState.ON])
+            except OSError as exc:
+                vms.stop()
+                self.stop()
+                raise FleetError(f"cannot prepare the VMs: {exc}") from None
+            self._vms = vms
+            self._hub.add_hook(vms.on_power)
         for shard_id in range(self.shard_count):
             specs = [bmc.shard_config() for bmc in self.bmcs if bmc.shard == shard_id]
             self._shards.append(ShardProcess(shard_id, specs, self.host, self._table, self._stderr))
@@ -151,6 +192,9 @@ class Fleet:
             self._watchdog_thread = None
         if self.redfish is not None:
             self.redfish.stop()
+        if self._vms is not None:
+            # Before the shards: a VM quitting must not be written back to a table being closed.
+            self._vms.stop()
         for shard in self._shards:
             with shard.lock:
                 shard.terminate()
@@ -183,6 +227,8 @@ class Fleet:
         """
         bmc = self.bmc(name)
         state = {**bmc.public_dict(), **self.table.read(bmc.index).as_dict()}
+        if bmc.vm and self._vms is not None:
+            state["vm"] = self._vms.status(name)
         if self.redfish is not None:
             state["redfish"] = self.redfish.state(bmc)
         return state
@@ -234,11 +280,18 @@ class Fleet:
         :raises FleetError: no such BMC.
         """
         bmc = self.bmc(name)
-        seq = self.table.request_force(bmc.index, PowerState(state))
+        seq = self.force_power(bmc.index, PowerState(state))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and self.table.read_force(bmc.index)[2] != seq:
             time.sleep(0.01)
         return self.state(name)
+
+    def force_power(self, index: int, power: PowerState, cause: ForceCause = ForceCause.DRIFT) -> int:
+        """Ask BMC ``index``'s shard to set its power (any thread); returns the request's seq."""
+        with self._force_lock:
+            if self._table is None or self._stopping.is_set():
+                return 0
+            return self._table.request_force(index, power, cause)
 
     def set_delay(self, delay: float, name: str | None = None) -> None:
         """Change the power transition delay of one BMC, or of all."""
@@ -247,6 +300,53 @@ class Fleet:
             self.table.write_delay(bmc.index, delay)
         if name is None:
             self.delay = delay
+
+    # --- virtual machines -------------------------------------------------------------
+    @property
+    def vm_names(self) -> frozenset[str]:
+        """Names of the BMCs that drive a VM."""
+        return frozenset(bmc.name for bmc in self.bmcs if bmc.vm)
+
+    def _vm_manager(self, name: str) -> VmManager:
+        if not self.bmc(name).vm:
+            raise FleetError(f"{name} is not a VM BMC")
+        if self._vms is None:
+            raise FleetError("the fleet is not running")
+        return self._vms
+
+    def vm(self, name: str) -> dict[str, Any]:
+        """The VM behind BMC ``name``: ``mac``, ``disk``, ``console_log``,
+        ``console_offset`` (where its current boot's output starts), ``running``,
+        ``pid``, ``boot``, ``command``, ``last_error``, ``last_exit``, ``history``...
+
+        :raises FleetError: no such BMC, or not a VM BMC.
+        """
+        return self._vm_manager(name).status(name)
+
+    def vms(self) -> list[dict[str, Any]]:
+        """:meth:`vm` of every VM BMC."""
+        return [self.vm(name) for name in sorted(self.vm_names)]
+
+    def configure_vm(self, name: str, *, disk: str | os.PathLike[str] | None = None,
+                     disk_format: str | None = None, qemu: str | None = None) -> dict[str, Any]:
+        """Give a VM another disk file (created at its size if missing), disk format or QEMU binary.
+
+        Effective from its next start.
+
+        :raises FleetError: no such BMC, or not a VM BMC.
+        :raises ValueError: an unknown disk format.
+        """
+        return self._vm_manager(name).configure(name, disk=disk, disk_format=disk_format, qemu=qemu)
+
+    def vm_qmp(self, name: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run a QMP command on the running VM behind ``name`` (``query-status``...).
+
+        :raises FleetError: no such BMC, not a VM BMC, not running, or QEMU refused it.
+        """
+        try:
+            return self._vm_manager(name).qmp(name, command, arguments)
+        except VmError as exc:
+            raise FleetError(str(exc)) from None
 
     # --- inventory -----------------------------------------------------------------
     def inventory(self) -> dict[str, Any]:

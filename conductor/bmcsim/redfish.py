@@ -32,6 +32,11 @@ completing it at that very moment); such a command waits in
 ``Reset`` is answered at once.  What remains unguarded is a command racing
 a drift or flap the control process injects, or an IPMI command to the
 same BMC in the same microsecond; drive a BMC by one protocol at a time.
+
+A BMC with a QEMU machine behind it (the VM backend) reads "on" only once
+its shard has written it (QEMU runs); a ``GracefulShutdown`` there is a
+hard power off (passing the ACPI request to the guest takes an event this
+process cannot send yet).
 """
 
 from __future__ import annotations
@@ -140,14 +145,18 @@ def error(status: int, message_id: str, message: str, **extra: Any) -> Response:
 class Machine:
     """One BMC's record in the state table, as the Redfish process may touch it (see the module docstring)."""
 
-    def __init__(self, table: StateTable, index: int) -> None:
+    def __init__(self, table: StateTable, index: int, vm: bool = False) -> None:
         self.table = table
         self.index = index
+        #: A QEMU machine is behind the BMC: it is on only once the shard says so (QEMU runs).
+        self.vm = vm
         #: A power command waiting for the shard to complete a due transition.
         self.queued: Directive | None = None
 
     def power_state(self) -> str:
-        """``On`` or ``Off`` (a due transition counts as done)."""
+        """``On`` or ``Off`` (a due transition counts as done, except a VM's power on: QEMU must run first)."""
+        if self.vm:
+            return "On" if self.table.read_raw_power(self.index)[0] else "Off"
         return "On" if self.table.read(self.index).power == "on" else "Off"
 
     def busy(self, now: float) -> bool:
@@ -224,7 +233,7 @@ class RedfishBMC:
         self.username: str = spec["username"]
         self._password: str = spec["password"]
         self.uuid: str = spec["uuid"]
-        self.machine = Machine(table, self.index)
+        self.machine = Machine(table, self.index, vm=bool(spec.get("vm")))
         self.table = table
         self.rftable = rftable
         self.hardware = hardware_of(self.index)

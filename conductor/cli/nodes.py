@@ -248,15 +248,36 @@ for _name, _target, _help in (
 # Shortcut used by the guide: `conductor node reboot NODE`.
 node.add_command(power.commands["reboot"], "reboot")
 
+def _cleaning_command(target: str, help_text: str) -> click.Command:
+    @click.command(help=help_text)
+    @click.argument("node_id", metavar="NODE")
+    @click.option("--erase", type=click.Choice(["metadata", "full"]), default=None,
+                  help="What cleaning erases: partition tables and signatures at both ends of each disk, "
+                       "or every byte (default: the setting clean_erase).")
+    @_wait
+    @_timeout
+    @_callback
+    @pass_obj
+    def command(obj: Obj, node_id: str, erase: str | None, wait: bool, timeout: float | None,
+                callback_url: str | None) -> None:
+        _state_change(obj, node_id, "provision", target, wait, timeout, callback_url,
+                      {"erase": erase} if erase else None)
+
+    return command
+
+
 for _name, _target, _help in (
     ("manage", "manage", "Verify the BMC credentials: enroll -> manageable."),
-    ("provide", "provide", "Clean and make available: manageable -> available."),
     ("inspect", "inspect", "Discover the hardware: manageable -> manageable."),
-    ("clean", "clean", "Erase the node: manageable -> manageable."),
-    ("undeploy", "deleted", "Tear down and clean: active -> available."),
     ("abort", "abort", "Abort a wait (wait call-back, clean wait, inspect wait)."),
 ):
     node.add_command(_state_command("provision", _target, _help), _name)
+for _name, _target, _help in (
+    ("provide", "provide", "Clean and make available: manageable -> available."),
+    ("clean", "clean", "Erase the node: manageable -> manageable."),
+    ("undeploy", "deleted", "Tear down and clean: active -> available."),
+):
+    node.add_command(_cleaning_command(_target, _help), _name)
 node.add_command(_image_command("active", "Deploy an image: available -> active."), "deploy")
 node.add_command(_image_command("rebuild", "Deploy again: active -> active."), "rebuild")
 

@@ -8,6 +8,9 @@
   (``apt-get download``, ``dpkg-deb -x``; no root needed);
 * :mod:`conductor.ramdisk.build` assembles ``agent.kernel`` and
   ``agent.initramfs`` (``conductor ramdisk build``, :mod:`conductor.ramdisk.cli`);
+* :mod:`conductor.ramdisk.diskimage` builds a small bootable raw disk image
+  from the same packages (``conductor ramdisk image``), the "operating
+  system" the VM tests deploy: it prints a marker line and powers off;
 * ``files/init`` is the agent itself (POSIX sh for busybox ash), run as
   ``/init``: it speaks the heartbeat protocol of
   :mod:`conductor.service.agent`.

@@ -143,19 +143,31 @@ def initramfs_entries(busybox: Path, kernel_tree: Path, release: str, order: Ite
     return entries
 
 
-def build(out: Path, cache: Path, wanted: Iterable[str] = modules.DEFAULT_MODULES, mtime: int | None = None,
-          progress: Callable[[str], None] | None = None) -> BuildResult:
-    """Build ``out/agent.kernel`` and ``out/agent.initramfs``; the ``.deb`` files stay in ``cache``.
+@dataclasses.dataclass(frozen=True)
+class Packages:
+    """The unpacked kernel and busybox packages a build uses (from the cache)."""
 
-    :param mtime: the time stamped on every archive member (default ``$SOURCE_DATE_EPOCH`` or 0).
+    kernel_tree: Path
+    vmlinuz: Path
+    busybox: Path
+    release: str
+    #: ``name=version`` of each package, kernel first.
+    versions: tuple[str, ...]
+
+    @property
+    def note(self) -> str:
+        """What ``/etc/agent-release`` says: the packages and the kernel release."""
+        kernel, busybox = (v.replace("=", " ", 1) for v in self.versions)
+        return f"kernel {kernel} ({self.release})\nbusybox {busybox}\n"
+
+
+def unpacked_packages(cache: Path, progress: Callable[[str], None] | None = None) -> Packages:
+    """Resolve, fetch (unless cached) and unpack the kernel and busybox packages in ``cache``.
+
     :raises debs.PackageError: a package could not be resolved, downloaded or unpacked.
-    :raises modules.UnknownModule: a wanted module is not in the kernel package.
     :raises BuildError: the packages do not hold what is expected.
     """
     say = progress or (lambda _msg: None)
-    started = time.monotonic()
-    if mtime is None:
-        mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
     kernel_pkg, busybox_pkg = debs.resolve_kernel(), debs.resolve(debs.BUSYBOX)
     trees = {}
     for package in (kernel_pkg, busybox_pkg):
@@ -169,11 +181,27 @@ def build(out: Path, cache: Path, wanted: Iterable[str] = modules.DEFAULT_MODULE
     for needed in (vmlinuz, busybox):
         if not needed.is_file():
             raise BuildError(f"{needed} is missing from the unpacked package")
+    return Packages(kernel_tree, vmlinuz, busybox, release,
+                    (f"{kernel_pkg.name}={kernel_pkg.version}", f"{busybox_pkg.name}={busybox_pkg.version}"))
+
+
+def build(out: Path, cache: Path, wanted: Iterable[str] = modules.DEFAULT_MODULES, mtime: int | None = None,
+          progress: Callable[[str], None] | None = None) -> BuildResult:
+    """Build ``out/agent.kernel`` and ``out/agent.initramfs``; the ``.deb`` files stay in ``cache``.
+
+    :param mtime: the time stamped on every archive member (default ``$SOURCE_DATE_EPOCH`` or 0).
+    :raises debs.PackageError: a package could not be resolved, downloaded or unpacked.
+    :raises modules.UnknownModule: a wanted module is not in the kernel package.
+    :raises BuildError: the packages do not hold what is expected.
+    """
+    started = time.monotonic()
+    if mtime is None:
+        mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    got = unpacked_packages(cache, progress)
+    kernel_tree, release, busybox, vmlinuz = got.kernel_tree, got.release, got.busybox, got.vmlinuz
     deps = modules.parse(modules_dep(kernel_tree, release, busybox).read_text())
     order = modules.load_order(deps, wanted)
-    note = (f"kernel {kernel_pkg.name} {kernel_pkg.version} ({release})\n"
-            f"busybox {busybox_pkg.name} {busybox_pkg.version}\n")
-    entries = initramfs_entries(busybox, kernel_tree, release, order, note)
+    entries = initramfs_entries(busybox, kernel_tree, release, order, got.note)
 
     out.mkdir(parents=True, exist_ok=True)
     kernel_path, initramfs_path = out / KERNEL_NAME, out / INITRAMFS_NAME
@@ -185,6 +213,5 @@ def build(out: Path, cache: Path, wanted: Iterable[str] = modules.DEFAULT_MODULE
     shutil.copyfile(vmlinuz, partial)
     os.replace(partial, kernel_path)
     artifacts = [Artifact(p, p.stat().st_size, _sha256(p)) for p in (kernel_path, initramfs_path)]
-    return BuildResult(artifacts[0], artifacts[1], release,
-                       (f"{kernel_pkg.name}={kernel_pkg.version}", f"{busybox_pkg.name}={busybox_pkg.version}"),
+    return BuildResult(artifacts[0], artifacts[1], release, got.versions,
                        tuple(modules.module_name(p) for p in order), time.monotonic() - started)

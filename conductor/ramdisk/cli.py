@@ -1,4 +1,4 @@
-"""``conductor ramdisk build``: build the agent kernel and initramfs from Debian packages."""
+"""``conductor ramdisk build`` and ``image``: the agent ramdisk, and a demo disk image, from Debian packages."""
 
 from __future__ import annotations
 
@@ -50,3 +50,54 @@ def build(ctx: click.Context, out_dir: Path | None, cache_dir: Path | None, as_j
     for art in (result.kernel, result.initramfs):
         click.echo(f"{art.sha256}  {art.size:>10,d}  {art.path}")
     click.echo(f"total {result.total_size / 1e6:.1f} MB in {result.seconds:.1f} s")
+
+
+@ramdisk.command()
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("demo-disk.img"),
+              show_default=True, help="The raw image to write (and FILE.gz beside it).")
+@click.option("--marker", default="demo", show_default=True,
+              help="The word the image prints after CONDUCTOR-DEMO-IMAGE-BOOTED when it boots.")
+@click.option("--size", "size_mib", type=click.IntRange(8, 1024), default=None,
+              help="Image size in MiB [the files plus 2 MiB, at least 16].")
+@click.option("--gzip/--no-gzip", "compressed", default=True, show_default=True,
+              help="Also write the gzip-compressed FILE.gz.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The ramdisk build's package cache [~/.cache/conductor/ramdisk].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def image(ctx: click.Context, out_file: Path, marker: str, size_mib: int | None, compressed: bool,
+          cache_dir: Path | None, as_json: bool) -> None:
+    """Build a small bootable raw disk image (Debian kernel + busybox, syslinux) for demos and tests.
+
+    Booted, it prints "CONDUCTOR-DEMO-IMAGE-BOOTED MARKER" on its serial
+    console (ttyS0) and powers off. Prints the path, size and sha256.
+    """
+    # Imported here so that other commands start without the builder.
+    from conductor.ramdisk import build as builder
+    from conductor.ramdisk import diskimage
+    from conductor.ramdisk.debs import PackageError
+
+    as_json = as_json or bool(getattr(getattr(ctx.find_root().obj, "out", None), "as_json", False))
+    try:
+        diskimage.check_marker(marker)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--marker") from None
+    try:
+        result = diskimage.build_image(out_file, cache_dir or builder.default_cache_dir(), marker, size_mib,
+                                       compressed, progress=None if as_json else click.echo)
+    except (PackageError, builder.BuildError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    arts = {"image": result.image, "gzip": result.compressed}
+    if as_json:
+        click.echo(json.dumps({
+            **{key: art and {"path": str(art.path), "size": art.size, "sha256": art.sha256}
+               for key, art in arts.items()},
+            "marker": result.marker, "console_line": result.line, "kernel_release": result.kernel_release,
+            "packages": list(result.packages), "seconds": round(result.seconds, 2),
+        }, indent=2))
+        return
+    for art in arts.values():
+        if art is not None:
+            click.echo(f"{art.sha256}  {art.size:>10,d}  {art.path}")
+    click.echo(f"kernel {result.kernel_release}; booted, it prints {result.line!r} on ttyS0 and powers off "
+               f"({result.seconds:.1f} s)")

@@ -101,10 +101,19 @@ def unpack(deb: Path) -> Path:
     tree = deb.with_suffix(".tree")
     if (tree / ".complete").is_file():
         return tree
-    shutil.rmtree(tree, ignore_errors=True)
-    partial = deb.with_suffix(".tree-partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    _run(["dpkg-deb", "-x", str(deb), str(partial)])
-    (partial / ".complete").write_text(deb.name + "\n")
-    os.replace(partial, tree)
+    # A partial tree of its own: two builds sharing the cache (the agent
+    # ramdisk and the demo disk image, say) may unpack the same package at once;
+    # the first complete tree renamed into place wins, and is never removed.
+    partial = Path(tempfile.mkdtemp(dir=deb.parent, prefix=f".{tree.name}-partial-"))
+    try:
+        _run(["dpkg-deb", "-x", str(deb), str(partial)])
+        (partial / ".complete").write_text(deb.name + "\n")
+        try:
+            os.replace(partial, tree)
+        except OSError:  # a tree is there already: another build's, or an older incomplete one
+            if not (tree / ".complete").is_file():
+                shutil.rmtree(tree, ignore_errors=True)
+                os.replace(partial, tree)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return tree

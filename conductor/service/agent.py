@@ -73,6 +73,10 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
             ) from None
         protocol.check_token(node, token)
         if protocol.claim(session, node):
+            version = str(body.get("agent_version") or "unknown")[:64]
+            history.record(session, node, "agent.connected",
+                           f"The agent called for the first time (agent version {version}).",
+                           request_id=node.active_request_id)
             session.commit()
         # Its next heartbeats skip the budgets of unknown tokens (see throttle.agents).
         agents.accepted(ctx).remember(ident, agents.digest(token or ""))

@@ -55,9 +55,10 @@ def chunked(body: bytes, size: int = 65536) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
 
 
-@pytest.fixture
-def api(service_factory):  # type: ignore[no-untyped-def]
-    return service_factory(workers=1, api_workers=1)
+@pytest.fixture(params=["8", "1"], ids=["threaded", "sync"])
+def api(service_factory, request):  # type: ignore[no-untyped-def]
+    """The API with gunicorn's threaded worker (the default) and with its sync worker (``api_threads`` 1)."""
+    return service_factory(workers=1, api_workers=1, env={"CONDUCTOR_API_THREADS": request.param})
 
 
 def assert_json_error(answer: tuple[int, dict[str, str], bytes], status: int, code: str) -> dict:

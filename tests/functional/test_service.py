@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import threading
 import time
 
 import requests
+import urllib3
 
 
 def create(service, name, **driver_info):  # type: ignore[no-untyped-def]
@@ -34,7 +36,7 @@ def test_cli_drives_a_node_through_its_life(service_factory) -> None:
     service = service_factory(workers=2)
     service.cli("node", "create", "--driver", "fake", "--name", "life", "-i", "fake_delay=0.2")
     deploy = ["node", "deploy", "--image", IMAGE_URL, "--checksum", IMAGE_SHA256]
-    for command in (["node", "manage"], ["node", "provide"], deploy,
+    for command in (["node", "manage"], ["node", "provide", "--erase", "full"], deploy,
                     ["node", "reboot"], ["node", "power", "soft-off"], ["node", "undeploy"]):
         result = service.cli(*command, "life", "--wait")
         assert "succeeded" in result.stderr
@@ -42,6 +44,9 @@ def test_cli_drives_a_node_through_its_life(service_factory) -> None:
     assert shown["provision_state"] == "available" and shown["power_state"] == "power off"
     listed = service.cli("request", "list", "--node", "life").stdout
     assert listed.count("succeeded") == 6
+    requests_of_life = service.http.get(f"{service.url}/v1/requests", params={"node": "life"}, timeout=10).json()
+    (provide,) = [r for r in requests_of_life["requests"] if r["target"] == "provide"]
+    assert provide["params"]["erase"] == "full"
     conductors = json.loads(service.cli("--json", "conductors").stdout)
     assert sum(c["alive"] for c in conductors) == 2
 
@@ -191,3 +196,43 @@ def test_db_upgrade_command(settings, tmp_path) -> None:
     from conductor import database
 
     assert f"Schema at {database.head_revision()}." in result.stdout
+
+
+def test_a_slow_boot_file_download_does_not_hold_the_api_process(service_factory) -> None:
+    """One API process: a client reading a large boot file slowly leaves the API answering others.
+
+    A machine fetching its initramfs over a slow link (or a stalled agent
+    download) holds one thread of the threaded worker; with gunicorn's sync
+    worker it would hold the whole process and this GET would wait for it.
+    """
+    service = service_factory(workers=0, api_workers=1)
+    ramdisk_dir = service.settings.data_dir / "ramdisk"
+    ramdisk_dir.mkdir(exist_ok=True)
+    (ramdisk_dir / "agent.initramfs").write_bytes(os.urandom(1 << 20) * 64)  # far more than socket buffers
+    with requests.get(f"{service.url}/v1/boot/files/agent.initramfs", stream=True, timeout=30) as slow:
+        assert slow.status_code == 200 and slow.headers["Content-Length"] == str(64 << 20)
+        first = slow.raw.read(65536)  # the server now blocks writing the rest
+        assert len(first) == 65536
+        answered = service.http.get(f"{service.url}/v1/nodes", timeout=15)
+        assert answered.status_code == 200, answered.text
+        again = requests.get(f"{service.url}/v1/boot/files/agent.initramfs", headers={"Range": "bytes=0-15"},
+                             timeout=15)
+        assert again.status_code == 206 and again.content == first[:16]
+
+
+def test_a_client_that_stops_reading_a_download_is_dropped_after_the_client_timeout(service_factory) -> None:
+    """A stalled download frees its thread after ``api_client_timeout``: the connection ends short."""
+    service = service_factory(workers=0, api_workers=1, env={"CONDUCTOR_API_CLIENT_TIMEOUT": "1"})
+    ramdisk_dir = service.settings.data_dir / "ramdisk"
+    ramdisk_dir.mkdir(exist_ok=True)
+    size = 64 << 20
+    (ramdisk_dir / "agent.initramfs").write_bytes(bytes(size))
+    with requests.get(f"{service.url}/v1/boot/files/agent.initramfs", stream=True, timeout=30) as stalled:
+        assert stalled.raw.read(65536)
+        time.sleep(4)  # the server's send blocks longer than its timeout
+        received = 65536
+        with contextlib.suppress(requests.RequestException, urllib3.exceptions.HTTPError):
+            for piece in stalled.raw.stream(1 << 20, decode_content=False):
+                received += len(piece)
+        assert received < size
+    assert service.http.get(f"{service.url}/v1/nodes", timeout=15).status_code == 200

@@ -69,9 +69,10 @@ def agent_args(text: str, settings) -> dict[str, str]:  # type: ignore[no-untype
     kernel, initrd, _boot = commands
     assert kernel[1] == f"{files}/agent.kernel"
     assert initrd == ["initrd", "--name", "agent.initramfs", f"{files}/agent.initramfs"]
-    args = dict(word.split("=", 1) for word in kernel[2:])
-    assert args.pop("initrd") == "agent.initramfs"
-    return args
+    assert kernel[2] == "initrd=agent.initramfs"
+    extra = settings.agent_kernel_params.split()  # the console, before the agent's own
+    assert kernel[3:3 + len(extra)] == extra
+    return dict(word.split("=", 1) for word in kernel[3 + len(extra):])
 
 
 def local(anonymous) -> str:  # type: ignore[no-untyped-def]
@@ -550,3 +551,15 @@ def test_a_result_racing_the_first_heartbeats_claim_leaves_the_token_claimed(cli
     with conductor_ctx.db.session() as session:
         info = session.scalars(sa.select(Node)).one().driver_internal_info
     assert "agent_token_sealed" not in info and info["agent_token_claimed_at"]
+
+
+def test_agent_kernel_params_come_before_the_agents_own_and_cannot_carry_quotes() -> None:
+    from conductor.api.boot import agent_script
+
+    plain = parse_ipxe(agent_script("http://h:1", "u", "t", ""))[0]
+    assert plain[2:] == ["initrd=agent.initramfs", "conductor_api_url=http://h:1", "conductor_node=u",
+                         "conductor_token=t"]
+    spaced = parse_ipxe(agent_script("http://h:1", "u", "t", "  console=ttyS1   quiet "))[0]
+    assert spaced[3:5] == ["console=ttyS1", "quiet"]
+    with pytest.raises(ValueError, match="quotes"):
+        agent_script("http://h:1", "u", "t", 'acpi="off"')

@@ -103,3 +103,48 @@ def test_build_reports_a_missing_apt_clearly(monkeypatch, tmp_path: Path) -> Non
     result = CliRunner().invoke(main, ["ramdisk", "build", "--out", str(tmp_path / "o"),
                                        "--cache", str(tmp_path / "c")])
     assert result.exit_code == 1 and "apt-cache is not installed" in result.output
+
+
+def _fake_dpkg_deb(monkeypatch, during=None) -> list[list[str]]:
+    """``dpkg-deb -x`` writing one file (and running ``during`` first, to play a concurrent build)."""
+    calls: list[list[str]] = []
+
+    def fake_run(args: list[str], cwd: Path | None = None) -> str:
+        assert args[:2] == ["dpkg-deb", "-x"]
+        calls.append(args)
+        if during is not None:
+            during()
+        Path(args[3], "bin").mkdir()
+        Path(args[3], "bin", "busybox").write_bytes(b"ours")
+        return ""
+
+    monkeypatch.setattr(debs, "_run", fake_run)
+    return calls
+
+
+def test_an_unpacked_tree_replaces_an_incomplete_one_and_leaves_nothing_else(monkeypatch, tmp_path: Path) -> None:
+    deb = tmp_path / "busybox-static_1_amd64.deb"
+    deb.write_bytes(b"deb")
+    stale = tmp_path / "busybox-static_1_amd64.tree"
+    (stale / "bin").mkdir(parents=True)  # an interrupted older layout: no .complete
+    calls = _fake_dpkg_deb(monkeypatch)
+    tree = debs.unpack(deb)
+    assert tree == stale and (tree / "bin/busybox").read_bytes() == b"ours" and (tree / ".complete").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [deb.name, tree.name]
+    assert debs.unpack(deb) == tree and len(calls) == 1  # kept for the next build
+
+
+def test_a_tree_another_build_completed_meanwhile_is_kept(monkeypatch, tmp_path: Path) -> None:
+    deb = tmp_path / "busybox-static_1_amd64.deb"
+    deb.write_bytes(b"deb")
+    tree = tmp_path / "busybox-static_1_amd64.tree"
+
+    def other_build() -> None:
+        (tree / "bin").mkdir(parents=True)
+        (tree / "bin/busybox").write_bytes(b"theirs")
+        (tree / ".complete").write_text(deb.name)
+
+    _fake_dpkg_deb(monkeypatch, during=other_build)
+    assert debs.unpack(deb) == tree
+    assert (tree / "bin/busybox").read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [deb.name, tree.name]
