@@ -1,4 +1,7 @@
-"""A fleet of simulated BMCs speaking real IPMI 2.0 (RMCP+, lanplus) on UDP.
+"""A fleet of simulated BMCs speaking real IPMI 2.0 (RMCP+, lanplus) on UDP, and Redfish on request.
+
+With ``Fleet(redfish_port=0)`` every BMC also serves Redfish over HTTPS
+(:mod:`.redfish_service`, docs/redfish.md), on the same machine state.
 
 Public API:
 

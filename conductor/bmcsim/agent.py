@@ -176,8 +176,11 @@ class SimAgent:
         if not self._sleep(bmc, generation, behaviour.boot_delay or 0.0):
             return
         spec = self.fleet.bmc(bmc)
-        config = bootfiles.read(self.pxe_root, bootfiles.key_for({"ipmi_address": spec.host,
-                                                                   "ipmi_port": spec.port}, ""))
+        keys = [bootfiles.key_for({"ipmi_address": spec.host, "ipmi_port": spec.port}, "")]
+        redfish = getattr(self.fleet, "redfish_driver_info", None)
+        if redfish is not None and redfish(bmc):  # the node may be enrolled with either driver
+            keys.append(bootfiles.key_for(redfish(bmc), ""))
+        config = next((found for key in keys if (found := bootfiles.read(self.pxe_root, key)) is not None), None)
         if config is None:
             self._note(bmc, "network boot found no boot config: nothing to run")
             return

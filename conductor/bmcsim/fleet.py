@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from conductor.bmcsim.events import EventHub, PowerEvent, PowerHook
-from conductor.bmcsim.inventory import BMCSpec, inventory_document, write_inventory
+from conductor.bmcsim.inventory import BMCSpec, inventory_document, write_document
+from conductor.bmcsim.redfish_service import RedfishError, RedfishService
+from conductor.bmcsim.redfish_state import FAULT_NAMES as REDFISH_FAULT_NAMES
 from conductor.bmcsim.state import FAULT_NAMES, Faults, ForceCause, PowerState, StateTable
 from conductor.bmcsim.supervisor import Restart, ShardProcess, wedge_reason
 from conductor.bmcsim.vm import VmError, VmSpec, vm_mac
@@ -69,6 +71,10 @@ class Fleet:
     :param probe_interval: seconds between watchdog probes of a shard.
     :param probe_failures: missed probes in a row before a restart.
     :param stderr: where shard processes log (default: inherited).
+    :param redfish_port: also serve Redfish (see :mod:`.redfish_service`):
+        BMC ``i`` on TCP port ``redfish_port + i``; 0 picks free ports;
+        None (the default): IPMI only.
+    :param redfish_tls: HTTPS with a self-signed certificate (else HTTP).
     """
 
     def __init__(self, count: int | None = None, *, vms: VmSpec | None = None, base_port: int | None = None,
@@ -77,7 +83,8 @@ class Fleet:
                  password_mode: str = "same", shards: int | None = None, name_prefix: str = "sim-",
                  initial_power: str = "off", probe_interval: float = 1.0, probe_timeout: float = 1.0,
                  probe_failures: int = 3, start_timeout: float = 30.0,
-                 stderr: IO[bytes] | int | None = None) -> None:
+                 stderr: IO[bytes] | int | None = None, redfish_port: int | None = None,
+                 redfish_tls: bool = True) -> None:
         if count is None:
             count = 0 if vms else 1
         vm_count = vms.count if vms else 0
@@ -121,6 +128,10 @@ class Fleet:
         self._stopping = threading.Event()
         self.restarts: list[Restart] = []
         self.started_in: float | None = None
+        self.redfish_port = redfish_port
+        self.redfish_tls = redfish_tls
+        #: The Redfish front end (None: IPMI only).
+        self.redfish: RedfishService | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> Fleet:
@@ -155,6 +166,13 @@ class Fleet:
             for shard in self._shards:
                 self._hub.add_pipe(shard.spawn(), shard)
             self._wait_ready(self._shards)
+            if self.redfish_port is not None:
+                self.redfish = RedfishService(self.bmcs, self.host, self._table, port=self.redfish_port,
+                                              tls=self.redfish_tls, stderr=self._stderr)
+                self.redfish.start(preferred_base=self.base_port)
+        except RedfishError as exc:
+            self.stop()
+            raise FleetError(f"Redfish: {exc}") from None
         except BaseException:
             self.stop()
             raise
@@ -172,6 +190,8 @@ class Fleet:
         if self._watchdog_thread is not None:
             self._watchdog_thread.join(10)
             self._watchdog_thread = None
+        if self.redfish is not None:
+            self.redfish.stop()
         if self._vms is not None:
             # Before the shards: a VM quitting must not be written back to a table being closed.
             self._vms.stop()
@@ -209,6 +229,8 @@ class Fleet:
         state = {**bmc.public_dict(), **self.table.read(bmc.index).as_dict()}
         if bmc.vm and self._vms is not None:
             state["vm"] = self._vms.status(name)
+        if self.redfish is not None:
+            state["redfish"] = self.redfish.state(bmc)
         return state
 
     def states(self) -> list[dict[str, Any]]:
@@ -219,15 +241,21 @@ class Fleet:
         """Change some faults of one BMC (others keep their value); effective at once.
 
         Keywords: ``drop``, ``latency``, ``reject_password``, ``stuck``,
-        ``flap``, ``unreachable``, ``ignore_acpi``, ``flap_period``.
+        ``flap``, ``unreachable``, ``ignore_acpi``, ``flap_period``; with
+        Redfish also ``http_error``, ``http_error_rate``, ``retry_after``
+        (see :mod:`.redfish_state`).
 
         :raises FleetError: no such BMC.
         :raises ValueError: unknown fault name.
         """
+        http = {k: faults.pop(k) for k in REDFISH_FAULT_NAMES if k in faults}
         unknown = set(faults) - set(FAULT_NAMES)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULT_NAMES)}")
+        if unknown or (http and self.redfish is None):
+            known = (*FAULT_NAMES, *(REDFISH_FAULT_NAMES if self.redfish is not None else ()))
+            raise ValueError(f"unknown faults {sorted(unknown | set(http))}; known: {', '.join(known)}")
         bmc = self.bmc(name)
+        if http and self.redfish is not None:
+            self.redfish.set_fault(bmc, **http)
         current = self.table.read_faults(bmc.index).as_dict()
         current.update({k: v for k, v in faults.items() if v is not None})
         new = Faults(**current)
@@ -240,6 +268,8 @@ class Fleet:
         :raises FleetError: no such BMC.
         """
         self.table.write_faults(self.bmc(name).index, Faults())
+        if self.redfish is not None:
+            self.redfish.clear_faults(self.bmc(name))
 
     def set_power(self, name: str, state: str, wait: float = 2.0) -> dict[str, Any]:
         """Change a BMC's power state behind the conductor's back ("drift").
@@ -320,12 +350,29 @@ class Fleet:
 
     # --- inventory -----------------------------------------------------------------
     def inventory(self) -> dict[str, Any]:
-        """The ``{"nodes": [...]}`` document ``conductor node import`` reads."""
-        return inventory_document(self.bmcs)
+        """The ``{"nodes": [...]}`` document ``conductor node import`` reads.
+
+        With Redfish, each entry also has ``driver_infos``: the driver_info
+        of each driver that can drive it (``node import --driver redfish``).
+        """
+        document = inventory_document(self.bmcs)
+        if self.redfish is not None:
+            for entry, bmc in zip(document["nodes"], self.bmcs, strict=True):
+                entry["driver_infos"] = {entry["driver"]: entry["driver_info"],
+                                         "redfish": self.redfish.driver_info(bmc)}
+        return document
 
     def write_inventory(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`inventory` to ``path`` (mode 0600: it holds passwords)."""
-        return write_inventory(self.bmcs, path)
+        return write_document(self.inventory(), path)
+
+    def redfish_driver_info(self, name: str) -> dict[str, Any] | None:
+        """The ``redfish`` driver_info of BMC ``name`` (None without Redfish).
+
+        :raises FleetError: no such BMC.
+        """
+        bmc = self.bmc(name)
+        return self.redfish.driver_info(bmc) if self.redfish is not None else None
 
     # --- events ---------------------------------------------------------------------
     def on_power_change(self, hook: PowerHook) -> PowerHook:

@@ -42,7 +42,7 @@ def _clean(task: Task) -> StepResult:
 
 HANDLERS: dict[str, Callable[[Task], StepResult]] = {
     S.VERIFYING: _verify,
-    S.INSPECTING: lambda task: task.deploy.inspect(task),
+    S.INSPECTING: lambda task: task.inspector.inspect(task),
     S.CLEANING: _clean,
     S.DEPLOYING: lambda task: task.deploy.deploy(task),
     S.DELETING: lambda task: task.deploy.tear_down(task),
