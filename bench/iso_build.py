@@ -10,7 +10,7 @@ gave the same sha256.
 
 Figures only, never asserts (docs/benchmarks.md).
 
-Usage: python bench/iso_build.py [--nodes 20] [--ramdisk DIR]
+Usage: python bench/iso_build.py [--nodes 20] [--ramdisk DIR] [--uefi | --no-uefi]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--ramdisk", type=Path, default=None, help="DIR with agent.kernel and agent.initramfs")
+    parser.add_argument("--uefi", action=argparse.BooleanOptionalAction, default=None,
+                        help="with the UEFI boot image (GRUB) [when the host can make it]")
     args = parser.parse_args()
     missing = iso.missing_tools()
     if missing:
@@ -47,16 +49,17 @@ def main() -> int:
             first_node = first_node or node
             out = Path(tmp, f"{node}.iso")
             result = iso.build_iso(out, kernel, initramfs,
-                                   iso.node_kernel_args("http://192.0.2.1:6385", node, f"token-{i}"))
+                                   iso.node_kernel_args("http://192.0.2.1:6385", node, f"token-{i}"), uefi=args.uefi)
             times.append(result.seconds)
-            size = result.image.size
+            size, uefi = result.image.size, result.uefi
             if i == 0:
                 again = iso.build_iso(Path(tmp, "again.iso"), kernel, initramfs,
-                                      iso.node_kernel_args("http://192.0.2.1:6385", node, "token-0"))
+                                      iso.node_kernel_args("http://192.0.2.1:6385", node, "token-0"), uefi=args.uefi)
                 same = again.image.sha256 == result.image.sha256
             out.unlink()
     rest = times[1:] or times
-    print(f"ISO {size / 1e6:.1f} MB ({size:,d} bytes); {args.nodes} per-node builds: first {times[0]:.3f} s, "
+    kind = "BIOS and UEFI" if uefi else "BIOS only"
+    print(f"ISO ({kind}) {size / 1e6:.1f} MB ({size:,d} bytes); {args.nodes} per-node builds: first {times[0]:.3f} s, "
           f"median {statistics.median(rest):.3f} s, slowest {max(rest):.3f} s (including sha256); "
           f"rebuild of one node {'identical' if same else 'DIFFERENT'}")
     return 0

@@ -113,11 +113,13 @@ def image(ctx: click.Context, out_file: Path, marker: str, size_mib: int | None,
 @click.option("--ramdisk", "ramdisk_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where agent.kernel and agent.initramfs are [setting ramdisk_dir: <data dir>/ramdisk].")
 @click.option("--volume-id", default=None, help="The ISO's volume id (A-Z, 0-9, _) [CONDUCTOR_AGENT].")
+@click.option("--uefi/--no-uefi", default=None,
+              help="Also boot under UEFI (GRUB) [when grub-mkimage and GRUB's EFI modules are installed].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def iso(ctx: click.Context, out_file: Path, kernel_args: str | None, ramdisk_dir: Path | None,
-        volume_id: str | None, as_json: bool) -> None:
-    """Build a bootable ISO (BIOS, isolinux; CD-ROM or USB) of the built agent ramdisk, for virtual media.
+        volume_id: str | None, uefi: bool | None, as_json: bool) -> None:
+    """Build a bootable ISO (BIOS isolinux, UEFI GRUB; CD-ROM or USB) of the built agent ramdisk, for virtual media.
 
     No DHCP boot script reaches a machine booted this way, so the agent's
     kernel arguments (conductor_api_url, conductor_node, conductor_token)
@@ -142,18 +144,20 @@ def iso(ctx: click.Context, out_file: Path, kernel_args: str | None, ramdisk_dir
     ramdisk_dir = ramdisk_dir or load().ramdisk_path
     try:
         result = isobuilder.build_iso(out_file, ramdisk_dir / builder.KERNEL_NAME,
-                                      ramdisk_dir / builder.INITRAMFS_NAME, kernel_args, volume_id)
+                                      ramdisk_dir / builder.INITRAMFS_NAME, kernel_args, volume_id,
+                                      uefi=uefi)
     except isobuilder.IsoError as exc:
         raise click.ClickException(str(exc)) from exc
     art = result.image
     if as_json:
         click.echo(json.dumps({
             "iso": {"path": str(art.path), "size": art.size, "sha256": art.sha256},
-            "kernel_args": result.kernel_args, "volume_id": result.volume_id,
+            "kernel_args": result.kernel_args, "volume_id": result.volume_id, "uefi": result.uefi,
             "seconds": round(result.seconds, 3),
         }, indent=2))
         return
     click.echo(f"{art.sha256}  {art.size:>10,d}  {art.path}")
     if "conductor_node=" not in result.kernel_args:
         click.echo("note: no conductor_node= in the kernel arguments: the agent will wait, idle, once booted")
-    click.echo(f"boots with: {result.kernel_args} ({result.seconds:.2f} s)")
+    click.echo(f"boots ({'BIOS and UEFI' if result.uefi else 'BIOS only'}) with: {result.kernel_args} "
+               f"({result.seconds:.2f} s)")

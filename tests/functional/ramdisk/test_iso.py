@@ -1,6 +1,7 @@
 """The agent ramdisk's bootable ISO: built from the real ramdisk, reproducible, and booted from a
-QEMU CD-ROM (TCG) it runs the agent with the kernel arguments baked into it, against the stand-in
-heartbeat endpoint of ``test_agent_vm``: inspect, then power off (QEMU exits).
+QEMU CD-ROM (TCG), by SeaBIOS and by OVMF (UEFI), it runs the agent with the kernel arguments baked
+into it, against the stand-in heartbeat endpoint of ``test_agent_vm``: inspect, then power off
+(QEMU exits).
 
 QEMU's user network lets the guest reach this host's loopback as
 10.0.2.2; the test sends no traffic anywhere else.
@@ -26,6 +27,9 @@ from conductor.cli import main
 from conductor.ramdisk import iso
 from tests.functional.ramdisk.test_agent_vm import MAC, NODE, TOKEN, Conductor
 
+#: UEFI firmware for QEMU (Debian ovmf).
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+
 
 def _need_tools() -> None:
     missing = iso.missing_tools()
@@ -43,6 +47,7 @@ def test_the_iso_holds_the_ramdisk_as_built_and_the_node_s_kernel_args(built_ram
     _need_tools()
     args = iso.node_kernel_args("http://10.0.2.2:6385", NODE, TOKEN)
     built = iso.build_iso(tmp_path / "node.iso", built_ramdisk.kernel.path, built_ramdisk.initramfs.path, args)
+    assert built.uefi == (not iso.missing_uefi_tools())
     assert built.image.path.stat().st_mode & 0o777 == 0o600  # it holds the agent token
     data = built.image.path.read_bytes()
     assert data[0x8001:0x8006] == b"CD001" and data[510:512] == b"\x55\xaa"  # ISO 9660, isohybrid MBR
@@ -50,6 +55,16 @@ def test_the_iso_holds_the_ramdisk_as_built_and_the_node_s_kernel_args(built_ram
     cfg = _extract(built.image.path, "/isolinux/isolinux.cfg", tmp_path / "isolinux.cfg").decode()
     assert f"  APPEND {args}\n" in cfg and cfg == iso.isolinux_cfg(args)
     assert f"conductor_node={NODE}" in args and f"conductor_token={TOKEN}" in args
+    if built.uefi:
+        grub = _extract(built.image.path, iso.GRUB_CFG_ON_ISO, tmp_path / "grub.cfg").decode()
+        assert grub == iso.grub_cfg(args) and f"'conductor_token={TOKEN}'" in grub
+        efi = _extract(built.image.path, "/isolinux/efiboot.img", tmp_path / "efiboot.img")
+        assert len(efi) == iso.EFI_IMAGE_KIB * 1024
+        listing = subprocess.run(["mdir", "-b", "-i", str(tmp_path / "efiboot.img"), "::/EFI/BOOT"],
+                                 capture_output=True, text=True, check=True,
+                                 env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
+        assert listing.split() == ["::/EFI/BOOT/BOOTX64.EFI"]
+        assert TOKEN.encode() not in efi  # the FAT image is the same for every node
     # Not copied through anything that could change them: the very bytes the build wrote.
     assert _extract(built.image.path, "/agent.kernel", tmp_path / "k") == built_ramdisk.kernel.path.read_bytes()
     assert _extract(built.image.path, "/agent.initramfs", tmp_path / "i") == built_ramdisk.initramfs.path.read_bytes()
@@ -83,20 +98,28 @@ def test_the_cli_writes_the_iso_and_prints_it(built_ramdisk, tmp_path: Path) -> 
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                     reason="qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
-def test_booted_from_a_cdrom_the_agent_heartbeats_with_the_baked_in_arguments(built_ramdisk,
-                                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_booted_from_a_cdrom_the_agent_heartbeats_with_the_baked_in_arguments(built_ramdisk, tmp_path: Path,
+                                                                              firmware: str) -> None:
     _need_tools()
+    if firmware == "uefi":
+        missing = iso.missing_uefi_tools() + ([] if OVMF.is_file() else [f"{OVMF} (Debian package ovmf)"])
+        if missing:
+            pytest.skip(f"booting the ISO under UEFI needs {', '.join(missing)}")
     conductor = Conductor([{"id": "cmd-inspect", "name": "inspect", "params": {}},
                            {"id": "cmd-off", "name": "power_off", "params": {}}], {})
     server = conductor.serve()
     base = f"http://10.0.2.2:{server.server_address[1]}"
     args = iso.node_kernel_args(base, NODE, TOKEN, extra="console=ttyS0,115200 panic=-1")
-    built = iso.build_iso(tmp_path / "node.iso", built_ramdisk.kernel.path, built_ramdisk.initramfs.path, args)
+    # Under BIOS too the ISO is the one with both boot images when the host can make it.
+    built = iso.build_iso(tmp_path / "node.iso", built_ramdisk.kernel.path, built_ramdisk.initramfs.path, args,
+                          uefi=True if firmware == "uefi" else None)
     console = tmp_path / "console.log"
     command = [
         "qemu-system-x86_64", "-nodefaults", "-display", "none", "-no-reboot", "-m", "512", "-smp", "1",
+        *(["-bios", str(OVMF)] if firmware == "uefi" else []),
         "-cdrom", str(built.image.path), "-boot", "d", "-serial", f"file:{console}",
-        # No -kernel, -initrd or -append: SeaBIOS boots the CD, isolinux the kernel.
+        # No -kernel, -initrd or -append: SeaBIOS boots the CD and isolinux the kernel, or OVMF GRUB.
         "-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,mac={MAC},romfile=",
     ]
     started = time.monotonic()
@@ -115,17 +138,17 @@ def test_booted_from_a_cdrom_the_agent_heartbeats_with_the_baked_in_arguments(bu
     log = console.read_text(errors="replace") if console.exists() else ""
     context = f"events: {conductor.events}\nrefused: {conductor.refused}\nconsole tail:\n{log[-3000:]}"
     assert exited, "QEMU did not power off\n" + context
-    assert "ISOLINUX" in log, context
+    assert ("ISOLINUX" in log) == (firmware == "bios"), context
     # The kernel ran with the ISO's arguments (isolinux adds BOOT_IMAGE= and initrd=).
     cmdline = next((line for line in log.splitlines() if "Command line:" in line), "")
     assert f"conductor_node={NODE}" in cmdline and f"conductor_api_url={base}" in cmdline, context
-    assert f"initrd={iso.INITRAMFS_ON_ISO}" in cmdline, cmdline
+    assert f"conductor_token={TOKEN}" in cmdline, cmdline
     # ... and the agent heartbeated with the baked-in node (the URL path) and token (the header).
     assert conductor.done.is_set() and not conductor.refused, context
     result: dict[str, Any] = conductor.results["cmd-inspect"]
     assert result["status"] == "succeeded", context
     assert [(n["mac"], n["link"]) for n in result["inventory"]["nics"]] == [(MAC, True)], result
     print("".join(line + "\n" for line in log.splitlines() if "agent[" in line or "Command line" in line))
-    print(f"\nISO {built.image.size / 1e6:.1f} MB built in {built.seconds:.2f} s; first heartbeat "
+    print(f"\n{firmware}: ISO {built.image.size / 1e6:.1f} MB built in {built.seconds:.2f} s; first heartbeat "
           f"{conductor.first('heartbeat cmd-inspect') - started:.1f} s after QEMU start; powered off after "
           f"{time.monotonic() - started:.1f} s")

@@ -26,6 +26,20 @@ def test_the_boot_config_boots_the_agent_at_once_with_the_node_s_arguments() -> 
     assert args.split().index("console=ttyS0,115200") > args.split().index("console=tty0")
 
 
+def test_grub_gets_the_same_arguments_each_single_quoted() -> None:
+    args = iso.node_kernel_args("http://192.0.2.1:6385/a;b#c", NODE, "tok$en")
+    cfg = iso.grub_cfg(args)
+    assert cfg.startswith("serial --unit=0 --speed=115200\n")
+    linux = next(line.strip() for line in cfg.splitlines() if line.strip().startswith("linux "))
+    # Quoted, GRUB expands no $ and starts no new command at ; or comment at #.
+    assert linux == (f"linux {iso.KERNEL_ON_ISO} 'console=tty0' 'console=ttyS0,115200' "
+                     f"'conductor_api_url=http://192.0.2.1:6385/a;b#c' 'conductor_node={NODE}' "
+                     "'conductor_token=tok$en'")
+    assert f"  initrd {iso.INITRAMFS_ON_ISO}\n" in cfg
+    with pytest.raises(ValueError):
+        iso.grub_cfg("a=b'\nreboot")
+
+
 def test_extra_arguments_come_first_and_spaces_are_collapsed() -> None:
     args = iso.node_kernel_args("http://h/", "n", "t", extra="  console=ttyS1,9600   panic=-1 ")
     assert args == "console=ttyS1,9600 panic=-1 conductor_api_url=http://h/ conductor_node=n conductor_token=t"
@@ -47,6 +61,8 @@ def test_values_with_whitespace_or_quotes_are_refused(api_url: str, node: str, t
 def test_arguments_that_cannot_be_one_append_line_are_refused(args: str) -> None:
     with pytest.raises(ValueError):
         iso.isolinux_cfg(args)
+    with pytest.raises(ValueError):
+        iso.grub_cfg(args)
     with pytest.raises(ValueError):
         iso.node_kernel_args("http://h/", "n", "t", extra=args if args.strip() else "a=\n")
 
@@ -73,13 +89,19 @@ def test_the_command_grafts_the_ramdisk_in_place_with_one_time_for_everything(tm
     assert command[command.index("-isohybrid-mbr") + 1] == "/m/isohdpfx.bin"
     assert command[-3:] == [f"/isolinux={tmp_path / 'stage'}", "/agent.kernel=/r/agent.kernel",
                             "/agent.initramfs=/r/agent.initramfs"]
+    assert "-e" not in command and "/conductor-agent=" not in " ".join(command)
+    both = iso.xorriso_command(tmp_path / "o.iso", tmp_path / "stage", Path("k"), Path("i"), "V", Path("m"), 1,
+                               grub_dir=tmp_path / "grub")
+    assert both[both.index("-eltorito-alt-boot") + 1:both.index("-eltorito-alt-boot") + 3] == [
+        "-e", "isolinux/efiboot.img"]
+    assert f"/conductor-agent={tmp_path / 'grub'}" in both
     # xorriso takes time 0 for "not set": the earliest time used is one second after 1970.
     zero = iso.xorriso_command(tmp_path / "o.iso", tmp_path, Path("k"), Path("i"), "V", Path("m"), 0)
     assert zero[zero.index("--set_all_file_dates") + 1] == "=1"
 
 
 def test_missing_tools_are_named_with_their_debian_packages(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(iso.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(iso.shutil, "which", lambda *_args, **_kwargs: None)
     monkeypatch.setattr(iso, "ISOLINUX_BIN", ("/nonexistent/isolinux.bin",))
     monkeypatch.setattr(iso, "LDLINUX_C32", ("/nonexistent/ldlinux.c32",))
     assert iso.missing_tools() == ["xorriso (Debian package xorriso)",
@@ -88,6 +110,13 @@ def test_missing_tools_are_named_with_their_debian_packages(monkeypatch, tmp_pat
     with pytest.raises(iso.IsoError, match="needs xorriso"):
         iso.build_iso(tmp_path / "o.iso", tmp_path / "k", tmp_path / "i", "console=ttyS0")
     assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(iso, "GRUB_EFI_MODULES_DIR", "/nonexistent/x86_64-efi")
+    assert iso.missing_uefi_tools() == [
+        "grub-mkimage (Debian package grub-common)", "mkfs.vfat (Debian package dosfstools)",
+        "mcopy (Debian package mtools)", "mmd (Debian package mtools)",
+        "/nonexistent/x86_64-efi (Debian package grub-efi-amd64-bin)"]
+    with pytest.raises(iso.IsoError, match="UEFI boot image needs grub-mkimage"):
+        iso.efi_image(tmp_path / "efiboot.img", tmp_path)
 
 
 def test_the_cli_refuses_bad_arguments_before_building(tmp_path: Path) -> None:
