@@ -5,6 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python bench/fleet_reboot.py --count 1000 --delay 2
     .venv/bin/python bench/fleet_reboot.py --count 1000 --delay 0 --workers 3
     .venv/bin/python bench/fleet_reboot.py --count 200 --delay 0 --env CONDUCTOR_LOG_LEVEL=WARNING
+    .venv/bin/python bench/fleet_reboot.py --count 1000 --delay 2 --protocol redfish
 
 1. Starts the simulator (``Fleet``): N BMCs, power transitions take
    ``--delay`` seconds, every BMC on.
@@ -25,6 +26,15 @@ Usage (from the repository root)::
    logins are done before its clock starts too, as the conductor's were
    (during ``manage``).  This reuses ``bench/bmcsim_load.py``'s reboot loop.
 
+With ``--protocol redfish`` the simulator also serves Redfish over HTTPS
+(every BMC on its own TCP port, docs/redfish.md), the nodes are enrolled
+with the ``redfish`` driver, and the baseline is a bare sushy loop: the same
+thread model and schedule, each BMC a ``sushy.Sushy`` root logged in (a
+session) before the clock starts, ``reset_system(ForceOff/On)`` and
+``system.refresh()`` to poll; its connections are kept alive as the
+driver's are (``--baseline-close``: sushy's default, a new TLS connection
+per call).
+
 Prints both times and their ratio (conductor / baseline), and the CPU
 seconds the service's processes (workers, API, Redis, callbacks) and the
 simulator used during the timed phase.  On a shared machine both vary from
@@ -42,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -73,8 +84,7 @@ DEFAULT_WORKERS = 3
 BASELINE_THREADS = 16
 BASELINE_POLL = 0.5
 ACTIVE_RE = re.compile(r'^conductor_requests_active\{state="(\w+)"\} ([0-9.e+]+)$', re.M)
-BMC_CALLS_RE = re.compile(
-    r'^conductor_bmc_command_duration_seconds_count\{command="(\w+)",driver="ipmi"\} ([0-9.e+]+)$', re.M)
+BMC_CALLS_RE = r'^conductor_bmc_command_duration_seconds_count\{{command="(\w+)",driver="{driver}"\}} ([0-9.e+]+)$'
 
 
 class Stalled(Exception):
@@ -119,8 +129,10 @@ def cpu_by_role() -> dict[str, float]:
 class Service:
     """``conductor up`` in a temporary data directory."""
 
-    def __init__(self, data_dir: Path, workers: int, api_workers: int, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, workers: int, api_workers: int, env: dict[str, str],
+                 driver: str = "ipmi") -> None:
         self.data_dir = data_dir
+        self.driver = driver
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "CONDUCTOR_DATA_DIR": str(data_dir), **env}
@@ -179,7 +191,8 @@ class Service:
     def bmc_calls(self) -> dict[str, int]:
         """IPMI driver calls so far, by driver method, from /metrics."""
         text = self.http.get(self.url + "/metrics", timeout=30).text
-        return {name: int(float(n)) for name, n in BMC_CALLS_RE.findall(text)}
+        pattern = re.compile(BMC_CALLS_RE.format(driver=self.driver), re.M)
+        return {name: int(float(n)) for name, n in pattern.findall(text)}
 
     def any_active(self) -> bool:
         """Whether a request is still queued or running (two cheap indexed look-ups)."""
@@ -242,6 +255,14 @@ def diagnose(fleet: Fleet, restarts_before: int) -> str:
     restarts = fleet.restarts[restarts_before:]
     parts = [f"simulator shard restarts during the run: {len(restarts)}"
              + (f" ({', '.join(sorted({str(r.reason) for r in restarts}))})" if restarts else "")]
+    if fleet.redfish is not None:
+        sample = random.sample(fleet.bmcs, min(5, len(fleet.bmcs)))
+        answered = 0
+        for bmc in sample:
+            with contextlib.suppress(requests.RequestException):
+                answered += requests.get(f"{fleet.redfish.url_of(bmc)}/redfish/v1/", verify=False, timeout=5).ok
+        parts.append(f"Redfish probes: {answered}/{len(sample)} BMCs answered"
+                     + ("; the Redfish front end does not answer" if answered == 0 else ""))
     if shutil.which("ipmitool"):
         sample = random.sample(fleet.bmcs, min(5, len(fleet.bmcs)))
         answered = 0
@@ -266,7 +287,7 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     """Enroll and manage (not timed), then reboot every node through the API (timed)."""
     env = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory(prefix="fleet-reboot-") as tmp:
-        service = Service(Path(tmp), args.workers, args.api_workers, env).start()
+        service = Service(Path(tmp), args.workers, args.api_workers, env, driver=args.protocol).start()
         try:
             service.call("PATCH", "/v1/throttle", 200, json={
                 "write_rate": 0, "client_write_rate": 0, "read_rate": 0, "max_queue_depth": 0})
@@ -274,7 +295,8 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             began = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(args.submitters) as pool:
                 list(pool.map(lambda b: service.call("POST", "/v1/nodes", 201, json={
-                    "name": b.name, "driver": "ipmi", "driver_info": b.driver_info()}), fleet.bmcs))
+                    "name": b.name, "driver": args.protocol, "driver_info": driver_info(fleet, b, args.protocol)}),
+                    fleet.bmcs))
             enrolled = time.monotonic() - began
             submit_all(service, names, "provision", {"target": "manage"}, args.submitters)
             managed = wait_all(service, fleet, args.timeout, args.stall, "manage")
@@ -284,6 +306,7 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             print(f"  setup: enrolled {len(names)} in {enrolled:.1f} s, managed in {managed:.1f} s", flush=True)
 
             load = _load()
+            sessions_before = redfish_sessions(fleet)
             calls_before = service.bmc_calls()
             cpu_before = cpu_by_role()
             began = time.monotonic()
@@ -301,11 +324,27 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             durations = [
                 (_ts(r["finished_at"]) - _ts(r["created_at"])) for r in outcomes.get("succeeded", [])
             ]
-            return {"total": total, "submitted": submitted, "succeeded": len(outcomes.get("succeeded", [])),
+            return {"total": total, "submitted": submitted,
+                    "sessions": redfish_sessions(fleet) - sessions_before,
+                    "succeeded": len(outcomes.get("succeeded", [])),
                     "failed": outcomes.get("failed", []), "calls": calls, "median_request": statistics.median(durations)
                     if durations else float("nan"), "load": load, "cpu": cpu}
         finally:
             service.stop()
+
+
+def redfish_sessions(fleet: Fleet) -> int:
+    """Redfish sessions the fleet's BMCs have created so far (0 without Redfish)."""
+    return sum(state.get("redfish", {}).get("sessions", 0) for state in fleet.states())
+
+
+def driver_info(fleet: Fleet, bmc: Any, protocol: str) -> dict[str, Any]:
+    """The node's driver_info for ``protocol``."""
+    if protocol == "redfish":
+        info = fleet.redfish_driver_info(bmc.name)
+        assert info is not None
+        return info
+    return bmc.driver_info()
 
 
 def _ts(value: str) -> float:
@@ -315,6 +354,27 @@ def _ts(value: str) -> float:
 
 
 # --- the bare baseline -----------------------------------------------------------------------
+class _SushyPower:
+    """A bare sushy client of one system, with the calls of bmcsim_load's reboot loop."""
+
+    def __init__(self, bmc: dict[str, Any]) -> None:
+        import sushy
+
+        self.sushy = sushy
+        self.root = sushy.Sushy(bmc["url"], username=bmc["username"], password=bmc["password"],
+                                verify=bmc["verify"])
+        if not bmc["close"]:
+            self.root._conn._session.headers.pop("Connection", None)  # keep-alive, as the driver does
+        self.system = self.root.get_system(bmc["system"])
+
+    def set_power(self, action: str) -> None:
+        self.system.reset_system(self.sushy.ResetType.ON if action == "on" else self.sushy.ResetType.FORCE_OFF)
+
+    def get_power(self) -> str:
+        self.system.refresh(force=True)
+        return "on" if self.system.power_state == self.sushy.PowerState.ON else "off"
+
+
 def _baseline_proc(bmcs: list[dict[str, Any]], delay: float, threads: int, results: mp.Queue) -> None:
     """One process, ``threads`` threads of plain pyghmi: log in (untimed), then reboot all (timed)."""
     parts = [bmcs[t::threads] for t in range(threads)]
@@ -324,7 +384,7 @@ def _baseline_proc(bmcs: list[dict[str, Any]], delay: float, threads: int, resul
 
     def worker(t: int) -> None:
         for bmc in parts[t]:
-            client = bmcsim_load._PlainPower(bmc)
+            client = _SushyPower(bmc) if "url" in bmc else bmcsim_load._PlainPower(bmc)
             client.get_power()  # the login, like the conductor's manage
             clients[t].append(client)
         gate.wait()
@@ -347,6 +407,11 @@ def _baseline_proc(bmcs: list[dict[str, Any]], delay: float, threads: int, resul
 def run_baseline(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     """The bare baseline on the same fleet (every BMC must be on)."""
     bmcs = [{"host": b.host, "port": b.port, "username": b.username, "password": b.password} for b in fleet.bmcs]
+    if args.protocol == "redfish":
+        assert fleet.redfish is not None
+        bmcs = [{"url": info["redfish_address"], "system": info["redfish_system_id"], "username": b.username,
+                 "password": b.password, "verify": info["redfish_verify_ca"], "close": args.baseline_close}
+                for b in fleet.bmcs if (info := fleet.redfish_driver_info(b.name))]
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
     child = ctx.Process(target=_baseline_proc, args=(bmcs, args.delay, BASELINE_THREADS, results))
@@ -387,15 +452,20 @@ def main() -> int:
                              "(its watchdog disabled) and expect STALLED")
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare baseline")
     parser.add_argument("--no-conductor", action="store_true", help="only the bare baseline")
+    parser.add_argument("--protocol", choices=("ipmi", "redfish"), default="ipmi",
+                        help="how the conductor (driver) and the baseline (pyghmi or sushy) talk to the BMCs [ipmi]")
+    parser.add_argument("--baseline-close", action="store_true",
+                        help="redfish: the sushy baseline closes its connection after every call (sushy's default)")
     args = parser.parse_args()
 
-    print(f"fleet_reboot: {args.count} BMCs, delay {args.delay:g} s, {args.workers} worker(s), "
+    print(f"fleet_reboot: {args.count} BMCs over {args.protocol}, delay {args.delay:g} s, {args.workers} worker(s), "
           f"{args.api_workers} API process(es); {_load()}", flush=True)
     conductor = baseline = None
     # --inject-wedge: a watchdog that never restarts a shard, so the wedge stays.
     probe_failures = 10**9 if args.inject_wedge else 3
     with Fleet(count=args.count, delay=args.delay, initial_power="on", shards=args.shards,
-               probe_failures=probe_failures, stderr=subprocess.DEVNULL) as fleet:
+               probe_failures=probe_failures, stderr=subprocess.DEVNULL,
+               redfish_port=0 if args.protocol == "redfish" else None) as fleet:
         try:
             if not args.no_conductor:
                 conductor = run_conductor(fleet, args)
@@ -403,7 +473,9 @@ def main() -> int:
                 print(f"conductor: {conductor['succeeded']}/{args.count} reboots succeeded in "
                       f"{conductor['total']:.1f} s (submitted in {conductor['submitted']:.1f} s; median request "
                       f"{conductor['median_request']:.1f} s); before: {conductor['load']}", flush=True)
-                print(f"  driver calls: {conductor['calls']}", flush=True)
+                print(f"  driver calls: {conductor['calls']}"
+                      + (f"; Redfish sessions created (first contacts of a worker with a BMC): "
+                         f"{conductor['sessions']}" if args.protocol == "redfish" else ""), flush=True)
                 cpu = conductor["cpu"]
                 print(f"  CPU over the timed phase: {sum(cpu.values()):.1f} s ("
                       + ", ".join(f"{role} {secs:.1f}" for role, secs in sorted(cpu.items(), key=lambda i: -i[1]))
@@ -418,8 +490,9 @@ def main() -> int:
                     return 1
             if not args.no_baseline:
                 baseline = run_baseline(fleet, args)
-                print(f"baseline (plain pyghmi, 1 process x {BASELINE_THREADS} threads): {baseline['done']}/"
-                      f"{args.count} reboots in {baseline['total']:.1f} s ({baseline['calls']} IPMI calls, "
+                library = "sushy" if args.protocol == "redfish" else "pyghmi"
+                print(f"baseline (plain {library}, 1 process x {BASELINE_THREADS} threads): {baseline['done']}/"
+                      f"{args.count} reboots in {baseline['total']:.1f} s ({baseline['calls']} calls, "
                       f"{baseline['errors']} errors); before: {baseline['load']}", flush=True)
         except Stalled as exc:
             print(f"STALLED: {exc}", flush=True)

@@ -13,7 +13,8 @@ and removes it when the agent's work is done.  A machine that boots from
   its SHA-256, and a sealed copy for the iPXE boot script of real machines
   until the agent claims it: :mod:`conductor.core.agent`).
 
-The file is named after the node's BMC address (``<address>-<port>.json``),
+The file is named after the node's BMC address (``<address>-<port>.json``;
+``redfish-<host:port>-<system>.json`` for a Redfish BMC),
 the one identity both the conductor (``driver_info``) and the machine know
 before inspection has found any MAC address; nodes without a BMC address
 (``fake`` driver) use ``node-<uuid>.json``.  Files are mode 0600 in a 0700
@@ -33,10 +34,14 @@ from typing import Any, cast
 
 
 def key_for(driver_info: Mapping[str, Any], node_uuid: str) -> str:
-    """The boot config name of a node: its BMC address, else its UUID."""
+    """The boot config name of a node: its BMC address (and Redfish system), else its UUID."""
     address = driver_info.get("ipmi_address")
     if address:
         return f"{address}-{int(driver_info.get('ipmi_port') or 623)}"
+    redfish = driver_info.get("redfish_address")
+    if isinstance(redfish, str) and redfish:
+        service = redfish.split("://", 1)[-1].rstrip("/")
+        return f"redfish-{service}-{driver_info.get('redfish_system_id') or 'system'}"
     return f"node-{node_uuid}"
 
 

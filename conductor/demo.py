@@ -30,6 +30,8 @@ from typing import Any, cast
 
 import requests
 
+from conductor import httpclient
+
 #: The image deployed, registered at start (a small file: the simulated agents write no disk).
 IMAGE = "ubuntu-24.04-server"
 CONFIGDRIVE = "#cloud-config\nhostname: demo\n"
@@ -44,11 +46,11 @@ class DemoError(RuntimeError):
     """The demo's script could not go on."""
 
 
-def _free_port(preferred: int) -> int:
+def free_port(preferred: int) -> int:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", preferred))
-            return preferred
+            return int(sock.getsockname()[1])  # preferred, or any free one for 0
         except OSError:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
@@ -59,7 +61,7 @@ class Api:
 
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url
-        self.http = requests.Session()
+        self.http = httpclient.session()
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
 
@@ -81,6 +83,26 @@ class Api:
 
     def request(self, request_id: str) -> dict[str, Any]:
         return cast("dict[str, Any]", self.call("GET", f"/v1/requests/{request_id}"))
+
+    def node(self, name: str) -> dict[str, Any]:
+        return cast("dict[str, Any]", self.call("GET", f"/v1/nodes/{name}"))
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """The node's history, newest first."""
+        return cast("list[dict[str, Any]]",
+                    self.call("GET", f"/v1/nodes/{name}/history", params={"limit": 1000})["history"])
+
+    def wait(self, request_id: str, timeout: float, interval: float = 0.5) -> dict[str, Any]:
+        """The request once it ended (any way), polled; :class:`DemoError` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            request = self.request(request_id)
+            if request["state"] in ("succeeded", "failed", "cancelled"):
+                return request
+            if time.monotonic() > deadline:
+                raise DemoError(f"request {request_id} ({request['target']}) still {request['state']} "
+                                f"after {timeout:.0f} s (step: {request.get('step')})")
+            time.sleep(interval)
 
 
 def register_image(settings: Any, name: str, size: int = 65536) -> None:
@@ -113,7 +135,7 @@ class Demo:
 
         self.count = nodes
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="conductor-demo-"))
-        self.port = _free_port(port)
+        self.port = free_port(port)
         self.workers = workers
         self.boot_delay, self.work_duration, self.power_delay = boot_delay, work_duration, power_delay
         self.console = console or Console()

@@ -69,6 +69,8 @@ class Group(enum.StrEnum):
     POWER = "power"
     #: The IPMI driver.
     IPMI = "ipmi"
+    #: The Redfish driver.
+    REDFISH = "redfish"
     #: Deploy, clean and inspect with an agent (the ``pxe`` deploy interface).
     DEPLOY = "deploy"
     #: Images: registered images and the cache of remote ones.
@@ -202,6 +204,26 @@ class Settings:
     #: commands to a BMC is the live throttle knob ``bmc_min_interval``.
     ipmi_one_in_flight: bool = _setting(Group.IPMI, True)
     ipmi_busy_retry: float = _setting(Group.IPMI, 0.1)
+
+    # --- redfish ---------------------------------------------------------------------------
+    #: Redfish driver (see docs/redfish.md).  One HTTP request may take
+    #: ``redfish_connect_timeout`` to connect (TLS included) and
+    #: ``redfish_timeout`` to answer (a node's ``driver_info`` may set its
+    #: own); a connection failure or timeout is retried ``redfish_retries``
+    #: times after ``redfish_backoff`` seconds (doubling, jittered).  A 503
+    #: is honoured: the step comes back after its ``Retry-After``, for at
+    #: most ``redfish_busy_timeout`` seconds of 503s in a row.  The
+    #: connection to a BMC stays open between calls unless
+    #: ``redfish_keepalive`` is off.  One call in flight per system, and
+    #: ``bmc_min_interval`` between commands, as for IPMI.
+    redfish_timeout: float = _setting(Group.REDFISH, 10.0)
+    redfish_connect_timeout: float = _setting(Group.REDFISH, 5.0)
+    redfish_retries: int = _setting(Group.REDFISH, 1)
+    redfish_backoff: float = _setting(Group.REDFISH, 0.5)
+    redfish_busy_timeout: float = _setting(Group.REDFISH, 60.0)
+    redfish_keepalive: bool = _setting(Group.REDFISH, True)
+    redfish_one_in_flight: bool = _setting(Group.REDFISH, True)
+    redfish_busy_retry: float = _setting(Group.REDFISH, 0.1)
 
     # --- deploy ----------------------------------------------------------------------------
     #: Whether undeploy and provide run automated cleaning.

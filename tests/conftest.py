@@ -34,8 +34,10 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from conductor import database
+from conductor import database, httpclient
 from conductor.auth import tokens
+from conductor.bmcsim import Fleet, VmSpec
+from conductor.bmcsim.vm import missing_requirements
 from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.embedded_redis import EmbeddedRedis
@@ -302,7 +304,7 @@ class Service:
             "--workers", str(workers), "--api-workers", str(api_workers),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
-        self.http = requests.Session()
+        self.http = httpclient.session()
 
     @property
     def admin_token(self) -> str:
@@ -392,3 +394,33 @@ def service_factory(settings: Settings) -> Iterator:
         except AssertionError as exc:
             left.append(str(exc))
     assert not left, left
+
+
+@pytest.fixture
+def vm_fleet(tmp_path: Path) -> Iterator:
+    """Start BMC fleets whose BMCs drive real QEMU machines (TCG); every one is stopped after the test.
+
+    ``vm_fleet(vms=1, count=0, fleet={...}, **spec)`` returns a started
+    :class:`~conductor.bmcsim.Fleet` with ``vms`` VM BMCs (``vm-0000``...)
+    after ``count`` in-memory ones; ``spec`` goes to
+    :class:`~conductor.bmcsim.VmSpec` (default: 256 MiB, 1 CPU, a 16 MiB raw
+    disk, files under the test's ``tmp_path/vms``), ``fleet`` to ``Fleet``.
+    For a network boot from a conductor on this host:
+    ``network=UserNetwork(boot_url="http://10.0.2.2:PORT/v1/boot")``.
+    Skips the test when qemu-system-x86_64 or Debian's iPXE ROMs are missing.
+    """
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    started: list = []
+
+    def start(vms: int = 1, *, count: int = 0, fleet: dict | None = None, **spec) -> Fleet:  # type: ignore[no-untyped-def]
+        options = {"memory_mb": 256, "disk_size": "16M", "directory": tmp_path / "vms"}
+        options.update(spec)
+        running = Fleet(count, vms=VmSpec(count=vms, **options), **(fleet or {})).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

@@ -31,7 +31,8 @@ PKG = ROOT / "conductor"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", (
         "conductor.__main__", "conductor.cli", "conductor.api", "conductor.wsgi", "conductor.gunicorn_app",
-        "conductor.supervisor", "conductor.demo", "conductor.bootstrap", "conductor.bmcsim", "conductor.ramdisk",
+        "conductor.supervisor", "conductor.demo", "conductor.vmlab", "conductor.bootstrap", "conductor.bmcsim",
+        "conductor.ramdisk",
         # The worker processes and the job functions RQ calls by name.
         "conductor.engine.worker", "conductor.engine.jobs", "conductor.callbacks.worker", "conductor.callbacks.jobs",
     )),
@@ -50,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "conductor.context", "conductor.database", "conductor.workqueue", "conductor.metrics", "conductor.throttle",
         "conductor.callbacks", "conductor.auth", "conductor.secretbox", "conductor.datadir", "conductor.bootfiles",
         "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing",
-        "conductor.macs", "conductor.images",
+        "conductor.macs", "conductor.images", "conductor.httpclient",
     )),
     ("foundation", (
         "conductor.models", "conductor.fsm", "conductor.settings", "conductor.exceptions", "conductor",

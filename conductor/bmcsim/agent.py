@@ -9,7 +9,8 @@ command the conductor answers with (``write_image``, ``erase_disks``,
 ``inspect``) for ``work_duration`` seconds, fails it with probability
 ``failure_rate``, and reports the result with its next heartbeat.
 Powered off (or booted from anything else: "the installed OS") the agent
-is gone: a powered-off machine never calls back.
+is gone: a powered-off machine never calls back.  BMCs that drive a real
+virtual machine (see :mod:`.vmmanager`) have no simulated agent.
 
 How the agent learns the token: through the boot config, the simulated
 equivalent of the kernel command line a PXE server hands a booting
@@ -80,6 +81,7 @@ class SimAgent:
         self.pxe_root = Path(pxe_root)
         self.default = Behaviour(boot_delay, work_duration, failure_rate)
         self.api_url = api_url
+        self._vm_names: frozenset[str] = getattr(fleet, "vm_names", frozenset())
         self._behaviours: dict[str, Behaviour] = {}
         self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -122,6 +124,8 @@ class SimAgent:
 
     # --- events --------------------------------------------------------------------
     def _on_power(self, event: PowerEvent) -> None:
+        if event.bmc in self._vm_names:
+            return  # a real machine: its own firmware and ramdisk do the talking
         with self._lock:
             # Any power change ends what the machine was running.
             generation = self._generation[event.bmc] = self._generation.get(event.bmc, 0) + 1
@@ -172,8 +176,11 @@ class SimAgent:
         if not self._sleep(bmc, generation, behaviour.boot_delay or 0.0):
             return
         spec = self.fleet.bmc(bmc)
-        config = bootfiles.read(self.pxe_root, bootfiles.key_for({"ipmi_address": spec.host,
-                                                                   "ipmi_port": spec.port}, ""))
+        keys = [bootfiles.key_for({"ipmi_address": spec.host, "ipmi_port": spec.port}, "")]
+        redfish = getattr(self.fleet, "redfish_driver_info", None)
+        if redfish is not None and redfish(bmc):  # the node may be enrolled with either driver
+            keys.append(bootfiles.key_for(redfish(bmc), ""))
+        config = next((found for key in keys if (found := bootfiles.read(self.pxe_root, key)) is not None), None)
         if config is None:
             self._note(bmc, "network boot found no boot config: nothing to run")
             return

@@ -52,6 +52,7 @@ from conductor.bmcsim.state import (
     BootDevice,
     Directive,
     FaultBit,
+    ForceCause,
     PowerState,
     StateTable,
     transition_target,
@@ -162,11 +163,14 @@ class SimBmc(pyghmi_bmc.Bmc):
     :param index: the BMC's record in ``table``.
     :param name: used in events and logs.
     :param users: ``{username: password}``.
+    :param vm: a virtual machine is behind this BMC (see :mod:`.vmmanager`):
+        a soft power off is only passed on (the guest decides), and the
+        control process writes the machine's real state back.
     """
 
     def __init__(self, shard: Shard, table: StateTable, index: int, name: str,
                  sock: socket.socket, port: int, users: dict[str, str],
-                 bmc_uuid: uuidlib.UUID) -> None:
+                 bmc_uuid: uuidlib.UUID, vm: bool = False) -> None:
         # Deliberately not calling IpmiServer.__init__: it binds the socket
         # into pyghmi's global I/O thread (see the module docstring).  These
         # are the attributes it would set.
@@ -193,6 +197,7 @@ class SimBmc(pyghmi_bmc.Bmc):
         self.authdata = _Credentials(self, users)
         self.sessions: dict[tuple, SimServerSession] = {}
         self.next_flap: float | None = None
+        self.vm = vm
 
     # --- packets --------------------------------------------------------------
     def fault_bits(self) -> FaultBit:
@@ -288,6 +293,16 @@ class SimBmc(pyghmi_bmc.Bmc):
         if directive in (Directive.OFF, Directive.SOFT, Directive.RESET) and not power:
             self.table.write_power(self.index, 0, Directive.NONE, 0.0)  # cancels a pending on
             return CC_OK
+        if directive == Directive.SOFT and self.vm:
+            # A virtual machine powers off when its guest says so: pass the
+            # ACPI request on (an on -> on event) and let the VM manager
+            # write back "off" once the machine has really stopped.
+            selector, flags = self.table.read_boot(self.index)
+            self.shard.emit({"type": "power", "index": self.index, "old": "on", "new": "on",
+                             "cause": "soft", "boot_device": str(SELECTOR_BOOT.get(selector, BootDevice.DEFAULT)),
+                             "persistent": bool(flags & BOOT_PERSISTENT), "uefi": bool(flags & BOOT_UEFI),
+                             "time": time.time()})
+            return CC_OK
         if directive == Directive.ON and power:
             self.table.write_power(self.index, 1, Directive.NONE, 0.0)  # cancels a pending off
             return CC_OK
@@ -313,6 +328,14 @@ class SimBmc(pyghmi_bmc.Bmc):
         directive = Directive(pending)
         target = transition_target(directive)
         old = PowerState.ON if power else PowerState.OFF
+        if self.vm and old == PowerState.OFF and target == PowerState.ON:
+            # A virtual machine is on once its QEMU runs: the event asks the
+            # VM manager to start it, and the BMC reads "off" until the
+            # manager writes "on" back (a "vm-started" event), or for good
+            # if it cannot start ("vm-failed").
+            self.table.write_power(self.index, 0, Directive.NONE, 0.0)
+            self._event(old, PowerState.ON, directive.name.lower())
+            return
         self.table.write_power(self.index, 1 if target == PowerState.ON else 0, Directive.NONE, 0.0)
         self._event(old, target or old, directive.name.lower())
 
@@ -343,8 +366,9 @@ class SimBmc(pyghmi_bmc.Bmc):
             old = PowerState.ON if power else PowerState.OFF
             new = PowerState.ON if force_power else PowerState.OFF
             self.table.write_power(self.index, 1 if force_power else 0, Directive.NONE, 0.0)
-            if old != new:
-                self._event(old, new, "drift")
+            cause = self.table.read_force_cause(self.index)
+            if old != new or cause == ForceCause.VM_FAILED:  # a VM that failed to start stays off, said so
+                self._event(old, new, cause.label)
             self.table.write_applied(self.index, seq)
         if not self.fault_bits() & FaultBit.FLAP:
             self.next_flap = None

@@ -20,6 +20,7 @@ import click
 
 from conductor.bmcsim.control import ControlServer, RemoteFleet
 from conductor.bmcsim.fleet import Fleet, FleetError
+from conductor.bmcsim.vm import UserNetwork, VmSpec
 
 DEFAULT_CONTROL_PORT = 8623
 DEFAULT_BASE_PORT = 6230
@@ -40,7 +41,7 @@ def _remote(ctx: click.Context) -> RemoteFleet:
 
 
 @sim.command()
-@click.option("--count", default=10, show_default=True, help="Number of BMCs.")
+@click.option("--count", type=int, default=None, help="Number of in-memory BMCs [default: 10, or 0 with --vm-count].")
 @click.option("--base-port", default=DEFAULT_BASE_PORT, show_default=True,
               help="UDP port of the first BMC; the others follow.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -68,22 +69,57 @@ def _remote(ctx: click.Context) -> RemoteFleet:
 @click.option("--agent-work-duration", default=2.0, show_default=True,
               help="Seconds an agent takes per command (write image, erase, inspect).")
 @click.option("--agent-failure-rate", default=0.0, show_default=True, help="Probability that a command fails.")
-def run(count: int, base_port: int, host: str, delay: float, control_port: int,
+@click.option("--vm-count", default=0, show_default=True,
+              help="BMCs that each drive a QEMU virtual machine (named vm-0000...; see docs/vm.md).")
+@click.option("--vm-memory", default=512, show_default=True, help="MiB of RAM per VM.")
+@click.option("--vm-cpus", default=1, show_default=True, help="Virtual CPUs per VM.")
+@click.option("--vm-disk-size", default="2G", show_default=True, help="Size of a VM's disk when created.")
+@click.option("--vm-disk-format", type=click.Choice(["raw", "qcow2"]), default="raw", show_default=True)
+@click.option("--vm-dir", type=click.Path(file_okay=False), default=None,
+              help="Where disks, serial logs and QMP sockets go (default: a temporary directory, removed at exit).")
+@click.option("--vm-boot-url", default=None,
+              help="Boot file URL QEMU's DHCP hands iPXE (e.g. http://10.0.2.2:6385/v1/boot; "
+                   "10.0.2.2 is this host's loopback as the guest sees it).")
+@click.option("--vm-accel", type=click.Choice(["tcg", "kvm", "auto"]), default="tcg", show_default=True,
+              help="auto: kvm if a probe guest boots through iPXE with it, else tcg.")
+@click.option("--vm-qemu", default="qemu-system-x86_64", show_default=True, help="QEMU binary.")
+@click.option("--redfish-port", type=int, default=None,
+              help="Also serve Redfish: BMC i on TCP port REDFISH_PORT + i (0: any free ports).")
+@click.option("--redfish-tls/--redfish-http", default=True, show_default=True,
+              help="Redfish over HTTPS (self-signed certificate, in the inventory's redfish_verify_ca) or HTTP.")
+def run(count: int | None, base_port: int, host: str, delay: float, control_port: int,
         inventory_path: str | None, password_mode: str, username: str, password: str,
         shards: int | None, initial_power: str, ready_json: bool, exit_with_parent: bool,
         log_level: str, agent: bool, pxe_root: str | None, agent_boot_delay: float,
-        agent_work_duration: float, agent_failure_rate: float) -> None:
+        agent_work_duration: float, agent_failure_rate: float, vm_count: int, vm_memory: int,
+        vm_cpus: int, vm_disk_size: str, vm_disk_format: str, vm_dir: str | None,
+        vm_boot_url: str | None, vm_accel: str, vm_qemu: str, redfish_port: int | None,
+        redfish_tls: bool) -> None:
     """Run a fleet in the foreground until interrupted.
 
     With --agent (the default) a machine powered on from pxe reads the boot
     config the conductor wrote for it under --pxe-root and heartbeats to the
-    conductor's API (see docs/deploy.md).
+    conductor's API (see docs/deploy.md); VM BMCs (--vm-count) boot for real
+    instead, and the inventory gives their nodes the VMs' MACs as ports.
+    With --redfish-port every BMC also speaks Redfish (docs/redfish.md), and
+    the inventory offers a redfish driver_info too (``conductor node import
+    --driver redfish``).
     """
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fleet = Fleet(count, base_port=base_port, host=host, delay=delay, username=username,
+    vms = None
+    if vm_count:
+        try:
+            vms = VmSpec(count=vm_count, memory_mb=vm_memory, cpus=vm_cpus, disk_size=vm_disk_size,
+                         disk_format=vm_disk_format, directory=Path(vm_dir) if vm_dir else None,
+                         accel=vm_accel, network=UserNetwork(boot_url=vm_boot_url), qemu=vm_qemu)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    if count is None:
+        count = 0 if vms else 10
+    fleet = Fleet(count, vms=vms, base_port=base_port, host=host, delay=delay, username=username,
                   password=password, password_mode=password_mode, shards=shards,
-                  initial_power=initial_power)
+                  initial_power=initial_power, redfish_port=redfish_port, redfish_tls=redfish_tls)
     try:
         fleet.start()
     except FleetError as exc:
@@ -104,15 +140,19 @@ def run(count: int, base_port: int, host: str, delay: float, control_port: int,
         root = Path(pxe_root) if pxe_root else load().pxe_dir
         agents = SimAgent(fleet, root, boot_delay=agent_boot_delay, work_duration=agent_work_duration,
                           failure_rate=agent_failure_rate).start()
-    ready = {"control_url": server.url, "host": host, "base_port": fleet.base_port, "count": count,
-             "shards": fleet.shard_count, "started_in": round(fleet.started_in or 0.0, 3),
-             "inventory": inventory_path}
+    total = fleet.count
+    ready = {"control_url": server.url, "host": host, "base_port": fleet.base_port, "count": total,
+             "vms": vm_count, "shards": fleet.shard_count, "started_in": round(fleet.started_in or 0.0, 3),
+             "inventory": inventory_path,
+             "redfish_base_port": fleet.redfish.base_port if fleet.redfish else None,
+             "redfish_ca": str(fleet.redfish.cert_path) if fleet.redfish and fleet.redfish.cert_path else None}
     if ready_json:
         click.echo(json.dumps(ready))
     else:
-        click.echo(f"{count} BMCs on {host}:{fleet.base_port}-{fleet.base_port + count - 1} "
+        click.echo(f"{total} BMCs ({vm_count} with a VM) on {host}:{fleet.base_port}-{fleet.base_port + total - 1} "
                    f"({fleet.shard_count} shards) started in {ready['started_in']} s; "
-                   f"control API {server.url}" + (f"; inventory {inventory_path}" if inventory_path else ""))
+                   f"control API {server.url}" + (f"; inventory {inventory_path}" if inventory_path else "")
+                   + (f"; Redfish on {fleet.redfish.url_of(fleet.bmcs[0])} and up" if fleet.redfish else ""))
     sys.stdout.flush()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -155,6 +195,23 @@ def show(ctx: click.Context, name: str) -> None:
 
 
 @sim.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def vms(ctx: click.Context, as_json: bool) -> None:
+    """List the VM BMCs' machines: running, pid, disk, last error."""
+    machines = _call(_remote(ctx).vms)
+    if as_json:
+        click.echo(json.dumps(machines, indent=2))
+        return
+    click.echo(f"{'NAME':<12} {'MAC':<18} {'RUN':<4} {'PID':>7} {'BOOT':<8} DISK / LAST ERROR")
+    for vm in machines:
+        boot = (vm["boot"] or {}).get("device") or "-"
+        click.echo(f"{vm['name']:<12} {vm['mac']:<18} {'yes' if vm['running'] else 'no':<4} "
+                   f"{vm['pid'] or '-':>7} {boot:<8} {vm['disk']}"
+                   + (f"  ! {vm['last_error']}" if vm["last_error"] else ""))
+
+
+@sim.command()
 @click.argument("name")
 @click.option("--drop", type=float, help="Fraction of packets to drop (0..1).")
 @click.option("--latency", type=float, help="Seconds added to every packet.")
@@ -164,6 +221,9 @@ def show(ctx: click.Context, name: str) -> None:
 @click.option("--flap-period", type=float, help="Seconds between flaps.")
 @click.option("--unreachable", is_flag=True, default=None, help="Drop every packet.")
 @click.option("--ignore-acpi", is_flag=True, default=None, help="Ignore soft power off.")
+@click.option("--http-error", type=int, help="Redfish: answer requests with this HTTP status (0: none).")
+@click.option("--http-error-rate", type=float, help="Redfish: the fraction of requests so answered (default 1).")
+@click.option("--retry-after", type=float, help="Redfish: Retry-After seconds of a 503.")
 @click.option("--clear", is_flag=True, help="Remove every fault first.")
 @click.pass_context
 def fault(ctx: click.Context, name: str, clear: bool, **faults: Any) -> None:
@@ -173,7 +233,7 @@ def fault(ctx: click.Context, name: str, clear: bool, **faults: Any) -> None:
     state = _call(remote.clear_faults, name) if clear else None
     if changes or state is None:
         state = _call(remote.set_fault, name, **changes)
-    click.echo(f"{name}: {_faults(state['faults'])}")
+    click.echo(f"{name}: {_all_faults(state)}")
 
 
 @sim.command()
@@ -217,6 +277,15 @@ def _faults(faults: dict[str, Any]) -> str:
     if faults.get("latency"):
         parts.append(f"latency={faults['latency']}")
     return ",".join(parts) or "-"
+
+
+def _all_faults(state: dict[str, Any]) -> str:
+    shown = _faults(state["faults"])
+    http = (state.get("redfish") or {}).get("faults") or {}
+    if http.get("http_error"):
+        extra = f"http_error={http['http_error']}@{http['http_error_rate']}"
+        shown = extra if shown == "-" else f"{shown},{extra}"
+    return shown
 
 
 def main() -> None:

@@ -15,10 +15,16 @@ Endpoints (all JSON; errors are ``{"error": message}`` with 400 or 404)::
     GET    /shards                      health of each shard process
     GET    /restarts                    every shard restart so far, with reasons
     POST   /shards/K/crash|wedge        test aids: SIGKILL / SIGSTOP a shard
+    GET    /vms                         {"vms": [vm, ...]}: the VM BMCs' machines
+    GET    /vms/NAME                    one VM (disk, console log, running, pid...)
+    PUT    /vms/NAME                    body {"disk", "disk_format", "qemu"}: from its next start
+    POST   /vms/NAME/qmp                body {"execute": CMD[, "arguments": {...}]}:
+                                        {"return": ...} from the running QEMU
 
 A state is ``{"name", "address", "port", "username", "shard", "power",
 "pending", "pending_in", "boot_device", "boot_persistent", "boot_uefi",
-"faults", "delay", "power_changes", "packets", "commands", "logins"}``.
+"faults", "delay", "power_changes", "packets", "commands", "logins"}``,
+plus ``"mac"`` and ``"vm"`` (see :meth:`Fleet.vm`) for a VM BMC.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import Any, cast
 from conductor.bmcsim.events import PowerEvent
 from conductor.bmcsim.fleet import Fleet, FleetError
 from conductor.bmcsim.inventory import BMCSpec, write_document
+from conductor.bmcsim.vm import VmSpec
 
 LOG = logging.getLogger(__name__)
 
@@ -99,6 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
         ("GET", re.compile(r"/shards"), "shards"),
         ("GET", re.compile(r"/restarts"), "restarts"),
         ("POST", re.compile(r"/shards/(?P<shard>\d+)/(?P<action>crash|wedge)"), "shard_action"),
+        ("GET", re.compile(r"/vms"), "list_vms"),
+        ("GET", re.compile(r"/vms/(?P<name>[^/]+)"), "show_vm"),
+        ("PUT", re.compile(r"/vms/(?P<name>[^/]+)"), "configure_vm"),
+        ("POST", re.compile(r"/vms/(?P<name>[^/]+)/qmp"), "vm_qmp"),
     )
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -208,6 +219,28 @@ class _Handler(BaseHTTPRequestHandler):
         (self.fleet.crash_shard if action == "crash" else self.fleet.wedge_shard)(index)
         return {"shard": index, "action": action}
 
+    def list_vms(self) -> dict[str, Any]:
+        return {"vms": self.fleet.vms()}
+
+    def show_vm(self, name: str) -> dict[str, Any]:
+        return self.fleet.vm(name)
+
+    def configure_vm(self, name: str) -> dict[str, Any]:
+        body = self._body()
+        unknown = set(body) - {"disk", "disk_format", "qemu"}
+        if unknown:
+            raise _BadRequest(f"unknown fields {sorted(unknown)}; known: disk, disk_format, qemu")
+        return self.fleet.configure_vm(name, **body)
+
+    def vm_qmp(self, name: str) -> dict[str, Any]:
+        body = self._body()
+        if not isinstance(body.get("execute"), str):
+            raise _BadRequest("execute (a QMP command name) is required")
+        arguments = body.get("arguments")
+        if arguments is not None and not isinstance(arguments, dict):
+            raise _BadRequest("arguments must be an object")
+        return {"return": self.fleet.vm_qmp(name, body["execute"], arguments)}
+
 
 class RemoteFleet:
     """Drive a fleet that runs in another process, through its control API.
@@ -224,9 +257,10 @@ class RemoteFleet:
     @classmethod
     def spawn(cls, count: int = 1, *, base_port: int | None = None, delay: float = 0.0,
               password_mode: str = "same", shards: int | None = None, timeout: float = 60.0,
-              extra_args: tuple[str, ...] = ()) -> RemoteFleet:
+              extra_args: tuple[str, ...] = (), vms: VmSpec | None = None) -> RemoteFleet:
         """Start ``conductor sim run`` as a subprocess and connect to it.
 
+        :param vms: VM BMCs too (see :meth:`VmSpec.cli_args`); ``count`` may be 0 then.
         :raises FleetError: the simulator did not start.
         """
         args = [sys.executable, "-m", "conductor.bmcsim.cli", "run", "--count", str(count),
@@ -236,6 +270,8 @@ class RemoteFleet:
             args += ["--base-port", str(base_port)]
         if shards is not None:
             args += ["--shards", str(shards)]
+        if vms is not None:
+            args += vms.cli_args()
         args += list(extra_args)
         process = subprocess.Popen(args, stdout=subprocess.PIPE, env=_child_env())
         stdout = process.stdout
@@ -278,9 +314,11 @@ class RemoteFleet:
         specs = []
         for index, node in enumerate(self.inventory()["nodes"]):
             info = node["driver_info"]
+            ports = node.get("ports") or []
             specs.append(BMCSpec(name=node["name"], index=index, host=info["ipmi_address"],
                                  port=info["ipmi_port"], username=info["ipmi_username"],
-                                 password=info["ipmi_password"]))
+                                 password=info["ipmi_password"], vm=bool(ports),
+                                 mac=ports[0] if ports else None))
         return specs
 
     def state(self, name: str) -> dict[str, Any]:
@@ -335,6 +373,26 @@ class RemoteFleet:
     def wedge_shard(self, shard: int) -> None:
         """See :meth:`Fleet.wedge_shard`."""
         self._request("POST", f"/shards/{shard}/wedge")
+
+    def vm(self, name: str) -> dict[str, Any]:
+        """See :meth:`Fleet.vm`."""
+        return self._request("GET", f"/vms/{urllib.parse.quote(name)}")
+
+    def vms(self) -> list[dict[str, Any]]:
+        """See :meth:`Fleet.vms`."""
+        return cast("list[dict[str, Any]]", self._request("GET", "/vms")["vms"])
+
+    def configure_vm(self, name: str, **changes: Any) -> dict[str, Any]:
+        """See :meth:`Fleet.configure_vm` (``disk``, ``disk_format``, ``qemu``)."""
+        body = {k: str(v) for k, v in changes.items() if v is not None}
+        return self._request("PUT", f"/vms/{urllib.parse.quote(name)}", body)
+
+    def vm_qmp(self, name: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """See :meth:`Fleet.vm_qmp`."""
+        body: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            body["arguments"] = arguments
+        return self._request("POST", f"/vms/{urllib.parse.quote(name)}/qmp", body)["return"]
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                  timeout: float = 10.0) -> dict[str, Any]:

@@ -33,9 +33,13 @@ class PowerEvent:
     :ivar seq: position in the fleet's event stream (starts at 1).
     :ivar bmc: the BMC's name.
     :ivar old: power state before (``on``/``off``).
-    :ivar new: power state after; equal to ``old`` for a reset.
+    :ivar new: power state after; equal to ``old`` for a reset, and for a
+        soft power off of a VM BMC (the ACPI request: "off" follows, as a
+        ``vm-exit`` event, when the guest has powered off).
     :ivar cause: ``on``, ``off``, ``soft``, ``cycle``, ``reset`` (IPMI
-        commands), ``drift`` (set behind the conductor's back), ``flap``.
+        commands), ``drift`` (set behind the conductor's back), ``flap``;
+        for VM BMCs also ``vm-exit`` (the QEMU process ended by itself: guest
+        power off, crash, killed) and ``vm-failed`` (it could not start).
     :ivar boot_device: the device the machine boots from if it booted
         (the override, or ``default``); a one-time override is used up.
     :ivar persistent: whether that override was persistent.

@@ -13,6 +13,12 @@ Usage::
         fleet.set_fault("sim-0003", drop=0.3)
         ...
 
+With ``vms=VmSpec(count=2)`` the fleet also has BMCs that drive real QEMU
+machines (``vm-0000``...; see :mod:`.vmmanager` and docs/vm.md)::
+
+    with Fleet(0, vms=VmSpec(count=2, directory=tmp)) as fleet:
+        fleet.vm("vm-0000")["disk"]     # its disk file, console log, pid...
+
 For a fleet in another process, see :class:`conductor.bmcsim.control.RemoteFleet`.
 """
 
@@ -26,12 +32,18 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from conductor.bmcsim.events import EventHub, PowerEvent, PowerHook
-from conductor.bmcsim.inventory import BMCSpec, inventory_document, write_inventory
-from conductor.bmcsim.state import FAULT_NAMES, Faults, PowerState, StateTable
+from conductor.bmcsim.inventory import BMCSpec, inventory_document, write_document
+from conductor.bmcsim.redfish_service import RedfishError, RedfishService
+from conductor.bmcsim.redfish_state import FAULT_NAMES as REDFISH_FAULT_NAMES
+from conductor.bmcsim.state import FAULT_NAMES, Faults, ForceCause, PowerState, StateTable
 from conductor.bmcsim.supervisor import Restart, ShardProcess, wedge_reason
+from conductor.bmcsim.vm import VmError, VmSpec, vm_mac
+
+if TYPE_CHECKING:
+    from conductor.bmcsim.vmmanager import VmManager
 
 LOG = logging.getLogger(__name__)
 
@@ -46,7 +58,10 @@ class FleetError(RuntimeError):
 class Fleet:
     """N simulated BMCs on ``host``, UDP ports ``base_port .. base_port+N-1``.
 
-    :param count: number of BMCs.
+    :param count: number of in-memory BMCs (default 1, or 0 with ``vms``).
+    :param vms: VM BMCs besides those: each drives a QEMU machine; they
+        come after the others (indices and ports), named ``vms.name_prefix``
+        + a number.
     :param base_port: first UDP port; None picks a free range.
     :param delay: seconds a power transition takes.
     :param password_mode: ``same`` (every BMC uses ``password``) or
@@ -56,16 +71,26 @@ class Fleet:
     :param probe_interval: seconds between watchdog probes of a shard.
     :param probe_failures: missed probes in a row before a restart.
     :param stderr: where shard processes log (default: inherited).
+    :param redfish_port: also serve Redfish (see :mod:`.redfish_service`):
+        BMC ``i`` on TCP port ``redfish_port + i``; 0 picks free ports;
+        None (the default): IPMI only.
+    :param redfish_tls: HTTPS with a self-signed certificate (else HTTP).
     """
 
-    def __init__(self, count: int = 1, *, base_port: int | None = None, host: str = "127.0.0.1",
+    def __init__(self, count: int | None = None, *, vms: VmSpec | None = None, base_port: int | None = None,
+                 host: str = "127.0.0.1",
                  delay: float = 0.0, username: str = "admin", password: str = "password",
                  password_mode: str = "same", shards: int | None = None, name_prefix: str = "sim-",
                  initial_power: str = "off", probe_interval: float = 1.0, probe_timeout: float = 1.0,
                  probe_failures: int = 3, start_timeout: float = 30.0,
-                 stderr: IO[bytes] | int | None = None) -> None:
-        if count < 1:
-            raise ValueError("count must be at least 1")
+                 stderr: IO[bytes] | int | None = None, redfish_port: int | None = None,
+                 redfish_tls: bool = True) -> None:
+        if count is None:
+            count = 0 if vms else 1
+        vm_count = vms.count if vms else 0
+        if count < 0 or count + vm_count < 1:
+            raise ValueError("a fleet needs at least one BMC")
+        plain, count = count, count + vm_count
         if password_mode not in ("same", "per-bmc"):
             raise ValueError("password_mode must be 'same' or 'per-bmc'")
         self.host = host
@@ -80,14 +105,22 @@ class Fleet:
         self.base_port = base_port if base_port is not None else find_free_ports(count, host)
         nshards = shards or max(1, math.ceil(count / BMCS_PER_SHARD))
         self.shard_count = min(nshards, count)
-        self.bmcs: list[BMCSpec] = [
-            BMCSpec(name=f"{name_prefix}{i:04d}", index=i, host=host, port=self.base_port + i,
-                    username=username,
-                    password=password if password_mode == "same" else secrets.token_urlsafe(12),
-                    shard=i * self.shard_count // count)
-            for i in range(count)
-        ]
+        self.bmcs: list[BMCSpec] = []
+        for i in range(count):
+            name = f"{name_prefix}{i:04d}" if i < plain else f"{vms.name_prefix if vms else ''}{i - plain:04d}"
+            self.bmcs.append(BMCSpec(
+                name=name, index=i, host=host, port=self.base_port + i, username=username,
+                password=password if password_mode == "same" else secrets.token_urlsafe(12),
+                shard=i * self.shard_count // count, vm=i >= plain, mac=vm_mac(name) if i >= plain else None))
         self._by_name = {bmc.name: bmc for bmc in self.bmcs}
+        if len(self._by_name) < count:
+            raise ValueError("BMC names clash: give the VMs another name_prefix")
+        macs = [bmc.mac for bmc in self.bmcs if bmc.mac]
+        if len(set(macs)) < len(macs):
+            raise ValueError("two VM names hash to one MAC: change the VMs' name_prefix")
+        self.vm_spec = vms
+        self._vms: VmManager | None = None
+        self._force_lock = threading.Lock()
         self._hub = EventHub([bmc.name for bmc in self.bmcs], EVENT_HISTORY)
         self._table: StateTable | None = None
         self._shards: list[ShardProcess] = []
@@ -95,6 +128,10 @@ class Fleet:
         self._stopping = threading.Event()
         self.restarts: list[Restart] = []
         self.started_in: float | None = None
+        self.redfish_port = redfish_port
+        self.redfish_tls = redfish_tls
+        #: The Redfish front end (None: IPMI only).
+        self.redfish: RedfishService | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> Fleet:
@@ -106,6 +143,21 @@ class Fleet:
         self._table = StateTable.create(self.count, self.shard_count, self.delay)
         for bmc in self.bmcs:
             self._table.init_power(bmc.index, self.initial_power)
+        if self.vm_spec is not None:
+            # Only a fleet with VMs loads the code that runs them (threads,
+            # QMP, ctypes for the parent-death signal): shards and plain
+            # fleets stay as lean as before.
+            from conductor.bmcsim.vmmanager import VmManager
+
+            vms = VmManager(self.vm_spec, self.bmcs, self.force_power)
+            try:
+                vms.start(powered_on=[b.name for b in self.bmcs if b.vm and self.initial_power == PowerState.ON])
+            except OSError as exc:
+                vms.stop()
+                self.stop()
+                raise FleetError(f"cannot prepare the VMs: {exc}") from None
+            self._vms = vms
+            self._hub.add_hook(vms.on_power)
         for shard_id in range(self.shard_count):
             specs = [bmc.shard_config() for bmc in self.bmcs if bmc.shard == shard_id]
             self._shards.append(ShardProcess(shard_id, specs, self.host, self._table, self._stderr))
@@ -114,6 +166,13 @@ class Fleet:
             for shard in self._shards:
                 self._hub.add_pipe(shard.spawn(), shard)
             self._wait_ready(self._shards)
+            if self.redfish_port is not None:
+                self.redfish = RedfishService(self.bmcs, self.host, self._table, port=self.redfish_port,
+                                              tls=self.redfish_tls, stderr=self._stderr)
+                self.redfish.start(preferred_base=self.base_port)
+        except RedfishError as exc:
+            self.stop()
+            raise FleetError(f"Redfish: {exc}") from None
         except BaseException:
             self.stop()
             raise
@@ -131,6 +190,11 @@ class Fleet:
         if self._watchdog_thread is not None:
             self._watchdog_thread.join(10)
             self._watchdog_thread = None
+        if self.redfish is not None:
+            self.redfish.stop()
+        if self._vms is not None:
+            # Before the shards: a VM quitting must not be written back to a table being closed.
+            self._vms.stop()
         for shard in self._shards:
             with shard.lock:
                 shard.terminate()
@@ -162,7 +226,12 @@ class Fleet:
         :raises FleetError: no such BMC.
         """
         bmc = self.bmc(name)
-        return {**bmc.public_dict(), **self.table.read(bmc.index).as_dict()}
+        state = {**bmc.public_dict(), **self.table.read(bmc.index).as_dict()}
+        if bmc.vm and self._vms is not None:
+            state["vm"] = self._vms.status(name)
+        if self.redfish is not None:
+            state["redfish"] = self.redfish.state(bmc)
+        return state
 
     def states(self) -> list[dict[str, Any]]:
         """:meth:`state` of every BMC."""
@@ -172,15 +241,21 @@ class Fleet:
         """Change some faults of one BMC (others keep their value); effective at once.
 
         Keywords: ``drop``, ``latency``, ``reject_password``, ``stuck``,
-        ``flap``, ``unreachable``, ``ignore_acpi``, ``flap_period``.
+        ``flap``, ``unreachable``, ``ignore_acpi``, ``flap_period``; with
+        Redfish also ``http_error``, ``http_error_rate``, ``retry_after``
+        (see :mod:`.redfish_state`).
 
         :raises FleetError: no such BMC.
         :raises ValueError: unknown fault name.
         """
+        http = {k: faults.pop(k) for k in REDFISH_FAULT_NAMES if k in faults}
         unknown = set(faults) - set(FAULT_NAMES)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULT_NAMES)}")
+        if unknown or (http and self.redfish is None):
+            known = (*FAULT_NAMES, *(REDFISH_FAULT_NAMES if self.redfish is not None else ()))
+            raise ValueError(f"unknown faults {sorted(unknown | set(http))}; known: {', '.join(known)}")
         bmc = self.bmc(name)
+        if http and self.redfish is not None:
+            self.redfish.set_fault(bmc, **http)
         current = self.table.read_faults(bmc.index).as_dict()
         current.update({k: v for k, v in faults.items() if v is not None})
         new = Faults(**current)
@@ -193,6 +268,8 @@ class Fleet:
         :raises FleetError: no such BMC.
         """
         self.table.write_faults(self.bmc(name).index, Faults())
+        if self.redfish is not None:
+            self.redfish.clear_faults(self.bmc(name))
 
     def set_power(self, name: str, state: str, wait: float = 2.0) -> dict[str, Any]:
         """Change a BMC's power state behind the conductor's back ("drift").
@@ -203,11 +280,18 @@ class Fleet:
         :raises FleetError: no such BMC.
         """
         bmc = self.bmc(name)
-        seq = self.table.request_force(bmc.index, PowerState(state))
+        seq = self.force_power(bmc.index, PowerState(state))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and self.table.read_force(bmc.index)[2] != seq:
             time.sleep(0.01)
         return self.state(name)
+
+    def force_power(self, index: int, power: PowerState, cause: ForceCause = ForceCause.DRIFT) -> int:
+        """Ask BMC ``index``'s shard to set its power (any thread); returns the request's seq."""
+        with self._force_lock:
+            if self._table is None or self._stopping.is_set():
+                return 0
+            return self._table.request_force(index, power, cause)
 
     def set_delay(self, delay: float, name: str | None = None) -> None:
         """Change the power transition delay of one BMC, or of all."""
@@ -217,14 +301,78 @@ class Fleet:
         if name is None:
             self.delay = delay
 
+    # --- virtual machines -------------------------------------------------------------
+    @property
+    def vm_names(self) -> frozenset[str]:
+        """Names of the BMCs that drive a VM."""
+        return frozenset(bmc.name for bmc in self.bmcs if bmc.vm)
+
+    def _vm_manager(self, name: str) -> VmManager:
+        if not self.bmc(name).vm:
+            raise FleetError(f"{name} is not a VM BMC")
+        if self._vms is None:
+            raise FleetError("the fleet is not running")
+        return self._vms
+
+    def vm(self, name: str) -> dict[str, Any]:
+        """The VM behind BMC ``name``: ``mac``, ``disk``, ``console_log``,
+        ``console_offset`` (where its current boot's output starts), ``running``,
+        ``pid``, ``boot``, ``command``, ``last_error``, ``last_exit``, ``history``...
+
+        :raises FleetError: no such BMC, or not a VM BMC.
+        """
+        return self._vm_manager(name).status(name)
+
+    def vms(self) -> list[dict[str, Any]]:
+        """:meth:`vm` of every VM BMC."""
+        return [self.vm(name) for name in sorted(self.vm_names)]
+
+    def configure_vm(self, name: str, *, disk: str | os.PathLike[str] | None = None,
+                     disk_format: str | None = None, qemu: str | None = None) -> dict[str, Any]:
+        """Give a VM another disk file (created at its size if missing), disk format or QEMU binary.
+
+        Effective from its next start.
+
+        :raises FleetError: no such BMC, or not a VM BMC.
+        :raises ValueError: an unknown disk format.
+        """
+        return self._vm_manager(name).configure(name, disk=disk, disk_format=disk_format, qemu=qemu)
+
+    def vm_qmp(self, name: str, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run a QMP command on the running VM behind ``name`` (``query-status``...).
+
+        :raises FleetError: no such BMC, not a VM BMC, not running, or QEMU refused it.
+        """
+        try:
+            return self._vm_manager(name).qmp(name, command, arguments)
+        except VmError as exc:
+            raise FleetError(str(exc)) from None
+
     # --- inventory -----------------------------------------------------------------
     def inventory(self) -> dict[str, Any]:
-        """The ``{"nodes": [...]}`` document ``conductor node import`` reads."""
-        return inventory_document(self.bmcs)
+        """The ``{"nodes": [...]}`` document ``conductor node import`` reads.
+
+        With Redfish, each entry also has ``driver_infos``: the driver_info
+        of each driver that can drive it (``node import --driver redfish``).
+        """
+        document = inventory_document(self.bmcs)
+        if self.redfish is not None:
+            for entry, bmc in zip(document["nodes"], self.bmcs, strict=True):
+                entry["driver_infos"] = {entry["driver"]: entry["driver_info"],
+                                         "redfish": self.redfish.driver_info(bmc)}
+        return document
 
     def write_inventory(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`inventory` to ``path`` (mode 0600: it holds passwords)."""
-        return write_inventory(self.bmcs, path)
+        return write_document(self.inventory(), path)
+
+    def redfish_driver_info(self, name: str) -> dict[str, Any] | None:
+        """The ``redfish`` driver_info of BMC ``name`` (None without Redfish).
+
+        :raises FleetError: no such BMC.
+        """
+        bmc = self.bmc(name)
+        return self.redfish.driver_info(bmc) if self.redfish is not None else None
 
     # --- events ---------------------------------------------------------------------
     def on_power_change(self, hook: PowerHook) -> PowerHook:

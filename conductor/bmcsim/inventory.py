@@ -16,7 +16,11 @@ _UUID_NAMESPACE = uuid.UUID("7b3cf2a4-6f0e-4a51-9d8e-6c1d2f0b9a10")
 
 @dataclass(frozen=True)
 class BMCSpec:
-    """One simulated BMC's identity and credentials (the password is not in repr)."""
+    """One simulated BMC's identity and credentials (the password is not in repr).
+
+    :ivar vm: a QEMU virtual machine is behind it (see :mod:`.vmmanager`).
+    :ivar mac: the MAC of that machine's NIC (enrolled as the node's port).
+    """
 
     name: str
     index: int
@@ -25,6 +29,8 @@ class BMCSpec:
     username: str
     password: str = field(repr=False)
     shard: int = 0
+    vm: bool = False
+    mac: str | None = None
 
     @property
     def uuid(self) -> uuid.UUID:
@@ -38,19 +44,33 @@ class BMCSpec:
 
     def public_dict(self) -> dict[str, Any]:
         """Identity without the password (for listings)."""
-        return {"name": self.name, "address": self.host, "port": self.port,
-                "username": self.username, "shard": self.shard}
+        public = {"name": self.name, "address": self.host, "port": self.port,
+                  "username": self.username, "shard": self.shard}
+        if self.vm:
+            public["mac"] = self.mac
+        return public
 
     def shard_config(self) -> dict[str, Any]:
         """What a shard process needs to serve this BMC."""
         return {"index": self.index, "name": self.name, "port": self.port,
-                "username": self.username, "password": self.password, "uuid": str(self.uuid)}
+                "username": self.username, "password": self.password, "uuid": str(self.uuid),
+                "vm": self.vm}
+
+    def node(self) -> dict[str, Any]:
+        """The create body of this BMC's node (``ports``: the VM's MAC, if any)."""
+        entry: dict[str, Any] = {"name": self.name, "driver": "ipmi", "driver_info": self.driver_info()}
+        if self.mac:
+            entry["ports"] = [self.mac]
+        return entry
 
 
 def inventory_document(bmcs: Iterable[BMCSpec]) -> dict[str, Any]:
-    """``{"nodes": [{"name", "driver": "ipmi", "driver_info": {...}}]}``."""
-    return {"nodes": [{"name": bmc.name, "driver": "ipmi", "driver_info": bmc.driver_info()}
-                      for bmc in bmcs]}
+    """``{"nodes": [{"name", "driver": "ipmi", "driver_info": {...}[, "ports": [MAC]]}]}``.
+
+    Each entry is a ``POST /v1/nodes`` body: ``conductor node import``
+    enrols VM BMCs' nodes with their MAC as a port.
+    """
+    return {"nodes": [bmc.node() for bmc in bmcs]}
 
 
 def write_inventory(bmcs: Iterable[BMCSpec], path: str | os.PathLike[str]) -> Path:

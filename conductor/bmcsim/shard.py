@@ -45,7 +45,7 @@ class Shard:
 
     :param config: ``{"shard", "host", "state_fd", "event_fd", "count",
         "shards", "bmcs": [{"index", "name", "port", "username",
-        "password", "uuid"}]}``.
+        "password", "uuid", "vm"}]}``.
     :raises OSError: when a BMC's port cannot be bound.
     """
 
@@ -67,7 +67,8 @@ class Shard:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.bind((config["host"], spec["port"]))
             bmc = SimBmc(self, self.table, spec["index"], spec["name"], sock, spec["port"],
-                         {spec["username"]: spec["password"]}, uuid.UUID(spec["uuid"]))
+                         {spec["username"]: spec["password"]}, uuid.UUID(spec["uuid"]),
+                         vm=spec.get("vm", False))
             self.bmcs.append(bmc)
             self.selector.register(sock, selectors.EVENT_READ, bmc)
 

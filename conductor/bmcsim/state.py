@@ -13,8 +13,11 @@ writer:
 * the **shard** writes what a BMC does: power, pending transition, boot
   device, counters, its heartbeat;
 * the **control process** writes what an operator asks for: faults, the
-  power delay, and "drift" requests (``force_seq``/``force_power``), which
-  the shard applies and acknowledges with ``applied_force_seq``.
+  power delay, and "drift" requests (``force_seq``/``force_power``/
+  ``force_cause``), which the shard applies and acknowledges with
+  ``applied_force_seq``.  The VM manager (:mod:`.vmmanager`) uses the same
+  requests to write back a virtual machine's real state (its process
+  exited, or could not start).
 
 Each writer packs only its own fields (never the whole record), and 8-byte
 aligned stores are atomic on the machines we run on, so a reader never sees
@@ -80,6 +83,20 @@ SELECTOR_BOOT: dict[int, BootDevice] = {v: k for k, v in BOOT_SELECTOR.items()}
 BOOT_VALID = 1
 BOOT_PERSISTENT = 2
 BOOT_UEFI = 4
+
+
+class ForceCause(enum.IntEnum):
+    """Why the control process set a BMC's power directly (the event's ``cause``)."""
+
+    DRIFT = 0  # an operator, behind the conductor's back
+    VM_EXIT = 1  # the BMC's virtual machine stopped by itself (guest power off, crash, killed)
+    VM_FAILED = 2  # the BMC's virtual machine could not start
+    VM_STARTED = 3  # the BMC's virtual machine runs (its power on is complete)
+
+    @property
+    def label(self) -> str:
+        """The event's ``cause``: ``drift``, ``vm-exit``, ``vm-failed`` or ``vm-started``."""
+        return self.name.lower().replace("_", "-")
 
 
 class FaultBit(enum.IntFlag):
@@ -189,6 +206,7 @@ _APPLIED = struct.Struct("<I")  # @16 last force_seq applied
 _COUNTERS = struct.Struct("<IIII")  # @20 power_changes, packets, commands, logins
 # Control-owned fields.
 _FAULTBITS = struct.Struct("<BB")  # @40 fault bits, force_power
+_FORCE_CAUSE = 42  # one byte: ForceCause of the force request
 _FORCE_SEQ = struct.Struct("<I")  # @44
 _FLOATS = struct.Struct("<dddd")  # @48 drop, latency, flap_period, delay
 RECORD_SIZE = 80
@@ -320,6 +338,11 @@ class StateTable:
         (applied,) = _APPLIED.unpack_from(self._mm, off + 16)
         return seq, force_power, applied
 
+    def read_force_cause(self, index: int) -> ForceCause:
+        """Why the last drift request was made (read once its seq is new)."""
+        value = self._mm[index * RECORD_SIZE + _FORCE_CAUSE]
+        return ForceCause(value) if value in ForceCause._value2member_map_ else ForceCause.DRIFT
+
     def read_shard(self, shard: int) -> ShardHealth:
         """The header a shard process keeps up to date."""
         return ShardHealth(*_SHARD.unpack_from(self._mm, self._shard_base + shard * SHARD_SIZE))
@@ -367,11 +390,17 @@ class StateTable:
         """Set the power transition delay of one BMC (control process only)."""
         struct.pack_into("<d", self._mm, index * RECORD_SIZE + 72, max(delay, 0.0))
 
-    def request_force(self, index: int, power: PowerState) -> int:
-        """Ask the shard to set power directly ("drift"); returns the request seq."""
+    def request_force(self, index: int, power: PowerState, cause: ForceCause = ForceCause.DRIFT) -> int:
+        """Ask the shard to set power directly ("drift"); returns the request seq.
+
+        Not thread-safe: callers in the control process serialise (see
+        :meth:`conductor.bmcsim.fleet.Fleet.force_power`).
+        """
         off = index * RECORD_SIZE
         (seq,) = _FORCE_SEQ.unpack_from(self._mm, off + 44)
         seq = (seq + 1) & 0xFFFFFFFF or 1
+        # The seq goes last: a shard that sees it also sees power and cause.
+        self._mm[off + _FORCE_CAUSE] = int(cause)
         self._mm[off + 41] = 1 if power == PowerState.ON else 0
         _FORCE_SEQ.pack_into(self._mm, off + 44, seq)
         return seq

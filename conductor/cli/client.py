@@ -15,6 +15,8 @@ from typing import Any, cast
 import click
 import requests
 
+from conductor import httpclient
+
 # Imports inside functions: most commands are thin API clients, so each command
 # imports the server side it needs (settings, database, Flask, RQ, workers) when
 # it runs; `conductor --help` and the client commands stay quick to start.
@@ -39,7 +41,7 @@ class Client:
     def __init__(self, url: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self.session = requests.Session()
+        self.session = httpclient.session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 

@@ -39,7 +39,7 @@ def node() -> None:
 
 
 @node.command("create")
-@click.option("--driver", required=True, help="fake or ipmi.")
+@click.option("--driver", required=True, help="fake, ipmi or redfish.")
 @click.option("--name", help="A unique name (not a UUID).")
 @click.option("--driver-info", "-i", multiple=True, metavar="KEY=VALUE", help="A driver_info field (repeat).")
 @click.option("--property", "-p", "props", multiple=True, metavar="KEY=VALUE", help="A property (repeat).")
@@ -61,12 +61,16 @@ def create(obj: Obj, driver: str, name: str | None, driver_info: tuple[str, ...]
 
 @node.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--driver", default=None,
+              help="Enrol with this driver, from each entry's driver_infos (e.g. redfish; default: its driver).")
 @pass_obj
-def import_nodes(obj: Obj, file: Path) -> None:
+def import_nodes(obj: Obj, file: Path, driver: str | None) -> None:
     """Enrol every node of an inventory file ({"nodes": [...]}); existing names are skipped.
 
     Each entry is a node's create body; its ``ports`` (a list of MACs) are
-    created with it.
+    created with it.  An entry may also offer ``driver_infos``
+    (``{"ipmi": {...}, "redfish": {...}}``, as the simulator's inventory
+    does): ``--driver`` picks one of them.
     """
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -76,7 +80,14 @@ def import_nodes(obj: Obj, file: Path) -> None:
     if not isinstance(entries, list):
         raise click.ClickException(f"{file} must hold a list of nodes or {{\"nodes\": [...]}}")
     created = skipped = 0
-    for entry in entries:
+    for given in entries:
+        entry = dict(given)
+        choices = entry.pop("driver_infos", None) or {}
+        if driver is not None and driver != entry.get("driver"):
+            if driver not in choices:
+                raise click.ClickException(f"entry {entry.get('name')!r} has no driver_info for driver {driver} "
+                                           f"(it offers: {', '.join(sorted(choices)) or 'none'})")
+            entry.update(driver=driver, driver_info=choices[driver])
         try:
             obj.client.call("POST", "/v1/nodes", json=entry)
             created += 1

@@ -243,10 +243,17 @@ def _without_password(url: str) -> str:
               help="Seconds a simulated agent takes to boot.")
 @click.option("--work-duration", type=float, default=1.0, show_default=True,
               help="Seconds a simulated agent takes per command (write image, erase, inspect).")
+@click.option("--vm", "vms", type=click.IntRange(1, 16), default=None,
+              help="Instead: N QEMU virtual machines behind simulated BMCs, really network-booted, "
+                   "inspected, cleaned and deployed (builds the agent ramdisk and a disk image first).")
+@click.option("--vm-accel", type=click.Choice(["tcg", "kvm", "auto"]), default="tcg", show_default=True,
+              help="With --vm: QEMU's accelerator (auto: KVM if a probe boots with it).")
 def demo(count: int, exit_after: bool, data_dir: Path | None, port: int, boot_delay: float,
-         work_duration: float) -> None:
+         work_duration: float, vms: int | None, vm_accel: str) -> None:
     """Run the service with simulated BMCs and agents; deploy them all under a live view.
 
+    With --vm N the nodes are QEMU virtual machines and the agent is the
+    real ramdisk (needs qemu-system-x86, ipxe-qemu and a Debian mirror).
     Uses a new temporary data directory unless --data-dir (or
     $CONDUCTOR_DATA_DIR) names one.
     """
@@ -255,7 +262,14 @@ def demo(count: int, exit_after: bool, data_dir: Path | None, port: int, boot_de
     from conductor.demo import Demo, DemoError
 
     chosen = data_dir or (Path(os.environ["CONDUCTOR_DATA_DIR"]) if os.environ.get("CONDUCTOR_DATA_DIR") else None)
-    run = Demo(nodes=count, data_dir=chosen, port=port, boot_delay=boot_delay, work_duration=work_duration)
+    run: Demo
+    if vms:
+        # The VM story and QEMU's machinery load only for --vm.
+        from conductor.vmlab import VmDemo
+
+        run, count = VmDemo(vms, data_dir=chosen, port=port, accel=vm_accel), vms
+    else:
+        run = Demo(nodes=count, data_dir=chosen, port=port, boot_delay=boot_delay, work_duration=work_duration)
     stopping = {"flag": False}
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -264,7 +278,8 @@ def demo(count: int, exit_after: bool, data_dir: Path | None, port: int, boot_de
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        run.console.print(f"Starting {count} simulated BMCs and the service in {run.data_dir} ...")
+        what = f"{count} QEMU VMs behind simulated BMCs" if vms else f"{count} simulated BMCs"
+        run.console.print(f"Starting {what} and the service in {run.data_dir} ...")
         run.start()
         summary = run.run_script()
         run.print_summary(summary)

@@ -2,7 +2,7 @@
 
 A driver is loaded by name from ``DRIVERS``; each entry is a factory so
 that a driver's own dependencies (pyghmi for ``ipmi``) are imported only
-when a node uses it.
+when a node uses it (sushy for ``redfish``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from conductor.secretbox import is_secret
 DRIVERS: dict[str, str] = {
     "fake": "conductor.drivers.fake",
     "ipmi": "conductor.drivers.ipmi",
+    "redfish": "conductor.drivers.redfish",
 }
 
 

@@ -1,7 +1,8 @@
 """Driver interfaces: small ABCs a driver composes.
 
 A driver is a name plus a power interface, an optional management (boot
-device) interface and a deploy interface.  ``validate()`` checks a node's
+device) interface, a deploy interface and, optionally, inspect interfaces
+that discover the hardware without the deploy interface's agent.  ``validate()`` checks a node's
 ``driver_info`` without touching the hardware; it runs when a node is
 created or patched.  Everything else runs inside a conductor worker on a
 :class:`~conductor.engine.task.Task` that holds the node's reservation.
@@ -152,8 +153,20 @@ class DeployInterface(Interface):
         """Discover the hardware into ``properties`` (state ``inspecting``)."""
 
 
+class InspectInterface(Interface):
+    """Discovers a node's hardware by other means than the deploy interface (e.g. out of band)."""
+
+    @abc.abstractmethod
+    def inspect(self, task: Task) -> StepResult:
+        """Discover the hardware into ``properties`` and ports (state ``inspecting``)."""
+
+
 #: The ``driver_info`` key choosing a node's deploy interface.
 DEPLOY_INTERFACE_KEY = "deploy_interface"
+#: The ``driver_info`` key choosing a node's inspect interface.
+INSPECT_INTERFACE_KEY = "inspect_interface"
+#: The inspect interface name meaning "the deploy interface's own inspection" (its agent).
+AGENT_INSPECTION = "agent"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +176,11 @@ class Driver:
     ``deploy`` is the default deploy interface; ``deploy_interfaces`` lists
     every deploy interface a node of this driver may choose by name with
     ``driver_info.deploy_interface`` (the default is among them).
+
+    ``inspect_interfaces`` are inspect interfaces a node may choose with
+    ``driver_info.inspect_interface``; the first is the default, and the
+    name ``agent`` means the deploy interface's own inspection.  A driver
+    without any inspects through its deploy interface only.
     """
 
     name: str
@@ -170,11 +188,13 @@ class Driver:
     deploy: DeployInterface
     management: ManagementInterface | None = None
     deploy_interfaces: Mapping[str, DeployInterface] = dataclasses.field(default_factory=dict)
+    inspect_interfaces: Mapping[str, InspectInterface | None] = dataclasses.field(default_factory=dict)
 
     def interfaces(self) -> list[Interface]:
         """Every interface of the driver."""
         deploys = [self.deploy, *(d for d in self.deploy_interfaces.values() if d is not self.deploy)]
-        return [i for i in (self.power, self.management, *deploys) if i is not None]
+        inspects = [i for i in self.inspect_interfaces.values() if i is not None]
+        return [i for i in (self.power, self.management, *deploys, *inspects) if i is not None]
 
     def deploy_for(self, driver_info: Mapping[str, Any]) -> DeployInterface:
         """The deploy interface a node with ``driver_info`` uses (validated at create/patch)."""
@@ -182,6 +202,13 @@ class Driver:
         if name is None:
             return self.deploy
         return self.deploy_interfaces[name]
+
+    def inspect_for(self, driver_info: Mapping[str, Any]) -> InspectInterface | DeployInterface:
+        """What inspects a node with ``driver_info``: its inspect interface, else its deploy interface."""
+        if not self.inspect_interfaces:
+            return self.deploy_for(driver_info)
+        name = driver_info.get(INSPECT_INTERFACE_KEY) or next(iter(self.inspect_interfaces))
+        return self.inspect_interfaces[name] or self.deploy_for(driver_info)
 
     def default_deploy_name(self) -> str:
         """The name of the default deploy interface."""
@@ -199,6 +226,10 @@ class Driver:
                 f"must be one of {sorted(self.deploy_interfaces)} for driver {self.name} "
                 f"(default {self.default_deploy_name()})"
             )
+        inspector = driver_info.get(INSPECT_INTERFACE_KEY)
+        if inspector is not None and inspector not in self.inspect_interfaces:
+            choices = sorted(self.inspect_interfaces) or [AGENT_INSPECTION]
+            errors[INSPECT_INTERFACE_KEY] = f"must be one of {choices} for driver {self.name}"
         for interface in self.interfaces():
             errors.update(interface.validate(driver_info))
         return errors
@@ -211,6 +242,11 @@ class Driver:
                 f"Deploy interface: {', '.join(sorted(self.deploy_interfaces))} "
                 f"(default {self.default_deploy_name()})."
             )
+        if self.inspect_interfaces:
+            names = list(self.inspect_interfaces)
+            merged[INSPECT_INTERFACE_KEY] = Field(
+                f"Inspect interface: {', '.join(sorted(names))} (default {names[0]}; "
+                f"{AGENT_INSPECTION}: the deploy interface's agent).")
         for interface in self.interfaces():
             merged.update(interface.fields)
         return merged

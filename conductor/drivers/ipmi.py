@@ -13,7 +13,8 @@
 ``validate()`` checks these without touching the BMC; the ``manage``
 transition proves them (``verify``: log in and read the power state).
 
-Every BMC call goes through :func:`_call`, which enforces, across every
+Every BMC call goes through :func:`call` (the guard of
+:mod:`conductor.drivers.bmc_access`), which enforces, across every
 worker process and host (Redis is shared):
 
 * at most one call in flight per BMC (a short Redis lock per
@@ -38,23 +39,16 @@ each BMC's session stays open between the steps of a request).
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import random
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis
-
 from conductor import secretbox
-from conductor.drivers import base, fake
+from conductor.drivers import base, bmc_access, fake
 from conductor.drivers.ipmi_client import LOGIN_TIMEOUT, BMCClient, BMCCredentials
 from conductor.drivers.pxe import PXEDeploy
 from conductor.exceptions import DriverError
 from conductor.fsm.states import PowerState
 from conductor.settings import Settings
-from conductor.throttle import bmc as bmc_throttle
-from conductor.throttle import settings as throttle_settings
 
 if TYPE_CHECKING:
     from conductor.context import Context
@@ -139,7 +133,6 @@ def credentials(driver_info: Mapping[str, Any]) -> BMCCredentials:
 # --- per-process clients -----------------------------------------------------------------
 
 _clients: dict[tuple[Any, ...], BMCClient] = {}
-_owners = itertools.count()
 
 
 def client_for(creds: BMCCredentials, settings: Settings) -> BMCClient:
@@ -169,11 +162,6 @@ def lock_ttl(settings: Settings) -> float:
     return 4 * (attempts * (settings.ipmi_timeout + LOGIN_TIMEOUT) + attempts * settings.ipmi_max_backoff) + 5.0
 
 
-def _release_quietly(ctx: Context, endpoint: str, owner: str) -> None:
-    with contextlib.suppress(redis.RedisError):  # the lock expires on its own
-        bmc_throttle.release(ctx, endpoint, owner)
-
-
 def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClient], T], *,
          command: bool, holder: Any = None) -> T:
     """Run ``action`` on the node's BMC under the one-in-flight lock and, for a ``command``, the pacing.
@@ -181,7 +169,8 @@ def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClie
     ``holder`` (a :class:`~conductor.engine.task.Task`, or anything with its
     ``held`` and ``cleanups``) keeps the BMC's lock until the step ends, so
     the several calls of one step cost one Redis round trip, not two each;
-    without it the lock is given back after the call.
+    without it the lock is given back after the call (see
+    :mod:`conductor.drivers.bmc_access`).
 
     :raises TryLater: the BMC is busy with another call, or a command is too soon.
     :raises BMCError: the BMC refused, failed or did not answer.
@@ -191,36 +180,14 @@ def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[BMCClie
     # The only place the BMC password is decrypted (it is stored sealed).
     creds = credentials(secretbox.for_settings(settings).open_info(driver_info))
     endpoint = creds.endpoint
-    release_after = None
-    try:
-        interval = throttle_settings.current(ctx).bmc_min_interval if command else 0.0
-        if not settings.ipmi_one_in_flight:
-            wait = bmc_throttle.claim(ctx, endpoint, interval) if interval > 0 else 0.0
-        else:
-            key = ("ipmi-bmc", endpoint)
-            owner = holder.held.get(key) if holder is not None else None
-            wait = 0.0
-            if owner is None or interval > 0:
-                token = owner or f"{ctx.name}:{next(_owners)}"
-                wait = bmc_throttle.enter(ctx, endpoint, token, lock_ttl(settings), interval)
-                if wait == bmc_throttle.BUSY:
-                    raise base.TryLater(settings.ipmi_busy_retry * random.uniform(0.5, 1.5),
-                                        f"BMC {endpoint} is busy with another command")
-                if wait == 0.0 and owner is None:
-                    if holder is not None:
-                        holder.held[key] = token
-                        holder.cleanups.append(lambda: _release_quietly(ctx, endpoint, token))
-                    else:
-                        release_after = token
-        if wait > 0:
-            raise base.TryLater(wait, f"BMC {endpoint}: bmc_min_interval")
-    except redis.RedisError as exc:
-        raise DriverError(f"Cannot coordinate access to BMC {endpoint}: Redis is unavailable ({exc}).") from exc
+    release_after = bmc_access.enter(ctx, endpoint, kind="ipmi", command=command, holder=holder,
+                                     ttl=lock_ttl(settings), one_in_flight=settings.ipmi_one_in_flight,
+                                     busy_retry=settings.ipmi_busy_retry)
     try:
         return action(client_for(creds, settings))
     finally:
         if release_after is not None:
-            _release_quietly(ctx, endpoint, release_after)
+            bmc_access.release_quietly(ctx, endpoint, release_after)
 
 
 def read_power(ctx: Context, driver_info: Mapping[str, Any], holder: Any = None) -> PowerState:

@@ -52,7 +52,7 @@ def _tear_down(task: Task) -> StepResult:
 
 HANDLERS: dict[str, Callable[[Task], StepResult]] = {
     S.VERIFYING: _verify,
-    S.INSPECTING: lambda task: task.deploy.inspect(task),
+    S.INSPECTING: lambda task: task.inspector.inspect(task),
     S.CLEANING: _clean,
     S.DEPLOYING: lambda task: task.deploy.deploy(task),
     S.DELETING: _tear_down,

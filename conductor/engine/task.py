@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from conductor import database, drivers
 from conductor.context import Context
 from conductor.core import history, reservations
-from conductor.drivers.base import DeployInterface, Driver, Poll
+from conductor.drivers.base import DeployInterface, Driver, InspectInterface, Poll
 from conductor.engine import power, timing
 from conductor.exceptions import NodeLocked, RequestNotFound
 from conductor.fsm.states import PowerState, RequestState
@@ -60,6 +60,11 @@ class Task:
     def deploy(self) -> DeployInterface:
         """The node's deploy interface (``driver_info.deploy_interface`` or the driver's default)."""
         return self.driver.deploy_for(self.node.driver_info or {})
+
+    @property
+    def inspector(self) -> InspectInterface | DeployInterface:
+        """What inspects the node (``driver_info.inspect_interface``, else its deploy interface)."""
+        return self.driver.inspect_for(self.node.driver_info or {})
 
     @property
     def settings(self) -> Settings:

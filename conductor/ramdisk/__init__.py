@@ -11,6 +11,9 @@
 * :mod:`conductor.ramdisk.diskimage` builds a small bootable raw disk image
   from the same packages (``conductor ramdisk image``), the "operating
   system" the VM tests deploy: it prints a marker line and powers off;
+* :mod:`conductor.ramdisk.iso` builds a bootable ISO of the agent ramdisk
+  with the agent's kernel arguments baked in, for virtual media boot
+  (``conductor ramdisk iso``);
 * ``files/init`` is the agent itself (POSIX sh for busybox ash), run as
   ``/init``: it speaks the heartbeat protocol of
   :mod:`conductor.service.agent`.

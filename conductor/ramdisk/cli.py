@@ -1,4 +1,4 @@
-"""``conductor ramdisk build`` and ``image``: the agent ramdisk, and a demo disk image, from Debian packages."""
+"""``conductor ramdisk build``, ``image`` and ``iso``: the agent ramdisk, a demo disk image, a bootable ISO."""
 
 from __future__ import annotations
 
@@ -101,3 +101,63 @@ def image(ctx: click.Context, out_file: Path, marker: str, size_mib: int | None,
             click.echo(f"{art.sha256}  {art.size:>10,d}  {art.path}")
     click.echo(f"kernel {result.kernel_release}; booted, it prints {result.line!r} on ttyS0 and powers off "
                f"({result.seconds:.1f} s)")
+
+
+@ramdisk.command()
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("agent.iso"),
+              show_default=True, help="The ISO to write (mode 0600: it may hold an agent token).")
+@click.option("--kernel-args", default=None,
+              help="The whole kernel command line baked into isolinux.cfg, e.g. 'console=ttyS0,115200 "
+                   "conductor_api_url=URL conductor_node=UUID conductor_token=TOKEN' "
+                   "[console=tty0 console=ttyS0,115200].")
+@click.option("--ramdisk", "ramdisk_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where agent.kernel and agent.initramfs are [setting ramdisk_dir: <data dir>/ramdisk].")
+@click.option("--volume-id", default=None, help="The ISO's volume id (A-Z, 0-9, _) [CONDUCTOR_AGENT].")
+@click.option("--uefi/--no-uefi", default=None,
+              help="Also boot under UEFI (GRUB) [when grub-mkimage and GRUB's EFI modules are installed].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def iso(ctx: click.Context, out_file: Path, kernel_args: str | None, ramdisk_dir: Path | None,
+        volume_id: str | None, uefi: bool | None, as_json: bool) -> None:
+    """Build a bootable ISO (BIOS isolinux, UEFI GRUB; CD-ROM or USB) of the built agent ramdisk, for virtual media.
+
+    No DHCP boot script reaches a machine booted this way, so the agent's
+    kernel arguments (conductor_api_url, conductor_node, conductor_token)
+    go into the ISO. Prints the path, size and sha256.
+    """
+    # Imported here so that other commands start without the builder.
+    from conductor.ramdisk import build as builder
+    from conductor.ramdisk import iso as isobuilder
+    from conductor.settings import load
+
+    as_json = as_json or bool(getattr(getattr(ctx.find_root().obj, "out", None), "as_json", False))
+    kernel_args = isobuilder.CONSOLE_ARGS if kernel_args is None else kernel_args
+    volume_id = volume_id or isobuilder.DEFAULT_VOLUME_ID
+    try:
+        isobuilder.check_kernel_args(kernel_args)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kernel-args") from None
+    try:
+        isobuilder.check_volume_id(volume_id)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--volume-id") from None
+    ramdisk_dir = ramdisk_dir or load().ramdisk_path
+    try:
+        result = isobuilder.build_iso(out_file, ramdisk_dir / builder.KERNEL_NAME,
+                                      ramdisk_dir / builder.INITRAMFS_NAME, kernel_args, volume_id,
+                                      uefi=uefi)
+    except isobuilder.IsoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    art = result.image
+    if as_json:
+        click.echo(json.dumps({
+            "iso": {"path": str(art.path), "size": art.size, "sha256": art.sha256},
+            "kernel_args": result.kernel_args, "volume_id": result.volume_id, "uefi": result.uefi,
+            "seconds": round(result.seconds, 3),
+        }, indent=2))
+        return
+    click.echo(f"{art.sha256}  {art.size:>10,d}  {art.path}")
+    if "conductor_node=" not in result.kernel_args:
+        click.echo("note: no conductor_node= in the kernel arguments: the agent will wait, idle, once booted")
+    click.echo(f"boots ({'BIOS and UEFI' if result.uefi else 'BIOS only'}) with: {result.kernel_args} "
+               f"({result.seconds:.2f} s)")

@@ -80,3 +80,36 @@ def own_fleet() -> Iterator[Callable[..., Fleet]]:
 
 requires_ipmitool = pytest.mark.skipif(shutil.which("ipmitool") is None,
                                        reason="ipmitool is not installed (apt-get install ipmitool)")
+
+
+REDFISH_POOL_SIZE = 40
+
+
+@pytest.fixture(scope="session")
+def redfish_fleet() -> Iterator[Fleet]:
+    """A shared fleet that also speaks Redfish (HTTPS, self-signed): REDFISH_POOL_SIZE BMCs, one shard."""
+    with Fleet(count=REDFISH_POOL_SIZE, shards=1, password_mode="per-bmc", name_prefix="rf-",
+               redfish_port=0) as running:
+        yield running
+
+
+_REDFISH_POOL = itertools.count()
+
+
+@pytest.fixture
+def new_redfish_bmc(redfish_fleet: Fleet) -> Iterator[Callable[..., BMCSpec]]:
+    """Hand out unused BMCs of the Redfish fleet, each with the given power delay; faults cleared after."""
+    used: list[BMCSpec] = []
+
+    def take(delay: float = 0.0) -> BMCSpec:
+        index = next(_REDFISH_POOL)
+        if index >= REDFISH_POOL_SIZE:
+            pytest.fail(f"the Redfish fleet has only {REDFISH_POOL_SIZE} BMCs; raise REDFISH_POOL_SIZE")
+        bmc = redfish_fleet.bmcs[index]
+        redfish_fleet.set_delay(delay, bmc.name)
+        used.append(bmc)
+        return bmc
+
+    yield take
+    for bmc in used:
+        redfish_fleet.clear_faults(bmc.name)

@@ -1,0 +1,62 @@
+"""The Redfish side of a simulated machine: it starts transitions and leaves their completion to the shard."""
+
+from __future__ import annotations
+
+import time
+
+from conductor.bmcsim.redfish import Machine
+from conductor.bmcsim.state import Directive, Faults, PowerState, StateTable
+
+
+def test_a_command_waits_while_the_shard_owes_a_transition() -> None:
+    table = StateTable.create(1, 1, delay=5.0)
+    try:
+        machine = Machine(table, 0)
+        now = time.monotonic()
+        machine.command(Directive.ON, now)
+        assert machine.queued is None and table.read_raw_power(0)[1] == Directive.ON  # started, not done
+        assert machine.power_state() == "Off"
+        # The transition is due: the record is the shard's until it completes it.
+        table.write_power(0, 0, Directive.ON, now - 1)
+        assert machine.power_state() == "On"  # a due transition reads as done
+        machine.command(Directive.OFF, now)
+        assert machine.queued == Directive.OFF and table.read_raw_power(0)[1] == Directive.ON
+        assert not machine.apply(time.monotonic())
+        table.write_power(0, 1, Directive.NONE, 0.0)  # what the shard's settle writes
+        assert machine.apply(time.monotonic()) and machine.queued is None
+        assert table.read_raw_power(0)[1] == Directive.OFF
+    finally:
+        table.close()
+
+
+def test_stuck_and_ignored_acpi_accept_and_do_nothing() -> None:
+    table = StateTable.create(1, 1, delay=0.0)
+    try:
+        machine = Machine(table, 0)
+        table.init_power(0, PowerState.ON)
+        table.write_faults(0, Faults(ignore_acpi=True))
+        machine.command(Directive.SOFT, time.monotonic())
+        assert table.read_raw_power(0)[:2] == (1, Directive.NONE)
+        table.write_faults(0, Faults(stuck=True))
+        machine.command(Directive.OFF, time.monotonic())
+        assert table.read_raw_power(0)[:2] == (1, Directive.NONE)
+    finally:
+        table.close()
+
+
+def test_boot_override_round_trip() -> None:
+    table = StateTable.create(1, 1, delay=0.0)
+    try:
+        machine = Machine(table, 0)
+        assert machine.boot()["BootSourceOverrideEnabled"] == "Disabled"
+        machine.set_boot("Pxe", "Once", "UEFI")
+        assert machine.boot() == {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once",
+                                  "BootSourceOverrideMode": "UEFI"}
+        state = table.read(0)
+        assert (state.boot_device, state.boot_persistent, state.boot_uefi) == ("pxe", False, True)
+        machine.set_boot("Hdd", "Continuous", "Legacy")
+        assert table.read(0).boot_device == "disk" and table.read(0).boot_persistent
+        machine.set_boot("Hdd", "Disabled", "Legacy")
+        assert machine.boot()["BootSourceOverrideTarget"] == "None"
+    finally:
+        table.close()
