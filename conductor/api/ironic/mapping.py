@@ -14,7 +14,7 @@ from typing import Any
 
 from conductor import drivers
 from conductor.api.ironic import versions
-from conductor.drivers.base import DEPLOY_INTERFACE_KEY
+from conductor.drivers.base import AGENT_INSPECTION, DEPLOY_INTERFACE_KEY, INSPECT_INTERFACE_KEY
 from conductor.exceptions import InvalidInput, InvalidTransition
 from conductor.fsm.states import ProvisionState, ProvisionTarget
 
@@ -60,30 +60,47 @@ _ABSENT = {"bios": "no-bios", "console": "no-console", "network": "noop", "raid"
 _HARDWARE = {"fake": "fake", "ipmi": "ipmitool", "redfish": "redfish"}
 
 
+#: The node fields choosing one of a driver's interfaces, and the ``driver_info`` key each is kept in.
+CHOSEN_INTERFACES: Mapping[str, str] = {"deploy_interface": DEPLOY_INTERFACE_KEY,
+                                        "inspect_interface": INSPECT_INTERFACE_KEY}
+
+
 def deploy_name(driver: str, driver_info: Mapping[str, Any]) -> str:
     """The name of the deploy interface a node of ``driver`` uses."""
     chosen = driver_info.get(DEPLOY_INTERFACE_KEY)
     return str(chosen) if chosen else drivers.get(driver).default_deploy_name()
 
 
-def _by_deploy(deploy: str) -> dict[str, str]:
-    # The deploy interface brings its boot and inspection: the fake one fakes
-    # them, the others boot our agent by iPXE and let it inspect.
-    if deploy == "fake":
-        return {"boot": "fake", "inspect": "fake"}
-    return {"boot": "ipxe", "inspect": "agent"}
+def _boot_of(deploy: str) -> str:
+    # The fake deploy fakes its boot; the others boot our agent by iPXE.
+    return "fake" if deploy == "fake" else "ipxe"
+
+
+def _inspect_of(deploy: str) -> str:
+    # A deploy interface's own inspection: faked, or its agent's.
+    return "fake" if deploy == "fake" else AGENT_INSPECTION
+
+
+def inspect_name(driver: str, driver_info: Mapping[str, Any]) -> str:
+    """The name of what inspects a node of ``driver``: its inspect interface, else its deploy interface's agent."""
+    loaded = drivers.get(driver)
+    chosen = driver_info.get(INSPECT_INTERFACE_KEY) or next(iter(loaded.inspect_interfaces), None)
+    if chosen is None or chosen == AGENT_INSPECTION:
+        return _inspect_of(deploy_name(driver, driver_info))
+    return str(chosen)
 
 
 def interfaces(driver: str, driver_info: Mapping[str, Any]) -> dict[str, str]:
     """A node's ``<type>_interface`` fields, by Ironic's interface names."""
-    return dict(_interfaces(driver, deploy_name(driver, driver_info)))
+    return dict(_interfaces(driver, deploy_name(driver, driver_info), inspect_name(driver, driver_info)))
 
 
 @functools.cache
-def _interfaces(driver: str, deploy: str) -> tuple[tuple[str, str], ...]:
-    # (Every node of a list asks: computed once per driver and deploy interface.)
+def _interfaces(driver: str, deploy: str, inspect: str) -> tuple[tuple[str, str], ...]:
+    # (Every node of a list asks: computed once per driver and chosen interfaces.)
     hardware = _HARDWARE.get(driver, driver)
-    named = {**_ABSENT, **_by_deploy(deploy), "deploy": deploy, "power": hardware, "management": hardware}
+    named = {**_ABSENT, "boot": _boot_of(deploy), "inspect": inspect, "deploy": deploy, "power": hardware,
+             "management": hardware}
     return tuple((f"{kind}_interface", named[kind]) for kind in INTERFACE_TYPES)
 
 
@@ -92,18 +109,19 @@ def driver_interfaces(driver: str) -> dict[str, Any]:
     loaded = drivers.get(driver)
     deploys = list(loaded.deploy_interfaces) or [loaded.default_deploy_name()]
     default = loaded.default_deploy_name()
+    inspects = [_inspect_of(d) for d in deploys]
+    inspects += [name for name in loaded.inspect_interfaces if name != AGENT_INSPECTION]
     hardware = _HARDWARE.get(driver, driver)
+    chosen = {
+        "deploy": (default, deploys),
+        "boot": (_boot_of(default), sorted({_boot_of(d) for d in deploys})),
+        "inspect": (inspect_name(driver, {}), sorted(set(inspects))),
+        "power": (hardware, [hardware]),
+        "management": (hardware, [hardware]),
+    }
     fields: dict[str, Any] = {}
     for kind in INTERFACE_TYPES:
-        if kind == "deploy":
-            default_name, enabled = default, deploys
-        elif kind in ("boot", "inspect"):
-            default_name = _by_deploy(default)[kind]
-            enabled = sorted({_by_deploy(d)[kind] for d in deploys})
-        elif kind in ("power", "management"):
-            default_name, enabled = hardware, [hardware]
-        else:
-            default_name, enabled = _ABSENT[kind], [_ABSENT[kind]]
+        default_name, enabled = chosen.get(kind, (_ABSENT.get(kind), [_ABSENT.get(kind)]))
         fields[f"default_{kind}_interface"] = default_name
         fields[f"enabled_{kind}_interfaces"] = enabled
     return fields

@@ -37,7 +37,7 @@ from conductor.service import nodes
 
 #: What a node is created with (Ironic's node schema, less the fields we keep no data for).
 CREATE_FIELDS = frozenset({"uuid", "name", "driver", "driver_info", "properties", "instance_info", "instance_uuid",
-                           "extra", "resource_class", "description", "maintenance", "deploy_interface"})
+                           "extra", "resource_class", "description", "maintenance", *mapping.CHOSEN_INTERFACES})
 #: Ironic's node fields a node may be created with if they have the one value we keep.
 CREATE_CONSTANTS = frozenset({*patch.CONSTANT_FIELDS, "console_enabled", "boot_mode", "secure_boot",
                               *patch.FIXED_INTERFACES})
@@ -158,8 +158,10 @@ def _creation(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body.get("driver_info") or {}, dict):
         raise InvalidInput("driver_info must be an object.", errors={"driver_info": "must be an object"})
     driver_info = dict(body.get("driver_info") or {})
-    if body.get("deploy_interface") is not None:
-        driver_info["deploy_interface"] = body["deploy_interface"]
+    for field, key in mapping.CHOSEN_INTERFACES.items():
+        # (The interface it would have anyway is not written down: a driver without a choice takes that.)
+        if body.get(field) is not None and body[field] != mapping.interfaces(ours, driver_info)[field]:
+            driver_info[key] = body[field]
     shown = {**representation.NODE_CONSTANTS, **mapping.interfaces(ours, driver_info)}
     for field in sorted(CREATE_CONSTANTS & set(body)):
         if body[field] is not None and body[field] != shown[field]:

@@ -23,7 +23,6 @@ import jsonpointer
 
 from conductor.api.ironic import mapping, representation, versions
 from conductor.api.ironic.common import boolean
-from conductor.drivers.base import DEPLOY_INTERFACE_KEY
 from conductor.exceptions import InvalidInput, NotAcceptable
 from conductor.models import Node
 
@@ -36,7 +35,8 @@ PLAIN_FIELDS = ("name", "instance_uuid", "resource_class", "description", "maint
 CONSTANT_FIELDS = ("automated_clean", "chassis_uuid", "conductor_group", "owner", "lessee", "network_data",
                    "protected", "protected_reason", "retired", "retired_reason")
 #: Interfaces a patch may only leave as they are (the deploy interface may change).
-FIXED_INTERFACES = tuple(f"{kind}_interface" for kind in mapping.INTERFACE_TYPES if kind != "deploy")
+FIXED_INTERFACES = tuple(f"{kind}_interface" for kind in mapping.INTERFACE_TYPES
+                         if f"{kind}_interface" not in mapping.CHOSEN_INTERFACES)
 
 
 def apply(document: dict[str, Any], operations: Any) -> dict[str, Any]:
@@ -120,8 +120,9 @@ def node_changes(node: Node, operations: Any) -> dict[str, Any]:
             changes[field] = patched[field]
     if patched["driver"] != document["driver"]:
         changes["driver"] = mapping.driver_to_ours(patched["driver"])
-    if patched["deploy_interface"] != document["deploy_interface"]:
-        changes.setdefault("driver_info", {})[DEPLOY_INTERFACE_KEY] = patched["deploy_interface"]
+    for field, key in mapping.CHOSEN_INTERFACES.items():
+        if patched[field] != document[field]:
+            changes.setdefault("driver_info", {})[key] = patched[field]
     for field in (*CONSTANT_FIELDS, *FIXED_INTERFACES):
         if patched[field] != document[field]:
             raise InvalidInput(

@@ -26,7 +26,8 @@ def test_create_maps_the_hardware_type_and_keeps_ironics_fields(ironic, client) 
 
 def test_create_refusals(ironic) -> None:
     unknown = ironic.post("/nodes", {"driver": "idrac"})
-    assert unknown.status_code == 400 and "drivers served: fake-hardware, ipmi" in fault(unknown)["faultstring"]
+    assert unknown.status_code == 400
+    assert "drivers served: fake-hardware, ipmi, redfish" in fault(unknown)["faultstring"]
     assert ironic.post("/nodes", {"driver": "fake-hardware", "chassis_uuid": "x", "bogus": 1}).status_code == 400
     kept = ironic.post("/nodes", {"driver": "fake-hardware", "owner": "project-a"})
     assert kept.status_code == 400 and "this conductor keeps it None" in fault(kept)["faultstring"]
@@ -212,3 +213,17 @@ def test_the_deploy_interface_is_a_node_field(ironic) -> None:
     assert (patched.get_json()["deploy_interface"], patched.get_json()["boot_interface"]) == ("fake", "fake")
     refused = ironic.patch("/nodes/n1", [{"op": "replace", "path": "/deploy_interface", "value": "direct"}])
     assert refused.status_code == 400 and "deploy_interface" in fault(refused)["faultstring"]
+
+
+def test_a_redfish_node_and_its_inspect_interface(ironic) -> None:
+    node = ironic.create(driver="redfish", name="r1",
+                         driver_info={"redfish_address": "https://10.0.0.9", "redfish_password": "pw"})
+    assert (node["driver"], node["power_interface"], node["inspect_interface"]) == ("redfish", "redfish", "redfish")
+    assert (node["deploy_interface"], node["boot_interface"]) == ("pxe", "ipxe")
+    assert node["driver_info"] == {"redfish_address": "https://10.0.0.9", "redfish_password": "******"}
+    patched = ironic.patch("/nodes/r1", [{"op": "replace", "path": "/inspect_interface", "value": "agent"}])
+    assert patched.get_json()["inspect_interface"] == "agent"
+    assert patched.get_json()["driver_info"]["inspect_interface"] == "agent"
+    # A driver without a choice of inspect interface: the one it has is accepted, another is not.
+    assert ironic.post("/nodes", {"driver": "fake-hardware", "inspect_interface": "fake"}).status_code == 201
+    assert ironic.post("/nodes", {"driver": "fake-hardware", "inspect_interface": "redfish"}).status_code == 400

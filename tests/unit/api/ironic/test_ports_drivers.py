@@ -51,12 +51,15 @@ def test_ports(ironic, client) -> None:
 def test_drivers(ironic, ctx) -> None:
     conductors.register(ctx)
     listed = ironic.get("/drivers").get_json()["drivers"]
-    assert [d["name"] for d in listed] == ["fake-hardware", "ipmi"]
+    assert [d["name"] for d in listed] == ["fake-hardware", "ipmi", "redfish"]
     assert listed[0]["hosts"] and listed[0]["type"] == "dynamic"
     assert "default_power_interface" not in listed[0]
     detail = ironic.get("/drivers?detail=true").get_json()["drivers"][1]
     assert (detail["default_power_interface"], detail["default_deploy_interface"]) == ("ipmitool", "pxe")
     assert ironic.get("/drivers/fake-hardware").get_json()["enabled_deploy_interfaces"] == ["fake", "pxe"]
+    redfish = ironic.get("/drivers/redfish").get_json()
+    assert (redfish["default_power_interface"], redfish["default_inspect_interface"]) == ("redfish", "redfish")
+    assert redfish["enabled_inspect_interfaces"] == ["agent", "fake", "redfish"]
     assert ironic.get("/drivers/fake").status_code == 404
     properties = ironic.get("/drivers/ipmi/properties").get_json()
     assert properties["ipmi_address"].endswith("Required.") and "ipmi_password" in properties
@@ -71,6 +74,6 @@ def test_conductors(ironic, ctx) -> None:
     assert [(c["hostname"], c["alive"], c["conductor_group"]) for c in listed] == [(name, True, "")]
     assert set(listed[0]) == {"hostname", "conductor_group", "alive", "links"}
     shown = ironic.get(f"/conductors/{name}").get_json()
-    assert shown["drivers"] == ["fake-hardware", "ipmi"] and shown["created_at"]
+    assert shown["drivers"] == ["fake-hardware", "ipmi", "redfish"] and shown["created_at"]
     assert ironic.get("/conductors/nobody").status_code == 404
     assert ironic.get("/conductors", version="1.48").status_code == 404
