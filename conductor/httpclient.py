@@ -1,7 +1,7 @@
 """HTTP sessions for the API's clients (the CLI, the demo, tests and benchmarks).
 
 The API keeps connections alive between requests (gunicorn's threaded
-worker, whose ``keepalive`` closes a connection idle for 2 s).  A client
+worker, whose ``keepalive`` closes a connection idle for 10 s).  A client
 that sends on a pooled connection just as the server closes it for
 idleness gets a reset instead of an answer: the server never read the
 request.  HTTP/1.1 lets a client retry an idempotent request then (RFC
