@@ -25,6 +25,7 @@ from conductor.api.ironic import mapping, representation, versions
 from conductor.api.ironic.common import boolean
 from conductor.exceptions import InvalidInput, NotAcceptable
 from conductor.models import Node
+from conductor.secretbox import is_secret
 
 OPERATIONS = frozenset({"add", "remove", "replace", "move", "copy", "test"})
 #: Node fields kept as objects (changed key by key).
@@ -67,6 +68,21 @@ def apply(document: dict[str, Any], operations: Any) -> dict[str, Any]:
     return patched
 
 
+def _reads_secret(path: str) -> bool:
+    """Whether ``path`` names a secret or an object holding secrets (``driver_info``, ``instance_info``).
+
+    A ``copy``, ``move`` or ``test`` reads the value at its ``from`` (or
+    ``path``): from a secret, it would carry a sealed password where it is
+    shown unmasked (``extra``, another key) or quote it in its error.
+    """
+    parts = [jsonpointer.unescape(part) for part in path.split("/")[1:]]
+    if not parts or parts[0] not in ("driver_info", "instance_info"):
+        return False
+    if len(parts) == 1:
+        return True
+    return is_secret(parts[1]) if parts[0] == "driver_info" else representation.secret_instance_key(parts[1])
+
+
 def _root(path: str) -> str:
     return jsonpointer.unescape(path.split("/")[1]) if path.count("/") else path
 
@@ -100,6 +116,13 @@ def node_changes(node: Node, operations: Any) -> dict[str, Any]:
     document = node_document(node)
     if isinstance(operations, list):
         for op in operations:
+            if isinstance(op, dict) and op.get("op") in ("copy", "move", "test"):
+                read = op.get("from") if op.get("op") != "test" else op.get("path")
+                if isinstance(read, str) and _reads_secret(read):
+                    raise InvalidInput(
+                        f"Cannot {op['op']} {read}: secrets are write-only (replace or remove them instead).",
+                        errors={read: "secret"},
+                    )
             paths = [op.get("path"), op.get("from")] if isinstance(op, dict) else []
             for root in {_root(p) for p in paths if isinstance(p, str)}:
                 if root not in document:

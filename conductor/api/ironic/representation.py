@@ -64,9 +64,20 @@ def hidden_node_fields(minor: int) -> frozenset[str]:
     return frozenset(field for field, added in NODE_FIELD_VERSIONS.items() if minor < added)
 
 
+#: Parts of an ``instance_info`` key that make its value a secret (as Ironic masks them).
+INSTANCE_SECRET_WORDS = ("password", "admin_pass", "new_pass", "secret", "token", "private_key", "encryption_key",
+                         "pswd")
+
+
+def secret_instance_key(key: str) -> bool:
+    """Whether ``instance_info[key]`` is shown as ``******``."""
+    lowered = key.lower()
+    return any(word in lowered for word in INSTANCE_SECRET_WORDS) or lowered in ("configdrive", "image_url")
+
+
 def mask_instance_info(info: Mapping[str, Any]) -> dict[str, Any]:
     """``instance_info`` as Ironic shows it: passwords, the config drive and image URLs masked."""
-    shown = {k: (MASK if "password" in k.lower() and v is not None else v) for k, v in info.items()}
+    shown = {k: (MASK if secret_instance_key(k) and v is not None else v) for k, v in info.items()}
     for key in ("configdrive", "image_url"):
         if shown.get(key):
             shown[key] = MASK

@@ -180,6 +180,29 @@ def test_json_patch_secrets_stay_sealed_and_masked(ironic, ctx) -> None:
     with ctx.db.engine.connect() as conn:
         stored = conn.exec_driver_sql("SELECT driver_info FROM nodes").scalar()
     assert "s3cret" not in str(stored) and "fernet:" in str(stored)
+    # A secret cannot be read out by the operations that read a value: copy, move, test.
+    for op in ({"op": "copy", "from": "/driver_info/ipmi_password", "path": "/extra/leak"},
+               {"op": "move", "from": "/driver_info/ipmi_password", "path": "/driver_info/ipmi_username"},
+               {"op": "copy", "from": "/driver_info", "path": "/extra/all"},
+               {"op": "test", "path": "/driver_info/ipmi_password", "value": "guess"},
+               {"op": "copy", "from": "/instance_info/admin_pass", "path": "/extra/leak"}):
+        refused = ironic.patch("/nodes/r1", [op])
+        assert refused.status_code == 400, op
+        assert "write-only" in fault(refused)["faultstring"] and "fernet" not in refused.get_data(as_text=True)
+    shown = ironic.get("/nodes/r1").get_json()
+    assert shown["extra"] == {} and shown["driver_info"]["ipmi_password"] == "******"
+    assert shown["driver_info"]["ipmi_username"] == "admin"
+    # Copying what is not secret still works.
+    copied = ironic.patch("/nodes/r1", [{"op": "copy", "from": "/driver_info/ipmi_address", "path": "/extra/bmc"}])
+    assert copied.status_code == 200 and copied.get_json()["extra"] == {"bmc": "10.0.0.8"}
+
+
+def test_instance_info_secrets_are_masked_as_ironic_masks_them(ironic) -> None:
+    ironic.create(name="n1", instance_info={"admin_pass": "a", "root_password": "b", "auth_token": "c",
+                                            "image_source": "http://images.example/x.img"})
+    shown = ironic.get("/nodes/n1").get_json()["instance_info"]
+    assert shown == {"admin_pass": "******", "root_password": "******", "auth_token": "******",
+                     "image_source": "http://images.example/x.img"}
 
 
 def test_an_instance_belongs_to_one_node(ironic) -> None:
