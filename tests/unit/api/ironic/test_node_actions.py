@@ -193,3 +193,24 @@ def test_throttling_is_503_with_retry_after_in_ironics_envelope(ironic, ctx) -> 
     limited = ironic.get("/nodes")
     assert limited.status_code == 503 and limited.headers["Retry-After"]
     assert "Too many requests" in fault(limited)["faultstring"]
+
+
+def test_inspect_waits_for_its_agent_and_abort_ends_the_wait(ironic, client, conductor_ctx) -> None:
+    """``inspect`` boots the agent (the node waits in ``inspect wait``); ``abort`` ends it in ``inspect failed``."""
+    ironic.create(name="n1", deploy_interface="pxe")
+    _request(client, ironic.put("/nodes/n1/states/provision", {"target": "manage"}))
+    drain(conductor_ctx)
+    inspect = _request(client, ironic.put("/nodes/n1/states/provision", {"target": "inspect"}))
+    assert inspect["target"] == "inspect"
+    drain(conductor_ctx)
+    assert ironic.get("/nodes/n1/states").get_json()["provision_state"] == "inspect wait"
+    aborted = ironic.put("/nodes/n1/states/provision", {"target": "abort"})
+    assert aborted.status_code == 202, fault(aborted)
+    drain(conductor_ctx)
+    states = ironic.get("/nodes/n1/states").get_json()
+    assert states["provision_state"] == "inspect failed" and "Aborted in inspect wait" in states["last_error"]
+    assert client.get(f"/v1/requests/{inspect['id']}").get_json()["state"] == "cancelled"
+    # The failed node can go on, as in Ironic: back to manageable.
+    _request(client, ironic.put("/nodes/n1/states/provision", {"target": "manage"}))
+    drain(conductor_ctx)
+    assert ironic.get("/nodes/n1/states").get_json()["provision_state"] == "manageable"
