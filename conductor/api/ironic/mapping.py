@@ -92,7 +92,15 @@ def inspect_name(driver: str, driver_info: Mapping[str, Any]) -> str:
 
 def interfaces(driver: str, driver_info: Mapping[str, Any]) -> dict[str, str]:
     """A node's ``<type>_interface`` fields, by Ironic's interface names."""
-    return dict(_interfaces(driver, deploy_name(driver, driver_info), inspect_name(driver, driver_info)))
+    return dict(_chosen_interfaces(driver, driver_info.get(DEPLOY_INTERFACE_KEY),
+                                   driver_info.get(INSPECT_INTERFACE_KEY)))
+
+
+@functools.cache
+def _chosen_interfaces(driver: str, deploy: Any, inspect: Any) -> tuple[tuple[str, str], ...]:
+    # (Every node of a list asks: computed once per driver and the interfaces its node chose.)
+    chosen = {key: value for key, value in ((DEPLOY_INTERFACE_KEY, deploy), (INSPECT_INTERFACE_KEY, inspect)) if value}
+    return _interfaces(driver, deploy_name(driver, chosen), inspect_name(driver, chosen))
 
 
 @functools.cache
