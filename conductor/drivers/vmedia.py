@@ -173,6 +173,8 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
             raise DriverError(str(exc).replace(url, "<media URL>")) from None
         progress["inserted"] = True
         task.update_internal_info(**{protocol.MEDIA_INSERTED: True})
+        # Commit the mark before anything else can fail: whoever ends the phase knows to eject.
+        return base.Poll(0.0, "virtual media inserted")
     if not progress.get("cd_set"):
         pxe._management(task).set_boot_device(task, "cdrom", persistent=False)
         progress["cd_set"] = True
