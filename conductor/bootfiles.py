@@ -75,3 +75,18 @@ def remove(root: Path, key: str) -> None:
     """Remove boot config ``key`` (if present)."""
     with contextlib.suppress(FileNotFoundError):
         path_for(root, key).unlink()
+
+
+# --- virtual media ISOs ---------------------------------------------------------------------
+#: Where the per-node agent ISOs of the ``redfish-virtual-media`` boot interface live, under the data dir.
+MEDIA_DIR = "vmedia"
+
+
+def media_path(data_dir: Path, node_uuid: str) -> Path:
+    """The per-node agent ISO (it holds the agent token: mode 0600, deleted when the phase ends)."""
+    return Path(data_dir) / MEDIA_DIR / f"{node_uuid}.iso"
+
+
+def remove_media(data_dir: Path, node_uuid: str) -> None:
+    """Delete ``node_uuid``'s agent ISO, if any."""
+    media_path(data_dir, node_uuid).unlink(missing_ok=True)

@@ -246,6 +246,10 @@ class Settings:
     pxe_root: str = _setting(Group.DEPLOY, "")
     #: The API URL agents call; empty means ``http://<api_host>:<api_port>``.
     agent_api_url: str = _setting(Group.DEPLOY, "")
+    #: The API URL BMCs fetch virtual media ISOs from (``redfish-virtual-media``:
+    #: ``<url>/v1/boot/media/<ticket>``), when their network reaches the API
+    #: at another address than the agents'; empty means the agents' URL.
+    virtual_media_url: str = _setting(Group.DEPLOY, "")
     #: Where the agent ramdisk's ``agent.kernel`` and ``agent.initramfs``
     #: are served from (``GET /v1/boot/files/<name>``); empty means
     #: ``<data_dir>/ramdisk``, where ``conductor ramdisk build`` writes them.

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", (
         "conductor.__main__", "conductor.cli", "conductor.api", "conductor.wsgi", "conductor.gunicorn_app",
         "conductor.supervisor", "conductor.demo", "conductor.vmlab", "conductor.bootstrap", "conductor.bmcsim",
-        "conductor.ramdisk",
+        "conductor.ramdisk.cli",
         # The worker processes and the job functions RQ calls by name.
         "conductor.engine.worker", "conductor.engine.jobs", "conductor.callbacks.worker", "conductor.callbacks.jobs",
     )),
@@ -52,6 +52,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "conductor.callbacks", "conductor.auth", "conductor.secretbox", "conductor.datadir", "conductor.bootfiles",
         "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing",
         "conductor.macs", "conductor.images", "conductor.httpclient",
+        # The ramdisk and ISO builders (stdlib and Debian tools only): the redfish-virtual-media
+        # boot interface builds each phase's ISO; their command line is an entry point.
+        "conductor.ramdisk",
     )),
     ("foundation", (
         "conductor.models", "conductor.fsm", "conductor.settings", "conductor.exceptions", "conductor",

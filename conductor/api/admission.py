@@ -48,7 +48,7 @@ OPENSTACK_PREFIX = "/baremetal"
 #: agents' heartbeat (authenticated by its own per-node agent token),
 #: network boot (firmware sends no credentials: see conductor/service/boot.py),
 #: and the agents' image downloads (by their signed URL: see conductor/images/tickets.py).
-BOOT_ENDPOINTS = frozenset({"boot.ChainScript", "boot.MacScript", "boot.BootFile"})
+BOOT_ENDPOINTS = frozenset({"boot.ChainScript", "boot.MacScript", "boot.BootFile", "boot.MediaFile"})
 PUBLIC_ENDPOINTS = frozenset(
     {"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat", "images.AgentImageContent",
      # Ironic's version discovery needs no token either.

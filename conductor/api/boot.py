@@ -11,7 +11,11 @@ budget of its own instead).  What a MAC is told is decided by
   with the API URL, the node's UUID and its agent token), or the local disk;
 * ``GET /v1/boot/files/<name>``: ``agent.kernel`` and ``agent.initramfs``,
   streamed from disk with ``Range`` support (:func:`serve_file`, which
-  serves any file path, for every kind of boot file).
+  serves any file path, for every kind of boot file);
+* ``GET /v1/boot/media/<ticket>``: a node's agent ISO, for its BMC's
+  virtual media (``redfish-virtual-media``): the signed, expiring ticket
+  (:mod:`conductor.images.tickets`, a purpose of its own) is the proof, and
+  it is honoured only while the node's agent phase holds that very ISO.
 
 Booting the local disk: ``sanboot --no-describe --drive 0x80`` is the iPXE
 documentation's way to boot the first local disk (BIOS drive 0x80)
@@ -35,7 +39,10 @@ from werkzeug.wrappers import Response as BaseResponse
 from conductor import ramdisk
 from conductor.api.common import Blueprint, context, session
 from conductor.api.errors import error_response
-from conductor.service import boot
+from conductor.core import agent as protocol
+from conductor.exceptions import InvalidImageTicket, NodeNotFound
+from conductor.images import tickets
+from conductor.service import boot, nodes
 
 blp = Blueprint("boot", __name__, url_prefix="/v1/boot",
                 description="Network boot: iPXE scripts by MAC address, and boot files (no bearer token)")
@@ -154,3 +161,32 @@ class BootFile(MethodView):
     def get(self, name: str) -> BaseResponse:
         """A boot file of the agent ramdisk (``agent.kernel``, ``agent.initramfs``), with ``Range`` support."""
         return serve_file(boot.ramdisk_file(context().settings, name))
+
+
+@blp.route("/media/<ticket>")
+class MediaFile(MethodView):
+    @blp.doc(security=[], responses={
+        "200": {"description": "The node's agent ISO", "content": {"application/octet-stream": {}}},
+        "206": {"description": "The range asked for", "content": {"application/octet-stream": {}}},
+        "401": {"description": "Forged, altered or expired ticket, or the phase that issued it is over"},
+        "416": {"description": "The range is not within the file"},
+    })
+    def get(self, ticket: str) -> BaseResponse:
+        """A node's agent ISO for its BMC's virtual media drive (the signed URL the conductor inserted; no token)."""
+        granted = tickets.verify(context().settings, ticket, purpose=tickets.MEDIA_PURPOSE)
+        try:
+            node = nodes.find(session(), granted.node)
+        except NodeNotFound:
+            raise InvalidImageTicket("This media URL is not valid for any node.") from None
+        media = (node.driver_internal_info or {}).get(protocol.MEDIA) or {}
+        path = granted.path
+        current = (protocol.issued(node.driver_internal_info) and media.get("path") == str(path)
+                   and media.get("ticket") == tickets.digest(ticket))
+        try:
+            found = tickets.identity_of(path.stat()) if current else None
+        except OSError:
+            found = None
+        if found is None or found != granted.identity:
+            raise InvalidImageTicket(f"This media URL is no longer valid: node {node.uuid}'s agent phase that "
+                                     "inserted it is over.")
+        return serve_file(path)

@@ -131,10 +131,11 @@ class SimAgent:
             generation = self._generation[event.bmc] = self._generation.get(event.bmc, 0) + 1
         if not event.booted:
             return
-        if event.boot_device != "pxe":
+        if event.boot_device not in ("pxe", "cdrom"):
             self._note(event.bmc, f"booted from {event.boot_device}: the installed OS, no agent")
             return
-        threading.Thread(target=self._run, args=(event.bmc, generation), name=f"agent-{event.bmc}",
+        threading.Thread(target=self._run, args=(event.bmc, generation, event.boot_device == "cdrom"),
+                         name=f"agent-{event.bmc}",
                          daemon=True).start()
 
     def _alive(self, bmc: str, generation: int) -> bool:
@@ -165,8 +166,10 @@ class SimAgent:
         )
 
     # --- one boot of one machine ---------------------------------------------------
-    def _run(self, bmc: str, generation: int) -> None:
+    def _run(self, bmc: str, generation: int, cdrom: bool = False) -> None:
         try:
+            if cdrom and not self._media_boots(bmc):
+                return
             self._boot(bmc, generation)
         except Exception:  # a bug here must not kill the hook thread's siblings
             LOG.exception("agent %s crashed", bmc)
@@ -208,6 +211,47 @@ class SimAgent:
             result["inventory"] = inventory(spec.index)
         if self._heartbeat(bmc, generation, url, token, {"command_result": result}) is not None:
             self._note(bmc, f"reported {command['name']} {result['status']}")
+
+    def _media_boots(self, bmc: str) -> bool:
+        """Booted from the virtual CD: whether it holds media the machine can read.
+
+        Asks the BMC's Redfish service what is inserted (``VirtualMedia/Cd``)
+        and reads that image's URL to its end (HTTP 200, every byte of its
+        ``Content-Length``), as firmware reading the CD would.  Only then does
+        the agent run, taking its node and token from the boot config (the
+        stand-in for the ISO's kernel arguments: the ISO is not unpacked).
+        """
+        info = getattr(self.fleet, "redfish_driver_info", lambda _name: None)(bmc)
+        if not info:
+            self._note(bmc, "booted from cdrom without Redfish virtual media: nothing to run")
+            return False
+        verify = info.get("redfish_verify_ca", True)
+        cd = f"{info['redfish_address'].rstrip('/')}/redfish/v1/Managers/{bmc}-bmc/VirtualMedia/Cd"
+        try:
+            media = self._session().get(cd, auth=(info["redfish_username"], info["redfish_password"]),
+                                        verify=verify, timeout=10).json()
+        except (requests.RequestException, ValueError) as exc:
+            self._note(bmc, f"booted from cdrom: could not read the virtual drive ({exc})")
+            return False
+        if not media.get("Inserted") or not media.get("Image"):
+            self._note(bmc, "booted from cdrom: no media inserted")
+            return False
+        size = 0
+        try:
+            with self._session().get(media["Image"], stream=True, timeout=30) as response:
+                want = response.headers.get("Content-Length")
+                for chunk in response.iter_content(1 << 20):
+                    size += len(chunk)
+                ok = response.status_code == 200 and want is not None and int(want) == size
+                status = response.status_code
+        except requests.RequestException as exc:
+            self._note(bmc, f"booted from cdrom: the media cannot be read ({exc})")
+            return False
+        if not ok:
+            self._note(bmc, f"booted from cdrom: the media cannot be read (HTTP {status}, {size} bytes)")
+            return False
+        self._note(bmc, f"booted from cdrom: read the inserted media ({size} bytes)")
+        return True
 
     def _fetch_image(self, bmc: str, params: dict[str, Any]) -> str | None:
         """Download ``image_source`` and check ``image_checksum``; the error (as the real agent words it) or None."""

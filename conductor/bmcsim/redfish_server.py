@@ -40,6 +40,7 @@ import signal
 import ssl
 import sys
 import time
+import urllib.request
 from http import HTTPStatus
 from typing import Any
 
@@ -173,7 +174,12 @@ class Server:
                 deadline = time.monotonic() + BUSY_WAIT
                 while bmc.machine.busy(time.monotonic()) and time.monotonic() < deadline:
                     await asyncio.sleep(APPLY_EVERY)
-            response = bmc.handle(method, target, headers, body)
+            problem = None
+            if method == "POST" and target.endswith("/VirtualMedia.InsertMedia"):
+                # A BMC fetches the image when it is inserted: one it cannot fetch is refused.
+                problem = await asyncio.to_thread(fetch_media, body)
+            response = (error(400, "ActionParameterValueFormatError", problem) if problem
+                        else bmc.handle(method, target, headers, body))
         await self._send(writer, response, method, close=close)
         return not close
 
@@ -205,6 +211,26 @@ class Server:
 def _report(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
+
+
+def fetch_media(body: bytes) -> str | None:
+    """GET the ``Image`` of an InsertMedia request to its end; what went wrong, or None (HTTP 200, whole size)."""
+    try:
+        image = json.loads(body or b"{}").get("Image")
+    except (ValueError, AttributeError):
+        return None  # the handler answers the malformed request
+    if not isinstance(image, str) or not image.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(image, timeout=10) as answer:
+            size, want = 0, answer.headers.get("Content-Length")
+            while chunk := answer.read(1 << 20):
+                size += len(chunk)
+            if answer.status != 200 or (want is not None and int(want) != size):
+                return f"Unable to access the image: HTTP {answer.status}, {size} of {want} bytes."
+    except Exception as exc:  # whatever it was, the BMC could not read the image
+        return f"Unable to access the image: {str(exc)[:200]}."
+    return None
 
 
 async def _main(config: dict[str, Any]) -> None:

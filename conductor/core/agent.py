@@ -72,6 +72,12 @@ _TOKEN = "agent_token_sha256"
 _CLAIMED = "agent_token_claimed_at"
 _COMMAND = "agent_command"
 _RESULT = "agent_result"
+#: The virtual media ISO of the current phase (``redfish-virtual-media``): its path and file
+#: identity, what ``GET /v1/boot/media/<ticket>`` checks a ticket against.
+MEDIA = "vmedia_image"
+#: Set while media the conductor inserted may still be in the node's virtual drive: the
+#: phase ejects it; after an abort or a timeout the power state sync does.
+MEDIA_INSERTED = "vmedia_inserted"
 
 
 def token_hash(token: str) -> str:
@@ -204,6 +210,8 @@ def revoke(settings: Settings, node: Node) -> None:
     (abort, cancel, timeout, a failed step): a late heartbeat gets 401.
     """
     bootfiles.remove(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid))
+    # The virtual media ISO carries the token: it goes with it (its URL is refused from now on).
+    bootfiles.remove_media(settings.data_dir, node.uuid)
     info = node.driver_internal_info or {}
-    if any(key in info for key in (_TOKEN, _SEALED, _CLAIMED, _COMMAND)):
-        _update(node, **{_TOKEN: None, _SEALED: None, _CLAIMED: None, _COMMAND: None})
+    if any(key in info for key in (_TOKEN, _SEALED, _CLAIMED, _COMMAND, MEDIA)):
+        _update(node, **{_TOKEN: None, _SEALED: None, _CLAIMED: None, _COMMAND: None, MEDIA: None})

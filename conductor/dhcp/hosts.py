@@ -57,7 +57,7 @@ def boots_from_network(driver: str, driver_info: Mapping[str, Any]) -> bool:
         deploy = drivers.get(driver).deploy_for(driver_info)
     except (UnknownDriver, KeyError):  # a driver or interface since removed: it boots nothing of ours
         return False
-    return isinstance(deploy, PXEDeploy)
+    return isinstance(deploy, PXEDeploy) and deploy.network_boot
 
 
 def wanted(session: Session) -> dict[str, str]:

@@ -47,7 +47,7 @@ def validate(name: str, driver_info: Mapping[str, Any]) -> None:
     errors = get(name).validate(driver_info)
     unknown = sorted(set(driver_info) - set(get(name).fields()))
     for key in unknown:
-        errors[key] = f"unknown driver_info field for driver {name}"
+        errors.setdefault(key, f"unknown driver_info field for driver {name}")
     if errors:
         raise InvalidInput(
             f"Invalid driver_info for driver {name}: "

@@ -165,6 +165,9 @@ class InspectInterface(Interface):
 DEPLOY_INTERFACE_KEY = "deploy_interface"
 #: The ``driver_info`` key choosing a node's inspect interface.
 INSPECT_INTERFACE_KEY = "inspect_interface"
+#: The ``driver_info`` key choosing how the deploy interface's agent boots (``pxe`` or
+#: ``redfish-virtual-media``).
+BOOT_INTERFACE_KEY = "boot_interface"
 #: The inspect interface name meaning "the deploy interface's own inspection" (its agent).
 AGENT_INSPECTION = "agent"
 
@@ -189,19 +192,26 @@ class Driver:
     management: ManagementInterface | None = None
     deploy_interfaces: Mapping[str, DeployInterface] = dataclasses.field(default_factory=dict)
     inspect_interfaces: Mapping[str, InspectInterface | None] = dataclasses.field(default_factory=dict)
+    #: Boot interfaces a node may choose with ``driver_info.boot_interface``: name -> the
+    #: deploy interface that boots its agent that way (None: the chosen deploy interface as
+    #: it is, i.e. from the network).  Empty: the agent boots from the network only.
+    boot_interfaces: Mapping[str, DeployInterface | None] = dataclasses.field(default_factory=dict)
 
     def interfaces(self) -> list[Interface]:
         """Every interface of the driver."""
         deploys = [self.deploy, *(d for d in self.deploy_interfaces.values() if d is not self.deploy)]
         inspects = [i for i in self.inspect_interfaces.values() if i is not None]
-        return [i for i in (self.power, self.management, *deploys, *inspects) if i is not None]
+        boots = [b for b in self.boot_interfaces.values() if b is not None]
+        return [i for i in (self.power, self.management, *deploys, *inspects, *boots) if i is not None]
 
     def deploy_for(self, driver_info: Mapping[str, Any]) -> DeployInterface:
         """The deploy interface a node with ``driver_info`` uses (validated at create/patch)."""
         name = driver_info.get(DEPLOY_INTERFACE_KEY)
-        if name is None:
-            return self.deploy
-        return self.deploy_interfaces[name]
+        deploy = self.deploy if name is None else self.deploy_interfaces[name]
+        boot = self.boot_interfaces.get(driver_info.get(BOOT_INTERFACE_KEY) or "")
+        if boot is not None and getattr(deploy, "network_boot", False):
+            return boot  # the pxe deploy interface's agent, booted another way
+        return deploy
 
     def inspect_for(self, driver_info: Mapping[str, Any]) -> InspectInterface | DeployInterface:
         """What inspects a node with ``driver_info``: its inspect interface, else its deploy interface."""
@@ -230,6 +240,12 @@ class Driver:
         if inspector is not None and inspector not in self.inspect_interfaces:
             choices = sorted(self.inspect_interfaces) or [AGENT_INSPECTION]
             errors[INSPECT_INTERFACE_KEY] = f"must be one of {choices} for driver {self.name}"
+        boot = driver_info.get(BOOT_INTERFACE_KEY)
+        if boot is not None and not self.boot_interfaces:
+            errors[BOOT_INTERFACE_KEY] = (f"driver {self.name} boots its agent from the network only; "
+                                          f"{boot!s:.40} needs another driver (redfish-virtual-media: redfish)")
+        elif boot is not None and boot not in self.boot_interfaces:
+            errors[BOOT_INTERFACE_KEY] = f"must be one of {sorted(self.boot_interfaces)} for driver {self.name}"
         for interface in self.interfaces():
             errors.update(interface.validate(driver_info))
         return errors
@@ -247,6 +263,9 @@ class Driver:
             merged[INSPECT_INTERFACE_KEY] = Field(
                 f"Inspect interface: {', '.join(sorted(names))} (default {names[0]}; "
                 f"{AGENT_INSPECTION}: the deploy interface's agent).")
+        if self.boot_interfaces:
+            merged[BOOT_INTERFACE_KEY] = Field(
+                f"How the agent boots: {', '.join(sorted(self.boot_interfaces))} (default pxe: the network).")
         for interface in self.interfaces():
             merged.update(interface.fields)
         return merged

@@ -201,13 +201,13 @@ FLOWS: dict[str, tuple[Phase, ...]] = {
 }
 
 
-def run_flow(task: Task, flow: str) -> base.StepResult:
-    """Run ``FLOWS[flow]`` from where the task's progress says, as far as it goes now.
+def run_flow(task: Task, flow: str, flows: dict[str, tuple[Phase, ...]] | None = None) -> base.StepResult:
+    """Run ``(flows or FLOWS)[flow]`` from where the task's progress says, as far as it goes now.
 
     Each phase starts with a history entry (``deploy.step``) and shows in the
     request's ``step``.
     """
-    phases = FLOWS[flow]
+    phases = (flows or FLOWS)[flow]
     progress = task.progress
     while (index := int(progress.get("phase", 0))) < len(phases):
         phase = phases[index]
@@ -225,6 +225,9 @@ def run_flow(task: Task, flow: str) -> base.StepResult:
 
 class PXEDeploy(base.DeployInterface):
     """Deploy, clean and inspect through an agent booted from the network."""
+
+    #: Whether the agent boots from the network (DHCP host entries, ``GET /v1/boot/<mac>``).
+    network_boot = True
 
     def deploy(self, task: Task) -> base.StepResult:
         return run_flow(task, "deploy")

@@ -44,7 +44,8 @@ from urllib.parse import urlsplit
 
 from conductor import secretbox
 from conductor.core import inventory as inventory_core
-from conductor.drivers import base, bmc_access, fake
+from conductor.core.agent import MEDIA_INSERTED
+from conductor.drivers import base, bmc_access, fake, vmedia
 from conductor.drivers.pxe import PXEDeploy
 from conductor.drivers.redfish_client import AUTH_TYPES, RedfishClient, RedfishCredentials, ServiceBusy
 from conductor.exceptions import BMCError, DriverError
@@ -248,7 +249,11 @@ class RedfishPower(_Validating, base.PowerInterface):
     """Power through ``#ComputerSystem.Reset`` and the system's ``PowerState``."""
 
     def get_power_state(self, task: Task) -> PowerState | None:
-        return read_power(task.ctx, task.node.driver_info, holder=task)
+        state = read_power(task.ctx, task.node.driver_info, holder=task)
+        if task.request is None and (task.node.driver_internal_info or {}).get(MEDIA_INSERTED):
+            # The power state sync: eject what an aborted or timed-out virtual media phase left.
+            vmedia.eject_pending(task)
+        return state
 
     def set_power_state(self, task: Task, state: PowerState) -> None:
         try:
@@ -316,6 +321,7 @@ def driver() -> base.Driver:
         deploy=deploy,
         deploy_interfaces={"pxe": deploy, "fake": _NoFields()},
         inspect_interfaces={"redfish": RedfishInspect(), base.AGENT_INSPECTION: None},
+        boot_interfaces={"pxe": None, vmedia.NAME: vmedia.VirtualMediaDeploy()},
     )
 
 

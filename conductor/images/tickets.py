@@ -39,6 +39,10 @@ from conductor.settings import Settings
 #: Where the agent fetches a ticket's file, under the API URL.
 PREFIX = "/v1/images/content/"
 _PURPOSE = b"conductor image ticket v1"
+#: The purpose of the tickets a BMC fetches a node's virtual media ISO with
+#: (``GET /v1/boot/media/<ticket>``): a key of its own, so that neither kind
+#: of ticket is accepted in place of the other.
+MEDIA_PURPOSE = b"conductor virtual media ticket v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +65,9 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _keys(settings: Settings) -> list[bytes]:
+def _keys(settings: Settings, purpose: bytes = _PURPOSE) -> list[bytes]:
     ring = secretbox.for_settings(settings).keys()
-    return [hmac.new(key.encode(), _PURPOSE, hashlib.sha256).digest() for key in ring]
+    return [hmac.new(key.encode(), purpose, hashlib.sha256).digest() for key in ring]
 
 
 def _sign(key: bytes, payload: str) -> str:
@@ -76,14 +80,19 @@ def identity_of(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def issue(settings: Settings, node: str, path: Path, lifetime: float,
-          identity: tuple[int, int, int, int] | None = None) -> str:
+          identity: tuple[int, int, int, int] | None = None, purpose: bytes = _PURPOSE) -> str:
     """A ticket for ``node``'s agent to download ``path`` (the file of ``identity``) during the next
-    ``lifetime`` seconds."""
+    ``lifetime`` seconds (``purpose``: :data:`MEDIA_PURPOSE` for a virtual media ISO)."""
     data: dict[str, object] = {"n": node, "p": str(path), "x": int(time.time() + lifetime)}
     if identity is not None:
         data["i"] = list(identity)
     payload = _b64(json.dumps(data, separators=(",", ":")).encode())
-    return f"{payload}.{_sign(_keys(settings)[0], payload)}"
+    return f"{payload}.{_sign(_keys(settings, purpose)[0], payload)}"
+
+
+def digest(ticket: str) -> str:
+    """What a node's record keeps of a ticket (its SHA-256): enough to tell it is the current one."""
+    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 def url(settings: Settings, ticket: str) -> str:
@@ -91,14 +100,14 @@ def url(settings: Settings, ticket: str) -> str:
     return settings.agent_url.rstrip("/") + PREFIX + ticket
 
 
-def verify(settings: Settings, ticket: str) -> Ticket:
+def verify(settings: Settings, ticket: str, purpose: bytes = _PURPOSE) -> Ticket:
     """What ``ticket`` says, once its signature and expiry are checked.
 
     :raises InvalidImageTicket: malformed, not signed by this deployment, or expired.
     """
     payload, _, signature = ticket.partition(".")
     if not ticket.isascii() or not payload or not signature or not any(
-        hmac.compare_digest(_sign(key, payload), signature) for key in _keys(settings)
+        hmac.compare_digest(_sign(key, payload), signature) for key in _keys(settings, purpose)
     ):
         raise InvalidImageTicket("This image URL is not valid (not issued by this conductor, or altered).")
     try:

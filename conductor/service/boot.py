@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from conductor import macs
 from conductor.core import agent as protocol
+from conductor.dhcp.hosts import boots_from_network
 from conductor.exceptions import NotFound, SecretUnreadable
 from conductor.fsm import table
 from conductor.fsm.states import ProvisionState as S
@@ -66,6 +67,8 @@ def agent_boot(session: Session, mac: str) -> AgentBoot | None:
     ).one_or_none()
     if node is None or node.provision_state not in AGENT_PHASE_STATES:
         return None
+    if not boots_from_network(node.driver, node.driver_info or {}):
+        return None  # its agent boots from virtual media, with the token in its ISO: never by MAC
     try:
         token = protocol.boot_token(session, node)
     except SecretUnreadable:

@@ -45,6 +45,7 @@ EXPECTED = {
     ("GET", "/v1/boot"): PUBLIC,
     ("GET", "/v1/boot/<mac>"): PUBLIC,
     ("GET", "/v1/boot/files/<name>"): PUBLIC,
+    ("GET", "/v1/boot/media/<ticket>"): PUBLIC,
     ("GET", "/v1/requests"): READER,
     ("GET", "/v1/requests/<request_id>"): READER,
     ("DELETE", "/v1/requests/<request_id>"): OPERATOR,
