@@ -51,6 +51,19 @@ StepResult = Done | Poll | Wait
 DONE = Done()
 
 
+@dataclasses.dataclass(frozen=True)
+class BootSetting:
+    """The boot device override a BMC reports (IPMI boot flags, a Redfish system's ``Boot``)."""
+
+    device: str
+    persistent: bool
+    uefi: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The shape ``ManagementInterface.get_boot_device`` returns."""
+        return {"boot_device": self.device, "persistent": self.persistent, "uefi": self.uefi}
+
+
 class TryLater(Exception):
     """The hardware cannot take a call right now; run the step again after ``after`` seconds.
 

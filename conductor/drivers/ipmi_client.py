@@ -64,6 +64,7 @@ from pyghmi.ipmi import command as ipmi_command
 from pyghmi.ipmi.private import session as ipmi_session
 from pyghmi.ipmi.private import util as ipmi_util
 
+from conductor.drivers.base import BootSetting
 from conductor.exceptions import BMCError
 
 LOG = logging.getLogger(__name__)
@@ -131,19 +132,6 @@ class BMCCredentials:
         """``address:port`` as shown in messages (IPv6 in brackets)."""
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class BootSetting:
-    """The boot device override a BMC reports."""
-
-    device: str
-    persistent: bool
-    uefi: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        """The shape ``ManagementInterface.get_boot_device`` returns."""
-        return {"boot_device": self.device, "persistent": self.persistent, "uefi": self.uefi}
 
 
 class _Timeout(Exception):

@@ -49,6 +49,7 @@ from sushy import auth as sushy_auth
 from sushy import connector as sushy_connector
 from sushy import exceptions as sushy_exc
 
+from conductor.drivers.base import BootSetting
 from conductor.exceptions import BMCError
 
 LOG = logging.getLogger(__name__)
@@ -96,19 +97,6 @@ class RedfishCredentials:
     def endpoint(self) -> str:
         """The BMC and system as shown in messages and used as the BMC lock's name."""
         return f"{self.address}{' system ' + self.system_id if self.system_id else ''}"
-
-
-@dataclass(frozen=True)
-class BootSetting:
-    """The boot override a system reports."""
-
-    device: str
-    persistent: bool
-    uefi: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        """The shape ``ManagementInterface.get_boot_device`` returns."""
-        return {"boot_device": self.device, "persistent": self.persistent, "uefi": self.uefi}
 
 
 class ServiceBusy(BMCError):
