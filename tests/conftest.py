@@ -325,7 +325,8 @@ class Service:
             assert self.proc.poll() is None, (self.settings.data_dir / "up.log").read_text()
             try:
                 # Our own API: a server left on the port would not name an instance.
-                if "X-Conductor-Instance" in requests.get(self.url + "/", timeout=1).headers:
+                probe = requests.get(self.url + "/", timeout=1, headers={"Connection": "close"})
+                if "X-Conductor-Instance" in probe.headers:
                     self.http.headers.update(self.auth_headers)
                     return self
             except requests.RequestException:
@@ -348,6 +349,9 @@ class Service:
         if self.proc is None or self.proc.poll() is not None:
             return
         tree = self.tree()
+        # Our kept-alive connections would hold each API worker's graceful stop for 2 s (gunicorn's
+        # linger for idle connections); the session stays usable after a restart.
+        self.http.close()
         self.proc.terminate()
         try:
             self.proc.wait(self.settings.job_timeout + 30)
