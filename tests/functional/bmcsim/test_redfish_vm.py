@@ -34,6 +34,7 @@ from conductor.bmcsim.vm import (
 from conductor.drivers.redfish_client import RedfishClient, RedfishCredentials
 from conductor.exceptions import BMCError
 
+from .conftest import client_for
 from .test_vm import cmdline, console, running, wait_for
 
 CD_MESSAGE = "bmcsim-guest: booted from CD, powering off"
@@ -147,7 +148,9 @@ def test_inserted_media_is_the_machines_cdrom_and_a_cd_boot_boots_it(vm_fleet, m
 
 
 def test_graceful_shutdown_and_restart_are_acpi_requests_to_the_guest(vm_fleet) -> None:  # type: ignore[no-untyped-def]
-    """GracefulShutdown and GracefulRestart press the power button; the guest decides; ForceOff does not ask."""
+    """GracefulShutdown and GracefulRestart press the power button; the guest decides; ForceOff does not ask.
+
+IPMI's soft power off reaches the same guest the same way."""
     fleet = redfish_vm_fleet(vm_fleet)
     bmc = fleet.bmcs[0]
     write_poweroff_disk(Path(fleet.vm(bmc.name)["disk"]), 16 << 20, boot_sector=ACPI_GUEST_BOOT_SECTOR)
@@ -180,3 +183,13 @@ def test_graceful_shutdown_and_restart_are_acpi_requests_to_the_guest(vm_fleet) 
     wait_for("QEMU gone", lambda: not running(third["pid"]))
     assert ACPI_GUEST_OFF not in console(third)
     assert fleet.vm(bmc.name)["last_exit"]["reason"] == "stopped (BMC power off)"
+
+    # The same machine over IPMI: its soft power off is the same power button.
+    ipmi = client_for(bmc)
+    ipmi.set_power("on")
+    fourth = wait_for("the guest is up a fourth time", lambda: (s := fleet.vm(bmc.name))["running"]
+                      and ACPI_GUEST_UP in console(s) and s)
+    wait_for("IPMI reads on", lambda: ipmi.get_power() == "on")
+    ipmi.set_power("soft")
+    wait_for("IPMI reads off", lambda: ipmi.get_power() == "off")
+    assert ACPI_GUEST_OFF in console(fourth) and not running(fourth["pid"])
