@@ -155,6 +155,7 @@ def test_a_vm_is_inspected_cleaned_deployed_booted_from_disk_and_cleaned_again(
 
 
 @pytest.mark.parametrize("vm_service", [{"CONDUCTOR_AUTOMATED_CLEAN": "false"}], indirect=True)  # one agent boot
+@pytest.mark.timeout(600)  # ~100 s with the ramdisk and image builds; TCG on 2 shared cores can take far more
 def test_a_redfish_vm_boots_its_agent_from_virtual_media_and_then_the_image_from_disk(
         vm_service, redfish_vm_fleet, demo_image, tmp_path) -> None:
     import requests
