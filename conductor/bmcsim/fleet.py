@@ -329,7 +329,8 @@ class Fleet:
     def vm(self, name: str) -> dict[str, Any]:
         """The VM behind BMC ``name``: ``mac``, ``disk``, ``console_log``,
         ``console_offset`` (where its current boot's output starts), ``running``,
-        ``pid``, ``boot``, ``command``, ``last_error``, ``last_exit``, ``history``...
+        ``pid``, ``boot``, ``media`` (the image in its CD-ROM), ``command``, ``last_error``,
+        ``last_exit``, ``history``...
 
         :raises FleetError: no such BMC, or not a VM BMC.
         """
