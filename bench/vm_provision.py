@@ -1,10 +1,11 @@
-"""Real machines provisioned end to end: QEMU VMs behind simulated IPMI BMCs.
+"""Real machines provisioned end to end: QEMU VMs behind simulated IPMI (or Redfish) BMCs.
 
 Usage (from the repository root)::
 
     .venv/bin/python bench/vm_provision.py               # one VM, then four at once
     .venv/bin/python bench/vm_provision.py --vms 1 --accel auto
     .venv/bin/python bench/vm_provision.py --vms 4 --json
+    .venv/bin/python bench/vm_provision.py --vms 1 --boot redfish-virtual-media
 
 For each ``--vms`` figure, a fresh lab (:mod:`conductor.vmlab`): the agent
 ramdisk and a bootable disk image built from Debian packages (cached after
@@ -14,7 +15,9 @@ through the API only: enrol (IPMI + the VM's MAC as a port) -> ``manage``
 -> ``inspect`` (checked against the VM) -> ``provide`` (a marker written on
 each disk must be erased) -> ``active`` with the image, all VMs at once,
 until each VM has booted the image from its disk and printed its marker
--> ``deleted``.
+-> ``deleted``.  With ``--boot redfish-virtual-media`` the nodes are
+``redfish`` nodes whose agent boots from an ISO inserted into the VM's
+virtual CD-ROM over Redfish (no network boot).
 
 Prints every phase's time and, per VM, power on -> the agent's first
 heartbeat, the image write, reboot -> the marker on the console, and
@@ -34,18 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conductor.vmlab import LabError, VmLab
+from conductor.vmlab import BOOTS, LabError, VmLab
 
 TARGET_ONE_VM_S = 120.0
 
 
-def run_one(count: int, accel: str, memory: int, keep: bool) -> dict:
+def run_one(count: int, accel: str, memory: int, keep: bool, boot: str = "pxe") -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix=f"vm-provision-{count}-"))
 
     def say(text: str) -> None:
         print(f"  [{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    lab = VmLab(count, data_dir=data_dir, port=0, accel=accel, memory_mb=memory, on_phase=say)
+    lab = VmLab(count, data_dir=data_dir, port=0, accel=accel, memory_mb=memory, on_phase=say, boot=boot)
     try:
         lab.prepare()
         lab.start()
@@ -64,14 +67,16 @@ def main() -> int:
     parser.add_argument("--vms", type=int, nargs="+", default=[1, 4], help="VM counts, one lab each [1 4]")
     parser.add_argument("--accel", choices=["tcg", "kvm", "auto"], default="tcg")
     parser.add_argument("--memory", type=int, default=512, help="MiB per VM [512]")
+    parser.add_argument("--boot", choices=BOOTS, default="pxe",
+                        help="How the agent boots: pxe (ipmi nodes) or redfish-virtual-media (redfish nodes) [pxe]")
     parser.add_argument("--keep", action="store_true", help="Keep each lab's data directory (logs, consoles)")
     parser.add_argument("--json", action="store_true", help="Print the figures as JSON at the end")
     args = parser.parse_args()
     results = []
     for count in args.vms:
-        print(f"== {count} VM(s), accel {args.accel}", flush=True)
+        print(f"== {count} VM(s), accel {args.accel}, boot {args.boot}", flush=True)
         try:
-            summary = run_one(count, args.accel, args.memory, args.keep)
+            summary = run_one(count, args.accel, args.memory, args.keep, args.boot)
         except LabError as exc:
             print(f"FAILED: {exc}", flush=True)
             return 1

@@ -209,6 +209,9 @@ class Supervisor:
             CONDUCTOR_SUPERVISOR_PID=str(os.getpid()),
             CONDUCTOR_INSTANCE_ID=self.instance_id,
         )
+        if settings.virtual_media_url:
+            # Workers give it to the BMCs they insert virtual media into (as the agent URL, above).
+            env["CONDUCTOR_VIRTUAL_MEDIA_URL"] = settings.virtual_media_url
         exe = [sys.executable, "-m", "conductor"]
         logs = settings.data_dir / "logs"
         self.children = [

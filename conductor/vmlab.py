@@ -1,4 +1,4 @@
-"""Real machines, end to end: QEMU VMs behind simulated IPMI BMCs, provisioned through the API.
+"""Real machines, end to end: QEMU VMs behind simulated IPMI (or Redfish) BMCs, provisioned through the API.
 
 One story, told by ``conductor demo --vm N``, ``bench/vm_provision.py`` and
 the slow end-to-end test alike:
@@ -23,6 +23,13 @@ Each phase is timed; for deploys also power on -> the agent's first
 heartbeat, the image write, and reboot -> the marker on the console, from
 the node's history (``power.changed``, ``agent.connected``,
 ``agent.result``) and the console log.
+
+With ``boot="redfish-virtual-media"`` the same story runs on ``redfish``
+nodes (the simulator's Redfish over HTTPS) whose agent boots from the
+node's ISO in the VM's virtual CD-ROM: QEMU's DHCP offers no boot file,
+the BMC fetches the ISO from ``127.0.0.1`` (``virtual_media_url``), and
+inspection is the agent's (``inspect_interface: agent``), so it is checked
+against the VM as before.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ CLEAN_MARKER = b"CONDUCTOR-VMLAB-CLEAN-ME"
 CLEAN_MARKER_OFFSET = 512 * 1024
 #: The guest reaches this host's loopback at this address on QEMU's user network.
 HOST_FROM_GUEST = "10.0.2.2"
+#: How the agent boots: from the network (ipmi nodes), or from virtual media (redfish nodes).
+BOOTS = ("pxe", "redfish-virtual-media")
 
 
 class LabError(DemoError):
@@ -79,12 +88,16 @@ class VmLab:
     :param cache: the ramdisk builder's package cache (default: its own).
     :param accel: QEMU accelerator (``tcg``; ``auto`` probes KVM).
     :param on_phase: called with a line of text as the story moves on.
+    :param boot: one of :data:`BOOTS` (see the module docstring).
     """
 
     def __init__(self, vms: int = 1, data_dir: Path | None = None, port: int = 6385, memory_mb: int = 512,
                  cpus: int = 1, disk_size: str = "2G", cache: Path | None = None, accel: str = "tcg",
                  workers: int = 2, agent_timeout: float = 900.0,
-                 on_phase: Callable[[str], None] | None = None) -> None:
+                 on_phase: Callable[[str], None] | None = None, boot: str = "pxe") -> None:
+        if boot not in BOOTS:
+            raise ValueError(f"boot must be one of {', '.join(BOOTS)}")
+        self.boot = boot
         self.count = vms
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="conductor-vmlab-"))
         self.port = free_port(port)
@@ -137,6 +150,8 @@ class VmLab:
         settings = load({
             "data_dir": self.data_dir, "api_port": self.port, "workers": self.workers,
             "agent_api_url": agent_url, "log_level": "WARNING",
+            # The BMCs run on this host: they fetch virtual media from its loopback.
+            "virtual_media_url": f"http://127.0.0.1:{self.port}",
             "power_poll_initial": 0.2, "power_poll_max": 1.0,
             "deploy_agent_timeout": self.agent_timeout, "clean_agent_timeout": self.agent_timeout,
             "inspect_agent_timeout": self.agent_timeout,
@@ -144,10 +159,12 @@ class VmLab:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.on_phase(f"starting {self.count} QEMU VM BMC(s) and the service")
         bmcsim_log = open(self.data_dir / "logs" / "bmcsim.log", "ab")  # noqa: SIM115 - open for the fleet's life
+        vmedia = self.boot == "redfish-virtual-media"
         spec = VmSpec(count=self.count, memory_mb=self.memory_mb, cpus=self.cpus, disk_size=self.disk_size,
                       directory=self.data_dir / "vms", accel=self.accel,
-                      network=UserNetwork(boot_url=f"{agent_url}/v1/boot"))
-        self.fleet = Fleet(0, vms=spec, password_mode="per-bmc", stderr=bmcsim_log).start()
+                      network=UserNetwork(boot_url=None if vmedia else f"{agent_url}/v1/boot"))
+        self.fleet = Fleet(0, vms=spec, password_mode="per-bmc", stderr=bmcsim_log,
+                           redfish_port=0 if vmedia else None).start()
         self.supervisor = Supervisor(settings)
         self.supervisor.start()
         self._watcher = threading.Thread(target=self.supervisor.watch, name="vmlab-supervisor", daemon=True)
@@ -183,9 +200,12 @@ class VmLab:
         api = self._api()
         began = time.monotonic()
         names = []
-        self.on_phase("enrolling the VMs' BMCs as ipmi nodes (with their MACs as ports)")
+        if self.boot == "pxe":
+            self.on_phase("enrolling the VMs' BMCs as ipmi nodes (with their MACs as ports)")
+        else:
+            self.on_phase(f"enrolling the VMs' BMCs as redfish nodes with boot_interface {self.boot}")
         for entry in self.fleet.inventory()["nodes"]:
-            api.call("POST", "/v1/nodes", json=entry)
+            api.call("POST", "/v1/nodes", json=self.node_entry(entry))
             names.append(entry["name"])
             self.nodes[entry["name"]] = NodeTimes(entry["name"])
         self._everyone(names, "manage", 120)
@@ -203,6 +223,15 @@ class VmLab:
         self.figures["total_s"] = round(time.monotonic() - began, 1)
         self.on_phase("done")
         return self.summary()
+
+    def node_entry(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The node to create for one inventory entry (a redfish node booting from virtual media, if so chosen)."""
+        entry = dict(entry)
+        choices = entry.pop("driver_infos", None) or {}
+        if self.boot == "pxe":
+            return entry
+        return {**entry, "driver": "redfish",
+                "driver_info": {**choices["redfish"], "boot_interface": self.boot, "inspect_interface": "agent"}}
 
     def deploy(self, names: list[str]) -> None:
         """``active`` with the image on ``names`` at once; then each VM must boot it from disk."""
@@ -287,7 +316,7 @@ class VmLab:
 
     def summary(self) -> dict[str, Any]:
         """Figures: builds, each phase, each node."""
-        return {"vms": self.count, "accel": self.accel, **self.figures,
+        return {"vms": self.count, "accel": self.accel, "boot": self.boot, **self.figures,
                 "nodes": [times.as_dict() for times in self.nodes.values()],
                 "api": self.supervisor.url if self.supervisor else None, "data_dir": str(self.data_dir)}
 

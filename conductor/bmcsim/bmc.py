@@ -44,6 +44,7 @@ import pyghmi.ipmi.private.constants as ipmi_constants
 import pyghmi.ipmi.private.serversession as serversession
 import pyghmi.ipmi.private.session as ipmisession
 
+from conductor.bmcsim.events import REBOOT_CAUSES
 from conductor.bmcsim.state import (
     BOOT_PERSISTENT,
     BOOT_UEFI,
@@ -294,14 +295,7 @@ class SimBmc(pyghmi_bmc.Bmc):
             self.table.write_power(self.index, 0, Directive.NONE, 0.0)  # cancels a pending on
             return CC_OK
         if directive == Directive.SOFT and self.vm:
-            # A virtual machine powers off when its guest says so: pass the
-            # ACPI request on (an on -> on event) and let the VM manager
-            # write back "off" once the machine has really stopped.
-            selector, flags = self.table.read_boot(self.index)
-            self.shard.emit({"type": "power", "index": self.index, "old": "on", "new": "on",
-                             "cause": "soft", "boot_device": str(SELECTOR_BOOT.get(selector, BootDevice.DEFAULT)),
-                             "persistent": bool(flags & BOOT_PERSISTENT), "uefi": bool(flags & BOOT_UEFI),
-                             "time": time.time()})
+            self._pass_acpi("soft")
             return CC_OK
         if directive == Directive.ON and power:
             self.table.write_power(self.index, 1, Directive.NONE, 0.0)  # cancels a pending off
@@ -328,6 +322,14 @@ class SimBmc(pyghmi_bmc.Bmc):
         directive = Directive(pending)
         target = transition_target(directive)
         old = PowerState.ON if power else PowerState.OFF
+        if self.vm and old == PowerState.ON and directive in (Directive.SOFT, Directive.SOFT_RESTART):
+            # Redfish's GracefulShutdown / GracefulRestart (its process only
+            # writes the directive): the guest decides, as for IPMI's soft off.
+            self.table.write_power(self.index, 1, Directive.NONE, 0.0)
+            self._pass_acpi("soft" if directive == Directive.SOFT else "soft-restart")
+            return
+        if directive == Directive.SOFT_RESTART:
+            directive = Directive.RESET  # no guest to ask: a plain reset
         if self.vm and old == PowerState.OFF and target == PowerState.ON:
             # A virtual machine is on once its QEMU runs: the event asks the
             # VM manager to start it, and the BMC reads "off" until the
@@ -339,6 +341,19 @@ class SimBmc(pyghmi_bmc.Bmc):
         self.table.write_power(self.index, 1 if target == PowerState.ON else 0, Directive.NONE, 0.0)
         self._event(old, target or old, directive.name.lower())
 
+    def _pass_acpi(self, cause: str) -> None:
+        """Pass an ACPI request to a VM BMC's machine (an on -> on event with ``cause``).
+
+        A virtual machine powers off (or reboots) when its guest says so: the
+        VM manager presses the power button and writes back "off" once the
+        machine has really stopped (or boots it again: a graceful restart).
+        """
+        selector, flags = self.table.read_boot(self.index)
+        self.shard.emit({"type": "power", "index": self.index, "old": "on", "new": "on",
+                         "cause": cause, "boot_device": str(SELECTOR_BOOT.get(selector, BootDevice.DEFAULT)),
+                         "persistent": bool(flags & BOOT_PERSISTENT), "uefi": bool(flags & BOOT_UEFI),
+                         "time": time.time()})
+
     def _change(self, old: PowerState, new: PowerState, cause: str) -> None:
         self.table.write_power(self.index, 1 if new == PowerState.ON else 0, Directive.NONE, 0.0)
         self._event(old, new, cause)
@@ -348,7 +363,7 @@ class SimBmc(pyghmi_bmc.Bmc):
         selector, flags = self.table.read_boot(self.index)
         device = SELECTOR_BOOT.get(selector, BootDevice.DEFAULT) if flags & BOOT_VALID else BootDevice.DEFAULT
         persistent = bool(flags & BOOT_PERSISTENT)
-        booted = new == PowerState.ON and (old == PowerState.OFF or cause == "reset")
+        booted = new == PowerState.ON and (old == PowerState.OFF or cause in REBOOT_CAUSES)
         if booted and flags & BOOT_VALID and not persistent:
             # Firmware clears a one-time override once it has used it.
             self.table.write_boot(self.index, 0, flags & BOOT_UEFI)
@@ -367,7 +382,9 @@ class SimBmc(pyghmi_bmc.Bmc):
             new = PowerState.ON if force_power else PowerState.OFF
             self.table.write_power(self.index, 1 if force_power else 0, Directive.NONE, 0.0)
             cause = self.table.read_force_cause(self.index)
-            if old != new or cause == ForceCause.VM_FAILED:  # a VM that failed to start stays off, said so
+            # A VM that failed to start stays off, said so; one whose guest shut down for a graceful
+            # restart stays on and boots again.
+            if old != new or cause in (ForceCause.VM_FAILED, ForceCause.VM_REBOOT):
                 self._event(old, new, cause.label)
             self.table.write_applied(self.index, seq)
         if not self.fault_bits() & FaultBit.FLAP:

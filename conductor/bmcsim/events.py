@@ -7,6 +7,10 @@ machine that boots from the network::
     def agent(event: PowerEvent) -> None:
         if event.booted and event.boot_device == "pxe":
             ...  # pretend the ramdisk came up and call the conductor back
+
+The fleet's Redfish process sends one more kind, :class:`MediaEvent`: the
+virtual CD of a VM BMC got media or lost it, for the VM manager
+(:meth:`EventHub.add_media_hook`), which attaches it to the machine.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ class PowerEvent:
     :ivar cause: ``on``, ``off``, ``soft``, ``cycle``, ``reset`` (IPMI
         commands), ``drift`` (set behind the conductor's back), ``flap``;
         for VM BMCs also ``vm-exit`` (the QEMU process ended by itself: guest
-        power off, crash, killed) and ``vm-failed`` (it could not start).
+        power off, crash, killed), ``vm-failed`` (it could not start),
+        ``soft-restart`` (an ACPI reboot asked: on -> on, the guest shuts
+        down first) and ``vm-reboot`` (it did: the machine boots again).
     :ivar boot_device: the device the machine boots from if it booted
         (the override, or ``default``); a one-time override is used up.
     :ivar persistent: whether that override was persistent.
@@ -59,8 +65,8 @@ class PowerEvent:
 
     @property
     def booted(self) -> bool:
-        """True when the machine started booting (off -> on, or a reset)."""
-        return self.new == "on" and (self.old == "off" or self.cause == "reset")
+        """True when the machine started booting (off -> on, a reset, or the second half of a graceful restart)."""
+        return self.new == "on" and (self.old == "off" or self.cause in REBOOT_CAUSES)
 
     @classmethod
     def from_message(cls, message: dict[str, Any], name: str, seq: int) -> PowerEvent:
@@ -74,15 +80,40 @@ class PowerEvent:
         return {**asdict(self), "booted": self.booted}
 
 
+#: Causes of an on -> on event that boots the machine again.
+REBOOT_CAUSES = ("reset", "vm-reboot")
+
+
+@dataclass(frozen=True)
+class MediaEvent:
+    """Virtual media inserted into, or ejected from, a VM BMC's CD drive (over Redfish).
+
+    :ivar index: the BMC's index.
+    :ivar bmc: its name.
+    :ivar file: the image, fetched by the BMC from the URL it was given, as a
+        local file; None: ejected.
+    :ivar seq: the Redfish process's number for this change of this BMC; the
+        VM manager acknowledges it (:meth:`conductor.bmcsim.redfish_state.RedfishTable.ack_media`).
+    """
+
+    index: int
+    bmc: str
+    file: str | None
+    seq: int
+
+
 #: A power hook: called with each event, in order, in the fleet's dispatcher thread.
 PowerHook = Callable[[PowerEvent], None]
+#: A media hook: called with each media event, in the same thread and order as the power hooks.
+MediaHook = Callable[[MediaEvent], None]
 
 
 class EventHub:
     """Reads shards' event pipes, keeps recent events, and calls the hooks.
 
-    Two threads: a reader that owns a selector over every shard's pipe (a
-    shard never blocks on us: it drops events if we stop reading), and a
+    Two threads: a reader that owns a selector over every shard's pipe and
+    the Redfish process's (a shard never blocks on us: it drops events if
+    we stop reading), and a
     dispatcher that calls the hooks one at a time, in event order, so a slow
     hook delays other hooks but never the reader.
 
@@ -92,10 +123,11 @@ class EventHub:
     def __init__(self, names: list[str], history: int = 10_000) -> None:
         self._names = names
         self._hooks: list[PowerHook] = []
+        self._media_hooks: list[MediaHook] = []
         self._history: collections.deque[PowerEvent] = collections.deque(maxlen=history)
         self._seq = 0
         self._cond = threading.Condition()
-        self._queue: queue.SimpleQueue[PowerEvent | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[PowerEvent | MediaEvent | None] = queue.SimpleQueue()
         # Only the reader thread touches the selector; others hand it new
         # pipes through _new_pipes and wake it with a byte on _wake_w.
         self._selector = selectors.DefaultSelector()
@@ -130,7 +162,7 @@ class EventHub:
             self._wake_w = -1
 
     def add_pipe(self, fd: int, shard: Any) -> None:
-        """Read events from ``fd`` (the read end of a shard's pipe); any thread."""
+        """Read events from ``fd`` (the read end of a shard's or the Redfish process's pipe); any thread."""
         self._new_pipes.put((fd, shard))
         self._wake()
 
@@ -141,6 +173,10 @@ class EventHub:
     def remove_hook(self, hook: PowerHook) -> None:
         """Stop calling ``hook``."""
         self._hooks.remove(hook)
+
+    def add_media_hook(self, hook: MediaHook) -> None:
+        """Call ``hook`` for every later media event."""
+        self._media_hooks.append(hook)
 
     def events(self, since: int = 0, timeout: float = 0.0) -> list[PowerEvent]:
         """Events with ``seq > since``, waiting up to ``timeout`` for one."""
@@ -184,7 +220,7 @@ class EventHub:
         try:
             message = json.loads(line)
         except ValueError:
-            LOG.error("shard %s sent garbage: %r", shard.shard, line[:200])
+            LOG.error("%s sent garbage: %r", shard, line[:200])
             return
         kind = message.get("type")
         if kind == "ready":
@@ -198,13 +234,17 @@ class EventHub:
                 self._history.append(event)
                 self._cond.notify_all()
             self._queue.put(event)
+        elif kind == "media":
+            self._queue.put(MediaEvent(message["index"], self._names[message["index"]], message.get("file"),
+                                       message["seq"]))
 
     def _dispatch(self) -> None:
         while True:
             event = self._queue.get()
             if event is None:
                 return
-            for hook in list(self._hooks):
+            hooks: list[Any] = list(self._media_hooks if isinstance(event, MediaEvent) else self._hooks)
+            for hook in hooks:
                 try:
                     hook(event)
                 except Exception:  # a hook's bug must not stop the fleet's events

@@ -149,7 +149,7 @@ class Fleet:
             # fleets stay as lean as before.
             from conductor.bmcsim.vmmanager import VmManager
 
-            vms = VmManager(self.vm_spec, self.bmcs, self.force_power)
+            vms = VmManager(self.vm_spec, self.bmcs, self.force_power, self._ack_media)
             try:
                 vms.start(powered_on=[b.name for b in self.bmcs if b.vm and self.initial_power == PowerState.ON])
             except OSError as exc:
@@ -158,6 +158,7 @@ class Fleet:
                 raise FleetError(f"cannot prepare the VMs: {exc}") from None
             self._vms = vms
             self._hub.add_hook(vms.on_power)
+            self._hub.add_media_hook(vms.on_media)
         for shard_id in range(self.shard_count):
             specs = [bmc.shard_config() for bmc in self.bmcs if bmc.shard == shard_id]
             self._shards.append(ShardProcess(shard_id, specs, self.host, self._table, self._stderr))
@@ -167,9 +168,14 @@ class Fleet:
                 self._hub.add_pipe(shard.spawn(), shard)
             self._wait_ready(self._shards)
             if self.redfish_port is not None:
+                # A VM BMC's virtual media reaches its machine: the Redfish process keeps the image
+                # in the VM's directory and tells the VM manager through an event pipe of its own.
+                media = {name: self._vms.media_file(name) for name in self._vms.names} if self._vms else {}
                 self.redfish = RedfishService(self.bmcs, self.host, self._table, port=self.redfish_port,
-                                              tls=self.redfish_tls, stderr=self._stderr)
+                                              tls=self.redfish_tls, stderr=self._stderr, media_files=media)
                 self.redfish.start(preferred_base=self.base_port)
+                if self.redfish.event_fd is not None:
+                    self._hub.add_pipe(self.redfish.event_fd, self.redfish)
         except RedfishError as exc:
             self.stop()
             raise FleetError(f"Redfish: {exc}") from None
@@ -293,6 +299,12 @@ class Fleet:
                 return 0
             return self._table.request_force(index, power, cause)
 
+    def _ack_media(self, index: int, seq: int, ok: bool) -> None:
+        """The VM manager applied media change ``seq`` of BMC ``index`` (or could not): tell the Redfish process."""
+        redfish = self.redfish
+        if redfish is not None and redfish.rftable is not None and not self._stopping.is_set():
+            redfish.rftable.ack_media(index, seq, ok)
+
     def set_delay(self, delay: float, name: str | None = None) -> None:
         """Change the power transition delay of one BMC, or of all."""
         targets = [self.bmc(name)] if name else self.bmcs
@@ -317,7 +329,8 @@ class Fleet:
     def vm(self, name: str) -> dict[str, Any]:
         """The VM behind BMC ``name``: ``mac``, ``disk``, ``console_log``,
         ``console_offset`` (where its current boot's output starts), ``running``,
-        ``pid``, ``boot``, ``command``, ``last_error``, ``last_exit``, ``history``...
+        ``pid``, ``boot``, ``media`` (the image in its CD-ROM), ``command``, ``last_error``,
+        ``last_exit``, ``history``...
 
         :raises FleetError: no such BMC, or not a VM BMC.
         """

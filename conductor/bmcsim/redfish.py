@@ -18,8 +18,9 @@ own (its own port, as a real BMC is its own host), with one system,
   simulated agent reports (:func:`conductor.bmcsim.agent.inventory`: the
   same MACs, CPUs, memory and disks);
 * a ``Manager`` with a ``VirtualMedia`` collection (one CD drive whose
-  ``InsertMedia``/``EjectMedia`` actions record the image, in memory: no
-  machine boots from it yet) and a ``Chassis``.
+  ``InsertMedia``/``EjectMedia`` actions record the image; the server
+  fetches it first, and for a VM BMC hands it to the VM manager, which
+  attaches it to the machine's CD-ROM: :mod:`.redfish_server`) and a ``Chassis``.
 
 Power and boot device are the machine's record in the fleet's state table,
 shared with IPMI: a BMC can be driven by either protocol.  The shard that
@@ -34,9 +35,11 @@ a drift or flap the control process injects, or an IPMI command to the
 same BMC in the same microsecond; drive a BMC by one protocol at a time.
 
 A BMC with a QEMU machine behind it (the VM backend) reads "on" only once
-its shard has written it (QEMU runs); a ``GracefulShutdown`` there is a
-hard power off (passing the ACPI request to the guest takes an event this
-process cannot send yet).
+its shard has written it (QEMU runs).  Its ``GracefulShutdown`` and
+``GracefulRestart`` are ACPI requests to the guest: this process writes
+them as directives (``SOFT``, ``SOFT_RESTART``) and the shard passes them on
+to the VM manager as it does IPMI's soft power off (the power button; "off"
+once the guest has powered off, or for a restart a new boot).
 """
 
 from __future__ import annotations
@@ -186,10 +189,10 @@ class Machine:
         bits = self.table.read_fault_bits(self.index)
         if bits & FaultBit.STUCK:
             return True
-        if directive == Directive.SOFT and bits & FaultBit.IGNORE_ACPI:
+        if directive in (Directive.SOFT, Directive.SOFT_RESTART) and bits & FaultBit.IGNORE_ACPI:
             return True
         power, _, _ = self.table.read_raw_power(self.index)
-        if directive in (Directive.OFF, Directive.SOFT, Directive.RESET) and not power:
+        if directive in (Directive.OFF, Directive.SOFT, Directive.RESET, Directive.SOFT_RESTART) and not power:
             self.table.write_power(self.index, 0, Directive.NONE, 0.0)
         elif directive == Directive.ON and power:
             self.table.write_power(self.index, 1, Directive.NONE, 0.0)
@@ -224,7 +227,8 @@ class RedfishBMC:
     """The Redfish service of one simulated BMC.
 
     :param spec: ``{"index", "name", "username", "password", "uuid"}`` and
-        optionally ``"mac"`` (the NIC of a VM behind the BMC).
+        optionally ``"mac"`` (the NIC of a VM behind the BMC) and
+        ``"media_file"`` (where an inserted image goes for that VM's CD-ROM).
     """
 
     def __init__(self, spec: dict[str, Any], table: StateTable, rftable: RedfishTable) -> None:
@@ -245,6 +249,8 @@ class RedfishBMC:
         self._epoch = rftable.session_epoch(self.index)
         self._next_session = 1
         self.media: dict[str, Any] = {"Image": None, "Inserted": False, "WriteProtected": True}
+        #: A VM BMC's local copy of the inserted image (the machine's CD-ROM reads it); None: no VM.
+        self.media_file: str | None = spec.get("media_file")
         self.system = f"{ROOT}/Systems/{self.name}"
         self.manager = f"{ROOT}/Managers/{self.name}-bmc"
         self.chassis = f"{ROOT}/Chassis/{self.name}"
@@ -602,6 +608,8 @@ class RedfishBMC:
             return error(400, "ActionParameterValueNotInList",
                          f"The value {reset!r} of ResetType is not one of {', '.join(RESET_TYPES)}.")
         directive = RESET_TYPES[reset]
+        if reset == "GracefulRestart" and self.machine.vm:
+            directive = Directive.SOFT_RESTART  # the guest reboots itself (the shard passes it on)
         if reset == "PushPowerButton":
             directive = Directive.SOFT if self.machine.power_state() == "On" else Directive.ON
         if directive is not None:

@@ -24,6 +24,19 @@ A reset that arrives while a power transition is due is queued (see
 commands every :data:`APPLY_EVERY` seconds.  A ``PATCH`` of the boot
 override waits (without blocking the loop) for the shard to finish such a
 transition instead.  The process exits when its parent goes away.
+
+Virtual media: an ``InsertMedia`` makes the BMC GET the image to its end
+first (in a thread), and is refused (400) when it cannot.  For a VM BMC
+(``media_file`` in its spec) the image is kept there, mode 0600, and the
+machine gets it: this process writes ``{"type": "media", "index", "file",
+"seq"}`` on its event pipe (``event_fd``, read by the fleet's event hub
+like a shard's), the VM manager attaches the file as the QEMU machine's
+CD-ROM (or detaches it, ``file`` null, on ``EjectMedia``) and acknowledges
+``seq`` in the Redfish table; only then is the action answered, so a
+client that inserts media, sets the boot device and powers on finds the
+medium in the machine.  A change the machine did not take (no answer
+within :data:`MEDIA_ACK_TIMEOUT`, or QEMU refused it) is a 500 and leaves
+the drive as it was.  Media actions of one BMC run one at a time.
 """
 
 from __future__ import annotations
@@ -56,6 +69,8 @@ PARENT_CHECK = 0.5  # seconds between checks that the control process lives
 MAX_BODY = 1 << 20
 MAX_HEADERS = 100
 BUSY_WAIT = 2.0  # longest a PATCH waits for the shard to finish a due transition
+MEDIA_ACK_TIMEOUT = 15.0  # longest a media action of a VM BMC waits for the VM manager
+MEDIA_ACTIONS = ("/VirtualMedia.InsertMedia", "/VirtualMedia.EjectMedia")
 _KEEP = {"connection": "keep-alive"}
 
 
@@ -63,8 +78,9 @@ class Server:
     """Every BMC's listener, in one event loop.
 
     :param config: ``{"host", "state_fd", "count", "shards", "rf_fd", "tls":
-        {"cert", "key"} or null, "bmcs": [{"index", "name", "port",
-        "username", "password", "uuid", "mac"?}]}``.
+        {"cert", "key"} or null, "event_fd": the write end of the event pipe
+        or null (no VM BMCs), "bmcs": [{"index", "name", "port", "username",
+        "password", "uuid", "mac"?, "media_file"?}]}``.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -79,6 +95,12 @@ class Server:
         self.parent_pid = os.getppid()
         self.servers: list[asyncio.AbstractServer] = []
         self.errors = 0
+        self.event_fd: int | None = config.get("event_fd")
+        if self.event_fd is not None:
+            os.set_blocking(self.event_fd, False)
+        #: The last media change numbered per VM BMC (acknowledged ones are in the Redfish table).
+        self._media_seq = {bmc.index: self.rftable.media_ack(bmc.index)[0] for _, bmc in self.bmcs}
+        self._media_locks: dict[int, asyncio.Lock] = {}
 
     async def start(self) -> None:
         """Bind every BMC's port.
@@ -175,13 +197,69 @@ class Server:
                 while bmc.machine.busy(time.monotonic()) and time.monotonic() < deadline:
                     await asyncio.sleep(APPLY_EVERY)
             problem = None
-            if method == "POST" and target.endswith("/VirtualMedia.InsertMedia"):
-                # A BMC fetches the image when it is inserted: one it cannot fetch is refused.
-                problem = await asyncio.to_thread(fetch_media, body)
-            response = (error(400, "ActionParameterValueFormatError", problem) if problem
-                        else bmc.handle(method, target, headers, body))
+            media_action = method == "POST" and target.split("?", 1)[0].rstrip("/").endswith(MEDIA_ACTIONS)
+            if media_action and bmc.media_file is not None:
+                response = await self._vm_media(bmc, method, target, headers, body)
+            else:
+                if media_action and target.split("?", 1)[0].rstrip("/").endswith(MEDIA_ACTIONS[0]):
+                    # A BMC fetches the image when it is inserted: one it cannot fetch is refused.
+                    problem = await asyncio.to_thread(fetch_media, body)
+                response = (error(400, "ActionParameterValueFormatError", problem) if problem
+                            else bmc.handle(method, target, headers, body))
         await self._send(writer, response, method, close=close)
         return not close
+
+    # --- virtual media of a VM BMC -------------------------------------------------------------
+    async def _vm_media(self, bmc: RedfishBMC, method: str, target: str, headers: dict[str, str],
+                        body: bytes) -> Response:
+        """InsertMedia / EjectMedia of a VM BMC: the image fetched to its file, the machine told (see above)."""
+        assert bmc.media_file is not None
+        media_file = bmc.media_file
+        partial = media_file + ".part"
+        insert = target.split("?", 1)[0].rstrip("/").endswith(MEDIA_ACTIONS[0])
+        lock = self._media_locks.setdefault(bmc.index, asyncio.Lock())
+        async with lock:
+            if insert:
+                problem = await asyncio.to_thread(fetch_media, body, partial)
+                if problem:
+                    return error(400, "ActionParameterValueFormatError", problem)
+            before = dict(bmc.media)
+            response = bmc.handle(method, target, headers, body)
+            file = media_file if insert and bmc.media["Inserted"] else None
+            if response.status != 204 or (file is None and not before["Inserted"]):
+                # Refused (not logged in, already inserted...), or nothing changes in the drive.
+                _remove(partial)
+                return response
+            if file is not None:
+                os.replace(partial, file)
+            problem = await self._tell_machine(bmc, file)
+            if problem:
+                bmc.media = before
+                if file is not None:
+                    _remove(file)
+                return error(500, "GeneralError", problem)
+            if file is None:
+                _remove(media_file)  # it holds what the image held (an agent's token): gone with the media
+            return response
+
+    async def _tell_machine(self, bmc: RedfishBMC, file: str | None) -> str | None:
+        """Send a media event to the VM manager and wait for its acknowledgement; what went wrong, or None."""
+        if self.event_fd is None:
+            return "This BMC has no machine to give the media to."
+        seq = self._media_seq[bmc.index] = (self._media_seq[bmc.index] + 1) & 0xFFFFFFFF or 1
+        line = json.dumps({"type": "media", "index": bmc.index, "file": file, "seq": seq}) + "\n"
+        try:
+            os.write(self.event_fd, line.encode())  # far below PIPE_BUF: all or nothing
+        except OSError as exc:
+            return f"The machine could not be told about the media: {exc}."
+        deadline = time.monotonic() + MEDIA_ACK_TIMEOUT
+        while True:
+            acked, ok = self.rftable.media_ack(bmc.index)
+            if acked == seq:
+                return None if ok else "The machine could not take the media change (see its VM's history)."
+            if time.monotonic() > deadline:
+                return f"The machine did not take the media change within {MEDIA_ACK_TIMEOUT:g} s."
+            await asyncio.sleep(APPLY_EVERY)
 
     @staticmethod
     def _injected(status: int, retry_after: float) -> Response:
@@ -213,24 +291,47 @@ def _report(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def fetch_media(body: bytes) -> str | None:
-    """GET the ``Image`` of an InsertMedia request to its end; what went wrong, or None (HTTP 200, whole size)."""
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def fetch_media(body: bytes, dest: str | None = None) -> str | None:
+    """GET the ``Image`` of an InsertMedia request to its end; what went wrong, or None (HTTP 200, whole size).
+
+    :param dest: keep the image there (mode 0600; removed when the fetch fails).  With
+        ``dest`` only an http(s) image is accepted: the machine must read it.
+    """
     try:
         image = json.loads(body or b"{}").get("Image")
     except (ValueError, AttributeError):
         return None  # the handler answers the malformed request
     if not isinstance(image, str) or not image.startswith(("http://", "https://")):
+        if dest is not None and isinstance(image, str) and image:
+            return "Unable to access the image: only http and https URIs are supported."
         return None
+    out = None
     try:
+        if dest is not None:
+            out = os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         with urllib.request.urlopen(image, timeout=10) as answer:
             size, want = 0, answer.headers.get("Content-Length")
             while chunk := answer.read(1 << 20):
                 size += len(chunk)
+                if out is not None:
+                    out.write(chunk)
             if answer.status != 200 or (want is not None and int(want) != size):
-                return f"Unable to access the image: HTTP {answer.status}, {size} of {want} bytes."
+                problem = f"Unable to access the image: HTTP {answer.status}, {size} of {want} bytes."
+            else:
+                problem = None
     except Exception as exc:  # whatever it was, the BMC could not read the image
-        return f"Unable to access the image: {str(exc)[:200]}."
-    return None
+        problem = f"Unable to access the image: {str(exc)[:200]}."
+    finally:
+        if out is not None:
+            out.close()
+    if problem and dest is not None:
+        _remove(dest)
+    return problem
 
 
 async def _main(config: dict[str, Any]) -> None:

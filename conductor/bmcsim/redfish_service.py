@@ -6,7 +6,10 @@ BMC answers IPMI and Redfish on the same number), writes a self-signed
 certificate for HTTPS (:mod:`.tlscert`), creates the Redfish table
 (:mod:`.redfish_state`) and starts the Redfish process
 (:mod:`.redfish_server`) on the fleet's state table.  The fleet calls it
-from a few hooks (start, stop, state, faults, inventory).
+from a few hooks (start, stop, state, faults, inventory).  With VM BMCs
+(``media_files``) the process also gets the write end of an event pipe,
+whose read end (:attr:`RedfishService.event_fd`) the fleet's event hub
+reads: virtual media changes for the VM manager.
 
 Each BMC's node can then be enrolled with the ``redfish`` driver::
 
@@ -50,11 +53,14 @@ class RedfishService:
     :param port: first TCP port (BMC ``i`` gets ``port + i``); 0 picks a free range.
     :param tls: serve HTTPS with a self-signed certificate (:attr:`cert_path`).
     :param cert_dir: where to write it (default: a temporary directory removed by :meth:`stop`).
+    :param media_files: ``{VM BMC name: path}``: where each VM BMC keeps the image
+        inserted into its virtual CD, which its machine's CD-ROM reads.
     """
 
     def __init__(self, bmcs: Sequence[BMCSpec], host: str, table: StateTable, *, port: int = 0,
                  tls: bool = True, cert_dir: str | os.PathLike[str] | None = None,
-                 stderr: IO[bytes] | int | None = None, start_timeout: float = 30.0) -> None:
+                 stderr: IO[bytes] | int | None = None, start_timeout: float = 30.0,
+                 media_files: dict[str, Path] | None = None) -> None:
         self.bmcs = list(bmcs)
         self.host = host
         self.table = table
@@ -68,6 +74,9 @@ class RedfishService:
         self.cert_path: Path | None = None
         self.rftable: RedfishTable | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.media_files = dict(media_files or {})
+        #: The read end of the process's event pipe (media events), for the fleet's hub; None without VMs.
+        self.event_fd: int | None = None
         self._index = {bmc.name: i for i, bmc in enumerate(self.bmcs)}
         self._lock = threading.Lock()
 
@@ -90,16 +99,23 @@ class RedfishService:
             self.cert_path = cert
             tls_config = {"cert": str(cert), "key": str(key)}
         self.rftable = RedfishTable.create(self.table.count)
+        write_fd = None
+        if self.media_files:
+            self.event_fd, write_fd = os.pipe()
         config = {"host": self.host, "state_fd": self.table.fd, "count": self.table.count,
-                  "shards": self.table.shards, "rf_fd": self.rftable.fd, "tls": tls_config,
+                  "shards": self.table.shards, "rf_fd": self.rftable.fd, "tls": tls_config, "event_fd": write_fd,
                   "bmcs": [self._spec(bmc) for bmc in self.bmcs]}
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "conductor.bmcsim.redfish_server"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._stderr, pass_fds=(self.table.fd, self.rftable.fd),
-            env=env, start_new_session=True)
+        fds = (self.table.fd, self.rftable.fd) + ((write_fd,) if write_fd is not None else ())
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "conductor.bmcsim.redfish_server"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=self._stderr, pass_fds=fds, env=env, start_new_session=True)
+        finally:
+            if write_fd is not None:
+                os.close(write_fd)  # the child's now: its exit closes the pipe
         assert self.process.stdin is not None and self.process.stdout is not None
         # The passwords travel on stdin, not argv, so ps does not show them.
         self.process.stdin.write(json.dumps(config).encode())
@@ -107,6 +123,9 @@ class RedfishService:
         ready = self._read_ready(self.process.stdout)
         if ready.get("type") != "ready":
             self.stop()
+            if self.event_fd is not None:
+                os.close(self.event_fd)
+                self.event_fd = None
             raise RedfishError(f"the Redfish process could not start: {ready.get('error', ready)}")
         LOG.info("Redfish for %d BMCs on %s:%d-%d (%s)", count, self.host, self.base_port,
                  self.base_port + count - 1, "https" if self.tls else "http")
@@ -117,6 +136,8 @@ class RedfishService:
         mac = getattr(bmc, "mac", None)  # a VM's NIC (BMCSpec.mac, with the QEMU backend)
         if mac:
             spec["mac"] = mac
+        if bmc.name in self.media_files:
+            spec["media_file"] = str(self.media_files[bmc.name])
         return spec
 
     def _read_ready(self, stdout: IO[bytes]) -> dict[str, Any]:
@@ -137,8 +158,14 @@ class RedfishService:
         reader.join(self.start_timeout)
         return result
 
+    def __str__(self) -> str:
+        return "the Redfish process"
+
     def stop(self) -> None:
-        """Stop the process, close the table, remove a temporary certificate; safe to call twice."""
+        """Stop the process, close the table, remove a temporary certificate; safe to call twice.
+
+        The read end of the event pipe (:attr:`event_fd`) belongs to whoever reads it (the hub).
+        """
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.terminate()

@@ -11,7 +11,10 @@ field:
   fraction of requests that are; ``retry_after``: the ``Retry-After`` of a
   503) and ``session_epoch``, which the Redfish process compares with the
   last it saw to drop every session of the BMC (a BMC reboot, a session
-  timeout: clients must log in again);
+  timeout: clients must log in again), and, for a VM BMC, the media
+  acknowledgement: the last virtual media change (numbered by the Redfish
+  process, sent on its event pipe) the VM manager has applied to the
+  machine, and whether it could;
 * the **Redfish process** writes its counters: requests answered and
   sessions created.
 """
@@ -29,7 +32,10 @@ _CONTROL = struct.Struct("<HHI")
 _FLOATS = struct.Struct("<dd")
 # Server-owned counters @24: requests, sessions.
 _COUNTERS = struct.Struct("<II")
-RECORD_SIZE = 32
+# Control-owned media acknowledgement @32: seq (u32), ok (u32); ok is written
+# before seq and read after it, so a reader that sees a seq sees its ok.
+_MEDIA_SEQ, _MEDIA_OK = 32, 36
+RECORD_SIZE = 40
 
 #: The fault names this table adds to the fleet's (``Fleet.set_fault``).
 FAULT_NAMES = ("http_error", "http_error_rate", "retry_after")
@@ -108,6 +114,19 @@ class RedfishTable:
         off = index * RECORD_SIZE + 4
         (epoch,) = struct.unpack_from("<I", self._mm, off)
         struct.pack_into("<I", self._mm, off, (epoch + 1) & 0xFFFFFFFF)
+
+    def ack_media(self, index: int, seq: int, ok: bool) -> None:
+        """Say that media change ``seq`` of BMC ``index`` reached its machine, or could not (VM manager only)."""
+        off = index * RECORD_SIZE
+        struct.pack_into("<I", self._mm, off + _MEDIA_OK, 1 if ok else 0)
+        struct.pack_into("<I", self._mm, off + _MEDIA_SEQ, seq & 0xFFFFFFFF)
+
+    def media_ack(self, index: int) -> tuple[int, bool]:
+        """``(seq, ok)``: the last media change of BMC ``index`` the VM manager has applied."""
+        off = index * RECORD_SIZE
+        (seq,) = struct.unpack_from("<I", self._mm, off + _MEDIA_SEQ)
+        (ok,) = struct.unpack_from("<I", self._mm, off + _MEDIA_OK)
+        return int(seq), bool(ok)
 
     # --- server-owned -----------------------------------------------------------
     def counters(self, index: int) -> dict[str, int]:

@@ -52,6 +52,9 @@ class Directive(enum.IntEnum):
     CYCLE = 3
     RESET = 4
     SOFT = 5
+    #: An ACPI reboot (Redfish ``GracefulRestart``) of a VM BMC: the guest shuts
+    #: down, then the machine boots again; other BMCs get ``RESET``.
+    SOFT_RESTART = 6
 
 
 class BootDevice(enum.StrEnum):
@@ -92,10 +95,11 @@ class ForceCause(enum.IntEnum):
     VM_EXIT = 1  # the BMC's virtual machine stopped by itself (guest power off, crash, killed)
     VM_FAILED = 2  # the BMC's virtual machine could not start
     VM_STARTED = 3  # the BMC's virtual machine runs (its power on is complete)
+    VM_REBOOT = 4  # the guest shut down for a graceful restart: boot the machine again
 
     @property
     def label(self) -> str:
-        """The event's ``cause``: ``drift``, ``vm-exit``, ``vm-failed`` or ``vm-started``."""
+        """The event's ``cause``: ``drift``, ``vm-exit``, ``vm-failed``, ``vm-started`` or ``vm-reboot``."""
         return self.name.lower().replace("_", "-")
 
 
@@ -412,7 +416,7 @@ class StateTable:
 
 def transition_target(directive: Directive) -> PowerState | None:
     """The power state a pending directive ends in (None for NONE)."""
-    if directive in (Directive.ON, Directive.CYCLE, Directive.RESET):
+    if directive in (Directive.ON, Directive.CYCLE, Directive.RESET, Directive.SOFT_RESTART):
         return PowerState.ON
     if directive in (Directive.OFF, Directive.SOFT):
         return PowerState.OFF

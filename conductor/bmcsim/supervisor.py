@@ -75,6 +75,9 @@ class ShardProcess:
     _probe_cursor: int = 0
 
     # --- lifecycle ----------------------------------------------------------------
+    def __str__(self) -> str:
+        return f"shard {self.shard}"
+
     def spawn(self) -> int:
         """Start a child process; returns the read end of its event pipe.
 

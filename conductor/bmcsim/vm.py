@@ -15,7 +15,9 @@ power on starts the process, power off quits it, and so on (see
 * :func:`create_disk`, :func:`vm_mac`, :func:`parse_size`;
 * :data:`POWEROFF_BOOT_SECTOR`: a 512-byte guest that prints a line on the
   serial port and powers the machine off (ACPI), used by the KVM probe
-  (:func:`conductor.bmcsim.vmmanager.probe_kvm`) and by tests.
+  (:func:`conductor.bmcsim.vmmanager.probe_kvm`) and by tests;
+  :data:`ACPI_GUEST_BOOT_SECTOR`, one that powers off only when the ACPI
+  power button is pressed (tests of soft power off and graceful restart).
 
 Nothing here starts a process but ``qemu-img``, and the module is cheap to
 import: fleets without VMs never load :mod:`.vmmanager`.
@@ -40,6 +42,11 @@ IPXE_ROMS = {"virtio-net-pci": "/usr/lib/ipxe/qemu/efi-virtio.rom",
 #: shows the legacy id 1af4:1000 on a PCI bus and SeaBIOS then skips the ROM.
 NIC_OPTIONS = {"virtio-net-pci": ",disable-legacy=on", "e1000": ""}
 ACCELS = ("tcg", "kvm", "auto")
+#: The machine's CD-ROM: an IDE drive (QEMU's block backend ``CDROM_DRIVE``,
+#: device ``CDROM_DEVICE``) that is always there, empty or holding the image
+#: inserted through the BMC's Redfish virtual media.
+CDROM_DRIVE = "cd0"
+CDROM_DEVICE = "cdrom0"
 DISK_FORMATS = ("raw", "qcow2")
 
 #: A boot sector (i386, real mode) that writes :data:`POWEROFF_MESSAGE` to
@@ -52,9 +59,43 @@ DISK_FORMATS = ("raw", "qcow2")
 #:   3: hlt; jmp 3b
 #:   msg: .ascii "bmcsim-guest: booted from disk, powering off\r\n\0"
 POWEROFF_MESSAGE = "bmcsim-guest: booted from disk, powering off"
-POWEROFF_BOOT_SECTOR = (
-    bytes.fromhex("fa31c08ed8be1d7cac84c07406baf803eeebf5ba0406b80020eff4ebfd")
-    + POWEROFF_MESSAGE.encode() + b"\r\n\0"
+
+
+def poweroff_boot_sector(message: str) -> bytes:
+    """The boot sector of :data:`POWEROFF_BOOT_SECTOR`, printing ``message`` (ASCII, < 440 bytes) instead.
+
+    Loaded at 0x7c00 it runs as a disk's MBR and as a CD's El Torito
+    no-emulation boot image alike.
+    """
+    return (bytes.fromhex("fa31c08ed8be1d7cac84c07406baf803eeebf5ba0406b80020eff4ebfd")
+            + message.encode("ascii") + b"\r\n\0").ljust(510, b"\0") + b"\x55\xaa"
+
+
+POWEROFF_BOOT_SECTOR = poweroff_boot_sector(POWEROFF_MESSAGE)
+
+#: A boot sector (i386, real mode) for an ACPI-aware guest: it enables the
+#: power button event (PM1a_EN, port 0x602), prints :data:`ACPI_GUEST_UP`,
+#: sleeps until the button's status bit (PM1a_STS, port 0x600, bit 8) is set
+#: by QEMU's ``system_powerdown``, then prints :data:`ACPI_GUEST_OFF` and
+#: powers off (SLP_EN, port 0x604).  Assembled (GNU as, ``.code16``) from::
+#:
+#:     cli; xor ax,ax; mov ds,ax; mov dx,0x602; mov ax,0x100; out dx,ax
+#:     mov si,UP; call print; mov dx,0x600
+#:   1: sti; hlt; in ax,dx; test ax,0x100; jz 1b
+#:     cli; mov si,OFF; call print; mov dx,0x604; mov ax,0x2000; out dx,ax
+#:   2: hlt; jmp 2b
+#:   print: push dx
+#:   3: lodsb; test al,al; jz 4f; mov dx,0x3f8; out dx,al; jmp 3b
+#:   4: pop dx; ret
+#:   UP: .ascii "...\r\n\0"; OFF: .ascii "...\r\n\0"
+ACPI_GUEST_UP = "bmcsim-guest: up, waiting for the ACPI power button"
+ACPI_GUEST_OFF = "bmcsim-guest: ACPI power button pressed, powering off"
+_ACPI_CODE = 60  # bytes of code before the first message
+ACPI_GUEST_BOOT_SECTOR = (
+    bytes.fromhex("fa31c08ed8ba0206b80001efbe3c7ce81c00ba0006fbf4eda9000174f8fabe")
+    + (0x7C00 + _ACPI_CODE + len(ACPI_GUEST_UP) + 3).to_bytes(2, "little")
+    + bytes.fromhex("e80a00ba0406b80020eff4ebfd52ac84c07406baf803eeebf55ac3")
+    + ACPI_GUEST_UP.encode() + b"\r\n\0" + ACPI_GUEST_OFF.encode() + b"\r\n\0"
 ).ljust(510, b"\0") + b"\x55\xaa"
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -229,8 +270,8 @@ def escape(value: str) -> str:
 def boot_order(device: str, persistent: bool) -> tuple[str, str | None]:
     """QEMU's ``-boot`` ``(order, once)`` for the BMC's boot device.
 
-    ``c`` is the disk, ``n`` the NIC's iPXE, ``d`` a CD-ROM (none is
-    attached: the firmware skips it).  A one-time override (not persistent)
+    ``c`` is the disk, ``n`` the NIC's iPXE, ``d`` the CD-ROM (the virtual
+    media inserted over Redfish; empty, the firmware skips it).  A one-time override (not persistent)
     is QEMU's ``once``: used for this boot, and a reset (or a guest reboot)
     goes back to ``order``, the default (disk, then network), as a real
     machine's firmware consumes a one-time override.
@@ -242,8 +283,8 @@ def boot_order(device: str, persistent: bool) -> tuple[str, str | None]:
 
 
 def qemu_command(spec: VmSpec, name: str, mac: str, files: VmFiles, accel: str, order: str,
-                 once: str | None, disk_format: str | None = None) -> list[str]:
-    """The command line of VM ``name`` (``disk_format`` overrides the spec's)."""
+                 once: str | None, disk_format: str | None = None, media: Path | None = None) -> list[str]:
+    """The command line of VM ``name`` (``disk_format`` overrides the spec's; ``media``: an image in the CD-ROM)."""
     boot = f"order={order}" + (f",once={once}" if once else "")
     serial = f"bmcsim-{name}"[:20]  # virtio-blk serials hold 20 bytes
     return [
@@ -255,6 +296,9 @@ def qemu_command(spec: VmSpec, name: str, mac: str, files: VmFiles, accel: str, 
         "-qmp", f"unix:{escape(str(files.qmp))},server=on,wait=off",
         "-drive", f"file={escape(str(files.disk))},format={disk_format or spec.disk_format},if=none,id=disk0",
         "-device", f"virtio-blk-pci,drive=disk0,serial={serial}",
+        "-drive", f"if=none,id={CDROM_DRIVE},media=cdrom,readonly=on"
+                  + (f",file={escape(str(media))},format=raw" if media is not None else ""),
+        "-device", f"ide-cd,drive={CDROM_DRIVE},id={CDROM_DEVICE},bus=ide.1,unit=0",
         "-netdev", spec.network.netdev(name, mac),
         "-device", f"{spec.nic_model},netdev=net0,mac={mac},romfile={IPXE_ROMS[spec.nic_model]}"
                    f"{NIC_OPTIONS[spec.nic_model]}",
@@ -289,9 +333,9 @@ def create_disk(path: Path, size: int, disk_format: str) -> bool:
     return True
 
 
-def write_poweroff_disk(path: Path, size: int = 1 << 20) -> Path:
-    """A raw disk whose boot sector prints :data:`POWEROFF_MESSAGE` and powers off."""
+def write_poweroff_disk(path: Path, size: int = 1 << 20, boot_sector: bytes = POWEROFF_BOOT_SECTOR) -> Path:
+    """A raw disk whose boot sector prints :data:`POWEROFF_MESSAGE` and powers off (or another ``boot_sector``)."""
     with open(path, "wb") as handle:
         handle.truncate(size)
-        handle.write(POWEROFF_BOOT_SECTOR)
+        handle.write(boot_sector)
     return path

@@ -17,8 +17,19 @@ What a power event does to a VM::
                                                 override, or another persistent device)
     soft (on -> on, VM BMCs only)               QMP system_powerdown (ACPI power button);
                                                 the BMC reads "off" once the guest powers off
+    soft-restart (on -> on, Redfish             QMP system_powerdown; once the guest has
+      GracefulRestart)                          powered off, a vm-reboot write-back boots
+                                                the machine again (the BMC stays "on")
     -> off (off, cycle, drift, flap, vm-*)      QMP quit (SIGKILL to its process group
                                                 after stop_timeout)
+
+Virtual media (a :class:`~conductor.bmcsim.events.MediaEvent` from the
+Redfish process, through the fleet's hub): the image file becomes the
+medium of the machine's IDE CD-ROM, at once when QEMU runs (QMP
+``blockdev-change-medium``; ``eject`` for an EjectMedia) and on its
+``-drive`` at every later start; the manager acknowledges each change in
+the Redfish table (``ack``), which the Redfish process waits for before it
+answers the action.
 
 and what a machine does to its BMC: a QEMU process that exits by itself
 (guest power off, crash, SIGKILL from outside) or cannot start (bad disk
@@ -58,11 +69,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from conductor.bmcsim.events import PowerEvent
+from conductor.bmcsim.events import MediaEvent, PowerEvent
 from conductor.bmcsim.inventory import BMCSpec
 from conductor.bmcsim.qmp import QmpClient, QmpError
 from conductor.bmcsim.state import ForceCause, PowerState
 from conductor.bmcsim.vm import (
+    CDROM_DEVICE,
     POWEROFF_MESSAGE,
     VmError,
     VmFiles,
@@ -82,6 +94,10 @@ MAX_SOCKET_PATH = 100  # a unix socket path must fit in sun_path (108 bytes)
 
 #: ``force(index, power, cause)``: ask the BMC's shard to set its power.
 Force = Callable[[int, PowerState, ForceCause], object]
+#: ``ack(index, seq, ok)``: tell the Redfish process that media change ``seq`` was applied (or not).
+MediaAck = Callable[[int, int, bool], None]
+#: What a guest's own power off is called in :attr:`Machine.last_exit` (and by :meth:`Machine.check`).
+GUEST_POWERED_OFF = "the guest powered off"
 
 
 class Machine:
@@ -109,6 +125,10 @@ class Machine:
         self.console_offset = 0
         self.last_error: str | None = None
         self.last_exit: dict[str, Any] | None = None
+        #: The image in the CD-ROM (virtual media inserted over Redfish), kept across starts.
+        self.media: Path | None = None
+        #: A graceful restart is under way: the guest's power off is a reboot.
+        self.restart_pending = False
         self._stopping = False  # an exit now is ours, not the machine's
         self._lock = threading.Lock()
         self._history: collections.deque[tuple[float, str]] = collections.deque(maxlen=HISTORY)
@@ -133,6 +153,7 @@ class Machine:
             "running": process is not None and process.poll() is None,
             "pid": process.pid if process is not None and process.poll() is None else None,
             "boot": dict(self.boot) if self.boot else None,
+            "media": str(self.media) if self.media is not None else None,
             "command": list(self.command), "started_at": self.started_at, "start_seconds": self.start_seconds,
             "starts": self.starts, "last_error": self.last_error, "last_exit": self.last_exit,
             "history": history,
@@ -159,8 +180,12 @@ class Machine:
                 self.note(f"created {self.disk_format} disk {self.files.disk} ({self.spec.disk_bytes} bytes)")
         except OSError as exc:
             raise self._failed(f"cannot create disk {self.files.disk}: {exc}") from None
+        media = self.media
+        if media is not None and not media.is_file():
+            self.note(f"the inserted media {media} is gone: the CD-ROM is empty")
+            media = None
         self.command = qemu_command(self.spec, self.name, self.mac, self.files, self.accel, order, once,
-                                    self.disk_format)
+                                    self.disk_format, media)
         with contextlib.suppress(FileNotFoundError):
             self.files.qmp.unlink()
         try:
@@ -232,6 +257,21 @@ class Machine:
         self._qmp("system_powerdown")
         self.note("ACPI power button pressed (system_powerdown)")
 
+    def set_media(self, media: Path | None) -> None:
+        """Put ``media`` into the CD-ROM (None: eject), now if QEMU runs, else from its next start.
+
+        :raises VmError: QEMU refused the change (the drive keeps what it had).
+        """
+        if self.running:
+            if media is None:
+                self._qmp("eject", {"id": CDROM_DEVICE, "force": True})
+            else:
+                self._qmp("blockdev-change-medium", {"id": CDROM_DEVICE, "filename": str(media), "format": "raw",
+                                                     "read-only-mode": "read-only"})
+        self.media = media
+        when = "" if self.running else " (from the next start)"
+        self.note(f"virtual media inserted: {media}{when}" if media is not None else f"virtual media ejected{when}")
+
     def reset(self) -> None:
         """Hard reset (QMP ``system_reset``); a one-time boot order is used up."""
         self._qmp("system_reset")
@@ -282,7 +322,7 @@ class Machine:
     def _exit_reason(self, code: int) -> str:
         shutdown = [e for e in (self.qmp.events if self.qmp else ()) if e.get("event") == "SHUTDOWN"]
         if shutdown and (shutdown[-1].get("data") or {}).get("guest"):
-            return "the guest powered off"
+            return GUEST_POWERED_OFF
         if code < 0:
             return f"QEMU was killed by signal {signal.Signals(-code).name}"
         return f"QEMU exited with status {code}: {self._log_tail()}"
@@ -337,9 +377,10 @@ _STOP = object()
 class _Worker:
     """The thread that owns one :class:`Machine`."""
 
-    def __init__(self, machine: Machine, force: Force) -> None:
+    def __init__(self, machine: Machine, force: Force, ack: MediaAck | None = None) -> None:
         self.machine = machine
         self.force = force
+        self.ack = ack
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name=f"vm-{machine.name}", daemon=True)
 
@@ -356,6 +397,8 @@ class _Worker:
             try:
                 if isinstance(item, PowerEvent):
                     self._apply(item)
+                elif isinstance(item, MediaEvent):
+                    self._media(item)
                 elif isinstance(item, _Call):
                     try:
                         item.future.set_result(item.func())
@@ -365,18 +408,40 @@ class _Worker:
             except Exception:  # a bug here must not end the VM's worker
                 LOG.exception("vm %s: error handling %r", machine.name, item)
                 continue
-            if gone is not None:
+            if gone is None:
+                continue
+            if gone == GUEST_POWERED_OFF and machine.restart_pending:
+                # A graceful restart: the BMC stays on and the machine boots again
+                # (the shard's vm-reboot event, which uses up a one-time boot override).
+                machine.restart_pending = False
+                machine.note("the guest shut down for a graceful restart: booting again")
+                self.force(machine.bmc.index, PowerState.ON, ForceCause.VM_REBOOT)
+            else:
                 self.force(machine.bmc.index, PowerState.OFF, ForceCause.VM_EXIT)
+
+    def _media(self, event: MediaEvent) -> None:
+        machine = self.machine
+        ok = True
+        try:
+            machine.set_media(Path(event.file) if event.file is not None else None)
+        except VmError as exc:
+            machine.note(f"virtual media {'insert' if event.file else 'eject'} refused: {exc}")
+            ok = False
+        if self.ack is not None:
+            self.ack(event.index, event.seq, ok)
 
     def _apply(self, event: PowerEvent) -> None:
         machine = self.machine
+        if event.cause not in ("soft-restart", ForceCause.VM_STARTED.label):
+            machine.restart_pending = False  # anything else the BMC does ends a graceful restart
         if event.new == "off":
             machine.stop(f"BMC power {event.cause}")
             return
-        if event.cause == "soft":
+        if event.cause in ("soft", "soft-restart"):
             if machine.running:
                 try:
                     machine.powerdown()
+                    machine.restart_pending = event.cause == "soft-restart"
                 except VmError as exc:  # QEMU went away meanwhile: check() sees it
                     machine.note(f"power button not pressed: {exc}")
             return
@@ -409,12 +474,14 @@ class VmManager:
     :param spec: what the machines are.
     :param bmcs: the VM BMCs (with ``mac``).
     :param force: how to set a BMC's power in the state table.
+    :param ack: how to acknowledge a virtual media change to the Redfish process.
     """
 
-    def __init__(self, spec: VmSpec, bmcs: Iterable[BMCSpec], force: Force) -> None:
+    def __init__(self, spec: VmSpec, bmcs: Iterable[BMCSpec], force: Force, ack: MediaAck | None = None) -> None:
         self.spec = spec
         self.bmcs = [bmc for bmc in bmcs if bmc.vm]
         self.force = force
+        self.ack = ack
         self.accel = spec.accel
         self.accel_reason = "as configured"
         self.directory: Path | None = None
@@ -446,7 +513,8 @@ class VmManager:
                             console=self.directory / f"{bmc.name}.console.log",
                             qemu_log=self.directory / f"{bmc.name}.qemu.log",
                             qmp=sockets / f"{bmc.name}.qmp", qemu=self.spec.qemu)
-            worker = _Worker(Machine(self.spec, bmc, files, self.accel), self.force)
+            _remove(self.media_file(bmc.name))  # a previous run's: no machine has it now
+            worker = _Worker(Machine(self.spec, bmc, files, self.accel), self.force, self.ack)
             self._workers[bmc.name] = worker
             worker.thread.start()
         for name in powered_on:
@@ -465,9 +533,15 @@ class VmManager:
             if worker.thread.is_alive():  # wedged on something: still, no QEMU may survive
                 LOG.error("vm %s: worker did not stop; killing QEMU", worker.machine.name)
                 worker.machine._kill()
+            _remove(self.media_file(worker.machine.name))  # it may hold an agent's token
         for directory in self._temp_dirs:
             shutil.rmtree(directory, ignore_errors=True)
         self._temp_dirs.clear()
+
+    def media_file(self, name: str) -> Path:
+        """Where VM BMC ``name`` keeps the image inserted into its virtual CD (after :meth:`start`)."""
+        assert self.directory is not None
+        return self.directory / f"{name}.cd.iso"
 
     # --- events -----------------------------------------------------------------
     def on_power(self, event: PowerEvent) -> None:
@@ -475,6 +549,14 @@ class VmManager:
         worker = self._workers.get(event.bmc)
         if worker is not None:
             worker.queue.put(event)
+
+    def on_media(self, event: MediaEvent) -> None:
+        """The fleet's media hook: hand the change to the VM's worker (never blocks), which acknowledges it."""
+        worker = self._workers.get(event.bmc)
+        if worker is not None:
+            worker.queue.put(event)
+        elif self.ack is not None:
+            self.ack(event.index, event.seq, False)
 
     # --- reading and steering ---------------------------------------------------------
     @property
@@ -532,6 +614,11 @@ class VmManager:
         call = _Call(func)
         self._workers[name].queue.put(call)
         return call.future.result(timeout)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def probe_kvm(qemu: str = "qemu-system-x86_64", timeout: float = 30.0,

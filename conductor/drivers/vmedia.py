@@ -9,7 +9,10 @@ with each agent phase booting the agent this way instead of from the network:
 2. build the node's ISO (:func:`conductor.ramdisk.iso.build_iso`: the agent
    ramdisk with ``agent_kernel_params`` and the agent's arguments, API URL
    ``agent_url``, node, token, baked in) at ``<data dir>/vmedia/<uuid>.iso``,
-   mode 0600; write the simulated agent's boot config (as ``pxe`` does);
+   mode 0600; write the simulated agent's boot config (as ``pxe`` does).
+   The ISO is always the hybrid one, BIOS (isolinux) and UEFI (GRUB) El
+   Torito images side by side, so it boots whichever way the machine's
+   firmware does (see docs/redfish.md for why not the reported mode);
 3. insert it into the BMC's virtual CD drive (``Image`` = a per-node
    signed URL, ``GET /v1/boot/media/<ticket>``, ``Inserted``,
    ``WriteProtected``); the URL needs no bearer token, expires with the
@@ -141,7 +144,8 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
         kernel, initramfs = settings.ramdisk_path / "agent.kernel", settings.ramdisk_path / "agent.initramfs"
         try:
             args = iso.node_kernel_args(settings.agent_url, node.uuid, token, extra=settings.agent_kernel_params)
-            built = iso.build_iso(path, kernel, initramfs, args, uefi=False)
+            # Hybrid: the firmware picks its boot image (the override's reported mode need not be its own).
+            built = iso.build_iso(path, kernel, initramfs, args, uefi=True)
         except (ValueError, iso.IsoError) as exc:
             raise DriverError(f"Could not build the agent ISO for virtual media: {exc}") from None
         identity = tickets.identity_of(path.stat())
@@ -153,7 +157,7 @@ def _boot_agent(task: Task, name: str, progress: dict[str, Any], timeout: float)
         bootfiles.write(settings.pxe_dir, bootfiles.key_for(node.driver_info or {}, node.uuid),
                         {"api_url": settings.agent_url, "node": node.uuid, "token": token})
         progress.update(media_built=True, url=media_url(task, ticket), iso_bytes=built.image.size)
-        task.record("vmedia.built", f"Built the agent ISO for {name} ({built.image.size} bytes, "
+        task.record("vmedia.built", f"Built the agent ISO for {name} (BIOS and UEFI, {built.image.size} bytes, "
                     f"{built.seconds:.2f} s).")
         # Commit the ISO's record before the BMC is given its URL: the URL is honoured only
         # while the node's record names that ISO (a BMC fetches it at once, on insert).

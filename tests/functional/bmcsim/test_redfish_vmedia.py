@@ -11,8 +11,10 @@ its end before its simulated agent runs.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +27,9 @@ from tests.functional.bmcsim.test_deploy import image, run  # noqa: F401 - image
 from tests.functional.bmcsim.test_ipmi_driver import node_of
 from tests.functional.bmcsim.test_redfish_driver import FAST_REDFISH, enroll
 
-pytestmark = pytest.mark.skipif(bool(iso.missing_tools()), reason=f"needs {', '.join(iso.missing_tools())}")
+#: The ISO served to BMCs is the hybrid one (BIOS and UEFI): its tools are needed too.
+MISSING = iso.missing_tools() + iso.missing_uefi_tools()
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}")
 VMEDIA = {"boot_interface": "redfish-virtual-media", "inspect_interface": "agent"}
 
 
@@ -119,7 +123,7 @@ def test_inspect_clean_deploy_from_virtual_media(service_factory, redfish_fleet:
 
 
 def test_abort_ejects_and_deletes(service_factory, redfish_fleet: Fleet, media_agent: SimAgent,  # type: ignore[no-untyped-def]
-                                  new_redfish_bmc: Callable[..., BMCSpec]) -> None:
+                                  new_redfish_bmc: Callable[..., BMCSpec], tmp_path: Path) -> None:
     service = _service(service_factory)
     bmc = new_redfish_bmc(delay=0.05)
     enroll(service, redfish_fleet, bmc, **VMEDIA)
@@ -139,6 +143,13 @@ def test_abort_ejects_and_deletes(service_factory, redfish_fleet: Fleet, media_a
     # The BMC's URL works during the phase, with no bearer token, and serves ranges.
     whole = requests.get(media["Image"], timeout=10)
     assert whole.status_code == 200 and len(whole.content) == iso_file.stat().st_size
+    # One ISO for both firmware kinds: a BIOS and a UEFI El Torito boot image (xorriso reads it back).
+    served = tmp_path / "served.iso"
+    served.write_bytes(whole.content)
+    report = subprocess.run(["xorriso", "-indev", str(served), "-report_el_torito", "plain"],
+                            capture_output=True, text=True, check=True, timeout=60).stdout
+    platforms = [line.split()[6] for line in report.splitlines() if line.startswith("El Torito boot img :")]
+    assert platforms == ["BIOS", "UEFI"], report
     part = requests.get(media["Image"], headers={"Range": "bytes=0-99"}, timeout=10)
     assert part.status_code == 206 and part.content == whole.content[:100]
     run(service, bmc.name, "abort")

@@ -1,17 +1,21 @@
-"""A real machine provisioned end to end, by the CLI alone: a QEMU VM behind a simulated IPMI BMC.
+"""A real machine provisioned end to end, by the CLI alone: a QEMU VM behind a simulated IPMI or Redfish BMC.
 
 ``conductor up`` (subprocess) serves the agent ramdisk built from Debian
 packages; the VM network-boots through QEMU's user network (its DHCP hands
 iPXE ``http://10.0.2.2:<port>/v1/boot``), iPXE chains to its MAC's script,
 boots the agent, and the agent inspects, erases and writes the disk image,
-which the VM then boots from its own disk.
+which the VM then boots from its own disk.  Behind a Redfish BMC with
+``boot_interface: redfish-virtual-media`` the VM boots the agent from the
+node's ISO in its virtual CD-ROM instead, with no network boot at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,16 +52,22 @@ def _wait_for(predicate, what: str, timeout: float) -> None:  # type: ignore[no-
 
 
 @pytest.fixture
-def vm_service(settings, built_ramdisk, tmp_path):  # type: ignore[no-untyped-def]
-    """``conductor up`` whose agents call it at 10.0.2.2 (QEMU's name for this host), serving the built ramdisk."""
+def vm_service(request, settings, built_ramdisk, tmp_path):  # type: ignore[no-untyped-def]
+    """``conductor up`` whose agents call it at 10.0.2.2 (QEMU's name for this host), serving the built ramdisk.
+
+    BMCs (on this host) fetch virtual media from 127.0.0.1.  Indirect parametrization adds settings
+    (``{"CONDUCTOR_...": "..."}``).
+    """
     _need_vms()
     service = Service(settings, workers=2)
     service.env.update(
         CONDUCTOR_AGENT_API_URL=f"http://10.0.2.2:{service.port}",
+        CONDUCTOR_VIRTUAL_MEDIA_URL=f"http://127.0.0.1:{service.port}",
         CONDUCTOR_RAMDISK_DIR=str(built_ramdisk.kernel.path.parent),
         CONDUCTOR_DEPLOY_AGENT_TIMEOUT="600", CONDUCTOR_CLEAN_AGENT_TIMEOUT="600",
         CONDUCTOR_INSPECT_AGENT_TIMEOUT="600",
         CONDUCTOR_POWER_POLL_INITIAL="0.2", CONDUCTOR_POWER_POLL_MAX="1",
+        **getattr(request, "param", {}),
     )
     service.start()
     try:
@@ -66,18 +76,32 @@ def vm_service(settings, built_ramdisk, tmp_path):  # type: ignore[no-untyped-de
         service.stop()
 
 
-@pytest.fixture
-def vm_fleet(vm_service, tmp_path):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _one_vm_fleet(tmp_path: Path, boot_url: str | None, **options: object) -> Iterator:  # type: ignore[type-arg]
+    """A fleet of one 512 MiB VM with a 1 GiB disk; afterwards, no QEMU it started is left."""
     from conductor.bmcsim.fleet import Fleet
     from conductor.bmcsim.vm import UserNetwork, VmSpec
 
     spec = VmSpec(count=1, memory_mb=512, cpus=1, disk_size="1G", directory=tmp_path / "vms",
-                  network=UserNetwork(boot_url=f"http://10.0.2.2:{vm_service.port}/v1/boot"))
-    with open(tmp_path / "bmcsim.log", "ab") as log, Fleet(0, vms=spec, stderr=log) as fleet:
+                  network=UserNetwork(boot_url=boot_url))
+    with open(tmp_path / "bmcsim.log", "ab") as log, Fleet(0, vms=spec, stderr=log, **options) as fleet:  # type: ignore[arg-type]
         yield fleet
-    # The fleet stopped: no QEMU it started is left.
     for vm in fleet.vms():
         assert vm["pid"] is None or not Path(f"/proc/{vm['pid']}").exists()
+
+
+@pytest.fixture
+def vm_fleet(vm_service, tmp_path):  # type: ignore[no-untyped-def]
+    """One VM behind an IPMI BMC, network-booting from ``vm_service``."""
+    with _one_vm_fleet(tmp_path, f"http://10.0.2.2:{vm_service.port}/v1/boot") as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def redfish_vm_fleet(vm_service, tmp_path):  # type: ignore[no-untyped-def]
+    """One VM behind a BMC that also speaks Redfish (HTTPS); QEMU's DHCP offers no boot file."""
+    with _one_vm_fleet(tmp_path, None, redfish_port=0) as fleet:
+        yield fleet
 
 
 def test_a_vm_is_inspected_cleaned_deployed_booted_from_disk_and_cleaned_again(
@@ -128,6 +152,55 @@ def test_a_vm_is_inspected_cleaned_deployed_booted_from_disk_and_cleaned_again(
     history = service.http.get(f"{service.url}/v1/nodes/{name}/history", params={"limit": 1000}).json()["history"]
     # One agent per phase: inspect, clean (provide), deploy, clean (undeploy).
     assert sum(e["event"] == "agent.connected" for e in history) == 4
+
+
+@pytest.mark.parametrize("vm_service", [{"CONDUCTOR_AUTOMATED_CLEAN": "false"}], indirect=True)  # one agent boot
+@pytest.mark.timeout(600)  # ~100 s with the ramdisk and image builds; TCG on 2 shared cores can take far more
+def test_a_redfish_vm_boots_its_agent_from_virtual_media_and_then_the_image_from_disk(
+        vm_service, redfish_vm_fleet, demo_image, tmp_path) -> None:
+    import requests
+
+    service, fleet = vm_service, redfish_vm_fleet
+    (name,) = [vm["name"] for vm in fleet.vms()]
+    vm = fleet.vm(name)
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps(fleet.inventory()))
+    service.cli("node", "import", str(inventory), "--driver", "redfish")
+    service.cli("node", "set", name, "-i", "boot_interface=redfish-virtual-media")
+    service.cli("node", "manage", name, "--wait")
+    service.cli("node", "provide", name, "--wait")
+    service.cli("image", "add", "demo-disk", str(demo_image.image.path))
+    console = Path(vm["console_log"])
+    before = console.stat().st_size if console.exists() else 0
+    inserted: list[str | None] = []
+    fleet.on_power_change(lambda event: inserted.append(fleet.vm(name)["media"]) if event.booted else None)
+
+    service.cli("node", "deploy", name, "--image", "demo-disk", "--wait", "--timeout", "600")
+    shown = json.loads(service.cli("--json", "node", "show", name).stdout)
+    assert shown["provision_state"] == "active" and shown["last_error"] is None
+    _wait_for(lambda: demo_image.line in _console_after(console, before), "the image's line on the console", 300)
+    text = _console_after(console, before)
+    # The agent came from the CD (isolinux on the ISO the BMC fetched), never from the network ...
+    assert "Booting from DVD/CD" in text and "ISOLINUX" in text and "Booting from ROM" not in text
+    assert f"conductor_node={shown['uuid']}" in text  # the kernel's command line, from the ISO
+    assert inserted and inserted[0] is not None and inserted[0].endswith(f"{name}.cd.iso")
+    # ... and the machine then booted the image from its disk, with the CD empty.
+    assert text.index("ISOLINUX") < text.rindex("Booting from Hard Disk") < text.index(demo_image.line)
+    with open(vm["disk"], "rb") as raw:
+        assert raw.read(demo_image.image.size) == demo_image.image.path.read_bytes()
+    _wait_for(lambda: not fleet.vm(name)["running"], "the image to power the VM off", 120)
+    # The workflow ejected the media and deleted the ISO; the BMC's copy is gone too.
+    assert fleet.vm(name)["media"] is None and not list((tmp_path / "vms").glob("*.iso*"))
+    assert not list((service.settings.data_dir / "vmedia").glob("*.iso"))
+    info = fleet.redfish_driver_info(name)
+    assert info is not None
+    cd = requests.get(f"{info['redfish_address']}/redfish/v1/Managers/{name}-bmc/VirtualMedia/Cd",
+                      auth=(info["redfish_username"], info["redfish_password"]),
+                      verify=info["redfish_verify_ca"], timeout=10).json()
+    assert cd["Inserted"] is False and cd["Image"] is None
+    history = service.http.get(f"{service.url}/v1/nodes/{name}/history", params={"limit": 1000}).json()["history"]
+    assert [e["event"] for e in history].count("vmedia.built") == 1
+    assert sum(e["event"] == "agent.connected" for e in history) == 1
 
 
 def test_a_vm_that_cannot_start_fails_its_power_on_clearly_and_leaves_the_other_vm_alone(

@@ -17,8 +17,35 @@ def event(old: str, new: str, cause: str) -> PowerEvent:
 def test_booted() -> None:
     assert event("off", "on", "on").booted
     assert event("on", "on", "reset").booted
+    assert event("on", "on", "vm-reboot").booted  # a VM boots again after its guest's graceful restart
+    assert not event("on", "on", "soft-restart").booted  # asked, not yet done
     assert not event("on", "off", "off").booted
     assert not event("off", "off", "drift").booted
+
+
+def test_media_lines_reach_the_media_hooks_only() -> None:
+    import json
+    import os
+    import threading
+
+    from conductor.bmcsim.events import EventHub, MediaEvent
+
+    hub = EventHub(["sim-0000", "vm-0000"])
+    got: list[object] = []
+    seen = threading.Event()
+    hub.add_hook(got.append)
+    hub.add_media_hook(lambda event: (got.append(event), seen.set()))
+    read, write = os.pipe()
+    hub.start()
+    try:
+        hub.add_pipe(read, "the Redfish process")
+        os.write(write, json.dumps({"type": "media", "index": 1, "file": "/vms/vm-0000.cd.iso", "seq": 3}).encode()
+                 + b"\n")
+        assert seen.wait(5)
+        assert got == [MediaEvent(1, "vm-0000", "/vms/vm-0000.cd.iso", 3)] and hub.events() == []
+    finally:
+        os.close(write)
+        hub.stop()
 
 
 def test_inventory_document_shape() -> None:

@@ -78,6 +78,12 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     assert f"file,id=serial0,path={tmp_path}/c.log,append=on" in joined
     assert "qcow2" in " ".join(qemu_command(spec, "vm-0000", "52:54:00:aa:bb:cc", files(tmp_path), "kvm",
                                             "nc", None, "qcow2"))
+    # The CD-ROM is always there: empty, or with the virtual media inserted over Redfish.
+    assert "-drive if=none,id=cd0,media=cdrom,readonly=on -device ide-cd,drive=cd0,id=cdrom0,bus=ide.1,unit=0" \
+        in joined
+    media = qemu_command(spec, "vm-0000", "52:54:00:aa:bb:cc", files(tmp_path), "tcg", "cn", "dcn",
+                         media=tmp_path / "vm-0000.cd.iso")
+    assert f"if=none,id=cd0,media=cdrom,readonly=on,file={tmp_path}/vm-0000.cd.iso,format=raw" in media
 
 
 def test_spec_is_checked() -> None:
