@@ -104,6 +104,7 @@ def redfish_vm_fleet(vm_service, tmp_path):  # type: ignore[no-untyped-def]
         yield fleet
 
 
+@pytest.mark.timeout(600)  # four agent boots under TCG, plus the ramdisk and image builds, on 2 shared cores
 def test_a_vm_is_inspected_cleaned_deployed_booted_from_disk_and_cleaned_again(
         vm_service, vm_fleet, demo_image, tmp_path) -> None:
     service, fleet = vm_service, vm_fleet
