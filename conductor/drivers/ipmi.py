@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from conductor import secretbox
 from conductor.drivers import base, bmc_access, fake
+from conductor.drivers.bmc_interfaces import FROM_BMC, BMCManagement, BMCPower, Protocol
 from conductor.drivers.ipmi_client import LOGIN_TIMEOUT, BMCClient, BMCCredentials
 from conductor.drivers.pxe import PXEDeploy
 from conductor.exceptions import DriverError
@@ -52,7 +53,6 @@ from conductor.settings import Settings
 
 if TYPE_CHECKING:
     from conductor.context import Context
-    from conductor.engine.task import Task
 
 T = TypeVar("T")
 
@@ -72,12 +72,6 @@ _FIELDS = {
     "ipmi_priv_level": base.Field("ADMINISTRATOR, OPERATOR or USER (default: administrator, else operator)."),
 }
 
-_POWER_ACTIONS = {
-    PowerState.POWER_ON: "on",
-    PowerState.POWER_OFF: "off",
-    PowerState.SOFT_POWER_OFF: "soft",
-}
-_FROM_BMC = {"on": PowerState.POWER_ON, "off": PowerState.POWER_OFF}
 
 
 def validate_info(driver_info: Mapping[str, Any]) -> dict[str, str]:
@@ -196,51 +190,20 @@ def read_power(ctx: Context, driver_info: Mapping[str, Any], holder: Any = None)
     :raises TryLater: the BMC is busy with another call.
     :raises BMCError: the BMC refused, failed or did not answer.
     """
-    return _FROM_BMC[call(ctx, driver_info, lambda client: client.get_power(), command=False, holder=holder)]
+    return FROM_BMC[call(ctx, driver_info, lambda client: client.get_power(), command=False, holder=holder)]
 
 
 # --- interfaces ----------------------------------------------------------------------------
 
-class _Validating(base.Interface):
-    fields = _FIELDS
-
-    def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
-        return validate_info(driver_info)
+_PROTOCOL = Protocol("ipmi", _FIELDS, validate_info, call)
 
 
-class IPMIPower(_Validating, base.PowerInterface):
+class IPMIPower(BMCPower):
     """Power over IPMI Chassis Control / Chassis Status."""
 
-    def get_power_state(self, task: Task) -> PowerState | None:
-        return read_power(task.ctx, task.node.driver_info, holder=task)
 
-    def set_power_state(self, task: Task, state: PowerState) -> None:
-        try:
-            action = _POWER_ACTIONS[PowerState(state)]
-        except (KeyError, ValueError):
-            raise DriverError(f"The ipmi driver cannot send power state {state!r}.") from None
-        call(task.ctx, task.node.driver_info, lambda client: client.set_power(action), command=True, holder=task)
-
-    def verify(self, task: Task) -> PowerState | None:
-        # One call proves the credentials (a login if no session is open:
-        # pyghmi keys sessions by password too) and reads the power state.
-        return _FROM_BMC[call(task.ctx, task.node.driver_info, lambda client: client.check_credentials(),
-                              command=False, holder=task)]
-
-
-class IPMIManagement(_Validating, base.ManagementInterface):
+class IPMIManagement(BMCManagement):
     """Boot device over IPMI (Get/Set System Boot Options, parameter 5)."""
-
-    def get_boot_device(self, task: Task) -> dict[str, Any]:
-        setting = call(task.ctx, task.node.driver_info, lambda client: client.get_boot_device(), command=False,
-                       holder=task)
-        return setting.as_dict()
-
-    def set_boot_device(self, task: Task, device: str, persistent: bool = False) -> None:
-        if device not in self.BOOT_DEVICES:
-            raise DriverError(f"Unknown boot device {device!r}; expected one of {', '.join(self.BOOT_DEVICES)}.")
-        call(task.ctx, task.node.driver_info,
-             lambda client: client.set_boot_device(device, persistent=persistent), command=True, holder=task)
 
 
 class _NoFields(fake.FakeDeploy):
@@ -262,8 +225,8 @@ def driver() -> base.Driver:
     deploy = PXEDeploy()
     return base.Driver(
         name="ipmi",
-        power=IPMIPower(),
-        management=IPMIManagement(),
+        power=IPMIPower(_PROTOCOL),
+        management=IPMIManagement(_PROTOCOL),
         deploy=deploy,
         deploy_interfaces={"pxe": deploy, "fake": _NoFields()},
     )

@@ -46,6 +46,7 @@ from conductor import secretbox
 from conductor.core import inventory as inventory_core
 from conductor.core.agent import MEDIA_INSERTED
 from conductor.drivers import base, bmc_access, fake, vmedia
+from conductor.drivers.bmc_interfaces import FROM_BMC, BMCManagement, BMCPower, Protocol
 from conductor.drivers.pxe import PXEDeploy
 from conductor.drivers.redfish_client import AUTH_TYPES, RedfishClient, RedfishCredentials, ServiceBusy
 from conductor.exceptions import BMCError, DriverError
@@ -75,12 +76,6 @@ _FIELDS = {
     "redfish_connect_timeout": base.Field("Seconds to connect, TLS included (default: setting)."),
 }
 
-_POWER_ACTIONS = {
-    PowerState.POWER_ON: "on",
-    PowerState.POWER_OFF: "off",
-    PowerState.SOFT_POWER_OFF: "soft",
-}
-_FROM_BMC = {"on": PowerState.POWER_ON, "off": PowerState.POWER_OFF}
 
 
 def _address(value: str) -> str:
@@ -233,63 +228,41 @@ def read_power(ctx: Context, driver_info: Mapping[str, Any], holder: Any = None)
     :raises TryLater: the system is busy with another call, or the BMC answered 503.
     :raises BMCError: the BMC refused, failed or did not answer.
     """
-    return _FROM_BMC[call(ctx, driver_info, lambda client: client.get_power(), command=False, holder=holder)]
+    return FROM_BMC[call(ctx, driver_info, lambda client: client.get_power(), command=False, holder=holder)]
 
 
 # --- interfaces ------------------------------------------------------------------------------
 
-class _Validating(base.Interface):
-    fields = _FIELDS
-
-    def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
-        return validate_info(driver_info)
+_PROTOCOL = Protocol("redfish", _FIELDS, validate_info, call)
 
 
-class RedfishPower(_Validating, base.PowerInterface):
+class RedfishPower(BMCPower):
     """Power through ``#ComputerSystem.Reset`` and the system's ``PowerState``."""
 
     def get_power_state(self, task: Task) -> PowerState | None:
-        state = read_power(task.ctx, task.node.driver_info, holder=task)
+        state = super().get_power_state(task)
         if task.request is None and (task.node.driver_internal_info or {}).get(MEDIA_INSERTED):
             # The power state sync: eject what an aborted or timed-out virtual media phase left.
             vmedia.eject_pending(task)
         return state
 
-    def set_power_state(self, task: Task, state: PowerState) -> None:
-        try:
-            action = _POWER_ACTIONS[PowerState(state)]
-        except (KeyError, ValueError):
-            raise DriverError(f"The redfish driver cannot send power state {state!r}.") from None
-        call(task.ctx, task.node.driver_info, lambda client: client.set_power(action), command=True, holder=task)
 
-    def verify(self, task: Task) -> PowerState | None:
-        # Logs in (a new client per password), finds the system, reads its power state.
-        return _FROM_BMC[call(task.ctx, task.node.driver_info, lambda client: client.check_credentials(),
-                              command=False, holder=task)]
-
-
-class RedfishManagement(_Validating, base.ManagementInterface):
+class RedfishManagement(BMCManagement):
     """Boot device through the system's ``Boot`` override (in the mode the system reports)."""
 
-    def get_boot_device(self, task: Task) -> dict[str, Any]:
-        setting = call(task.ctx, task.node.driver_info, lambda client: client.get_boot_device(), command=False,
-                       holder=task)
-        return setting.as_dict()
 
-    def set_boot_device(self, task: Task, device: str, persistent: bool = False) -> None:
-        if device not in self.BOOT_DEVICES:
-            raise DriverError(f"Unknown boot device {device!r}; expected one of {', '.join(self.BOOT_DEVICES)}.")
-        call(task.ctx, task.node.driver_info,
-             lambda client: client.set_boot_device(device, persistent=persistent), command=True, holder=task)
-
-
-class RedfishInspect(_Validating, base.InspectInterface):
+class RedfishInspect(base.InspectInterface):
     """Out-of-band inspection: the hardware as the Redfish tree describes it, in one step, no agent.
 
     Records what it found like an agent's inspection
     (:func:`conductor.core.inventory.record`: ``properties`` and a port per
     new MAC) and leaves the node's power as it was.
     """
+
+    fields = _FIELDS
+
+    def validate(self, driver_info: Mapping[str, Any]) -> dict[str, str]:
+        return validate_info(driver_info)
 
     def inspect(self, task: Task) -> base.StepResult:
         found = call(task.ctx, task.node.driver_info, lambda client: client.inventory(), command=False,
@@ -316,8 +289,8 @@ def driver() -> base.Driver:
     deploy = PXEDeploy()
     return base.Driver(
         name="redfish",
-        power=RedfishPower(),
-        management=RedfishManagement(),
+        power=RedfishPower(_PROTOCOL),
+        management=RedfishManagement(_PROTOCOL),
         deploy=deploy,
         deploy_interfaces={"pxe": deploy, "fake": _NoFields()},
         inspect_interfaces={"redfish": RedfishInspect(), base.AGENT_INSPECTION: None},
