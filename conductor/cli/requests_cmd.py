@@ -21,8 +21,8 @@ def request() -> None:
 
 @request.command("show")
 @click.argument("request_id")
-@click.option("--wait", is_flag=True, help="Wait for it to finish; exit 1 if it fails.")
-@click.option("--timeout", type=float, default=None)
+@click.option("--wait", is_flag=True, help="Wait for it to finish, showing each change; exit 1 if it fails.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds (exit 2).")
 @pass_obj
 def show(obj: Obj, request_id: str, wait: bool, timeout: float | None) -> None:
     """Show a request."""
