@@ -82,11 +82,15 @@ def backoff(attempt: int) -> float:
     return random.uniform(0, min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt))
 
 
-def retrying(unit: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
+def retrying(unit: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS, *,
+             may_repeat: Callable[[sa.exc.DBAPIError], bool] | None = None,
+             before_retry: Callable[[], None] | None = None) -> T:
     """Run ``unit`` (one whole transaction); run it again on a transient error.
 
     ``unit`` must open its own transaction and be idempotent.  After
-    ``attempts`` tries the last transient error is raised.
+    ``attempts`` tries the last transient error is raised.  ``may_repeat``
+    may veto a repeat (say, the unit committed before it failed), and
+    ``before_retry`` runs before each repeat (say, to drop a session).
 
     :raises sqlalchemy.exc.DBAPIError: a permanent error, or retries exhausted.
     """
@@ -94,11 +98,13 @@ def retrying(unit: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -
         try:
             return unit()
         except sa.exc.DBAPIError as exc:
-            if attempt >= attempts or not is_transient(exc):
+            if attempt >= attempts or not is_transient(exc) or (may_repeat is not None and not may_repeat(exc)):
                 raise
             pause = backoff(attempt)
             LOG.warning("%s: transient database error (%s); try %d of %d in %.2f s",
                         what, _brief(exc), attempt + 1, attempts, pause)
+            if before_retry is not None:
+                before_retry()
             time.sleep(pause)
     raise AssertionError("unreachable")
 

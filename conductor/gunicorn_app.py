@@ -29,6 +29,9 @@ class _App(BaseApplication):
             # The worker class (threaded unless api_threads is 1), and the request
             # line and header limits, refused with our JSON error.
             **limits.gunicorn_options(self.settings.api_threads, self.settings.api_client_timeout),
+            # No control socket (gunicorn's default is one per user, ~/.gunicorn/gunicorn.ctl,
+            # which every API on the host would take from the one before; nothing here uses it).
+            "control_socket_disable": True,
             # A worker dies with its master, whatever kills the master.
             "post_fork": _die_with_master,
         }

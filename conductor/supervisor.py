@@ -360,7 +360,8 @@ class Supervisor:
             if api.proc is not None and api.proc.poll() is not None:
                 raise RuntimeError(f"The API exited at start; see {api.log}")
             try:
-                response = requests.get(self.url + "/", timeout=1)
+                # (Connection: close: a kept-alive probe would hold an API worker's stop for 2 s.)
+                response = requests.get(self.url + "/", timeout=1, headers={"Connection": "close"})
             except requests.RequestException:
                 time.sleep(0.1)
                 continue
@@ -393,21 +394,26 @@ class Supervisor:
                     self._record_children()
 
     def stop(self) -> None:
-        """Stop the API, then the workers (warm, all at once), then dnsmasq, then Redis; release the data directory."""
+        """Stop the API and the workers (warm, all at once), then dnsmasq, then Redis; release the data directory.
+
+        The API and the workers stop side by side: a request the API accepts
+        meanwhile is committed before it is queued, and the queue outlives the
+        workers (it is in Redis, or rebuilt from the database by the sweeper),
+        so the next start runs it. Each child has its own deadline.
+        """
         self.stopping.set()
         if self._dhcp_sync is not None:
             if self._dhcp_sync.is_alive():
                 self._dhcp_sync.stop()
             self._dhcp_sync = None
-        api = [c for c in self.children if c.name == "api"]
-        workers = [c for c in self.children if c.name not in ("api", "dnsmasq")]
-        for child in api:
-            child.stop(timeout=15.0)  # gunicorn's graceful_timeout is 10 s
-        for child in workers:
+        stopping = [c for c in self.children if c.name != "dnsmasq"]
+        for child in stopping:
             child.terminate()
         began = time.monotonic()
-        for child in workers:
-            if child.name.startswith("callback-worker"):
+        for child in stopping:
+            if child.name == "api":
+                timeout = 15.0  # gunicorn's graceful_timeout is 10 s
+            elif child.name.startswith("callback-worker"):
                 # A delivery in flight lasts at most about two timeouts.
                 timeout = 2 * self.settings.callback_timeout + 5
             else:

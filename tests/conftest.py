@@ -48,11 +48,51 @@ from tests import processes
 
 processes.mark_this_run()
 
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
+
+def _database_of_this_worker(url: str) -> str:
+    """``url``, or under pytest-xdist a database of this worker's own beside it (created if missing).
+
+    Tests empty the tables between tests: two workers on one database would
+    empty each other's.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    parsed = sa.engine.make_url(url)
+    name = f"{parsed.database}_{worker}"
+    engine = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+            if not exists:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
+TEST_DATABASE_URL = _database_of_this_worker(os.environ.get("TEST_DATABASE_URL", ""))
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
 #: How long a process a test stopped may take to go before it counts as left behind.
 EXIT_WAIT = 20.0
 _fixture_processes: dict[tuple[int, int], processes.ProcessRecord] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``): tests that share a scarce resource run in one worker, in turn.
+
+    * ``qemu``: a test that boots a virtual machine (marked ``slow``, or using
+      the ``vm_fleet`` fixture): TCG takes a whole core, and two at once
+      would make each other's boot timeouts tight.
+    * ``netns``: a test that builds network namespaces and veth links with
+      addresses in 198.18.0.0/15, chosen at random per test.
+    """
+    for item in items:
+        if item.get_closest_marker("slow") or "vm_fleet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("qemu"))
+        elif "functional/dhcp/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("netns"))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -339,7 +379,8 @@ class Service:
             assert self.proc.poll() is None, (self.settings.data_dir / "up.log").read_text()
             try:
                 # Our own API: a server left on the port would not name an instance.
-                if "X-Conductor-Instance" in requests.get(self.url + "/", timeout=1).headers:
+                probe = requests.get(self.url + "/", timeout=1, headers={"Connection": "close"})
+                if "X-Conductor-Instance" in probe.headers:
                     self.http.headers.update(self.auth_headers)
                     return self
             except requests.RequestException:
@@ -362,6 +403,9 @@ class Service:
         if self.proc is None or self.proc.poll() is not None:
             return
         tree = self.tree()
+        # Our kept-alive connections would hold each API worker's graceful stop for 2 s (gunicorn's
+        # linger for idle connections); the session stays usable after a restart.
+        self.http.close()
         self.proc.terminate()
         try:
             self.proc.wait(self.settings.job_timeout + 30)

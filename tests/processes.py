@@ -20,6 +20,11 @@ from conductor.procs import ProcessRecord
 
 MARKER = "CONDUCTOR_TEST_RUN"
 RUN_ID = os.environ.get(MARKER) or uuid.uuid4().hex
+# Under pytest-xdist each worker is a run of its own: a worker must not count
+# the processes of a test running beside it in another worker as its own.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER and not RUN_ID.endswith(f"-{_WORKER}"):
+    RUN_ID = f"{RUN_ID}-{_WORKER}"
 
 
 def mark_this_run() -> None:

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -190,18 +189,8 @@ def _may_repeat(error: sa.exc.DBAPIError) -> bool:
 def _with_retries(stage: Callable[[], Any]) -> Callable[[], Any]:
     def run() -> Any:
         g.pop("committed", None)  # (set by _note_commit: this stage committed)
-        for attempt in range(1, database.RETRY_ATTEMPTS + 1):
-            try:
-                return stage()
-            except sa.exc.DBAPIError as error:
-                if attempt >= database.RETRY_ATTEMPTS or not database.is_transient(error) or not _may_repeat(error):
-                    raise
-                pause = database.backoff(attempt)
-                LOG.warning("%s %s: transient database error; running it again in %.2f s",
-                            request.method, request.path, pause)
-                close_session()
-                time.sleep(pause)
-        raise AssertionError("unreachable")
+        return database.retrying(stage, f"{request.method} {request.path}", may_repeat=_may_repeat,
+                                 before_retry=close_session)
 
     return run
 

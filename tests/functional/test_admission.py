@@ -33,7 +33,7 @@ def second_api(service_factory):  # type: ignore[no-untyped-def]
         while True:
             assert proc.poll() is None, (service.settings.data_dir / "api2.log").read_text()
             try:
-                if requests.get(url + "/", timeout=1).ok:
+                if requests.get(url + "/", timeout=1, headers={"Connection": "close"}).ok:
                     break
             except requests.RequestException:
                 pass

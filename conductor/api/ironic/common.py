@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -169,6 +170,45 @@ def return_fields(fields: list[str] | None, detail: bool | None, default: Iterab
     if fields is None and not detail:
         return list(default)
     return fields
+
+
+@dataclass(frozen=True)
+class ListArgs:
+    """What a list's query asks for: the fields shown (None: all), the page size and the order."""
+
+    fields: list[str] | None
+    limit: int
+    sort_key: str
+    sort_dir: str
+
+
+def list_args(resource: str, detail: bool | None, default_fields: Iterable[str]) -> ListArgs:
+    """The query arguments every list takes (``fields``, ``detail``, ``limit``, ``sort_*``) of ``resource``.
+
+    :raises InvalidInput: ``fields`` on a detailed list (``.../detail``), or any argument
+        :func:`return_fields`, :func:`arg_limit` or :func:`arg_sort` refuses.
+    """
+    fields = arg_fields()
+    if resource.endswith("detail") and fields is not None:
+        raise InvalidInput(f"The fields argument is not taken by /{resource}.", errors={"fields": "not here"})
+    fields = return_fields(fields, detail, default_fields)
+    limit = arg_limit()
+    sort_key, sort_dir = arg_sort()
+    return ListArgs(fields, limit, sort_key, sort_dir)
+
+
+def page(resource: str, key: str, items: Sequence[Any], shown: list[dict[str, Any]], limit: int,
+         keep: Iterable[str]) -> Response:
+    """The 200 answer of a list: ``{key: shown}``, with a ``next`` link after a full page of ``items``.
+
+    ``items`` are the model objects (their ``uuid`` is the next page's marker), ``shown``
+    their representations; ``keep`` names the query arguments the next link carries over.
+    """
+    body: dict[str, Any] = {key: shown}
+    following = next_url(resource, len(items), limit, items[-1].uuid if items else None, keep)
+    if following:
+        body["next"] = following
+    return json_body(200, body)
 
 
 def next_url(resource: str, count: int, limit: int, marker: str | None, keep: Iterable[str] = ()) -> str | None:

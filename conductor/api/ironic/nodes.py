@@ -17,16 +17,14 @@ from conductor.api.ironic import mapping, patch, representation, versions
 from conductor.api.ironic.common import (
     arg_bool,
     arg_fields,
-    arg_limit,
-    arg_sort,
     blp,
     body_object,
     boolean,
     empty,
     json_body,
-    next_url,
+    list_args,
+    page,
     public_url,
-    return_fields,
     url,
 )
 from conductor.api.ironic.ports import port_list
@@ -105,27 +103,18 @@ def _filters() -> tuple[dict[str, Any], bool]:
 
 
 def _list(resource: str, detail: bool | None) -> Response:
-    fields = arg_fields()
-    if resource.endswith("detail") and fields is not None:
-        raise InvalidInput("The fields argument is not taken by /nodes/detail.", errors={"fields": "not here"})
-    fields = return_fields(fields, detail, representation.NODE_LIST_FIELDS)
-    limit = arg_limit()
-    sort_key, sort_dir = arg_sort()
-    if not representation.node_allowed(sort_key):
-        raise NotAcceptable(f"Field {sort_key} is not acceptable in version 1.{versions.minor()}.")
+    args = list_args(resource, detail, representation.NODE_LIST_FIELDS)
+    if not representation.node_allowed(args.sort_key):
+        raise NotAcceptable(f"Field {args.sort_key} is not acceptable in version 1.{versions.minor()}.")
     columns, none = _filters()
-    db = session()
     found = [] if none else nodes.list_nodes(
-        db, limit=limit, marker=request.args.get("marker"), filters=columns,
+        session(), limit=args.limit, marker=request.args.get("marker"), filters=columns,
         associated=arg_bool("associated"), description_contains=request.args.get("description_contains"),
-        sort_key=sort_key, sort_dir=sort_dir,
+        sort_key=args.sort_key, sort_dir=args.sort_dir,
     )
     minor, base = versions.minor(), public_url()
-    body: dict[str, Any] = {"nodes": [representation.node(n, fields, minor=minor, base=base) for n in found]}
-    following = next_url(resource, len(found), limit, found[-1].uuid if found else None, _LIST_ARGS)
-    if following:
-        body["next"] = following
-    return json_body(200, body)
+    shown = [representation.node(n, args.fields, minor=minor, base=base) for n in found]
+    return page(resource, "nodes", found, shown, args.limit, _LIST_ARGS)
 
 
 @blp.get("/v1/nodes")

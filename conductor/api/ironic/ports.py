@@ -7,8 +7,6 @@ and may be given at creation only with that value.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Response, request
 
 from conductor.api.common import session
@@ -16,14 +14,12 @@ from conductor.api.ironic import patch, representation, versions
 from conductor.api.ironic.common import (
     arg_bool,
     arg_fields,
-    arg_limit,
-    arg_sort,
     blp,
     body_object,
     empty,
     json_body,
-    next_url,
-    return_fields,
+    list_args,
+    page,
     url,
 )
 from conductor.exceptions import InvalidInput, NodeNotFound, NotAcceptable
@@ -36,24 +32,15 @@ _CREATE_VERSIONS = {**representation.PORT_FIELD_VERSIONS, "node_ident": 94, "nam
 
 def port_list(resource: str, detail: bool | None, node: str | None = None) -> Response:
     """A page of ports (of ``node``, if given), as Ironic lists them at ``resource``."""
-    fields = arg_fields()
-    if resource.endswith("detail") and fields is not None:
-        raise InvalidInput("The fields argument is not taken by a detailed list.", errors={"fields": "not here"})
-    fields = return_fields(fields, detail, representation.PORT_LIST_FIELDS)
-    limit = arg_limit()
-    sort_key, sort_dir = arg_sort()
+    args = list_args(resource, detail, representation.PORT_LIST_FIELDS)
     node = node or request.args.get("node_uuid") or request.args.get("node")
-    db = session()
     if request.args.get("portgroup"):
         found = []  # (no port groups here)
     else:
-        found = ports.list_ports(db, limit=limit, marker=request.args.get("marker"), node=node,
-                                 address=request.args.get("address"), sort_key=sort_key, sort_dir=sort_dir)
-    body: dict[str, Any] = {"ports": [representation.port(p, fields) for p in found]}
-    following = next_url(resource, len(found), limit, found[-1].uuid if found else None, _LIST_ARGS)
-    if following:
-        body["next"] = following
-    return json_body(200, body)
+        found = ports.list_ports(session(), limit=args.limit, marker=request.args.get("marker"), node=node,
+                                 address=request.args.get("address"), sort_key=args.sort_key, sort_dir=args.sort_dir)
+    shown = [representation.port(p, args.fields) for p in found]
+    return page(resource, "ports", found, shown, args.limit, _LIST_ARGS)
 
 
 @blp.get("/v1/ports")
