@@ -32,6 +32,11 @@ from conductor.cli.client import (
 from conductor.cli.output import FORMATS, Output
 from conductor.cli.progress import Progress
 
+#: Every field of a request.
+REQUEST_KEYS = [
+    "id", "node_uuid", "kind", "target", "params", "state", "step", "error", "conductor",
+    "callback_url", "callback", "created_at", "started_at", "finished_at",
+]
 #: What an accepted request shows, and a finished one (``--wait``).
 ACCEPTED_KEYS = ["id", "node_uuid", "kind", "target", "state"]
 FINISHED_KEYS = ["id", "node_uuid", "kind", "target", "state", "error", "created_at", "started_at", "finished_at"]

@@ -56,6 +56,7 @@ def select_nodes(client: Client, filters: dict[str, str]) -> list[str]:
 def run(obj: Obj, what: str, nodes: list[str], submit: Submit, *, wait: bool, timeout: float | None,
         concurrency: int) -> None:
     """Submit ``what`` for every node of ``nodes``, wait if asked, print the outcome and exit with its status."""
+    obj.out.check_columns(COLUMNS)
     if not nodes:
         click.echo(f"{what}: no node selected; nothing done.", err=True)
         obj.out.table([], COLUMNS)

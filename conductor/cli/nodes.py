@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from conductor.cli import bulk
-from conductor.cli.base import Obj, finish_request, pass_obj, remaining, submit_change
+from conductor.cli.base import REQUEST_KEYS, Obj, finish_request, pass_obj, remaining, submit_change
 from conductor.cli.client import ApiError, Client
 
 NODE_COLUMNS = ["uuid", "name", "driver", "power_state", "provision_state", "maintenance", "request_id"]
@@ -241,6 +241,7 @@ def _action_command(kind: str, target: str, help_text: str, options: tuple[Calla
                                  label=node)
 
         if len(node_ids) == 1:
+            obj.out.check_columns(REQUEST_KEYS)
             finish_request(obj, submit(obj.client, node_ids[0]), wait, remaining(deadline))
             return
         label = click.get_current_context().command_path.partition(" node ")[2] or target
@@ -328,6 +329,7 @@ def boot_device(obj: Obj, node_id: str, device: str | None, persistent: bool, wa
     if device is None:
         obj.out.item(obj.client.call("GET", path), ["boot_device", "persistent", "observed_at", "source"])
         return
+    obj.out.check_columns(REQUEST_KEYS)
     body: dict[str, Any] = {"boot_device": device, "persistent": persistent}
     if callback_url:
         body["callback_url"] = callback_url

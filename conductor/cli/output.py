@@ -84,6 +84,11 @@ class Output:
         for line in cells:
             click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
 
+    def check_columns(self, available: Iterable[str]) -> None:
+        """Refuse a ``-c`` field that is not in ``available`` before anything is done (a usage error)."""
+        if self.columns:
+            self._chosen(available)
+
     def _chosen(self, available: Iterable[str]) -> list[str]:
         """The fields of ``-c`` as the object names them (case does not matter)."""
         by_name = {name.lower(): name for name in available}

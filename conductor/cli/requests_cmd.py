@@ -6,12 +6,7 @@ from typing import Any
 
 import click
 
-from conductor.cli.base import Obj, finish_request, pass_obj
-
-REQUEST_KEYS = [
-    "id", "node_uuid", "kind", "target", "params", "state", "step", "error", "conductor",
-    "callback_url", "callback", "created_at", "started_at", "finished_at",
-]
+from conductor.cli.base import REQUEST_KEYS, Obj, finish_request, pass_obj
 
 
 @click.group()

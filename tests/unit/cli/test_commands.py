@@ -54,3 +54,11 @@ def test_shell_completion_script_and_completions() -> None:
     assert "power" in complete("conductor node po")
     assert complete("conductor node show n1 --js") == ["--json"]
     assert complete("conductor node list -f y") == ["yaml"]
+
+
+def test_a_wrong_column_is_refused_before_anything_is_sent() -> None:
+    # The URL answers nothing: exit 4 would mean the command was sent before -c was checked.
+    for args in (["node", "power", "on", "n1"], ["node", "power", "on", "n1", "n2"],
+                 ["node", "boot-device", "n1", "pxe"]):
+        result = CliRunner().invoke(main, [*args, "--url", "http://127.0.0.1:9", "-c", "bogus"])
+        assert result.exit_code == exits.USAGE and "no field bogus" in result.output, args
