@@ -31,6 +31,7 @@ The whole tree::
     |   +-- ImageInUse (409 image_in_use)
     |   +-- InstanceAssociated (409 instance_associated)
     +-- NotAcceptable (406 not_acceptable)
+    +-- PreconditionFailed (412 precondition_failed)
     +-- IdempotencyKeyReused (422 idempotency_key_reused)
     +-- ServiceUnavailable (503 service_unavailable)
     |   +-- QueueUnavailable (503 queue_unavailable)
@@ -256,6 +257,13 @@ class NotAcceptable(ConductorError):
 
     status = 406
     code = "not_acceptable"
+
+
+class PreconditionFailed(ConductorError):
+    """The resource changed since the version the client names (``If-Match``)."""
+
+    status = 412
+    code = "precondition_failed"
 
 
 class IdempotencyKeyReused(ConductorError):

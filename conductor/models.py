@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -110,6 +111,11 @@ class Node(Base):
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: Incremented in SQL by every UPDATE made through these models (ORM flush
+    #: or Core ``update(Node)``): the node's ETag, exact even for two writes in
+    #: the same microsecond or from hosts whose clocks disagree.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1",
+                                         onupdate=literal_column("version") + 1)
 
     __table_args__ = (
         Index("ix_nodes_provision_state", "provision_state"),

@@ -48,7 +48,7 @@ from pathlib import Path
 import requests
 
 from conductor import database, datadir, procs
-from conductor.auth import tokens
+from conductor.auth import tokenfile, tokens
 from conductor.dhcp.config import DhcpConfig
 from conductor.dhcp.hosts import HostsDir
 from conductor.dhcp.sync import HostsSync
@@ -163,6 +163,8 @@ class Supervisor:
         self._dnsmasq: Child | None = None
         self._dhcp_sync: HostsSync | None = None
         self._dhcp_db: database.Database | None = None
+        #: Whether this start recorded its URL in the user's registry of local services.
+        self._registered = False
 
     @property
     def url(self) -> str:
@@ -197,6 +199,8 @@ class Supervisor:
                 db.dispose()
         # The CLI sends the local admin token to this URL only.
         settings.api_url_file.write_text(self.url + "\n", encoding="utf-8")
+        if settings.auth_enabled:
+            self._register()
         env = dict(os.environ)
         env.update(
             CONDUCTOR_DATA_DIR=str(settings.data_dir),
@@ -428,7 +432,23 @@ class Supervisor:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if self._registered:
+            self._registered = False
+            try:
+                tokenfile.unregister(self.url, self.settings.admin_token_file)
+            except OSError as exc:
+                LOG.warning("Could not remove %s from %s: %s", self.url, tokenfile.registry_path(), exc)
         self._release_data_dir()
+
+    def _register(self) -> None:
+        """Record this URL and its token file for the CLI of this user (any data directory)."""
+        try:
+            tokenfile.register(self.url, self.settings.admin_token_file)
+        except OSError as exc:  # a read-only home: only the default data directory is found then
+            LOG.warning("Could not record %s in %s (the CLI finds its token only with CONDUCTOR_DATA_DIR "
+                        "set): %s", self.url, tokenfile.registry_path(), exc)
+            return
+        self._registered = True
 
 
 def _check_port_free(host: str, port: int) -> None:

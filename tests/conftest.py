@@ -134,6 +134,20 @@ def no_process_left_by_the_test() -> Iterator[None]:
         pytest.fail(f"processes left running by this test (killed now): {processes.describe(left)}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A config directory of the tests' own (XDG_CONFIG_HOME): every `conductor up` a test
+    starts records itself in a registry there, never in the user's ~/.config."""
+    before = os.environ.get("XDG_CONFIG_HOME")
+    path = tmp_path_factory.mktemp("config-home")
+    os.environ["XDG_CONFIG_HOME"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis for the whole session."""

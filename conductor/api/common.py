@@ -70,6 +70,30 @@ def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, st
     return response
 
 
+def if_match() -> frozenset[str] | None:
+    """The call's ``If-Match`` (RFC 9110): None without one, ``{"*"}`` for any version, else its strong tags.
+
+    A weak tag (``W/"..."``) never matches a write's strong comparison, so it
+    is dropped (a header of weak tags only fails with 412).
+
+    :raises InvalidInput: the header names no entity tag at all.
+    """
+    if "If-Match" not in request.headers:
+        return None
+    tags = request.if_match
+    if tags.star_tag:
+        return frozenset({"*"})
+    if not tags.as_set(include_weak=True):
+        raise InvalidInput("If-Match names no entity tag: send the ETag of a GET, or *.",
+                           errors={"If-Match": "no entity tag"})
+    return frozenset(tags.as_set())
+
+
+def etag_header(tag: str) -> dict[str, str]:
+    """The ``ETag`` header of a strong entity tag."""
+    return {"ETag": f'"{tag}"'}
+
+
 def next_link(items: list[Any], limit: int, marker: Any) -> str | None:
     """The URL of the next page, or None when this page is the last."""
     if len(items) < limit:

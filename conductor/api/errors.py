@@ -98,6 +98,8 @@ class ErrorSchema(ma.Schema):
     required_role = ma.fields.String(metadata={"description": "The role the call needs (forbidden)"})
     retry_after = ma.fields.Integer(metadata={
         "description": "Seconds to wait before retrying, as the Retry-After header (503s)"})
+    etag = ma.fields.String(metadata={
+        "description": "The node's current entity tag, as its ETag header (precondition_failed)"})
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:

@@ -7,8 +7,8 @@ from typing import Any
 from flask import Response, request
 from flask.views import MethodView
 
-from conductor.api import admission, schemas
-from conductor.api.common import Blueprint, context, json_response, next_link, session
+from conductor.api import admission, errors, schemas
+from conductor.api.common import Blueprint, context, etag_header, if_match, json_response, next_link, session
 from conductor.models import Node, Request
 from conductor.service import agent, history, nodes, submit
 
@@ -38,23 +38,38 @@ class Nodes(MethodView):
         return node, {"Location": f"/v1/nodes/{node.uuid}"}
 
 
+_ETAG_HEADER = {"ETag": {"description": "The node's version (an entity tag): send it back as If-Match",
+                          "schema": {"type": "string"}}}
+_IF_MATCH = {"in": "header", "name": "If-Match", "required": False, "schema": {"type": "string"},
+             "description": "Only if the node is still at this version (an ETag of a GET or PATCH, or *); "
+                            "else 412 precondition_failed and nothing changes. Without it the write is "
+                            "unconditional."}
+_STALE = "The node changed since the ETag sent as If-Match (the current one is in etag); nothing was changed"
+
+
 @blp.route("/<ident>")
 class NodeItem(MethodView):
-    @blp.response(200, schemas.Node)
-    def get(self, ident: str) -> Node:
-        """Show a node by UUID or name."""
-        return nodes.find(session(), ident)
+    @blp.response(200, schemas.Node, headers=_ETAG_HEADER)
+    def get(self, ident: str) -> tuple[Node, dict[str, str]]:
+        """Show a node by UUID or name (with its ETag)."""
+        node = nodes.find(session(), ident)
+        return node, etag_header(nodes.etag(node))
 
     @blp.arguments(schemas.NodePatch)
-    @blp.response(200, schemas.Node)
-    def patch(self, changes: dict[str, Any], ident: str) -> Node:
-        """Change a node with a JSON merge patch (RFC 7396)."""
-        return nodes.patch(session(), ident, changes)
+    @blp.response(200, schemas.Node, headers=_ETAG_HEADER)
+    @blp.alt_response(412, schema=errors.ErrorSchema, description=_STALE)
+    @blp.doc(parameters=[_IF_MATCH])
+    def patch(self, changes: dict[str, Any], ident: str) -> tuple[Node, dict[str, str]]:
+        """Change a node with a JSON merge patch (RFC 7396); with If-Match, only the version it names."""
+        node = nodes.patch(session(), ident, changes, if_match())
+        return node, etag_header(nodes.etag(node))
 
     @blp.response(204)
+    @blp.alt_response(412, schema=errors.ErrorSchema, description=_STALE)
+    @blp.doc(parameters=[_IF_MATCH])
     def delete(self, ident: str) -> None:
-        """Delete a node with no transition in progress."""
-        nodes.delete(session(), ident)
+        """Delete a node with no transition in progress; with If-Match, only the version it names."""
+        nodes.delete(session(), ident, if_match())
 
 
 @blp.route("/<ident>/states")

@@ -40,7 +40,7 @@ def create(obj: Obj, role: str, name: str | None, direct: bool) -> None:
         created = _create_direct(role, name)
     else:
         created = obj.client.call("POST", "/v1/tokens", json={"role": role, "name": name})
-    if obj.out.as_json:
+    if obj.out.machine:
         obj.out.item(created)
         return
     click.echo(created["token"])

@@ -32,7 +32,7 @@ def rotate_secret(obj: Obj) -> None:
     callback_secret_overlap seconds, so receivers can switch without a gap.
     """
     rotated = obj.client.call("POST", "/v1/callbacks/secret/rotate")
-    if obj.out.as_json:
+    if obj.out.machine:
         obj.out.item(rotated)
         return
     click.echo(rotated["secret"])
@@ -81,7 +81,7 @@ def show(obj: Obj, subscription_id: str) -> None:
 def delete(obj: Obj, subscription_id: str) -> None:
     """Delete a subscription (its pending deliveries fail)."""
     obj.client.call("DELETE", f"/v1/subscriptions/{subscription_id}")
-    click.echo(f"Deleted {subscription_id}.", err=obj.out.as_json)
+    click.echo(f"Deleted {subscription_id}.", err=obj.out.machine)
 
 
 @subscription.command("deliveries")

@@ -2,20 +2,28 @@
 
 Only ``requests`` is imported here: the CLI must start fast and work
 against a remote deployment.
+
+Every call is retried, within a bounded total wait, when the API answers
+503 with a ``Retry-After`` (admission control: a rate budget, a full queue,
+a database blip): see :meth:`Client.call`.
 """
 
 from __future__ import annotations
 
+import email.utils
 import os
-import sys
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import click
 import requests
 
 from conductor import httpclient
+from conductor.cli import exits
 
 # Imports inside functions: most commands are thin API clients, so each command
 # imports the server side it needs (settings, database, Flask, RQ, workers) when
@@ -23,38 +31,105 @@ from conductor import httpclient
 
 DEFAULT_URL = "http://127.0.0.1:6385"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+#: The longest a call sleeps in all on 503 + Retry-After before it gives up (--max-retry-wait).
+DEFAULT_MAX_RETRY_WAIT = 120.0
+#: 503 codes of admission control: refused before anything was recorded, so
+#: even a POST, PATCH or DELETE may be sent again.
+_ADMISSION_REFUSALS = frozenset({"rate_limited", "queue_full"})
+#: Methods sent again on any 503 + Retry-After (the CLI's PUTs of work carry an Idempotency-Key).
+_REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
 
 
 class ApiError(click.ClickException):
-    """The API answered with an error (its ``code`` and ``message`` are shown)."""
+    """The API answered with an error (its ``code`` and ``message`` are shown); exit status 3."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    exit_code = exits.REFUSED
+
+    def __init__(self, status: int, body: dict[str, Any], retry_after: str | None = None) -> None:
         self.status = status
         self.body = body
-        code = body.get("code", "error")
-        super().__init__(f"{body.get('message', 'request failed')} [{status} {code}]")
+        self.code = str(body.get("code", "error"))
+        #: The response's ``Retry-After`` header, if any.
+        self.retry_after = retry_after
+        super().__init__(f"{body.get('message', 'request failed')} [{status} {self.code}]")
+
+
+class Unreachable(click.ClickException):
+    """The API cannot be reached; exit status 4."""
+
+    exit_code = exits.UNREACHABLE
+
+
+class WaitTimeout(click.ClickException):
+    """``--timeout`` passed before the request finished (it goes on); exit status 2."""
+
+    exit_code = exits.TIMEOUT
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The token the CLI sends, and where it came from (for an honest 401 hint)."""
+
+    token: str | None
+    #: ``given`` (--token / CONDUCTOR_TOKEN), ``local`` (a local ``conductor up``'s file) or ``none``.
+    source: str
+    token_file: Path | None = None
 
 
 class Client:
     """The API at ``url``."""
 
-    def __init__(self, url: str, timeout: float = 30.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 30.0,
+        token: str | None = None,
+        *,
+        credentials: Credentials | None = None,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.credentials = credentials or Credentials(token, "given" if token else "none")
+        self.max_retry_wait = max_retry_wait
         self.session = httpclient.session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        if self.credentials.token:
+            self.session.headers["Authorization"] = f"Bearer {self.credentials.token}"
+
+    def copy(self) -> Client:
+        """Another client of the same API and token, with its own connections (one per thread)."""
+        return Client(self.url, self.timeout, credentials=self.credentials, max_retry_wait=self.max_retry_wait)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API; the decoded JSON body (None for 204).
 
-        :raises ApiError: an error response.
-        :raises click.ClickException: the API cannot be reached.
+        A 503 with ``Retry-After`` is sent again after the time it asks for
+        (said on stderr), as long as the sleeps add up to at most
+        ``max_retry_wait`` seconds; for POST, PATCH and DELETE only when
+        admission control refused it (nothing was recorded).
+
+        :raises ApiError: an error response (a 503 when retries would pass the budget).
+        :raises Unreachable: the API cannot be reached.
         """
+        slept = 0.0
+        while True:
+            try:
+                return self._call_once(method, path, **kwargs)
+            except ApiError as exc:
+                delay = _retry_delay(method, exc)
+                if delay is None or slept + delay > self.max_retry_wait:
+                    raise
+                delay += random.uniform(0, min(0.5, delay / 4))  # callers told the same time do not return at once
+                click.echo(f"{method} {path}: {exc.status} {exc.code}; retrying in {delay:.1f} s as Retry-After "
+                           f"asks ({slept:.0f} s of at most {self.max_retry_wait:.0f} s waited so far)", err=True)
+                time.sleep(delay)
+                slept += delay
+
+    def _call_once(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.ConnectionError:
-            raise click.ClickException(
+            raise Unreachable(
                 f"Cannot reach the conductor API at {self.url} (is `conductor up` running? "
                 "set --url or CONDUCTOR_URL)"
             ) from None
@@ -65,12 +140,11 @@ class Client:
         except ValueError:
             body = {"message": response.text[:200] or response.reason}
         if response.status_code >= 400:
+            if not isinstance(body, dict):
+                body = {"message": str(body)[:200]}
             if response.status_code == 401:
-                body["message"] = (
-                    f"{body.get('message', 'Unauthorized.')} Pass --token (or CONDUCTOR_TOKEN); "
-                    "`conductor token create` makes one."
-                )
-            raise ApiError(response.status_code, body)
+                body["message"] = f"{body.get('message', 'Unauthorized.')} {unauthorized_hint(self.credentials)}"
+            raise ApiError(response.status_code, body, response.headers.get("Retry-After"))
         return body
 
     def every(self, path: str, key: str, params: dict[str, Any], limit: int | None = None) -> list[dict[str, Any]]:
@@ -92,7 +166,7 @@ class Client:
     ) -> dict[str, Any]:
         """Poll a request until it finishes; return it.
 
-        :raises click.ClickException: ``timeout`` passed first.
+        :raises WaitTimeout: ``timeout`` passed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.1
@@ -108,27 +182,9 @@ class Client:
             if request["state"] in FINAL_STATES:
                 return cast("dict[str, Any]", request)
             if deadline is not None and time.monotonic() > deadline:
-                raise click.ClickException(f"Request {request_id} still {request['state']} after {timeout} s")
+                raise WaitTimeout(f"Request {request_id} still {request['state']} after {timeout} s")
             time.sleep(interval)
             interval = min(interval * 1.5, 1.0)
-
-
-def progress_line(request: dict[str, Any], states: dict[str, Any] | None) -> None:
-    """Show one live line of progress (rewritten in place on a terminal)."""
-    parts = [f"{request['id']}: {request['state']}"]
-    if request.get("step"):
-        parts.append(f"step {request['step']}")
-    if states:
-        parts.append(f"provision {states['provision_state']}")
-        parts.append(f"power {states['power_state'] or 'unknown'}")
-    line = " | ".join(parts)
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\x1b[2K" + line)
-        if request["state"] in FINAL_STATES:
-            sys.stderr.write("\n")
-    else:
-        sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 def default_url() -> str:
@@ -136,12 +192,65 @@ def default_url() -> str:
     return os.environ.get("CONDUCTOR_URL", DEFAULT_URL)
 
 
-def resolve_token(url: str, explicit: str | None) -> str | None:
-    """The token to send to ``url``: ``explicit`` (``--token`` / ``CONDUCTOR_TOKEN``), else
-    the admin token of the local ``conductor up`` when ``url`` is where it serves."""
+def find_token(url: str, explicit: str | None) -> Credentials:
+    """The token to send to ``url``: ``explicit`` (``--token`` / ``CONDUCTOR_TOKEN``), else the admin
+    token of the local ``conductor up`` serving ``url``: the one of the default data directory
+    (``CONDUCTOR_DATA_DIR``), else the one this user's registry of local services names."""
     if explicit:
-        return explicit
+        return Credentials(explicit, "given")
     from conductor.auth import tokenfile
     from conductor.settings import default_data_dir
 
-    return tokenfile.local_token_for(url, default_data_dir())
+    data_dir = default_data_dir()
+    token = tokenfile.local_token_for(url, data_dir)
+    if token:
+        return Credentials(token, "local", data_dir / "admin.token")
+    token_file = tokenfile.registered_token_file(url)
+    token = tokenfile.read_secret(token_file) if token_file else None
+    if token:
+        return Credentials(token, "local", token_file)
+    return Credentials(None, "none")
+
+
+def resolve_token(url: str, explicit: str | None) -> str | None:
+    """The token :func:`find_token` finds for ``url`` (None: none)."""
+    return find_token(url, explicit).token
+
+
+def unauthorized_hint(credentials: Credentials) -> str:
+    """What to do about a 401, given the token that was sent (or not)."""
+    how = ("Get a token: on the host running `conductor up`, the CLI finds its admin token by itself "
+           "when --url is the URL `conductor up` printed (or pass --token \"$(cat <data dir>/admin.token)\"); "
+           "an admin makes others with `conductor token create --role operator`; on a server host of a "
+           "multi-host deployment, `conductor token create --role admin --direct` makes the first one.")
+    if credentials.source == "given":
+        return (f"The token given (--token or CONDUCTOR_TOKEN) was refused: revoked, mistyped or of another "
+                f"deployment. {how}")
+    if credentials.source == "local":
+        return (f"The local admin token in {credentials.token_file} was refused: the service at this URL is "
+                f"not the `conductor up` of that data directory, or the token was revoked (restarting "
+                f"`conductor up` makes a new one). {how}")
+    return f"No token was sent: none given and no local `conductor up` is known to serve this URL. {how}"
+
+
+def _retry_delay(method: str, error: ApiError) -> float | None:
+    """Seconds to wait before sending ``method`` again after ``error`` (None: do not)."""
+    if error.status != 503 or error.retry_after is None:
+        return None
+    if method.upper() not in _REPEATABLE and error.code not in _ADMISSION_REFUSALS:
+        return None
+    return retry_after_seconds(error.retry_after)
+
+
+def retry_after_seconds(value: str, now: float | None = None) -> float | None:
+    """A ``Retry-After`` value (seconds, or an HTTP date) in seconds from now; None if malformed."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

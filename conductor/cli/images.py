@@ -87,4 +87,4 @@ def show(obj: Obj, name: str) -> None:
 def delete(obj: Obj, name: str) -> None:
     """Unregister an image and remove its file (refused while a request deploys it)."""
     obj.client.call("DELETE", f"/v1/images/{name}")
-    click.echo(f"Deleted image {name}.", err=obj.out.as_json)
+    click.echo(f"Deleted image {name}.", err=obj.out.machine)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from conductor.cli.base import Obj, finish_request, pass_obj
-from conductor.cli.client import ApiError
+from conductor.cli import bulk
+from conductor.cli.base import REQUEST_KEYS, Obj, finish_request, pass_obj, remaining, submit_change
+from conductor.cli.client import ApiError, Client
 
 NODE_COLUMNS = ["uuid", "name", "driver", "power_state", "provision_state", "maintenance", "request_id"]
 NODE_KEYS = [
@@ -95,7 +98,7 @@ def import_nodes(obj: Obj, file: Path, driver: str | None) -> None:
             if exc.body.get("code") != "node_name_in_use":
                 raise
             skipped += 1
-    click.echo(f"Enrolled {created} node(s), skipped {skipped} already enrolled.", err=obj.out.as_json)
+    click.echo(f"Enrolled {created} node(s), skipped {skipped} already enrolled.", err=obj.out.machine)
 
 
 @node.command("list")
@@ -167,7 +170,7 @@ def set_node(obj: Obj, node_id: str, name: str | None, driver: str | None, drive
 def delete(obj: Obj, node_id: str) -> None:
     """Delete a node."""
     obj.client.call("DELETE", f"/v1/nodes/{node_id}")
-    click.echo(f"Deleted node {node_id}.", err=obj.out.as_json)
+    click.echo(f"Deleted node {node_id}.", err=obj.out.machine)
 
 
 @node.command("history")
@@ -181,89 +184,113 @@ def node_history(obj: Obj, node_id: str, limit: int) -> None:
                   raw=page["history"])
 
 
-_wait = click.option("--wait", is_flag=True, help="Wait for the request to finish; exit 1 if it fails.")
-_timeout = click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+_wait = click.option("--wait", is_flag=True,
+                     help="Wait for the request to finish, showing each change; exit 1 if it fails.")
+_wait_free = click.option("--wait-free", is_flag=True,
+                          help="If the node is busy with another request (409 transition_in_progress), "
+                               "wait for that one to finish, then submit.")
+_timeout = click.option("--timeout", type=float, default=None,
+                        help="With --wait or --wait-free: give up after this many seconds (exit 2).")
 _callback = click.option("--callback-url", help="URL to POST to when the request finishes.")
+_all = click.option("--all", "all_nodes", is_flag=True, help="Every node (with --filter: every node matching).")
+_filter = click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+                       help="Only nodes with this provision_state, power_state, driver or maintenance (repeat).")
+_concurrency = click.option("--concurrency", type=click.IntRange(1, 64), default=bulk.DEFAULT_CONCURRENCY,
+                            show_default=True, help="With several nodes: requests submitted (and waited for) "
+                                                    "at once.")
 
 
-def _state_change(obj: Obj, node_id: str, kind: str, target: str, wait: bool, timeout: float | None,
-                  callback_url: str | None, extra: dict[str, Any] | None = None) -> None:
-    body: dict[str, Any] = {"target": target, **(extra or {})}
-    if callback_url:
-        body["callback_url"] = callback_url
-    request = obj.client.call("PUT", f"/v1/nodes/{node_id}/states/{kind}", json=body)
-    finish_request(obj, request, wait, timeout)
+def _selected(obj: Obj, node_ids: tuple[str, ...], all_nodes: bool, filters: tuple[str, ...]) -> list[str]:
+    """The nodes a command acts on: those named, or with --all / --filter those the API lists."""
+    if not node_ids and not all_nodes and not filters:
+        raise click.UsageError("name the node(s), or select them with --all or --filter KEY=VALUE")
+    if node_ids and (all_nodes or filters):
+        raise click.UsageError("name nodes or use --all / --filter, not both")
+    if node_ids:
+        return list(node_ids)
+    query: dict[str, str] = {}
+    for item in filters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--filter")
+        query[key] = value
+    return bulk.select_nodes(obj.client, query)
+
+
+def _action_command(kind: str, target: str, help_text: str, options: tuple[Callable[..., Any], ...] = (),
+                    params: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> click.Command:
+    """A state change of one or more nodes: ``NODE...``, or ``--all`` / ``--filter``.
+
+    ``options`` are the command's own, whose values ``params`` turns into the
+    body's fields.  One node named: the request (with --wait, followed until
+    it ends); several: see :mod:`conductor.cli.bulk`.
+    """
+    path = "/v1/nodes/{node}/states/" + kind
+
+    def command(obj: Obj, node_ids: tuple[str, ...], all_nodes: bool, filters: tuple[str, ...], wait: bool,
+                wait_free: bool, timeout: float | None, callback_url: str | None, concurrency: int,
+                **own: Any) -> None:
+        body: dict[str, Any] = {"target": target, **(params(own) if params else {})}
+        if callback_url:
+            body["callback_url"] = callback_url
+        nodes = _selected(obj, node_ids, all_nodes, filters)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def submit(client: Client, node: str) -> dict[str, Any]:
+            return submit_change(client, path.format(node=node), body, wait_free=wait_free, deadline=deadline,
+                                 label=node)
+
+        if len(node_ids) == 1:
+            obj.out.check_columns(REQUEST_KEYS)
+            finish_request(obj, submit(obj.client, node_ids[0]), wait, remaining(deadline))
+            return
+        label = click.get_current_context().command_path.partition(" node ")[2] or target
+        bulk.run(obj, label, nodes, submit, wait=wait, timeout=remaining(deadline), concurrency=concurrency)
+
+    for decorator in (pass_obj, *reversed(options), _concurrency, _callback, _timeout, _wait_free, _wait, _filter,
+                      _all, click.argument("node_ids", metavar="NODE...", nargs=-1)):
+        command = decorator(command)
+    return click.command(help=help_text)(command)
 
 
 @node.group("power")
 def power() -> None:
-    """Power a node on, off, or reboot it."""
-
-
-def _state_command(kind: str, target: str, help_text: str) -> click.Command:
-    @click.command(help=help_text)
-    @click.argument("node_id", metavar="NODE")
-    @_wait
-    @_timeout
-    @_callback
-    @pass_obj
-    def command(obj: Obj, node_id: str, wait: bool, timeout: float | None, callback_url: str | None) -> None:
-        _state_change(obj, node_id, kind, target, wait, timeout, callback_url)
-
-    return command
-
-
-def _image_command(target: str, help_text: str) -> click.Command:
-    @click.command(help=help_text)
-    @click.argument("node_id", metavar="NODE")
-    @click.option("--image", "image_source", required=True, help="Image to write: an http(s)/file URL or a name.")
-    @click.option("--checksum", "image_checksum", default=None,
-                  help="The image file's SHA-256 (required for http(s) URLs).")
-    @click.option("--configdrive", type=click.File("r"), default=None,
-                  help="File whose content is the config drive (at most 64 KiB).")
-    @_wait
-    @_timeout
-    @_callback
-    @pass_obj
-    def command(obj: Obj, node_id: str, image_source: str, image_checksum: str | None, configdrive: Any,
-                wait: bool, timeout: float | None, callback_url: str | None) -> None:
-        extra: dict[str, Any] = {"image_source": image_source}
-        if image_checksum is not None:
-            extra["image_checksum"] = image_checksum
-        if configdrive is not None:
-            extra["configdrive"] = configdrive.read()
-        _state_change(obj, node_id, "provision", target, wait, timeout, callback_url, extra)
-
-    return command
+    """Power nodes on, off, or reboot them."""
 
 
 for _name, _target, _help in (
-    ("on", "power on", "Power the node on."),
-    ("off", "power off", "Power the node off (hard)."),
+    ("on", "power on", "Power the node(s) on."),
+    ("off", "power off", "Power the node(s) off (hard)."),
     ("soft-off", "soft power off", "Ask the OS to power off (ACPI), then hard off on timeout."),
-    ("reboot", "rebooting", "Power cycle the node (off, then on)."),
+    ("reboot", "rebooting", "Power cycle the node(s) (off, then on)."),
 ):
-    power.add_command(_state_command("power", _target, _help), _name)
+    power.add_command(_action_command("power", _target, _help), _name)
 
 # Shortcut used by the guide: `conductor node reboot NODE`.
 node.add_command(power.commands["reboot"], "reboot")
 
-def _cleaning_command(target: str, help_text: str) -> click.Command:
-    @click.command(help=help_text)
-    @click.argument("node_id", metavar="NODE")
-    @click.option("--erase", type=click.Choice(["metadata", "full"]), default=None,
-                  help="What cleaning erases: partition tables and signatures at both ends of each disk, "
-                       "or every byte (default: the setting clean_erase).")
-    @_wait
-    @_timeout
-    @_callback
-    @pass_obj
-    def command(obj: Obj, node_id: str, erase: str | None, wait: bool, timeout: float | None,
-                callback_url: str | None) -> None:
-        _state_change(obj, node_id, "provision", target, wait, timeout, callback_url,
-                      {"erase": erase} if erase else None)
+_erase = click.option("--erase", type=click.Choice(["metadata", "full"]), default=None,
+                      help="What cleaning erases: partition tables and signatures at both ends of each disk, "
+                           "or every byte (default: the setting clean_erase).")
+_image = click.option("--image", "image_source", required=True,
+                      help="Image to write: an http(s)/file URL or a name.")
+_checksum = click.option("--checksum", "image_checksum", default=None,
+                         help="The image file's SHA-256 (required for http(s) URLs).")
+_configdrive = click.option("--configdrive", type=click.File("r"), default=None,
+                            help="File whose content is the config drive (at most 64 KiB).")
 
-    return command
+
+def _cleaning_params(own: dict[str, Any]) -> dict[str, Any]:
+    return {"erase": own["erase"]} if own.get("erase") else {}
+
+
+def _image_params(own: dict[str, Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {"image_source": own["image_source"]}
+    if own.get("image_checksum") is not None:
+        params["image_checksum"] = own["image_checksum"]
+    if own.get("configdrive") is not None:
+        params["configdrive"] = own["configdrive"].read()
+    return params
 
 
 for _name, _target, _help in (
@@ -271,15 +298,19 @@ for _name, _target, _help in (
     ("inspect", "inspect", "Discover the hardware: manageable -> manageable."),
     ("abort", "abort", "Abort a wait (wait call-back, clean wait, inspect wait)."),
 ):
-    node.add_command(_state_command("provision", _target, _help), _name)
+    node.add_command(_action_command("provision", _target, _help), _name)
 for _name, _target, _help in (
     ("provide", "provide", "Clean and make available: manageable -> available."),
     ("clean", "clean", "Erase the node: manageable -> manageable."),
     ("undeploy", "deleted", "Tear down and clean: active -> available."),
 ):
-    node.add_command(_cleaning_command(_target, _help), _name)
-node.add_command(_image_command("active", "Deploy an image: available -> active."), "deploy")
-node.add_command(_image_command("rebuild", "Deploy again: active -> active."), "rebuild")
+    node.add_command(_action_command("provision", _target, _help, (_erase,), _cleaning_params), _name)
+for _name, _target, _help in (
+    ("deploy", "active", "Deploy an image: available -> active."),
+    ("rebuild", "rebuild", "Deploy again: active -> active."),
+):
+    node.add_command(_action_command("provision", _target, _help, (_image, _checksum, _configdrive), _image_params),
+                     _name)
 
 
 @node.command("boot-device")
@@ -287,17 +318,21 @@ node.add_command(_image_command("rebuild", "Deploy again: active -> active."), "
 @click.argument("device", required=False, type=click.Choice(["pxe", "disk", "cdrom", "bios"]))
 @click.option("--persistent", is_flag=True, help="For every boot, not only the next one.")
 @_wait
+@_wait_free
 @_timeout
 @_callback
 @pass_obj
-def boot_device(obj: Obj, node_id: str, device: str | None, persistent: bool, wait: bool, timeout: float | None,
-                callback_url: str | None) -> None:
+def boot_device(obj: Obj, node_id: str, device: str | None, persistent: bool, wait: bool, wait_free: bool,
+                timeout: float | None, callback_url: str | None) -> None:
     """Set the boot device (a request), or without DEVICE show the last one set or read."""
     path = f"/v1/nodes/{node_id}/management/boot_device"
     if device is None:
         obj.out.item(obj.client.call("GET", path), ["boot_device", "persistent", "observed_at", "source"])
         return
+    obj.out.check_columns(REQUEST_KEYS)
     body: dict[str, Any] = {"boot_device": device, "persistent": persistent}
     if callback_url:
         body["callback_url"] = callback_url
-    finish_request(obj, obj.client.call("PUT", path, json=body), wait, timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    accepted = submit_change(obj.client, path, body, wait_free=wait_free, deadline=deadline, label=node_id)
+    finish_request(obj, accepted, wait, remaining(deadline))

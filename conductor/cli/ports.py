@@ -49,4 +49,4 @@ def show(obj: Obj, port_id: str) -> None:
 def delete(obj: Obj, port_id: str) -> None:
     """Delete a port (UUID)."""
     obj.client.call("DELETE", f"/v1/ports/{port_id}")
-    click.echo(f"Deleted port {port_id}.", err=obj.out.as_json)
+    click.echo(f"Deleted port {port_id}.", err=obj.out.machine)

@@ -6,12 +6,7 @@ from typing import Any
 
 import click
 
-from conductor.cli.base import Obj, finish_request, pass_obj
-
-REQUEST_KEYS = [
-    "id", "node_uuid", "kind", "target", "params", "state", "step", "error", "conductor",
-    "callback_url", "callback", "created_at", "started_at", "finished_at",
-]
+from conductor.cli.base import REQUEST_KEYS, Obj, finish_request, pass_obj
 
 
 @click.group()
@@ -21,8 +16,8 @@ def request() -> None:
 
 @request.command("show")
 @click.argument("request_id")
-@click.option("--wait", is_flag=True, help="Wait for it to finish; exit 1 if it fails.")
-@click.option("--timeout", type=float, default=None)
+@click.option("--wait", is_flag=True, help="Wait for it to finish, showing each change; exit 1 if it fails.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds (exit 2).")
 @pass_obj
 def show(obj: Obj, request_id: str, wait: bool, timeout: float | None) -> None:
     """Show a request."""

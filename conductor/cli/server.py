@@ -76,7 +76,8 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
         click.echo(f"Data directory  {settings.data_dir}   (logs in {settings.data_dir / 'logs'})")
         if settings.auth_enabled:
             state = "new" if supervisor.new_admin_token else "kept"
-            click.echo(f"Admin token     {settings.admin_token_file}   ({state}; the CLI uses it for this URL)")
+            click.echo(f"Admin token     {settings.admin_token_file}   ({state}; the CLI of this user sends it "
+                       f"to {supervisor.url} by itself)")
         else:
             click.echo("Authentication  OFF (auth_enabled = false; loopback only)")
         click.echo(f"Workers         {settings.workers} (+{settings.callback_workers} for callbacks); "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +28,7 @@ from conductor.exceptions import (
     NodeNameInUse,
     NodeNotDeletable,
     NodeNotFound,
+    PreconditionFailed,
     TransitionInProgress,
 )
 from conductor.fsm import table
@@ -72,6 +73,34 @@ def find(session: Session, ident: str) -> Node:
     if node is None:
         raise NodeNotFound(f"Node {ident} not found.", node=ident)
     return node
+
+
+def etag(node: Node) -> str:
+    """The node's entity tag (unquoted): its UUID and version, changed by every write of the row.
+
+    The UUID keeps a node deleted and enrolled again under the same name
+    from matching a tag of the old one.
+    """
+    return f"{node.uuid}-{node.version}"
+
+
+#: ``If-Match: *``: any current version.
+ANY_VERSION = "*"
+
+
+def _check_precondition(node: Node, if_match: Collection[str] | None) -> None:
+    """Refuse a write whose ``If-Match`` (entity tags, or ``*``) does not name the node's current version.
+
+    :raises PreconditionFailed: the node changed since (its current tag is in ``etag``).
+    """
+    if if_match is None or ANY_VERSION in if_match:
+        return
+    current = etag(node)
+    if current not in if_match:
+        raise PreconditionFailed(
+            f"Node {node.uuid} has changed (now at version {node.version}); get it again and retry.",
+            etag=f'"{current}"',
+        )
 
 
 def _check_name(name: Any) -> str | None:
@@ -298,14 +327,17 @@ def _merge(current: Mapping[str, Any], patch: Mapping[str, Any], keep_masked: bo
     return merged
 
 
-def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
+def patch(session: Session, ident: str, changes: Mapping[str, Any], if_match: Collection[str] | None = None) -> Node:
     """Apply a JSON merge patch (RFC 7396) to a node and commit.
 
     ``driver_info`` and ``properties`` are merged key by key (``null``
     removes a key); other fields are replaced.  Turning maintenance on or
-    off is a ``node.maintenance`` callback event.
+    off is a ``node.maintenance`` callback event.  With ``if_match`` (the
+    entity tags of ``If-Match``, or ``*``), only the version it names is
+    changed, atomically.
 
     :raises NodeNotFound: no such node.
+    :raises PreconditionFailed: ``if_match`` names another version.
     :raises InvalidInput: unknown or invalid fields.
     :raises TransitionInProgress: driver fields changed while a transition runs.
     :raises NodeNameInUse: the new name is taken.
@@ -322,6 +354,7 @@ def patch(session: Session, ident: str, changes: Mapping[str, Any]) -> Node:
         ).one_or_none()
         if node is None:
             raise NodeNotFound(f"Node {ident} not found.", node=ident)
+        _check_precondition(node, if_match)
         values = _patched_values(node, changes, secretbox.of(session))
         if not values:
             return node
@@ -377,11 +410,11 @@ def _apply_patch(session: Session, node: Node, values: dict[str, Any], changes: 
 
     The merged JSON fields were computed from what was read, so a concurrent
     change (another patch, a conductor's step) must not be overwritten:
-    ``updated_at`` is the version.  Returns False to retry.
+    ``version`` says whether the row is still the one read.  Returns False to retry.
     """
-    read_at = node.updated_at
+    read_version = node.version
     maintenance_before = node.maintenance
-    query = sa.update(Node).where(Node.id == node.id, Node.updated_at == read_at)
+    query = sa.update(Node).where(Node.id == node.id, Node.version == read_version)
     if DRIVER_FIELDS & set(changes):
         query = query.where(Node.active_request_id.is_(None))
     try:
@@ -424,18 +457,20 @@ def _patch_conflict(session: Session, node_uuid: str, values: Mapping[str, Any])
     return NodeNameInUse(f"A node named {values.get('name')} already exists.")
 
 
-def delete(session: Session, ident: str) -> None:
+def delete(session: Session, ident: str, if_match: Collection[str] | None = None) -> None:
     """Delete a node with its requests and history, and commit.
 
     Allowed with no transition in progress and no reservation, in the
     states of ``DELETE_ALLOWED_STATES``, or in any stable state while the
-    node is in maintenance.
+    node is in maintenance; with ``if_match``, only at the version it names.
 
     :raises NodeNotFound: no such node.
+    :raises PreconditionFailed: ``if_match`` names another version.
     :raises TransitionInProgress: a request owns the node.
     :raises NodeNotDeletable: the provision state does not allow it.
     """
     node = find(session, ident)
+    _check_precondition(node, if_match)
     query = sa.delete(Node).where(
         Node.id == node.id,
         Node.active_request_id.is_(None),
@@ -448,11 +483,14 @@ def delete(session: Session, ident: str) -> None:
             ),
         ),
     )
+    if if_match is not None:
+        query = query.where(Node.version == node.version)
     if database.rowcount(session.execute(query)) == 1:
         session.commit()
         return
     session.rollback()
     session.refresh(node)
+    _check_precondition(node, if_match)
     if node.active_request_id or node.reservation:
         raise TransitionInProgress(
             f"Node {ident} has a transition in progress.", request_id=node.active_request_id

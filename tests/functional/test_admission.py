@@ -107,7 +107,7 @@ def test_cli_manages_tokens_and_throttle(service_factory) -> None:
     # The reader may look but not touch.
     assert service.cli("--token", reader, "node", "list").returncode == 0
     refused = service.cli("--token", reader, "node", "create", "--driver", "fake", check=False)
-    assert refused.returncode == 1 and "forbidden" in refused.stderr
+    assert refused.returncode == 3 and "forbidden" in refused.stderr
     shown = service.cli("throttle", "set", "write_rate=12.5", "max_queue_depth=99").stdout
     assert "12.5" in shown and "99" in shown
     # The other API process may still hold the old knobs for throttle_settings.LOCAL_TTL
@@ -117,13 +117,13 @@ def test_cli_manages_tokens_and_throttle(service_factory) -> None:
         assert time.monotonic() < deadline, "the change did not reach every API process within a second"
         time.sleep(0.1)
     bad = service.cli("throttle", "set", "write_rate=-3", check=False)
-    assert bad.returncode == 1 and "validation_error" in bad.stderr
+    assert bad.returncode == 3 and "validation_error" in bad.stderr
     service.cli("token", "revoke", created["id"])
     # Each API process remembers a look-up for tokens.CACHE_TTL (documented:
     # "refused everywhere within 1 s"); the next call may reach another one.
     time.sleep(tokens.CACHE_TTL + 0.2)
     gone = service.cli("--token", reader, "node", "list", check=False)
-    assert gone.returncode == 1 and "unauthorized" in gone.stderr
+    assert gone.returncode == 3 and "unauthorized" in gone.stderr
     # localhost is the same service: the local admin token goes there too.
     assert "dash" in service.cli("--url", service.url.replace("127.0.0.1", "localhost"), "token", "list",
                                  "--all").stdout

@@ -72,7 +72,7 @@ def test_up_delivers_signed_callbacks_and_subscriptions(service_factory, receive
     assert created["id"] in service.cli("subscription", "list").stdout
     service.cli("subscription", "delete", created["id"])
     gone = service.cli("subscription", "show", created["id"], check=False)
-    assert gone.returncode == 1 and "subscription_not_found" in gone.stderr
+    assert gone.returncode == 3 and "subscription_not_found" in gone.stderr
 
 
 def test_a_receiver_that_never_answers_does_not_delay_power_requests(service_factory, receiver) -> None:

@@ -58,7 +58,7 @@ def test_cli_wait_exits_non_zero_when_the_request_fails(service_factory) -> None
     assert result.returncode == 1
     assert "no BMC" in result.stderr
     result = service.cli("node", "deploy", "bad", "--image", IMAGE_URL, "--checksum", IMAGE_SHA256, check=False)
-    assert result.returncode == 1 and "invalid_transition" in result.stderr
+    assert result.returncode == 3 and "invalid_transition" in result.stderr
 
 
 def test_fifty_simultaneous_puts_across_api_processes_accept_exactly_one(service_factory) -> None:
@@ -152,14 +152,14 @@ def test_cli_import_set_cancel_history_delete(service_factory, tmp_path) -> None
     queued = json.loads(service.cli("--json", "node", "power", "on", "imp-1").stdout)
     assert "cancelled" in service.cli("request", "cancel", queued["id"]).stdout
     result = service.cli("request", "cancel", busy["id"], check=False)
-    assert result.returncode == 1 and "request_not_cancellable" in result.stderr
+    assert result.returncode == 3 and "request_not_cancellable" in result.stderr
     history = json.loads(service.cli("--json", "node", "history", "imp-1").stdout)
     assert history[0]["event"] == "request.cancelled"
     states = json.loads(service.cli("--json", "node", "states", "imp-2").stdout)
     assert states["provision_state"] == "enroll"
     service.cli("node", "delete", "imp-2")
     result = service.cli("node", "show", "imp-2", check=False)
-    assert result.returncode == 1 and "node_not_found" in result.stderr
+    assert result.returncode == 3 and "node_not_found" in result.stderr
 
 
 def test_cli_ports_import_create_list_delete(service_factory, tmp_path) -> None:
@@ -175,9 +175,9 @@ def test_cli_ports_import_create_list_delete(service_factory, tmp_path) -> None:
     assert [p["address"] for p in listed] == ["52:54:00:00:01:01", "52:54:00:00:01:02"]
     assert len(json.loads(service.cli("--json", "port", "list").stdout)) == 4
     taken = service.cli("port", "create", "rack-2", "52:54:00:00:01:01", check=False)
-    assert taken.returncode == 1 and "port_address_in_use" in taken.stderr
+    assert taken.returncode == 3 and "port_address_in_use" in taken.stderr
     bad = service.cli("port", "create", "rack-2", "not-a-mac", check=False)
-    assert bad.returncode == 1 and "validation_error" in bad.stderr
+    assert bad.returncode == 3 and "validation_error" in bad.stderr
     service.cli("port", "delete", created["uuid"])
     assert [p["address"] for p in json.loads(service.cli("--json", "port", "list", "--node", "rack-2").stdout)] \
         == ["52:54:00:00:02:01"]

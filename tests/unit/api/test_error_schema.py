@@ -33,7 +33,7 @@ SAMPLES: dict[str, Any] = {
     "token_id": "tok-1", "subscription_id": "sub-1", "reason": "not_allowed", "required_role": "admin",
     "retry_after": 3, "bmc": "10.0.0.1", "port": "8a2c4b2e-0000-4000-8000-000000000001",
     "address": "52:54:00:00:00:01", "image": "img", "request_ids": ["req-1"],
-    "instance_uuid": "8a2c4b2e-0000-4000-8000-000000000002",
+    "instance_uuid": "8a2c4b2e-0000-4000-8000-000000000002", "etag": "\"8a2c4b2e-0000-4000-8000-000000000002-3\"",
 }
 
 

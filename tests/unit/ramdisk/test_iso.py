@@ -123,8 +123,8 @@ def test_the_cli_refuses_bad_arguments_before_building(tmp_path: Path) -> None:
     runner = CliRunner()
     done = runner.invoke(main, ["ramdisk", "iso", "--out", str(tmp_path / "a.iso"), "--kernel-args", "a='b c'",
                                 "--ramdisk", str(tmp_path)])
-    assert done.exit_code == 2 and "--kernel-args" in done.output and "without quotes" in done.output
+    assert done.exit_code == 64 and "--kernel-args" in done.output and "without quotes" in done.output
     done = runner.invoke(main, ["ramdisk", "iso", "--out", str(tmp_path / "a.iso"), "--volume-id", "bad id",
                                 "--ramdisk", str(tmp_path)])
-    assert done.exit_code == 2 and "--volume-id" in done.output
+    assert done.exit_code == 64 and "--volume-id" in done.output
     assert not list(tmp_path.iterdir())
