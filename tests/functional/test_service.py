@@ -142,8 +142,9 @@ def test_cli_import_set_cancel_history_delete(service_factory, tmp_path) -> None
     assert [n["name"] for n in listed] == ["imp-0", "imp-1", "imp-2"]
     service.cli("node", "set", "imp-0", "--maintenance", "--reason", "fan")
     assert json.loads(service.cli("--json", "node", "list", "--maintenance").stdout)[0]["name"] == "imp-0"
-    # The only worker is stuck in a slow BMC call on imp-0: imp-1's request stays queued.
-    service.cli("node", "set", "imp-0", "-i", "fake_hang=3")
+    # The only worker is stuck in a slow BMC call on imp-0: imp-1's request stays queued.  (8 s: the
+    # five CLI calls below must all come while it is stuck; 3 s was too short on a loaded machine.)
+    service.cli("node", "set", "imp-0", "-i", "fake_hang=8")
     busy = json.loads(service.cli("--json", "node", "power", "on", "imp-0").stdout)
     deadline = time.monotonic() + 10
     while json.loads(service.cli("--json", "request", "show", busy["id"]).stdout)["state"] != "running":
