@@ -13,6 +13,7 @@ from conductor.api import (
     callbacks,
     conductors,
     errors,
+    events,
     images,
     ironic,
     limits,
@@ -91,7 +92,9 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     # Before admission: its answers' envelope must be rewritten after admission looked at them.
     ironic.install(app)
     admission.install(app)
-    for module in (nodes, ports, boot, requests, conductors, throttle, tokens, subscriptions, callbacks, images):
+    events.install(app, ctx)
+    for module in (nodes, ports, boot, requests, conductors, throttle, tokens, subscriptions, callbacks, images,
+                   events):
         api.register_blueprint(module.blp)
     app.teardown_appcontext(close_session)
 

@@ -98,7 +98,7 @@ def _authenticate(ctx: Context) -> tokens.Principal:
     if not ctx.settings.auth_enabled:
         address = f"{ADDRESS_PREFIX}{request.remote_addr or 'unknown'}"
         return tokens.Principal(client=address[:64], role=Role.ADMIN)
-    secret = _presented_token()
+    secret = presented_token()
     if not secret:
         if _openstack_call():
             raise Unauthorized("This API needs a token: send 'X-Auth-Token: <token>' (or 'Authorization: Bearer "
@@ -113,7 +113,7 @@ def _authenticate(ctx: Context) -> tokens.Principal:
     return principal
 
 
-def _presented_token() -> str:
+def presented_token() -> str:
     """The token the call presents (empty: none): a bearer token, or under
     :data:`OPENSTACK_PREFIX` also ``X-Auth-Token`` or HTTP basic's password."""
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")

@@ -282,6 +282,28 @@ class RequestQuery(Page):
     kind = ma.fields.String(validate=validate.OneOf([str(k) for k in RequestKind]))
 
 
+class RequestWait(ma.Schema):
+    """``GET /v1/requests/<id>?wait=N``: a long poll."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    wait = ma.fields.Float(load_default=0.0, validate=validate.Range(min=0), metadata={
+        "description": "Answer as soon as the request finishes, or after this many seconds with its "
+                       "current state (at most the setting request_wait_max, 60 s by default)"})
+
+
+class EventQuery(Strict):
+    """``GET /v1/events`` filters (each may be repeated, or hold comma-separated values)."""
+
+    type = ma.fields.List(ma.fields.String(), load_default=list, metadata={
+        "description": "Event type patterns, * matching anything (node.*, request.finished); default: all"})
+    node = ma.fields.List(ma.fields.String(), load_default=list, metadata={
+        "description": "Node names or UUIDs; default: every node, and the events about no node"})
+    last_event_id = ma.fields.String(load_default=None, metadata={
+        "description": "Resume after this event id, as the Last-Event-ID header does (which wins)"})
+
+
 class RequestList(ma.Schema):
     requests = ma.fields.List(ma.fields.Nested(RequestOut))
     next = ma.fields.String(allow_none=True)

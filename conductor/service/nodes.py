@@ -209,6 +209,7 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
         raise macs.in_use(session, addresses) from None
     ports = f" and {len(addresses)} port(s)" if addresses else ""
     history.record(session, node, "node.created", f"Node enrolled with driver {driver_name}{ports}.")
+    events.emit(session, events.EventType.NODE_CREATED, node)
     session.commit()
     return node
 
@@ -449,6 +450,7 @@ def delete(session: Session, ident: str) -> None:
         ),
     )
     if database.rowcount(session.execute(query)) == 1:
+        events.emit(session, events.EventType.NODE_DELETED, node)
         session.commit()
         return
     session.rollback()
