@@ -20,10 +20,12 @@ from conductor.api import (
     nodes,
     ports,
     requests,
+    stats,
     strict_json,
     subscriptions,
     throttle,
     tokens,
+    ui,
 )
 from conductor.api import metrics as api_metrics
 from conductor.api.common import close_session
@@ -94,8 +96,10 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     admission.install(app)
     events.install(app, ctx)
     for module in (nodes, ports, boot, requests, conductors, throttle, tokens, subscriptions, callbacks, images,
-                   events):
+                   events, stats):
         api.register_blueprint(module.blp)
+    # A plain Flask blueprint: the dashboard's files are not part of the API's description.
+    app.register_blueprint(ui.blp)
     app.teardown_appcontext(close_session)
 
     @app.get("/metrics")
@@ -111,6 +115,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
             "api": "/v1",
             "openapi": "/openapi.json",
             "docs": "/docs",
+            "dashboard": "/ui",
         }
 
     return app

@@ -47,12 +47,14 @@ OPENSTACK_PREFIX = "/baremetal"
 #: Endpoints anyone may call: the service's name, the API description, the
 #: agents' heartbeat (authenticated by its own per-node agent token),
 #: network boot (firmware sends no credentials: see conductor/service/boot.py),
-#: and the agents' image downloads (by their signed URL: see conductor/images/tickets.py).
+#: the agents' image downloads (by their signed URL: see conductor/images/tickets.py),
+#: and the dashboard's static files (no data: the page calls the API with a token).
 BOOT_ENDPOINTS = frozenset({"boot.ChainScript", "boot.MacScript", "boot.BootFile", "boot.MediaFile"})
 PUBLIC_ENDPOINTS = frozenset(
     {"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat", "images.AgentImageContent",
      # Ironic's version discovery needs no token either.
-     "ironic.root", "ironic.v1"}
+     "ironic.root", "ironic.v1",
+     "ui.bare", "ui.index", "ui.asset"}
     | BOOT_ENDPOINTS
 )
 #: Endpoints only admins may call, whatever the method.
@@ -80,6 +82,11 @@ def required_role(endpoint: str | None, method: str) -> Role | None:
 def client() -> str:
     """The identity of the caller (token id, or address when auth is off)."""
     return cast(str, g.principal.client)
+
+
+def principal() -> tokens.Principal:
+    """Who the caller is (its token, or its address with the admin role when auth is off)."""
+    return cast(tokens.Principal, g.principal)
 
 
 def idempotency_key() -> IdempotencyKey | None:

@@ -404,6 +404,15 @@ class TokenCreated(Token):
         return super().get_attribute(obj if attr in ("secret", "signing_secret") else obj.token, attr, default)
 
 
+class Caller(ma.Schema):
+    """Dumps a :class:`conductor.auth.tokens.Principal`: who the call's token is (never its secret)."""
+
+    client = ma.fields.String(metadata={"description": "The token's id, or the caller's address without auth"})
+    role = ma.fields.String(metadata={"description": "reader, operator or admin"})
+    token_id = ma.fields.String(allow_none=True, metadata={"description": "null without auth"})
+    name = ma.fields.String(allow_none=True)
+
+
 class TokenQuery(Strict):
     all = ma.fields.Boolean(load_default=False, metadata={"description": "Include revoked tokens"})
 
@@ -518,3 +527,18 @@ class Image(ma.Schema):
 class ImageList(ma.Schema):
     images = ma.fields.List(ma.fields.Nested(Image))
     next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})
+
+
+class Stats(ma.Schema):
+    """Dumps :func:`conductor.api.metrics.summary`."""
+
+    at = ma.fields.DateTime(metadata={"description": "When they were read: rates are counter changes over its change"})
+    queue_depth = ma.fields.Integer(metadata={"description": "Jobs waiting in the work queue"})
+    drain_rate = ma.fields.Float(metadata={"description": "Jobs completed per second (moving average, all conductors)"})
+    requests_active = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(),
+                                     metadata={"description": "Requests not finished, by state"})
+    accepted = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), metadata={
+        "description": "State changes accepted (202) since the metrics began, by kind (a counter)"})
+    rejected = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), metadata={
+        "description": "State changes refused since the metrics began, by error code (a counter)"})
+    conductors_alive = ma.fields.Integer(metadata={"description": "Conductors whose heartbeat is recent"})

@@ -73,6 +73,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
     try:
         supervisor.start()
         click.echo(f"Conductor API   {supervisor.url}   (docs {supervisor.url}/docs)")
+        click.echo(f"Dashboard       {supervisor.url}/ui/   (sign in with a token, e.g. the admin token below)")
         click.echo(f"Data directory  {settings.data_dir}   (logs in {settings.data_dir / 'logs'})")
         if settings.auth_enabled:
             state = "new" if supervisor.new_admin_token else "kept"
