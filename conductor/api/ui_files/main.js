@@ -38,7 +38,11 @@ class App {
     try {
       this.caller = await get("/v1/tokens/self");
     } catch (exc) {
-      if (exc.status === 401) return this.signIn(token.get() ? exc.message : "");
+      if (exc.status === 401) {
+        const refused = token.get();
+        token.clear();
+        return this.signIn(refused ? exc.message : "");
+      }
       return this.signIn(exc.describe());
     }
     this.open();
