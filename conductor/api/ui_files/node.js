@@ -171,6 +171,7 @@ export class NodePage {
       h("div", {class: "action-row"}, h("span", {class: "group"}, "provision"),
         button("manage", provision("manage", "manage"), {id: "act-manage"}),
         button("provide", provision("provide", "provide"), {id: "act-provide"}),
+        button("inspect", provision("inspect", "inspect"), {id: "act-inspect"}),
         button("undeploy", provision("deleted", "undeploy"), {id: "act-undeploy"}),
         button("abort", provision("abort", "abort"), {id: "act-abort"})),
       h("div", {class: "action-row"}, h("span", {class: "group"}, "deploy"), this.image, this.imageList,
