@@ -282,6 +282,7 @@ def demo(count: int, exit_after: bool, data_dir: Path | None, port: int, boot_de
         what = f"{count} QEMU VMs behind simulated BMCs" if vms else f"{count} simulated BMCs"
         run.console.print(f"Starting {what} and the service in {run.data_dir} ...")
         run.start()
+        run.console.print(run.dashboard(), markup=False, highlight=False, soft_wrap=True)
         summary = run.run_script()
         run.print_summary(summary)
         if not exit_after:
