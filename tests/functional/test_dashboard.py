@@ -88,9 +88,9 @@ def test_an_admin_watches_a_deploy_live_acts_on_a_node_and_changes_the_throttle(
     errors: list[str] = []
     page = open_page(browser, service, errors)
     sign_in(page, service.admin_token)
-    page.wait_for_selector("#live.live")
+    page.wait_for_selector("#live.is-live")
     count_is(page, "provision", "enroll", NODES)
-    assert page.locator("#fleet-rows tr").count() == NODES
+    assert page.locator("#fleet-rows .row").count() == NODES
     assert page.text_content("#role") == "admin"
     # Every provision state the counts show from now on, however briefly.
     page.evaluate("""() => {
@@ -159,7 +159,7 @@ def test_a_reader_sees_everything_but_no_action_and_the_api_refuses_them(
     sign_in(page, "cdt_not-a-token")
     page.wait_for_selector("#login-message:text('unknown or revoked')")
     sign_in(page, reader)
-    page.wait_for_selector("#live.live")
+    page.wait_for_selector("#live.is-live")
     count_is(page, "provision", "enroll", 2)
     assert page.text_content("#role") == "reader"
     assert page.locator("#throttle-form").count() == 0

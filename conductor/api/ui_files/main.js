@@ -87,7 +87,7 @@ class App {
     this.requests = new Requests(this.fleet);
     this.stats = new Stats();
     this.throttle = this.isAdmin ? new Throttle() : null;
-    this.status = h("span", {id: "live", class: "live down", title: "connecting"}, "connecting");
+    this.status = h("span", {id: "live", class: "live is-down", title: "connecting"}, "connecting");
     this.fleetPage = h("div", {id: "fleet-page", class: "fleet-page"},
       this.stats.element,
       h("div", {class: "layout"}, this.fleet.element,
@@ -150,8 +150,9 @@ class App {
     }
     this.syncing = (async () => {
       try {
-        const [nodes] = await Promise.all([getAll("/v1/nodes?limit=1000", "nodes"), this.requests.load()]);
-        this.fleet.load(nodes);
+        // The fleet is drawn as soon as it is here; held events wait for both.
+        await Promise.all([getAll("/v1/nodes?limit=1000", "nodes").then((nodes) => this.fleet.load(nodes)),
+          this.requests.load()]);
         this.say("");
       } catch (exc) {
         this.say(`Cannot load the fleet: ${exc instanceof ApiError ? exc.describe() : exc.message}`);
@@ -191,7 +192,7 @@ class App {
 
   setStatus(state, text) {
     if (!this.status) return;
-    this.status.className = `live ${state}`;
+    this.status.className = `live is-${state}`;
     this.status.textContent = state === "live" ? "live" : "not live";
     this.status.title = text;
     if (state === "live") this.say("");

@@ -5,7 +5,9 @@ import {age, badge, clock, h} from "./dom.js";
 import {get, qs} from "./api.js";
 
 const ACTIVE = ["queued", "running", "waiting"];
-const SHOWN = 100;
+const SHOWN = 50;
+/** Redrawn at most this often: a burst of request events costs a few redraws, not one per frame. */
+const DRAW_MS = 250;
 const FAILED_KEPT = 30;
 
 export class Requests {
@@ -52,7 +54,7 @@ export class Requests {
     }
     if (!this.scheduled) {
       this.scheduled = true;
-      requestAnimationFrame(() => { this.scheduled = false; this.draw(); });
+      setTimeout(() => requestAnimationFrame(() => { this.scheduled = false; this.draw(); }), DRAW_MS);
     }
   }
 
