@@ -44,6 +44,8 @@ IDLE_CHECK = 5.0
 REDIS_RETRY = 1.0
 #: Seconds without a client after which the reader stops (the next client starts it again).
 IDLE_EXIT = 60.0
+#: Least time between two hand-outs (s): what a burst may add to an event's latency.
+COALESCE = 0.02
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -273,6 +275,9 @@ class Hub:
                 continue
             if entries:
                 self.dispatch(entries)
+                # At most one hand-out per COALESCE: a burst reaches each client in a few writes,
+                # not one thread wake-up per event (the first event of a burst goes out at once).
+                self._stopped.wait(COALESCE)
             if self._subscriptions or self._waiters:
                 last_used = time.monotonic()
             elif time.monotonic() - last_used > IDLE_EXIT and self._quit_if_unused():
@@ -288,8 +293,12 @@ class Hub:
             woken = [event for request in finished for event in self._waiters.get(request, ())]
         for event in woken:
             event.set()
+        # Many clients share a filter (all events, a type): each filter is applied once.
+        chosen: dict[Filter, list[Item]] = {}
         for subscription in subscriptions:
-            wanted = [item for item in items if subscription.filter.wants(item)]
+            wanted = chosen.get(subscription.filter)
+            if wanted is None:
+                wanted = chosen[subscription.filter] = [item for item in items if subscription.filter.wants(item)]
             if wanted and not subscription.offer(wanted):
                 LOG.warning("Event stream dropped: its client fell more than %d events behind", self.limit)
                 if self._on_drop is not None:
