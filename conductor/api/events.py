@@ -157,6 +157,8 @@ class Events(MethodView):
         wanted = parse_filter(session(), args["type"], args["node"])
         after = parse_last_event_id(request.headers.get("Last-Event-ID") or args.get("last_event_id"))
         ctx = context()
+        checker = _token_checker(ctx)
+        _bound_send_buffer(request.environ.get("gunicorn.socket"))
         # Streams outlive the call: hold no database connection.
         close_session()
         slots = _take_slot()
@@ -169,12 +171,50 @@ class Events(MethodView):
             slots.release()
             raise QueueUnavailable("The event stream is unavailable: Redis cannot be reached; retry later.",
                                    retry_after=BUSY_RETRY_AFTER) from None
-        checker = _token_checker(ctx)
-        _bound_send_buffer(request.environ.get("gunicorn.socket"))
-        metrics.recorder(ctx).inc(metrics.EVENT_STREAMS_OPENED, {})
-        body = _stream(ctx, hub(), subscription, after, checker, slots)
-        return Response(body, mimetype="text/event-stream", headers={
-            "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        held = _Held(ctx, hub(), subscription, slots)
+        return Response(_Body(_stream(ctx, held, after, checker), held), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class _Held:
+    """What an open stream holds (its slot, its subscription): given back once, however the stream ends."""
+
+    def __init__(self, ctx: Context, event_hub: Hub, subscription: Subscription,
+                 slots: threading.BoundedSemaphore) -> None:
+        self.ctx = ctx
+        self.hub = event_hub
+        self.subscription = subscription
+        self._slots: threading.BoundedSemaphore | None = slots
+        self._lock = threading.Lock()
+
+    def release(self, reason: str) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, None
+        if slots is None:
+            return
+        self.hub.unsubscribe(self.subscription)
+        slots.release()
+        try:
+            _count_closed(self.ctx, reason)
+        except Exception as exc:
+            LOG.debug("Could not count a closed stream (%s)", exc)
+
+
+class _Body:
+    """The response body: the stream's frames; closing it (even unread, as for a HEAD) releases the stream."""
+
+    def __init__(self, frames: Iterator[bytes], held: _Held) -> None:
+        self._frames = frames
+        self._held = held
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._frames
+
+    def close(self) -> None:
+        close = getattr(self._frames, "close", None)
+        if close is not None:
+            close()
+        self._held.release("client_gone")
 
 
 def _bound_send_buffer(sock: Any) -> None:
@@ -230,11 +270,12 @@ def _is_control(item: Item) -> bool:
     return item.type.startswith("stream.")
 
 
-def _stream(ctx: Context, event_hub: Hub, subscription: Subscription, after: str | None,
-            token_ok: Callable[[], bool], slots: threading.BoundedSemaphore) -> Iterator[bytes]:
+def _stream(ctx: Context, held: _Held, after: str | None, token_ok: Callable[[], bool]) -> Iterator[bytes]:
+    subscription = held.subscription
     heartbeat = ctx.settings.event_heartbeat
     reason = "client_gone"
     try:
+        metrics.recorder(ctx).inc(metrics.EVENT_STREAMS_OPENED, {})
         yield sse.PREAMBLE
         # Live events at or before what was sent already are skipped (the
         # client's own id may be ahead of this process's hub).
@@ -267,12 +308,7 @@ def _stream(ctx: Context, event_hub: Hub, subscription: Subscription, after: str
             if frames:
                 yield b"".join(frames)
     finally:
-        event_hub.unsubscribe(subscription)
-        slots.release()
-        try:
-            _count_closed(ctx, reason)
-        except Exception as exc:
-            LOG.debug("Could not count a closed stream (%s)", exc)
+        held.release(reason)
 
 
 def _close_note(reason: str) -> dict[str, str]:

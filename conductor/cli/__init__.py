@@ -1,7 +1,7 @@
 """The ``conductor`` command: client commands over HTTP, and the servers.
 
 Client commands (``node``, ``request``, ``conductors``, ``token``,
-``throttle``, ``subscription``, ``callbacks``) talk to the API at ``--url``
+``throttle``, ``subscription``, ``callbacks``, ``watch``) talk to the API at ``--url``
 / ``$CONDUCTOR_URL`` and work against a remote deployment.  They
 authenticate with ``--token`` / ``$CONDUCTOR_TOKEN``, else, when the URL is
 the one a local ``conductor up`` serves, with the admin token it wrote into
@@ -36,7 +36,7 @@ def main(ctx: click.Context, url: str, token: str | None, as_json: bool) -> None
 
 
 def _register() -> None:
-    from conductor.cli import admin, callbacks_cmd, images, nodes, ports, requests_cmd, server
+    from conductor.cli import admin, callbacks_cmd, images, nodes, ports, requests_cmd, server, watch_cmd
     from conductor.ramdisk import cli as ramdisk_cmd
 
     main.add_command(nodes.node)
@@ -49,6 +49,7 @@ def _register() -> None:
     main.add_command(admin.secrets)
     main.add_command(callbacks_cmd.callbacks)
     main.add_command(callbacks_cmd.subscription)
+    main.add_command(watch_cmd.watch)
     main.add_command(ramdisk_cmd.ramdisk)
     for command in server.COMMANDS:
         main.add_command(command)

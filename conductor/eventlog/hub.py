@@ -12,7 +12,9 @@ hub or the other clients.
 
 Every ``IDLE_CHECK`` seconds without events the hub also asks the log's
 ``floor``: a floor above what the hub has read means Redis lost events
-(restarted empty): every stream is told (``stream.reset``).
+(restarted empty): every stream is told (``stream.reset``).  The reader
+runs while the process has streams or long polls (and ``IDLE_EXIT``
+seconds more), so a process nobody watches holds no Redis connection.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import redis
 
 from conductor.callbacks.events import EventType
 from conductor.eventlog import sse
-from conductor.eventlog.log import Entry, EventLog, parse_id
+from conductor.eventlog.log import PAGE, Entry, EventLog, parse_id
 
 LOG = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ BLOCK_MS = 1000
 IDLE_CHECK = 5.0
 #: Pause after Redis failed (s).
 REDIS_RETRY = 1.0
+#: Seconds without a client after which the reader stops (the next client starts it again).
+IDLE_EXIT = 60.0
+#: Least time between two hand-outs (s): what a burst may add to an event's latency.
+COALESCE = 0.02
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,6 +142,8 @@ class Hub:
     def __init__(self, log: EventLog, limit: int, on_drop: Callable[[str], None] | None = None) -> None:
         self.log = log
         self.limit = limit
+        # A batch never fills a buffer by itself: a client that keeps up is never dropped for a burst.
+        self._batch = max(1, min(PAGE, limit // 4))
         self._on_drop = on_drop
         self._lock = threading.Lock()
         self._subscriptions: set[Subscription] = set()
@@ -153,19 +161,30 @@ class Hub:
         self._should_stop = predicate
 
     def start(self) -> None:
-        """Start reading (at the newest event), if not started yet.
+        """Start reading (at the newest event), if not reading yet.
 
         :raises redis.RedisError: Redis cannot be reached (nothing started).
         """
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            if self._stopped.is_set():
-                raise redis.ConnectionError("the event hub of this process has stopped")
-            self._position_id = self.log.tail()
-            self._position = parse_id(self._position_id) or (0, 0)
-            self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
-            self._thread.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is not None:
+            return
+        if self._stopped.is_set():
+            raise redis.ConnectionError("the event hub of this process has stopped")
+        self._position_id = self.log.tail()
+        self._position = parse_id(self._position_id) or (0, 0)
+        self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
+        self._thread.start()
+
+    def _quit_if_unused(self) -> bool:
+        """End the reader (it starts again with the next client) when nobody uses it; whether it did."""
+        with self._lock:
+            if self._subscriptions or self._waiters:
+                return False
+            self._thread = None
+            return True
 
     def stop(self, reason: str = "server_stopping") -> None:
         """Close every stream and wake every long poll; the thread ends within a second."""
@@ -190,8 +209,8 @@ class Hub:
 
         :raises redis.RedisError: the hub could not start.
         """
-        self.start()
         with self._lock:
+            self._start_locked()
             subscription = Subscription(wanted, self.limit, self._position)
             self._subscriptions.add(subscription)
         if self._stopped.is_set():
@@ -209,9 +228,9 @@ class Hub:
 
         :raises redis.RedisError: the hub could not start.
         """
-        self.start()
         event = threading.Event()
         with self._lock:
+            self._start_locked()
             self._waiters.setdefault(request_id, set()).add(event)
         if self._stopped.is_set():
             event.set()
@@ -233,18 +252,20 @@ class Hub:
     # --- the reader --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        last_check = time.monotonic()
+        last_check = last_used = time.monotonic()
         while not self._stopped.is_set():
             if self._should_stop():
                 LOG.info("Event hub: the process is stopping; closing its streams")
                 self.stop()
                 return
             try:
-                entries = self.log.read(self._position_id, block_ms=BLOCK_MS)
+                entries = self.log.read(self._position_id, count=self._batch, block_ms=BLOCK_MS)
                 if not entries and time.monotonic() - last_check >= IDLE_CHECK:
                     last_check = time.monotonic()
                     self._check_floor()
             except redis.RedisError as exc:
+                if self._quit_if_unused():
+                    return
                 LOG.warning("Event hub: Redis unavailable (%s); reading again in %.0f s", exc, REDIS_RETRY)
                 self._stopped.wait(REDIS_RETRY)
                 continue
@@ -254,6 +275,13 @@ class Hub:
                 continue
             if entries:
                 self.dispatch(entries)
+                # At most one hand-out per COALESCE: a burst reaches each client in a few writes,
+                # not one thread wake-up per event (the first event of a burst goes out at once).
+                self._stopped.wait(COALESCE)
+            if self._subscriptions or self._waiters:
+                last_used = time.monotonic()
+            elif time.monotonic() - last_used > IDLE_EXIT and self._quit_if_unused():
+                return
 
     def dispatch(self, entries: Sequence[Entry]) -> None:
         """Hand ``entries`` (the next ones of the log) to the subscriptions and long polls."""
@@ -265,8 +293,12 @@ class Hub:
             woken = [event for request in finished for event in self._waiters.get(request, ())]
         for event in woken:
             event.set()
+        # Many clients share a filter (all events, a type): each filter is applied once.
+        chosen: dict[Filter, list[Item]] = {}
         for subscription in subscriptions:
-            wanted = [item for item in items if subscription.filter.wants(item)]
+            wanted = chosen.get(subscription.filter)
+            if wanted is None:
+                wanted = chosen[subscription.filter] = [item for item in items if subscription.filter.wants(item)]
             if wanted and not subscription.offer(wanted):
                 LOG.warning("Event stream dropped: its client fell more than %d events behind", self.limit)
                 if self._on_drop is not None:

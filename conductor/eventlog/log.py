@@ -214,9 +214,9 @@ class Page(NamedTuple):
 class Publishable(NamedTuple):
     """An event (or a void) for :meth:`EventLog.publish`."""
 
-    #: The node's UUID, or None for an event about no node.
+    #: The node whose number ``seq`` is (an event's own node wins).
     node: str | None
-    #: The number it took before its commit; 0 for none (published as it comes).
+    #: The number it took before its commit; 0 for none (published as it comes); -1: take one now.
     seq: int
     #: None: the number ``seq`` of ``node`` is given back (its transaction rolled back).
     event: StreamEvent | None
@@ -277,7 +277,8 @@ class EventLog:
         args: list[Any] = [self.retention_ms, self.max_length, int(STALL * 1000)]
         for item in items:
             event = item.event
-            args += [item.node or "", "auto" if item.seq < 0 else item.seq,
+            node = event.node if event is not None else item.node
+            args += [node or "", "auto" if item.seq < 0 else item.seq,
                      event.type if event is not None else "", (event.request or "") if event is not None else "",
                      item.committed_at, event.body if event is not None else ""]
         added, late, skipped = self._publish(keys=self._keys, args=args)

@@ -87,3 +87,16 @@ def test_a_long_poll_of_a_finished_request_answers_at_once(client: Any, conducto
     answer = client.get(f"/v1/requests/{request_id}?wait=60")
     assert answer.json["state"] == "succeeded"
     assert client.get("/v1/requests/req-nothing?wait=1").status_code == 404
+
+
+def test_a_stream_never_read_gives_its_slot_back(client: Any) -> None:
+    for _ in range(3):
+        head = client.head("/v1/events")
+        assert head.status_code == 200
+        head.close()  # as a server does, without iterating the body
+    first, second = client.get("/v1/events", buffered=False), client.get("/v1/events", buffered=False)
+    try:
+        assert (first.status_code, second.status_code) == (200, 200)
+    finally:
+        first.close()
+        second.close()
