@@ -86,6 +86,7 @@ class App {
     this.fleet = new Fleet();
     this.requests = new Requests(this.fleet);
     this.stats = new Stats();
+    this.requests.onCount = (count) => this.stats.inFlight(count);
     this.throttle = this.isAdmin ? new Throttle() : null;
     this.status = h("span", {id: "live", class: "live is-down", title: "connecting"}, "connecting");
     this.fleetPage = h("div", {id: "fleet-page", class: "fleet-page"},

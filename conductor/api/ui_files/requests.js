@@ -15,6 +15,7 @@ export class Requests {
     this.fleet = fleet;
     this.active = new Map();
     this.failed = [];
+    this.onCount = () => {}; // told how many are in flight, at each redraw
     this.scheduled = false;
     this.summary = h("div", {class: "chips", id: "requests-summary"});
     this.activeBody = h("tbody", {id: "requests-active"});
@@ -61,6 +62,7 @@ export class Requests {
   draw() {
     const counts = {queued: 0, running: 0, waiting: 0};
     for (const request of this.active.values()) counts[request.state] += 1;
+    this.onCount(this.active.size);
     this.summary.replaceChildren(...ACTIVE.map((state) => h("span", {class: `chip st-${state}`, dataset: {state}},
       h("span", {class: "name"}, state), h("span", {class: "n"}, String(counts[state])))));
     const oldest = [...this.active.values()].sort((a, b) => (a.created_at || "").localeCompare(b.created_at || ""));
@@ -73,7 +75,7 @@ export class Requests {
     }
     this.failedBody.replaceChildren(...this.failed.map((r) => h("tr", {dataset: {request: r.id}},
       h("td", null, this.nodeLink(r.node_uuid)), h("td", null, r.kind), h("td", null, r.target),
-      h("td", {class: "error"}, r.error || ""), h("td", null, clock(r.finished_at)))));
+      h("td", {class: "error", title: r.error || null}, r.error || ""), h("td", null, clock(r.finished_at)))));
   }
 
   nodeLink(uuid) {

@@ -28,6 +28,12 @@ export class Stats {
       this.note);
   }
 
+  /** Requests in flight as the event stream has them (more current than a reading every few seconds). */
+  inFlight(count) {
+    this.live = true;
+    this.tiles.inflight.textContent = String(count);
+  }
+
   start() {
     this.poll();
     this.timer = setInterval(() => this.poll(), EVERY_MS);
@@ -45,7 +51,7 @@ export class Stats {
     this.note.textContent = "";
     this.tiles.depth.textContent = String(now.queue_depth);
     this.tiles.drain.textContent = now.drain_rate.toFixed(1);
-    this.tiles.inflight.textContent = String(sum(now.requests_active));
+    if (!this.live) this.tiles.inflight.textContent = String(sum(now.requests_active));
     this.tiles.conductors.textContent = String(now.conductors_alive);
     const before = this.previous;
     this.previous = now;
