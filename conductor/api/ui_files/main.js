@@ -102,8 +102,6 @@ class App {
         h("button", {type: "button", id: "sign-out", onclick: () => this.signOut("Signed out.")}, "Sign out"))),
       this.banner, this.fleetPage, this.nodeSlot);
     this.fleet.watch((node, uuid) => this.page && this.page.onNode(node, uuid));
-    this.stats.start();
-    if (this.throttle) this.throttle.load();
     this.stream = new EventStream("/v1/events", {
       event: (type, payload) => this.onEvent(type, payload),
       sync: () => this.sync(),
@@ -155,6 +153,11 @@ class App {
         await Promise.all([getAll("/v1/nodes?limit=1000", "nodes").then((nodes) => this.fleet.load(nodes)),
           this.requests.load()]);
         this.say("");
+        // The rest once the fleet is drawn: first things first.
+        if (!this.stats.timer) {
+          this.stats.start();
+          if (this.throttle) this.throttle.load();
+        }
       } catch (exc) {
         this.say(`Cannot load the fleet: ${exc instanceof ApiError ? exc.describe() : exc.message}`);
       } finally {
