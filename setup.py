@@ -15,5 +15,10 @@ setup(
         "conductor.migrations": "db",
         "conductor.migrations.versions": "db/versions",
     },
-    package_data={"conductor.migrations": ["script.py.mako", "alembic.ini"], "conductor.ramdisk": ["files/*"]},
+    package_data={
+        "conductor.migrations": ["script.py.mako", "alembic.ini"],
+        "conductor.ramdisk": ["files/*"],
+        # The dashboard's page, scripts and style sheet (conductor/api/ui.py serves them).
+        "conductor.api": ["ui_files/*"],
+    },
 )

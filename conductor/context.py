@@ -18,11 +18,12 @@ from conductor.workqueue import WorkQueue
 
 if TYPE_CHECKING:
     from conductor.callbacks.outbox import CallbackQueue
+    from conductor.eventlog.log import EventLog
 
 
 @dataclasses.dataclass
 class Context:
-    """Settings, database, Redis, work queue and callbacks queue of one process.
+    """Settings, database, Redis, work queue, callbacks queue and event log of one process.
 
     ``name`` is the conductor name of a worker process (None in the API),
     or the lease holder name of a callback worker.  ``cache`` holds
@@ -35,6 +36,7 @@ class Context:
     redis: redis.Redis
     queue: WorkQueue
     callbacks: CallbackQueue
+    events: EventLog
     name: str | None = None
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -186,6 +186,12 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    def set_session_info(self, key: str, value: Any) -> None:
+        """Put ``key`` in the ``info`` of every session made from now on (beside what is there)."""
+        info = dict(self._sessions.kw.get("info") or {})
+        info[key] = value
+        self._sessions.configure(info=info)
+
     def listen(self, event_name: str, fn: Any) -> None:
         """Call ``fn`` on session event ``event_name`` of every session of this database."""
         event.listen(self._sessions, event_name, fn)

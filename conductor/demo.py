@@ -12,8 +12,9 @@ all (``pxe``: boot the agent, write the image, boot from disk) -> reboot a
 few -> abort one whose agent never calls back -> undeploy some.
 
 A live table shows every node's states and current step; a summary follows.
-The service keeps running (its URL and docs are printed) until Ctrl-C,
-unless ``--exit``.
+The dashboard's URL is printed before the script starts, so it can be
+watched in a browser too.  The service keeps running (its URL and docs are
+printed) until Ctrl-C, unless ``--exit``.
 """
 
 from __future__ import annotations
@@ -196,6 +197,12 @@ class Demo:
         if self.fleet is not None:
             self.fleet.stop()
 
+    def dashboard(self) -> str:
+        """Where to watch it in a browser, and the token to sign in with."""
+        token_file = self.supervisor.settings.admin_token_file
+        return (f"Dashboard {self.supervisor.url}/ui/   (sign in with the admin token: "
+                f"cat {token_file})")
+
     # --- the script ----------------------------------------------------------------
     def run_script(self) -> dict[str, Any]:
         """Run the scenario under a live view; returns the summary."""
@@ -350,6 +357,7 @@ class Demo:
             self.console.print(f"  {seconds:5.1f} s  {text}")
         self.console.print(f"Script finished in [bold]{summary['script_seconds']} s[/].")
         self.console.print(f"API   {summary['api']}\nDocs  {summary['docs']}\nData  {summary['data_dir']}")
+        self.console.print(self.dashboard(), markup=False, highlight=False, soft_wrap=True)
         self.console.print("Summary: " + json.dumps({k: summary[k] for k in ("nodes", "states", "script_seconds")}),
                            markup=False, highlight=False, soft_wrap=True)
 

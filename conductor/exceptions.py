@@ -19,6 +19,7 @@ The whole tree::
     |   +-- NodeInMaintenance (400 node_in_maintenance)
     |   +-- UnknownDriver (400 unknown_driver)
     |   +-- CallbackUrlDenied (400 callback_url_denied)
+    |   +-- InvalidEventFilter (400 invalid_event_filter)
     +-- Conflict (409 conflict)
     |   +-- TransitionInProgress (409 transition_in_progress)
     |   +-- RequestNotCancellable (409 request_not_cancellable)
@@ -38,6 +39,7 @@ The whole tree::
     |   +-- RateLimited (503 rate_limited)
     |   +-- QueueFull (503 queue_full)
     |   +-- DatabaseUnavailable (503 database_unavailable)
+    |   +-- StreamsBusy (503 streams_busy)
     +-- NoSecretKey (500 no_secret_key)
     +-- DriverError (500 driver_error)
         +-- BMCError (502 bmc_error)
@@ -185,6 +187,12 @@ class CallbackUrlDenied(InvalidInput):
     code = "callback_url_denied"
 
 
+class InvalidEventFilter(InvalidInput):
+    """An event stream's filter names no event type or no node, or its ``Last-Event-ID`` is no event id."""
+
+    code = "invalid_event_filter"
+
+
 class Conflict(ConductorError):
     """The resource is not in a state that allows the operation."""
 
@@ -302,6 +310,12 @@ class DatabaseUnavailable(ServiceUnavailable):
     """The database failed transiently (connection lost, deadlock, busy) on every try; retry later."""
 
     code = "database_unavailable"
+
+
+class StreamsBusy(ServiceUnavailable):
+    """Every event stream slot of this API process is taken; ``retry_after`` says when to try again."""
+
+    code = "streams_busy"
 
 
 class DriverError(ConductorError):

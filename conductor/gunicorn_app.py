@@ -26,9 +26,11 @@ class _App(BaseApplication):
             "graceful_timeout": 10,
             "loglevel": self.settings.log_level.lower(),
             "proc_name": "conductor-api",
-            # The worker class (threaded unless api_threads is 1), and the request
+            # The worker class (threaded unless api_threads is 1) and its threads
+            # (api_threads, plus one per event stream slot), and the request
             # line and header limits, refused with our JSON error.
-            **limits.gunicorn_options(self.settings.api_threads, self.settings.api_client_timeout),
+            **limits.gunicorn_options(self.settings.api_threads, self.settings.api_client_timeout,
+                                      held=self.settings.event_stream_slots),
             # No control socket (gunicorn's default is one per user, ~/.gunicorn/gunicorn.ctl,
             # which every API on the host would take from the one before; nothing here uses it).
             "control_socket_disable": True,
@@ -58,9 +60,11 @@ def _die_with_master(server: Any, worker: Any) -> None:
     if os.getppid() != server.pid:
         os._exit(1)
     # Image downloads outlast the worker timeout; they prove progress instead.
-    from conductor.api import images
+    # Event streams end when the worker stops, not when its graceful timeout cuts them.
+    from conductor.api import events, images
 
     images.prove_alive_with(worker.notify)
+    events.stop_streams_when(lambda: not worker.alive)
 
 
 class _EchoInstance:

@@ -106,6 +106,64 @@ def callback_wake(namespace: str) -> str:
     return f"{namespace}:callbacks:wake"
 
 
+# --- the event stream ----------------------------------------------------------------------
+
+
+def events(namespace: str) -> str:
+    """``<ns>:events``: stream of the committed events (``GET /v1/events``), oldest first.
+
+    Each entry has fields ``t`` (type), ``n`` (node UUID or empty), ``r``
+    (request id or empty), ``c`` (commit time) and ``b`` (the JSON body).
+    Appended by the publish script (``eventlog.log``) after a transaction
+    commits, in the API and the conductors; read by every API process.  No
+    expiry: the publish script trims entries older than ``event_retention``
+    (and beyond ``event_max_length``), at most once a second.
+    """
+    return f"{namespace}:events"
+
+
+def events_order(namespace: str) -> str:
+    """``<ns>:events:order``: hash, per node ``a|<uuid>`` (sequence numbers handed out) and ``d|<uuid>`` (published).
+
+    Written by the transactions that emit node events (a number per event,
+    taken while the node's row is locked) and by the publish script, which
+    appends a node's events in that order.  Read by the publish script
+    only.  No expiry: two small fields per node.
+    """
+    return f"{namespace}:events:order"
+
+
+def events_parked(namespace: str) -> str:
+    """``<ns>:events:parked``: hash ``<uuid>|<seq>`` -> an event waiting for an earlier one of its node.
+
+    The value is the event (JSON) or empty for a number whose transaction
+    rolled back.  Written and emptied by the publish script; an entry
+    leaves when the events before it arrive, or after
+    ``eventlog.log.STALL`` seconds (their process died between its commit
+    and its publish).  No expiry.
+    """
+    return f"{namespace}:events:parked"
+
+
+def events_parked_at(namespace: str) -> str:
+    """``<ns>:events:parked-at``: sorted set of the fields of :func:`events_parked`, scored by when (ms, Redis clock).
+
+    Written and read by the publish script, alongside :func:`events_parked`
+    (which see).  No expiry.
+    """
+    return f"{namespace}:events:parked-at"
+
+
+def events_meta(namespace: str) -> str:
+    """``<ns>:events:meta``: hash ``floor`` (the newest event id that may be lost) and ``trimmed`` (ms).
+
+    A ``Last-Event-ID`` below ``floor`` is too old to resume from.  Written
+    by the publish script when it creates or trims the stream; read by the
+    API when a stream resumes.  No expiry.
+    """
+    return f"{namespace}:events:meta"
+
+
 # --- throttles -----------------------------------------------------------------------------
 
 

@@ -39,6 +39,9 @@ REJECTED = "conductor_requests_rejected"
 REQUEST_DURATION = "conductor_request_duration_seconds"
 BMC_DURATION = "conductor_bmc_command_duration_seconds"
 BMC_ERRORS = "conductor_bmc_command_errors"
+EVENT_STREAMS_OPENED = "conductor_event_streams_opened"
+EVENT_STREAMS_CLOSED = "conductor_event_streams_closed"
+EVENT_STREAMS_DROPPED = "conductor_event_streams_dropped"
 
 HISTOGRAMS = {REQUEST_DURATION: REQUEST_BUCKETS, BMC_DURATION: BMC_BUCKETS}
 HELP = {
@@ -47,6 +50,10 @@ HELP = {
     REQUEST_DURATION: "Time from acceptance to a final state, by kind and outcome.",
     BMC_DURATION: "Time of one call to a BMC through a driver, by driver and command.",
     BMC_ERRORS: "BMC calls that failed, by driver and command.",
+    EVENT_STREAMS_OPENED: "Event streams opened (GET /v1/events).",
+    EVENT_STREAMS_CLOSED: "Event streams ended, by reason (client_gone, slow_consumer, token_revoked, "
+                          "server_stopping).",
+    EVENT_STREAMS_DROPPED: "Event streams whose client fell too far behind: their buffer was freed at once.",
 }
 _STASH = "conductor.metrics"
 

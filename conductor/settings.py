@@ -79,6 +79,8 @@ class Group(enum.StrEnum):
     DHCP = "dhcp"
     #: Callbacks: webhook deliveries to subscribers and ``callback_url``.
     WEBHOOKS = "webhooks"
+    #: The event stream (``GET /v1/events``) and long polling (see docs/events.md).
+    EVENTS = "events"
     #: How long finished requests, deliveries and history are kept.
     RETENTION = "retention"
     LOGGING = "logging"
@@ -321,6 +323,27 @@ class Settings:
     )
     #: How long a rotated-out signing secret keeps signing (both are sent).
     callback_secret_overlap: float = _setting(Group.WEBHOOKS, 86400.0)
+
+    # --- events ----------------------------------------------------------------------------
+    #: The event stream (docs/events.md).  Events are kept in a Redis stream
+    #: for ``event_retention`` seconds, and at most ``event_max_length`` of
+    #: them: a client resumes (``Last-Event-ID``) without loss within that.
+    event_retention: float = _setting(Group.EVENTS, 3600.0)
+    event_max_length: int = _setting(Group.EVENTS, 100_000)
+    #: Seconds between heartbeat comments on an idle stream (proxies close
+    #: silent connections); also how often a stream checks its token.
+    event_heartbeat: float = _setting(Group.EVENTS, 15.0)
+    #: Events one stream may have waiting for its client; a client that
+    #: falls further behind is dropped (``stream.closed``, reason
+    #: ``slow_consumer``) and may resume with ``Last-Event-ID``.
+    event_stream_buffer: int = _setting(Group.EVENTS, 1000)
+    #: Connections each API process holds open for event streams and long
+    #: polls together.  Each holds a thread of its own, on top of
+    #: ``api_threads``, so other calls always find a thread; a stream beyond
+    #: is refused (503 ``streams_busy``), a long poll beyond answers at once.
+    event_stream_slots: int = _setting(Group.EVENTS, 128)
+    #: The longest ``?wait=`` a long poll of a request may ask for (seconds).
+    request_wait_max: float = _setting(Group.EVENTS, 60.0)
 
     # --- retention -------------------------------------------------------------------------
     #: Retention (see conductor/engine/retention.py): finished requests and

@@ -212,17 +212,22 @@ def _postgres_exclusive(statements: list[str], attempts: int = 3) -> None:
         engine.dispose()
 
 
-@pytest.fixture
-def database_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A migrated, empty database for this test."""
+def fresh_database(request: pytest.FixtureRequest, directory: Path) -> str:
+    """A migrated, empty database: PostgreSQL's tables emptied, or a new SQLite file in ``directory``."""
     if TEST_DATABASE_URL:
         request.getfixturevalue("_postgres_ready")
         names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
         _postgres_exclusive([f"TRUNCATE {names} RESTART IDENTITY CASCADE"])
         return TEST_DATABASE_URL
-    path = tmp_path / "conductor.sqlite"
+    path = directory / "conductor.sqlite"
     shutil.copy(request.getfixturevalue("_sqlite_template"), path)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database for this test."""
+    return fresh_database(request, tmp_path)
 
 
 @pytest.fixture

@@ -49,7 +49,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("platform", (
         # Connections, queues, throttles, metrics, secrets: what every layer above uses.
         "conductor.context", "conductor.database", "conductor.workqueue", "conductor.metrics", "conductor.throttle",
-        "conductor.callbacks", "conductor.auth", "conductor.secretbox", "conductor.datadir", "conductor.bootfiles",
+        "conductor.callbacks", "conductor.eventlog", "conductor.auth", "conductor.secretbox", "conductor.datadir",
+        "conductor.bootfiles",
         "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing",
         "conductor.macs", "conductor.images", "conductor.httpclient",
         # The ramdisk and ISO builders (stdlib and Debian tools only): the redfish-virtual-media

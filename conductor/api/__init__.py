@@ -13,16 +13,19 @@ from conductor.api import (
     callbacks,
     conductors,
     errors,
+    events,
     images,
     ironic,
     limits,
     nodes,
     ports,
     requests,
+    stats,
     strict_json,
     subscriptions,
     throttle,
     tokens,
+    ui,
 )
 from conductor.api import metrics as api_metrics
 from conductor.api.common import close_session
@@ -91,8 +94,12 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     # Before admission: its answers' envelope must be rewritten after admission looked at them.
     ironic.install(app)
     admission.install(app)
-    for module in (nodes, ports, boot, requests, conductors, throttle, tokens, subscriptions, callbacks, images):
+    events.install(app, ctx)
+    for module in (nodes, ports, boot, requests, conductors, throttle, tokens, subscriptions, callbacks, images,
+                   events, stats):
         api.register_blueprint(module.blp)
+    # A plain Flask blueprint: the dashboard's files are not part of the API's description.
+    app.register_blueprint(ui.blp)
     app.teardown_appcontext(close_session)
 
     @app.get("/metrics")
@@ -108,6 +115,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
             "api": "/v1",
             "openapi": "/openapi.json",
             "docs": "/docs",
+            "dashboard": "/ui",
         }
 
     return app

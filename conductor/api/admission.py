@@ -47,12 +47,14 @@ OPENSTACK_PREFIX = "/baremetal"
 #: Endpoints anyone may call: the service's name, the API description, the
 #: agents' heartbeat (authenticated by its own per-node agent token),
 #: network boot (firmware sends no credentials: see conductor/service/boot.py),
-#: and the agents' image downloads (by their signed URL: see conductor/images/tickets.py).
+#: the agents' image downloads (by their signed URL: see conductor/images/tickets.py),
+#: and the dashboard's static files (no data: the page calls the API with a token).
 BOOT_ENDPOINTS = frozenset({"boot.ChainScript", "boot.MacScript", "boot.BootFile", "boot.MediaFile"})
 PUBLIC_ENDPOINTS = frozenset(
     {"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat", "images.AgentImageContent",
      # Ironic's version discovery needs no token either.
-     "ironic.root", "ironic.v1"}
+     "ironic.root", "ironic.v1",
+     "ui.bare", "ui.index", "ui.asset"}
     | BOOT_ENDPOINTS
 )
 #: Endpoints only admins may call, whatever the method.
@@ -82,6 +84,11 @@ def client() -> str:
     return cast(str, g.principal.client)
 
 
+def principal() -> tokens.Principal:
+    """Who the caller is (its token, or its address with the admin role when auth is off)."""
+    return cast(tokens.Principal, g.principal)
+
+
 def idempotency_key() -> IdempotencyKey | None:
     """The call's ``Idempotency-Key`` with its fingerprint, if it sent one.
 
@@ -98,7 +105,7 @@ def _authenticate(ctx: Context) -> tokens.Principal:
     if not ctx.settings.auth_enabled:
         address = f"{ADDRESS_PREFIX}{request.remote_addr or 'unknown'}"
         return tokens.Principal(client=address[:64], role=Role.ADMIN)
-    secret = _presented_token()
+    secret = presented_token()
     if not secret:
         if _openstack_call():
             raise Unauthorized("This API needs a token: send 'X-Auth-Token: <token>' (or 'Authorization: Bearer "
@@ -113,7 +120,7 @@ def _authenticate(ctx: Context) -> tokens.Principal:
     return principal
 
 
-def _presented_token() -> str:
+def presented_token() -> str:
     """The token the call presents (empty: none): a bearer token, or under
     :data:`OPENSTACK_PREFIX` also ``X-Auth-Token`` or HTTP basic's password."""
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")

@@ -63,17 +63,19 @@ _MESSAGES = {
 KEEPALIVE = 10
 
 
-def gunicorn_options(threads: int = 1, client_timeout: float = 60.0) -> dict[str, Any]:
+def gunicorn_options(threads: int = 1, client_timeout: float = 60.0, held: int = 0) -> dict[str, Any]:
     """The gunicorn settings that enforce these limits and answer in JSON.
 
     :param threads: more than 1: the threaded worker (:class:`JsonErrorThreadWorker`).
     :param client_timeout: the threaded worker's socket timeout (see :class:`JsonErrorThreadWorker`).
+    :param held: the threaded worker's threads for connections held open
+        (event streams, long polls: ``event_stream_slots``), on top of ``threads``.
     """
     worker = JsonErrorThreadWorker if threads > 1 else JsonErrorWorker
     JsonErrorThreadWorker.client_timeout = client_timeout
     return {
         "worker_class": f"{worker.__module__}.{worker.__qualname__}",
-        "threads": max(1, threads),
+        "threads": max(1, threads) + (max(0, held) if threads > 1 else 0),
         "keepalive": KEEPALIVE,
         "limit_request_line": MAX_REQUEST_LINE,
         "limit_request_fields": MAX_HEADER_FIELDS,

@@ -2,7 +2,8 @@
 
 Counters and histograms are read from the shared Redis hash; gauges (queue
 depth, drain rate, active requests, live conductors) are read at scrape
-time.
+time.  :func:`summary` is the same readings, fewer of them, as JSON
+(``GET /v1/stats``, for the dashboard).
 """
 
 from __future__ import annotations
@@ -16,15 +17,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from conductor.context import Context
 from conductor.engine.conductors import list_conductors
-from conductor.metrics import HELP, HISTOGRAMS, recorder
+from conductor.metrics import ACCEPTED, HELP, HISTOGRAMS, REJECTED, recorder
+from conductor.models import utcnow
 from conductor.service.requests import active_counts
 from conductor.throttle.drain import DrainMeter
 
 
-def _families(ctx: Context) -> list[Any]:
+def _stored(ctx: Context) -> dict[str, str]:
     # The client does not decode responses: keys and values are bytes.
     stored = cast("dict[bytes, bytes]", ctx.redis.hgetall(recorder(ctx).key))
-    raw = {k.decode(): v.decode() for k, v in stored.items()}
+    return {k.decode(): v.decode() for k, v in stored.items()}
+
+
+def _alive(ctx: Context) -> int:
+    return sum(1 for c in list_conductors(ctx.db, ctx.settings.heartbeat_timeout) if c["alive"])
+
+
+def _families(ctx: Context) -> list[Any]:
+    raw = _stored(ctx)
     counters: dict[str, Any] = {}
     histograms: dict[tuple[str, str], dict[str, float]] = {}
     for field, value in raw.items():
@@ -59,8 +69,39 @@ def _families(ctx: Context) -> list[Any]:
     for state, count in active_counts(ctx).items():
         active.add_metric([state], count)
     alive = GaugeMetricFamily("conductor_conductors_alive", "Conductors whose heartbeat is recent.")
-    alive.add_metric([], sum(1 for c in list_conductors(ctx.db, ctx.settings.heartbeat_timeout) if c["alive"]))
+    alive.add_metric([], _alive(ctx))
     return [*families, depth, drain_rate, active, alive]
+
+
+def _counter_by(raw: dict[str, str], name: str, label: str) -> dict[str, int]:
+    """The counter ``name`` summed by its label ``label``."""
+    totals: dict[str, int] = {}
+    prefix = f"c|{name}|"
+    for field, value in raw.items():
+        if field.startswith(prefix):
+            key = str(json.loads(field[len(prefix):]).get(label, ""))
+            totals[key] = totals.get(key, 0) + int(float(value))
+    return totals
+
+
+def summary(ctx: Context) -> dict[str, Any]:
+    """The dashboard's figures (``schemas.Stats``): gauges now, and the two admission counters.
+
+    The counters are totals since the metrics began; a client derives
+    per-second rates from two readings and their ``at``.
+
+    :raises redis.RedisError: Redis cannot be reached.
+    """
+    raw = _stored(ctx)
+    return {
+        "at": utcnow(),
+        "queue_depth": ctx.queue.depth(),
+        "drain_rate": DrainMeter(ctx.redis, ctx.settings.redis_namespace).rate(),
+        "requests_active": active_counts(ctx),
+        "accepted": _counter_by(raw, ACCEPTED, "kind"),
+        "rejected": _counter_by(raw, REJECTED, "reason"),
+        "conductors_alive": _alive(ctx),
+    }
 
 
 def render(ctx: Context) -> tuple[bytes, str]:

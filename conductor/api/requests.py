@@ -6,7 +6,7 @@ from typing import Any
 
 from flask.views import MethodView
 
-from conductor.api import schemas
+from conductor.api import events, schemas
 from conductor.api.common import Blueprint, context, next_link, session
 from conductor.models import Request
 from conductor.service import requests as request_service
@@ -27,9 +27,12 @@ class Requests(MethodView):
 
 @blp.route("/<request_id>")
 class RequestItem(MethodView):
+    @blp.arguments(schemas.RequestWait, location="query")
     @blp.response(200, schemas.RequestOut)
-    def get(self, request_id: str) -> Request:
-        """Show a request."""
+    def get(self, args: dict[str, Any], request_id: str) -> Request:
+        """Show a request; with ``wait``, as soon as it finishes or after ``wait`` seconds (a long poll)."""
+        if args["wait"] > 0:
+            return events.wait_for_end(request_id, args["wait"])
         return request_service.get(session(), request_id)
 
     @blp.response(200, schemas.RequestOut)

@@ -282,6 +282,28 @@ class RequestQuery(Page):
     kind = ma.fields.String(validate=validate.OneOf([str(k) for k in RequestKind]))
 
 
+class RequestWait(ma.Schema):
+    """``GET /v1/requests/<id>?wait=N``: a long poll."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    wait = ma.fields.Float(load_default=0.0, validate=validate.Range(min=0), metadata={
+        "description": "Answer as soon as the request finishes, or after this many seconds with its "
+                       "current state (at most the setting request_wait_max, 60 s by default)"})
+
+
+class EventQuery(Strict):
+    """``GET /v1/events`` filters (each may be repeated, or hold comma-separated values)."""
+
+    type = ma.fields.List(ma.fields.String(), load_default=list, metadata={
+        "description": "Event type patterns, * matching anything (node.*, request.finished); default: all"})
+    node = ma.fields.List(ma.fields.String(), load_default=list, metadata={
+        "description": "Node names or UUIDs; default: every node, and the events about no node"})
+    last_event_id = ma.fields.String(load_default=None, metadata={
+        "description": "Resume after this event id, as the Last-Event-ID header does (which wins)"})
+
+
 class RequestList(ma.Schema):
     requests = ma.fields.List(ma.fields.Nested(RequestOut))
     next = ma.fields.String(allow_none=True)
@@ -380,6 +402,15 @@ class TokenCreated(Token):
     def get_attribute(self, obj: Any, attr: str, default: Any) -> Any:
         # The secrets are the Issued's own; every other field is its token's.
         return super().get_attribute(obj if attr in ("secret", "signing_secret") else obj.token, attr, default)
+
+
+class Caller(ma.Schema):
+    """Dumps a :class:`conductor.auth.tokens.Principal`: who the call's token is (never its secret)."""
+
+    client = ma.fields.String(metadata={"description": "The token's id, or the caller's address without auth"})
+    role = ma.fields.String(metadata={"description": "reader, operator or admin"})
+    token_id = ma.fields.String(allow_none=True, metadata={"description": "null without auth"})
+    name = ma.fields.String(allow_none=True)
 
 
 class TokenQuery(Strict):
@@ -496,3 +527,18 @@ class Image(ma.Schema):
 class ImageList(ma.Schema):
     images = ma.fields.List(ma.fields.Nested(Image))
     next = ma.fields.String(allow_none=True, metadata={"description": "URL of the next page"})
+
+
+class Stats(ma.Schema):
+    """Dumps :func:`conductor.api.metrics.summary`."""
+
+    at = ma.fields.DateTime(metadata={"description": "When they were read: rates are counter changes over its change"})
+    queue_depth = ma.fields.Integer(metadata={"description": "Jobs waiting in the work queue"})
+    drain_rate = ma.fields.Float(metadata={"description": "Jobs completed per second (moving average, all conductors)"})
+    requests_active = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(),
+                                     metadata={"description": "Requests not finished, by state"})
+    accepted = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), metadata={
+        "description": "State changes accepted (202) since the metrics began, by kind (a counter)"})
+    rejected = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), metadata={
+        "description": "State changes refused since the metrics began, by error code (a counter)"})
+    conductors_alive = ma.fields.Integer(metadata={"description": "Conductors whose heartbeat is recent"})

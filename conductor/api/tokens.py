@@ -1,4 +1,4 @@
-"""``/v1/tokens``: API tokens (admin only); a secret is shown once, at creation."""
+"""``/v1/tokens``: API tokens (admin only, but ``/v1/tokens/self``); a secret is shown once, at creation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from flask.views import MethodView
 
-from conductor.api import schemas
+from conductor.api import admission, schemas
 from conductor.api.common import Blueprint, context, session
 from conductor.auth import tokens
 from conductor.models import ApiToken
@@ -34,6 +34,14 @@ class Tokens(MethodView):
         issued = tokens.issue(db_session, body["role"], body["name"])
         db_session.commit()
         return issued, {"Location": f"/v1/tokens/{issued.token.id}", "Cache-Control": "no-store"}
+
+
+@blp.route("/self")
+class TokenSelf(MethodView):
+    @blp.response(200, schemas.Caller)
+    def get(self) -> tokens.Principal:
+        """Who the token of this call is: its id, name and role (any role may ask; without auth: admin)."""
+        return admission.principal()
 
 
 @blp.route("/<token_id>")

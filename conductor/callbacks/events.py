@@ -12,6 +12,15 @@ The body follows Standard Webhooks' shape::
 
     {"type": "node.power_state.changed", "timestamp": "2026-...Z",
      "data": {"node": {...}, "request": {...} | null, "previous": {...}}}
+
+The same events, with the same bodies, feed the event stream
+(``GET /v1/events``, docs/events.md): in a session whose database has the
+publisher installed (:data:`STREAM_ENABLED`, see
+:mod:`conductor.eventlog.publisher`), :func:`emit` and :func:`announce`
+also buffer a :class:`StreamEvent`, published once the transaction
+commits.  Only :data:`WEBHOOK_TYPES` are ever posted to receivers; the
+other types (a request queued, running or waiting, a node created or
+deleted, the throttle, conductors) are on the stream only.
 """
 
 from __future__ import annotations
@@ -21,8 +30,8 @@ import enum
 import fnmatch
 import json
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -38,15 +47,41 @@ _ROWS_KEY = "callbacks.rows"
 PENDING_KEY = "callbacks.pending"
 #: The active subscriptions, read once per transaction.
 _SUBSCRIPTIONS_KEY = "callbacks.subscriptions"
+#: Set (by the event stream's publisher) in the ``info`` of the sessions
+#: whose events go to the stream.
+STREAM_ENABLED = "events.stream.enabled"
+#: The :class:`StreamEvent` list buffered in a session's ``info``.
+STREAM_KEY = "events.stream"
 
 
 class EventType(enum.StrEnum):
-    """The events a receiver can be told about."""
+    """Everything that is told: to webhook receivers (:data:`WEBHOOK_TYPES`) and on the event stream (all)."""
 
     REQUEST_FINISHED = "request.finished"
     POWER_STATE_CHANGED = "node.power_state.changed"
     PROVISION_STATE_CHANGED = "node.provision_state.changed"
     MAINTENANCE = "node.maintenance"
+    #: Accepted (``previous: null``), or queued again after the agent reported (``previous: waiting``).
+    REQUEST_QUEUED = "request.queued"
+    #: A conductor started a step of it (from ``queued``).
+    REQUEST_RUNNING = "request.running"
+    #: It waits for the node's agent (no conductor holds it).
+    REQUEST_WAITING = "request.waiting"
+    NODE_CREATED = "node.created"
+    NODE_DELETED = "node.deleted"
+    #: An operator changed the throttle knobs.
+    THROTTLE_CHANGED = "throttle.changed"
+    #: A conductor registered (started).
+    CONDUCTOR_UP = "conductor.up"
+    #: A conductor stopped, or the others declared it dead (its heartbeat lapsed).
+    CONDUCTOR_DOWN = "conductor.down"
+
+
+#: The types webhook receivers can subscribe to (the others are on the event stream only).
+WEBHOOK_TYPES = frozenset({
+    EventType.REQUEST_FINISHED, EventType.POWER_STATE_CHANGED, EventType.PROVISION_STATE_CHANGED,
+    EventType.MAINTENANCE,
+})
 
 
 def matches(patterns: Iterable[str], event_type: str) -> bool:
@@ -54,22 +89,35 @@ def matches(patterns: Iterable[str], event_type: str) -> bool:
     return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
 
 
-def check_patterns(patterns: Iterable[str]) -> list[str]:
-    """Validate subscription event patterns: each must match some event type.
+def check_patterns(
+    patterns: Iterable[str], known: Iterable[str] = WEBHOOK_TYPES, field: str = "events"
+) -> list[str]:
+    """Validate event patterns: each must match some type of ``known`` (by default the webhook types).
 
-    :raises InvalidInput: an empty list or a pattern matching no event type.
+    :raises InvalidInput: an empty list or a pattern matching no event type
+        (``errors`` names ``field``).
     """
     patterns = list(patterns)
-    known = [str(e) for e in EventType]
+    names = sorted(str(e) for e in known)
     if not patterns:
-        raise InvalidInput("A subscription needs at least one event type.", errors={"events": "empty"})
-    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(e, p) for e in known)]
+        raise InvalidInput("A subscription needs at least one event type.", errors={field: "empty"})
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(e, p) for e in names)]
     if unknown:
         raise InvalidInput(
-            f"Unknown event type(s) {', '.join(unknown)}; known: {', '.join(known)} (* is a wildcard).",
-            errors={"events": f"unknown: {', '.join(unknown)}"},
+            f"Unknown event type(s) {', '.join(unknown)}; known: {', '.join(names)} (* is a wildcard).",
+            errors={field: f"unknown: {', '.join(unknown)}"},
         )
     return patterns
+
+
+class StreamEvent(NamedTuple):
+    """An event on its way to the stream: its type, node and request (for filters and ordering), its body."""
+
+    type: str
+    node: str | None
+    request: str | None
+    #: ``{"type", "timestamp", "data"}``, the very body a webhook receiver gets.
+    body: str
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -141,35 +189,75 @@ def new_webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
+def _body(event_type: str, now: dt.datetime, data: Mapping[str, Any]) -> str:
+    return json.dumps({"type": event_type, "timestamp": _iso(now), "data": data})
+
+
+def stream_event(
+    event_type: EventType, node: Any, request: Request | None = None, **details: Any
+) -> StreamEvent:
+    """The stream's form of an event about ``node`` (a :class:`Node`, or a row with its columns).
+
+    For the code that commits on a plain connection and publishes itself
+    (:meth:`conductor.eventlog.log.EventLog.publish_committed`); everyone
+    else calls :func:`emit`.
+    """
+    data = {"node": node_snapshot(node), "request": request_snapshot(request) if request is not None else None,
+            **details}
+    return StreamEvent(str(event_type), node.uuid, request.id if request is not None else None,
+                       _body(str(event_type), utcnow(), data))
+
+
+def announce(session: Session, event_type: EventType, **data: Any) -> None:
+    """Put an event about no node (the throttle, a conductor) on the stream when ``session`` commits.
+
+    ``data`` is the body's ``data``.  Such events go to no webhook.
+    """
+    if session.info.get(STREAM_ENABLED):
+        session.info.setdefault(STREAM_KEY, []).append(
+            StreamEvent(str(event_type), None, None, _body(str(event_type), utcnow(), data)))
+
+
 def emit(
     session: Session,
     event_type: EventType,
     node: Node,
     request: Request | None = None,
+    *,
+    webhooks: bool = True,
     **details: Any,
 ) -> int:
-    """Record ``event_type`` for ``node`` as deliveries, in the caller's transaction.
+    """Record ``event_type`` for ``node`` as deliveries and for the stream, in the caller's transaction.
 
     ``details`` (e.g. ``previous={...}``) are added to the body's ``data``.
     The rows are written when the session commits (one INSERT for all the
-    deliveries of the transaction, after its other changes); a rollback
-    drops them.  Returns how many deliveries the event makes.
+    deliveries of the transaction, after its other changes); the stream
+    gets the event after the commit; a rollback drops both.  Only
+    :data:`WEBHOOK_TYPES` make deliveries, and none with ``webhooks=False``.
+    Returns how many deliveries the event makes.
     """
     now = utcnow()
+    to_stream = bool(session.info.get(STREAM_ENABLED))
     targets: list[tuple[str, str, str | None, str | None]] = []
-    if event_type == EventType.REQUEST_FINISHED and request is not None and request.callback_url:
-        targets.append((request.callback_url, secrets.signer_for(request.client), None, None))
-    for sub in _subscriptions(session):
-        if matches(sub.events, event_type) and (not sub.nodes or node.uuid in sub.nodes):
-            targets.append((sub.url, secrets.signer_for(sub.client), sub.id, f"{sub.id}/{node.uuid}"))
-    if not targets:
+    if webhooks and event_type in WEBHOOK_TYPES:
+        if event_type == EventType.REQUEST_FINISHED and request is not None and request.callback_url:
+            targets.append((request.callback_url, secrets.signer_for(request.client), None, None))
+        for sub in _subscriptions(session):
+            if matches(sub.events, event_type) and (not sub.nodes or node.uuid in sub.nodes):
+                targets.append((sub.url, secrets.signer_for(sub.client), sub.id, f"{sub.id}/{node.uuid}"))
+    if not targets and not to_stream:
         return 0
     data: dict[str, Any] = {
         "node": node_snapshot(node),
         "request": request_snapshot(request) if request is not None else None,
         **details,
     }
-    body = json.dumps({"type": str(event_type), "timestamp": _iso(now), "data": data})
+    body = _body(str(event_type), now, data)
+    if to_stream:
+        session.info.setdefault(STREAM_KEY, []).append(
+            StreamEvent(str(event_type), node.uuid, request.id if request is not None else None, body))
+    if not targets:
+        return 0
     rows = session.info.setdefault(_ROWS_KEY, [])
     for url, signer, subscription_id, order_key in targets:
         rows.append({

@@ -1,7 +1,7 @@
 """The ``conductor`` command: client commands over HTTP, and the servers.
 
 Client commands (``node``, ``port``, ``image``, ``request``, ``conductors``,
-``token``, ``throttle``, ``subscription``, ``callbacks``) talk to the API at
+``token``, ``throttle``, ``subscription``, ``callbacks``, ``watch``) talk to the API at
 ``--url`` / ``$CONDUCTOR_URL`` and work against a remote deployment.  They
 authenticate with ``--token`` / ``$CONDUCTOR_TOKEN``, else, when the URL is
 one a local ``conductor up`` serves, with the admin token it wrote into its
@@ -72,12 +72,12 @@ def main(ctx: click.Context, url: str, token: str | None, as_json: bool, fmt: st
 
 
 def _register() -> None:
-    from conductor.cli import admin, callbacks_cmd, images, nodes, ports, requests_cmd, server
+    from conductor.cli import admin, callbacks_cmd, images, nodes, ports, requests_cmd, server, watch_cmd
     from conductor.ramdisk import cli as ramdisk_cmd
 
     client_commands = [
         nodes.node, ports.port, images.image, requests_cmd.request, requests_cmd.conductors, admin.token,
-        admin.throttle, callbacks_cmd.callbacks, callbacks_cmd.subscription,
+        admin.throttle, callbacks_cmd.callbacks, callbacks_cmd.subscription, watch_cmd.watch,
     ]
     for command in client_commands:
         add_global_options(command)

@@ -38,6 +38,12 @@ DEFAULT_MAX_RETRY_WAIT = 120.0
 _ADMISSION_REFUSALS = frozenset({"rate_limited", "queue_full"})
 #: Methods sent again on any 503 + Retry-After (the CLI's PUTs of work carry an Idempotency-Key).
 _REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
+#: How long one long poll of a request asks the API to wait (its limit, request_wait_max, is 60 s).
+LONG_POLL = 30.0
+#: The same while a progress line is shown: how stale the line may get.
+PROGRESS_POLL = 5.0
+#: The pause after a long poll the API answered early, unfinished (its wait slots were busy).
+EARLY_PAUSE = 1.0
 
 
 class ApiError(click.ClickException):
@@ -126,8 +132,9 @@ class Client:
                 slept += delay
 
     def _call_once(self, method: str, path: str, **kwargs: Any) -> Any:
+        timeout = kwargs.pop("timeout", self.timeout)
         try:
-            response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
+            response = self.session.request(method, self.url + path, timeout=timeout, **kwargs)
         except requests.ConnectionError:
             raise Unreachable(
                 f"Cannot reach the conductor API at {self.url} (is `conductor up` running? "
@@ -164,14 +171,20 @@ class Client:
         show: Callable[[dict[str, Any], dict[str, Any] | None], None] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Poll a request until it finishes; return it.
+        """Wait for a request to finish; return it.
+
+        Long polls (``GET /v1/requests/<id>?wait=N``): the API answers as
+        soon as the request ends, so this neither sleeps nor hammers it.
 
         :raises WaitTimeout: ``timeout`` passed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.1
+        longest = PROGRESS_POLL if show is not None else LONG_POLL
+        wait = 0.0  # the first answer at once (the progress line starts)
         while True:
-            request = self.call("GET", f"/v1/requests/{request_id}")
+            asked = time.monotonic()
+            request = self.call("GET", f"/v1/requests/{request_id}", params={"wait": f"{wait:.3f}"} if wait else None,
+                                timeout=self.timeout + wait)
             states = None
             if show is not None:
                 try:
@@ -181,10 +194,12 @@ class Client:
                 show(request, states)
             if request["state"] in FINAL_STATES:
                 return cast("dict[str, Any]", request)
-            if deadline is not None and time.monotonic() > deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise WaitTimeout(f"Request {request_id} still {request['state']} after {timeout} s")
-            time.sleep(interval)
-            interval = min(interval * 1.5, 1.0)
+            if wait and now - asked < wait / 2:
+                time.sleep(EARLY_PAUSE)
+            wait = longest if deadline is None else max(0.001, min(longest, deadline - time.monotonic()))
 
 
 def default_url() -> str:

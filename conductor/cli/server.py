@@ -73,6 +73,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
     try:
         supervisor.start()
         click.echo(f"Conductor API   {supervisor.url}   (docs {supervisor.url}/docs)")
+        click.echo(f"Dashboard       {supervisor.url}/ui/   (sign in with a token, e.g. the admin token below)")
         click.echo(f"Data directory  {settings.data_dir}   (logs in {settings.data_dir / 'logs'})")
         if settings.auth_enabled:
             state = "new" if supervisor.new_admin_token else "kept"
@@ -282,6 +283,7 @@ def demo(count: int, exit_after: bool, data_dir: Path | None, port: int, boot_de
         what = f"{count} QEMU VMs behind simulated BMCs" if vms else f"{count} simulated BMCs"
         run.console.print(f"Starting {what} and the service in {run.data_dir} ...")
         run.start()
+        run.console.print(run.dashboard(), markup=False, highlight=False, soft_wrap=True)
         summary = run.run_script()
         run.print_summary(summary)
         if not exit_after:

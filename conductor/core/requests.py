@@ -176,6 +176,8 @@ def abandon(session: Session, request_id: str, reason: str) -> bool:
     history.record(session, node, "request.rejected",
                    f"Request {request.kind} {request.target} not accepted: {reason}",
                    request_id=request_id, severity="error")
+    # The event stream showed it queued: it shows it end (no webhook: never accepted).
+    events.emit(session, events.EventType.REQUEST_FINISHED, node, request, webhooks=False)
     return True
 
 

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from conductor import database, keys
+from conductor.callbacks import events
 from conductor.context import Context
 from conductor.database import Database
 from conductor.models import ConductorRecord, utcnow
@@ -66,6 +67,7 @@ def register(ctx: Context) -> Registration:
                         name=name, hostname=ctx.hostname, pid=os.getpid(), started_at=now, heartbeat_at=now
                     )
                 )
+                _announce_up(session, ctx, name, now, reclaimed=False)
                 try:
                     session.commit()
                 except IntegrityError:
@@ -99,11 +101,24 @@ def register(ctx: Context) -> Registration:
                 )
                 .values(hostname=ctx.hostname, pid=os.getpid(), started_at=now, heartbeat_at=now, online=True)
             ))
+            if taken == 1:
+                _announce_up(session, ctx, name, now, reclaimed=True)
             session.commit()
             if taken == 1:
                 _record_pid_namespace(ctx, name, here)
                 return Registration(name, reclaimed=True)
     raise RuntimeError(f"No free conductor slot for {base}: {MAX_SLOTS} live conductors?")
+
+
+def described(name: str, hostname: str, pid: int, started_at: dt.datetime | None = None) -> dict[str, Any]:
+    """A conductor as the event stream shows it."""
+    return {"name": name, "hostname": hostname, "pid": pid,
+            "started_at": started_at.isoformat().replace("+00:00", "Z") if started_at else None}
+
+
+def _announce_up(session: Any, ctx: Context, name: str, now: dt.datetime, reclaimed: bool) -> None:
+    events.announce(session, events.EventType.CONDUCTOR_UP,
+                    conductor=described(name, ctx.hostname, os.getpid(), now), reclaimed=reclaimed)
 
 
 def _pid_namespace() -> str:
@@ -169,11 +184,15 @@ def heartbeat(ctx: Context) -> bool:
 def unregister(ctx: Context) -> None:
     """Record that this conductor stopped cleanly."""
     with ctx.db.begin() as session:
-        session.execute(
+        stopped = database.rowcount(session.execute(
             sa.update(ConductorRecord)
-            .where(ConductorRecord.name == ctx.name, ConductorRecord.pid == os.getpid())
+            .where(ConductorRecord.name == ctx.name, ConductorRecord.pid == os.getpid(),
+                   ConductorRecord.online.is_(True))
             .values(online=False)
-        )
+        ))
+        if stopped == 1 and ctx.name:
+            events.announce(session, events.EventType.CONDUCTOR_DOWN,
+                            conductor=described(ctx.name, ctx.hostname, os.getpid()), reason="stopped")
 
 
 def list_conductors(db: Database, heartbeat_timeout: float) -> list[dict[str, Any]]:

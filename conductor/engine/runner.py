@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from rq.timeouts import BaseTimeoutException
 
 from conductor import database, logs
+from conductor.callbacks import events
 from conductor.context import Context
 from conductor.core import requests as core_requests
 from conductor.core import reservations, states
@@ -197,6 +198,8 @@ def _record(task: Task, result: StepResult) -> None:
         request.wake_at = (
             utcnow() + dt.timedelta(seconds=result.timeout) if result.timeout is not None else None
         )
+        events.emit(task.session, events.EventType.REQUEST_WAITING, task.node, request,
+                    previous={"state": RequestState.RUNNING})
 
 
 def _retry_locked(ctx: Context, request_id: str, exc: NodeLocked) -> None:

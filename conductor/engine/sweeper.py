@@ -29,6 +29,7 @@ import redis
 import sqlalchemy as sa
 
 from conductor import database, keys, workqueue
+from conductor.callbacks import events
 from conductor.context import Context
 from conductor.core import reservations
 from conductor.engine import conductors, retention
@@ -83,11 +84,15 @@ def _sweep(ctx: Context) -> dict[str, int]:
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=ctx.settings.heartbeat_timeout)
     with ctx.db.begin() as session:
-        session.execute(
+        gone = session.execute(
             sa.update(ConductorRecord)
             .where(ConductorRecord.online.is_(True), ConductorRecord.heartbeat_at < cutoff)
             .values(online=False)
-        )
+            .returning(ConductorRecord.name, ConductorRecord.hostname, ConductorRecord.pid)
+        ).all()
+        for name, hostname, pid in gone:
+            events.announce(session, events.EventType.CONDUCTOR_DOWN,
+                            conductor=conductors.described(name, hostname, pid), reason="heartbeat lost")
         alive = set(
             session.scalars(
                 sa.select(ConductorRecord.name).where(

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from conductor import database, drivers
+from conductor.callbacks import events
 from conductor.context import Context
 from conductor.core import history, reservations
 from conductor.drivers.base import DeployInterface, Driver, InspectInterface, Poll
@@ -136,22 +137,31 @@ _requests = Request.__table__
 # running it): claim the request's next step, then reserve its node.  A claim
 # or reservation this conductor already holds is taken again: one conductor
 # runs one step at a time, so it is what a step of ours that failed on a
-# database error left behind (its retry starts from the beginning).
-_CLAIM = (
-    sa.update(_requests)
-    .where(
-        _requests.c.id == sa.bindparam("rid"),
-        sa.or_(_requests.c.conductor.is_(None), _requests.c.conductor == sa.bindparam("me")),
-        _requests.c.state.in_([RequestState.QUEUED, RequestState.RUNNING]),
+# database error left behind (its retry starts from the beginning).  A
+# queued request is started (``_START``: ``request.running`` goes to the
+# event stream), a running one between two steps is claimed (``_CLAIM``).
+
+
+def _claim(state: RequestState) -> sa.Update:
+    return (
+        sa.update(_requests)
+        .where(
+            _requests.c.id == sa.bindparam("rid"),
+            sa.or_(_requests.c.conductor.is_(None), _requests.c.conductor == sa.bindparam("me")),
+            _requests.c.state == state,
+        )
+        .values(
+            state=RequestState.RUNNING,
+            conductor=sa.bindparam("me"),
+            started_at=sa.func.coalesce(_requests.c.started_at, sa.bindparam("now", type_=UTCDateTime())),
+            wake_at=None,
+            updated_at=sa.bindparam("now", type_=UTCDateTime()),
+        )
     )
-    .values(
-        state=RequestState.RUNNING,
-        conductor=sa.bindparam("me"),
-        started_at=sa.func.coalesce(_requests.c.started_at, sa.bindparam("now", type_=UTCDateTime())),
-        wake_at=None,
-        updated_at=sa.bindparam("now", type_=UTCDateTime()),
-    )
-)
+
+
+_START = _claim(RequestState.QUEUED)
+_CLAIM = _claim(RequestState.RUNNING)
 # Fences: a step's results are committed only while this conductor still
 # holds both the node's reservation (``reservations.release`` finds it) and
 # the request's claim (a conductor declared dead by the others' sweep has
@@ -191,18 +201,36 @@ def release(ctx: Context, node_id: int) -> None:
         reservations.release(conn, node_id, ctx.name)
 
 
-def _claim_and_reserve(ctx: Context, request_id: str) -> None:
+def _claim_and_reserve(ctx: Context, request_id: str) -> bool:
+    """Claim the step and reserve the node; whether the request was queued (it starts running now)."""
     params = {"rid": request_id, "me": ctx.name, "now": utcnow()}
     with ctx.db.engine.begin() as conn:
-        if conn.execute(_CLAIM, params).rowcount != 1:
+        started = conn.execute(_START, params).rowcount == 1
+        if not started and conn.execute(_CLAIM, params).rowcount != 1:
             raise StepNotRunnable(request_id)
         if conn.execute(reservations.RESERVE, params).rowcount == 1:
-            return
+            return started
         holder = conn.execute(reservations.HOLDER, params).one_or_none()
     # The claim stays ours (committed): the caller retries or fails it.
+    if started:
+        _announce_running(ctx, request_id)
     if holder is None:
         raise RequestNotFound(f"Request {request_id} not found.")
     raise NodeLocked(f"Node {holder.uuid} is reserved by conductor {holder.reservation}.", holder=holder.reservation)
+
+
+def _emit_running(session: Session, node: Node, request: Request) -> None:
+    events.emit(session, events.EventType.REQUEST_RUNNING, node, request, previous={"state": RequestState.QUEUED})
+
+
+def _announce_running(ctx: Context, request_id: str) -> None:
+    """Tell the event stream that ``request_id`` started (its first step found the node locked)."""
+    with ctx.db.session() as session:
+        request = session.get(Request, request_id)
+        node = session.get(Node, request.node_id) if request is not None else None
+        if request is not None and node is not None:
+            _emit_running(session, node, request)
+            session.commit()
 
 
 @contextlib.contextmanager
@@ -222,7 +250,7 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
     :raises RequestNotFound: the request vanished (its node was deleted).
     """
     assert ctx.name, "only a registered conductor can reserve nodes"
-    _claim_and_reserve(ctx, request_id)
+    started = _claim_and_reserve(ctx, request_id)
     with ctx.db.session() as session:
         node_id: int | None = None
         try:
@@ -232,6 +260,9 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
             node_id = request.node_id
             node = session.get(Node, node_id)
             assert node is not None
+            if started:
+                # Published when this read transaction ends, just below (the claim committed).
+                _emit_running(session, node, request)
             # End the read transaction: nothing is held while the BMC talks.
             session.commit()
             with _host_lock(ctx, node.uuid):

@@ -32,6 +32,7 @@ import redis
 import sqlalchemy as sa
 
 from conductor import database
+from conductor.callbacks import events
 from conductor.context import Context
 from conductor.core import agent as protocol
 from conductor.core import history
@@ -110,6 +111,9 @@ def heartbeat(ctx: Context, ident: str, token: str | None, body: dict[str, Any])
         history.record(session, node, "agent.result",
                        f"Agent reported {command.get('name')} {outcome}.", request_id=request.id,
                        severity="info" if result["status"] == "succeeded" else "error")
+        session.refresh(request, ["state", "wake_at", "updated_at"])  # _WAKE wrote them
+        events.emit(session, events.EventType.REQUEST_QUEUED, node, request,
+                    previous={"state": RequestState.WAITING})
         request_id = request.id
         state = node.provision_state
         session.commit()

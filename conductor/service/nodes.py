@@ -238,6 +238,7 @@ def create(session: Session, fields: Mapping[str, Any]) -> Node:
         raise macs.in_use(session, addresses) from None
     ports = f" and {len(addresses)} port(s)" if addresses else ""
     history.record(session, node, "node.created", f"Node enrolled with driver {driver_name}{ports}.")
+    events.emit(session, events.EventType.NODE_CREATED, node)
     session.commit()
     return node
 
@@ -486,6 +487,7 @@ def delete(session: Session, ident: str, if_match: Collection[str] | None = None
     if if_match is not None:
         query = query.where(Node.version == node.version)
     if database.rowcount(session.execute(query)) == 1:
+        events.emit(session, events.EventType.NODE_DELETED, node)
         session.commit()
         return
     session.rollback()

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import redis
@@ -31,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from conductor import logs
-from conductor.callbacks import destinations
+from conductor.callbacks import destinations, events
 from conductor.context import Context
 from conductor.core import requests as core_requests
 from conductor.core import states
@@ -189,6 +190,11 @@ _NODE_COLUMNS = (
     _nodes_t.c.active_request_id,
     _nodes_t.c.maintenance,
     _nodes_t.c.maintenance_reason,
+    # The rest of what the event stream shows of the node (request.queued).
+    _nodes_t.c.name,
+    _nodes_t.c.target_power_state,
+    _nodes_t.c.target_provision_state,
+    _nodes_t.c.last_error,
 )
 _NODE_BY_UUID = sa.select(*_NODE_COLUMNS).where(_nodes_t.c.uuid == sa.bindparam("ident"))
 _NODE_BY_NAME = sa.select(*_NODE_COLUMNS).where(_nodes_t.c.name == sa.bindparam("ident"))
@@ -274,11 +280,27 @@ def _submit(
             conn.commit()
         logs.bind_request_id(request.id)
         LOG.info("Accepted %s request %s of node %s from %s", kind, target, request.node_uuid, client)
+        # Before the job exists: its request.running cannot overtake it.
+        _announce_queued(ctx, node, request, target_state)
         _enqueue_or_abandon(ctx, request)
         return Submitted(request, created=True)
     raise TransitionInProgress(
         f"Node {ident} is changing too fast to accept the request; retry.", request_id=None
     )
+
+
+def _announce_queued(ctx: Context, node: Any, request: Request, target_state: str | None) -> None:
+    """Put ``request.queued`` on the event stream (the acceptance committed on a plain connection)."""
+    shown = dict(node._mapping)
+    column = core_requests.TARGET_COLUMNS[request.kind]
+    if column is not None:
+        shown[column] = target_state
+    event = events.stream_event(events.EventType.REQUEST_QUEUED, SimpleNamespace(**shown), request, previous=None)
+    try:
+        ctx.events.publish_committed([event])
+    except redis.RedisError as exc:
+        # Accepted all the same; the stream misses this one event.
+        LOG.warning("Request %s: could not publish request.queued (%s)", request.id, exc)
 
 
 def _remember(conn: sa.Connection, key: IdempotencyKey, request_id: str, retention: float) -> bool:

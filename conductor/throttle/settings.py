@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from conductor import database, keys
+from conductor.callbacks import events
 from conductor.context import Context
 from conductor.exceptions import InvalidInput
 from conductor.models import ThrottleRecord, utcnow
@@ -163,14 +164,16 @@ def update(ctx: Context, changes: Mapping[str, Any]) -> Throttle:
                 record = session.get(ThrottleRecord, _ROW_ID, populate_existing=True)
                 assert record is not None  # the UPDATE just matched it
                 record.values = {**(record.values or {}), **clean}
+                value = _from_values(record.values)
             else:
                 session.add(ThrottleRecord(id=_ROW_ID, values=clean, version=1))
+                value = _from_values(clean)
+            events.announce(session, events.EventType.THROTTLE_CHANGED, throttle=value.to_dict(), changed=clean)
             try:
                 session.commit()
             except IntegrityError:
                 session.rollback()
                 continue
-            value = _from_values(record.values if bumped and record is not None else clean)
             break
     else:
         raise InvalidInput("The throttle settings are changing too fast; retry.")

@@ -22,5 +22,9 @@ def test_demo_runs_its_script_and_exits(tmp_path) -> None:  # type: ignore[no-un
     assert summary["nodes"] == 20
     assert summary["states"] == {"active": 14, "available": 5, "deploy failed": 1}
     assert "/docs" in result.stdout
+    # The dashboard, and the file holding the token to sign in with (the secret itself is not printed).
+    dashboard = next(line for line in result.stdout.splitlines() if line.startswith("Dashboard "))
+    assert "/ui/" in dashboard and f"cat {tmp_path / 'demo' / 'admin.token'}" in dashboard
+    assert (tmp_path / "demo" / "admin.token").read_text().strip() not in result.stdout
     logs = "".join(p.read_text() for p in (tmp_path / "demo" / "logs").glob("*.log"))
     assert "Traceback" not in logs

@@ -62,6 +62,14 @@ EXPECTED = {
     ("GET", "/v1/subscriptions/<subscription_id>/deliveries"): READER,
     ("GET", "/v1/callbacks/secret"): READER,
     ("POST", "/v1/callbacks/secret/rotate"): OPERATOR,
+    ("GET", "/v1/events"): READER,
+    # Who the caller is, and the queue's figures: what the dashboard needs first.
+    ("GET", "/v1/tokens/self"): READER,
+    ("GET", "/v1/stats"): READER,
+    # The dashboard's files hold no data; the page calls the API with a token (tests/unit/api/test_ui.py).
+    ("GET", "/ui"): PUBLIC,
+    ("GET", "/ui/"): PUBLIC,
+    ("GET", "/ui/<path:name>"): PUBLIC,
 }
 RANK = {READER: 0, OPERATOR: 1, ADMIN: 2}
 

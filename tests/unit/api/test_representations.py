@@ -250,6 +250,7 @@ def test_bodies_built_as_dicts_below_the_api_have_exactly_their_schemas_fields(c
         ("/v1/nodes/n1/management/boot_device", schemas.BootDevice),
         ("/v1/callbacks/secret", schemas.CallbackSecret),
         ("/v1/throttle", schemas.ThrottleSettings),
+        ("/v1/stats", schemas.Stats),
     ):
         body = client.get(path).json
         body = body["conductors"][0] if path == "/v1/conductors" else body
