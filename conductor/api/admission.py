@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
 from typing import cast
 
 import redis
@@ -112,8 +113,13 @@ def _authenticate(ctx: Context) -> tokens.Principal:
                                "<token>', or the token as the password of HTTP basic authentication).")
         raise Unauthorized("This API needs a token: send 'Authorization: Bearer <token>'.")
     if not tokens.cached(ctx, secret)[0] and not g.get("lookup_admitted"):
-        _throttle_lookups(ctx)
-        g.lookup_admitted = True  # (a run again after a database blip is not charged again)
+        # One look-up at a time in this process: the calls that arrive together with a token this
+        # process has not seen yet wait for the first one's answer (then cached) and are not charged.
+        with _LOOKUP:
+            if not tokens.cached(ctx, secret)[0]:
+                _throttle_lookups(ctx)
+                g.lookup_admitted = True  # (a run again after a database blip is not charged again)
+                tokens.authenticate(ctx, secret)
     principal = tokens.authenticate(ctx, secret)
     if principal is None:
         raise Unauthorized("The token is unknown or revoked.")
@@ -140,6 +146,8 @@ def presented_token() -> str:
 def _openstack_call() -> bool:
     return request.path == OPENSTACK_PREFIX or request.path.startswith(OPENSTACK_PREFIX + "/")
 
+
+_LOOKUP = threading.Lock()
 
 #: Token look-ups in the database per client address (a process remembers a
 #: looked-up token for a second, so real clients need about one a second).
