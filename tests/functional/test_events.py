@@ -32,6 +32,11 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
     settings = load({"data_dir": data_dir, "database_url": fresh_database(request, data_dir),
                      "redis_url": redis_url, "redis_namespace": f"t{uuid.uuid4().hex[:12]}"}, env={})
     running = Service(settings, env=ENV).start()
+    # Write budgets out of the way: a test sends 400 PATCHes as fast as it can, which on a quick
+    # machine passes the default 50/s per client (seen in CI as a 503 rate_limited).
+    budgets = {"write_rate": 100000, "write_burst": 100000, "client_write_rate": 100000, "client_write_burst": 100000}
+    response = running.http.patch(f"{running.url}/v1/throttle", json=budgets, timeout=10)
+    assert response.status_code == 200, response.text
     yield running
     running.stop()
 
