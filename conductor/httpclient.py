@@ -14,6 +14,10 @@ the client library; a caller that wants to retry one sends an
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
+import time
+
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -32,3 +36,21 @@ def session(retries: int = 3) -> requests.Session:
     http.mount("http://", adapter)
     http.mount("https://", adapter)
     return http
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` value (delay seconds, or an HTTP date) as seconds from ``now`` (epoch; default: the
+    present), never negative; None when absent or malformed.  A date without a zone is taken as UTC."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+

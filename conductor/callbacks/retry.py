@@ -12,9 +12,9 @@ after ``callback_retry_window`` seconds from the event, the delivery fails.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import random
 
+from conductor import httpclient
 from conductor.exceptions import InvalidInput
 from conductor.settings import Settings
 
@@ -39,19 +39,8 @@ def schedule(settings: Settings) -> tuple[float, ...]:
 
 
 def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - now).total_seconds())
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), counted from ``now`` (aware)."""
+    return httpclient.retry_after_seconds(value, now.timestamp())
 
 
 def next_attempt(

@@ -10,7 +10,6 @@ a database blip): see :meth:`Client.call`.
 
 from __future__ import annotations
 
-import email.utils
 import os
 import random
 import time
@@ -254,18 +253,4 @@ def _retry_delay(method: str, error: ApiError) -> float | None:
         return None
     if method.upper() not in _REPEATABLE and error.code not in _ADMISSION_REFUSALS:
         return None
-    return retry_after_seconds(error.retry_after)
-
-
-def retry_after_seconds(value: str, now: float | None = None) -> float | None:
-    """A ``Retry-After`` value (seconds, or an HTTP date) in seconds from now; None if malformed."""
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return httpclient.retry_after_seconds(error.retry_after)

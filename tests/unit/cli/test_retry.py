@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conductor.cli import exits
-from conductor.cli.client import ApiError, Client, Unreachable, retry_after_seconds
+from conductor.cli.client import ApiError, Client, Unreachable
+from conductor.httpclient import retry_after_seconds
 
 
 class Scripted(ThreadingHTTPServer):
