@@ -104,15 +104,20 @@ def redfish_vm_fleet(vm_service, tmp_path):  # type: ignore[no-untyped-def]
         yield fleet
 
 
+def _import_the_vm(service, fleet, tmp_path: Path, *options: str) -> tuple[str, dict]:  # type: ignore[no-untyped-def]
+    """Enrol the fleet's one VM through ``conductor node import`` of its inventory; its name and description."""
+    (name,) = [vm["name"] for vm in fleet.vms()]
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps(fleet.inventory()))
+    service.cli("node", "import", str(inventory), *options)
+    return name, fleet.vm(name)
+
+
 @pytest.mark.timeout(600)  # four agent boots under TCG, plus the ramdisk and image builds, on 2 shared cores
 def test_a_vm_is_inspected_cleaned_deployed_booted_from_disk_and_cleaned_again(
         vm_service, vm_fleet, demo_image, tmp_path) -> None:
     service, fleet = vm_service, vm_fleet
-    (name,) = [vm["name"] for vm in fleet.vms()]
-    vm = fleet.vm(name)
-    inventory = tmp_path / "inventory.json"
-    inventory.write_text(json.dumps(fleet.inventory()))
-    service.cli("node", "import", str(inventory))
+    name, vm = _import_the_vm(service, fleet, tmp_path)
     assert service.cli("port", "list", "--node", name).stdout.count(vm["mac"]) == 1
 
     service.cli("node", "manage", name, "--wait")
@@ -162,11 +167,7 @@ def test_a_redfish_vm_boots_its_agent_from_virtual_media_and_then_the_image_from
     import requests
 
     service, fleet = vm_service, redfish_vm_fleet
-    (name,) = [vm["name"] for vm in fleet.vms()]
-    vm = fleet.vm(name)
-    inventory = tmp_path / "inventory.json"
-    inventory.write_text(json.dumps(fleet.inventory()))
-    service.cli("node", "import", str(inventory), "--driver", "redfish")
+    name, vm = _import_the_vm(service, fleet, tmp_path, "--driver", "redfish")
     service.cli("node", "set", name, "-i", "boot_interface=redfish-virtual-media")
     service.cli("node", "manage", name, "--wait")
     service.cli("node", "provide", name, "--wait")
