@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import fnmatch
 import logging
 import threading
 import time
@@ -30,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import redis
 
+from conductor.callbacks import events
 from conductor.callbacks.events import EventType
 from conductor.eventlog import sse
 from conductor.eventlog.log import PAGE, Entry, EventLog, parse_id
@@ -83,7 +83,7 @@ class Filter:
             return True
         hit = self._seen.get(item.type)
         if hit is None:
-            hit = self._seen[item.type] = any(fnmatch.fnmatchcase(item.type, p) for p in self.patterns)
+            hit = self._seen[item.type] = events.matches(self.patterns, item.type)
         return hit
 
 
@@ -191,7 +191,7 @@ class Hub:
         self._stopped.set()
         with self._lock:
             subscriptions = list(self._subscriptions)
-            waiters = [event for events in self._waiters.values() for event in events]
+            waiters = [event for waiting in self._waiters.values() for event in waiting]
         for subscription in subscriptions:
             subscription.close(reason)
         for event in waiters:
