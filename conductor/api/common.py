@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -92,6 +93,39 @@ def if_match() -> frozenset[str] | None:
 def etag_header(tag: str) -> dict[str, str]:
     """The ``ETag`` header of a strong entity tag."""
     return {"ETag": f'"{tag}"'}
+
+
+def not_modified(tag: str) -> Response | None:
+    """304 (no body, the ``ETag`` header) when the call's ``If-None-Match`` names ``tag``, else None.
+
+    ``If-None-Match`` compares weakly (RFC 9110 13.1.2): ``W/"t"`` matches
+    ``"t"``, and ``*`` matches whatever exists.  Only a GET or HEAD is
+    answered 304 here (no other method calls this).
+
+    :param tag: the current representation's strong entity tag, unquoted.
+    """
+    if "If-None-Match" not in request.headers or not request.if_none_match.contains_weak(tag):
+        return None
+    return Response(status=304, headers=etag_header(tag))
+
+
+def tagged_json(body: dict[str, Any]) -> Response:
+    """A JSON response of ``body`` with a strong ``ETag``, a digest of its bytes; 304 if the call has that tag.
+
+    The tag is strong: the same body always serialises to the same bytes
+    (the same dict built by the same code), and any change of the
+    representation changes its digest.  For a body that can change while no
+    version column does: a node's states show its active request's step, a
+    request has no version of its own.
+    """
+    response = json_response(body)
+    tag = hashlib.blake2b(response.get_data(), digest_size=12).hexdigest()
+    return not_modified(tag) or _with_etag(response, tag)
+
+
+def _with_etag(response: Response, tag: str) -> Response:
+    response.headers.update(etag_header(tag))
+    return response
 
 
 def next_link(items: list[Any], limit: int, marker: Any) -> str | None:
