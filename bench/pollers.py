@@ -32,8 +32,9 @@ client, which the default budget would hold to its rate.
 Needs ``wrk`` (Debian: ``apt-get install wrk``). Figures only, never
 asserts: docs/benchmarks.md.
 
-Usage: python bench/pollers.py [--duration 8] [--rounds 2] [--nodes 100]
+Usage: python bench/pollers.py [--duration 8] [--rounds 3] [--nodes 100]
        python bench/pollers.py --profile 20   (also: py-spy on one API process while it is polled)
+       python bench/pollers.py --cpu 2000     (instead: CPU per call of each case, in one process)
 """
 
 from __future__ import annotations
@@ -212,18 +213,89 @@ def api_worker_pids(root: int) -> list[int]:
     return [pid for pid, parent in parents.items() if parent in masters]
 
 
+def cpu_per_call(calls: int) -> None:
+    """CPU per call in this one process (WSGI calls with a built environ, no server, no client):
+    less moved by the machine's other load than a rate. Best of 5 rounds of ``calls`` calls."""
+    from werkzeug.test import EnvironBuilder
+
+    from conductor import database
+    from conductor.api import create_app
+    from conductor.auth import tokens
+    from conductor.bootstrap import build_context
+    from conductor.embedded_redis import EmbeddedRedis
+    from conductor.settings import load
+
+    data_dir = Path(tempfile.mkdtemp(prefix="conductor-pollers-"))
+    server = EmbeddedRedis(data_dir / "redis", persist=False).start()
+    try:
+        url = f"sqlite:///{data_dir / 'conductor.sqlite'}"
+        database.upgrade(url)
+        ctx = build_context(load({"data_dir": data_dir, "database_url": url, "redis_url": server.url}, env={}))
+        app = create_app(ctx=ctx)
+        with ctx.db.session() as db_session:
+            _token, secret = tokens.create(db_session, "admin", "bench")
+            db_session.commit()
+        client, auth = app.test_client(), {"Authorization": f"Bearer {secret}"}
+        for i in range(1, 11):
+            assert client.post("/v1/nodes", headers=auth, json={"name": f"b{i}", "driver": "fake"}).status_code == 201
+        tag = client.get("/v1/nodes/b3/states", headers=auth).headers.get("ETag")
+        bare = bare_app(url)
+
+        def measure(name: str, wsgi: Any, path: str, headers: dict[str, str], status: str = "200") -> None:
+            environ = EnvironBuilder(path=path, headers=headers).get_environ()
+            seen: list[str] = []
+
+            def call() -> None:
+                body = wsgi(dict(environ), lambda status, _headers, _exc=None: seen.append(status))
+                b"".join(body)
+                body.close()
+
+            call()
+            if not seen[0].startswith(status):
+                raise SystemExit(f"{name}: {seen[0]}")
+            best = float("inf")
+            for _round in range(5):
+                started = time.process_time()
+                for _ in range(calls):
+                    call()
+                best = min(best, (time.process_time() - started) / calls)
+            print(f"{name:<30} {best * 1e6:6.0f} us CPU a call")
+
+        print(f"CPU per call in one process, best of 5 x {calls} (load {os.getloadavg()[0]:.2f}):")
+        assert client.patch("/v1/throttle", headers=auth, json={"read_rate": 0}).status_code == 200
+        time.sleep(1.1)
+        measure("states", app, "/v1/nodes/b3/states", auth)
+        if tag:
+            measure("states 304 (If-None-Match)", app, "/v1/nodes/b3/states", {**auth, "If-None-Match": tag}, "304")
+        budget = {"read_rate": READ_RATE_NEVER_REACHED}
+        assert client.patch("/v1/throttle", headers=auth, json=budget).status_code == 200
+        time.sleep(1.1)
+        measure(BUDGETED, app, "/v1/nodes/b3/states", auth)
+        measure("bare Flask", bare, "/bare/b3/states", {})
+        measure("bare Flask + the row", bare, "/bare-row/b3/states", {})
+        ctx.close()
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each case, alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each case, alternated")
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
                         help="then poll states this long under py-spy (speedscope files in the current directory)")
+    parser.add_argument("--cpu", type=int, default=0, metavar="CALLS",
+                        help="instead: CPU per call of each case in one process (no server, no wrk)")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         serve_bare(args.bare_server, args.database_url)
+        return
+    if args.cpu:
+        cpu_per_call(args.cpu)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk (apt-get install wrk)")
