@@ -334,7 +334,12 @@ def main() -> None:
         ]
         if None in tags.values():
             cases.pop(1)
-        print(f"conductor up (gunicorn gthread, 2 API processes, 8 threads each, keep-alive), {args.nodes} fake "
+        from conductor.settings import load
+
+        settings = load()
+        server = (f"gthread, {settings.api_threads} threads, keep-alive" if settings.api_threads > 1
+                  else "sync, Connection: close")
+        print(f"conductor up (gunicorn {settings.api_workers} API processes, {server}), {args.nodes} fake "
               f"nodes; the bare server on the same gunicorn options; wrk -t{THREADS} -c{CONNECTIONS} "
               f"-d{args.duration}s; {os.cpu_count()} CPUs")
         results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name, *_ in cases}
