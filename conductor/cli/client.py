@@ -98,6 +98,8 @@ class Client:
         self.credentials = credentials or Credentials(token, "given" if token else "none")
         self.max_retry_wait = max_retry_wait
         self.session = httpclient.session()
+        #: What :meth:`poll` saw last, by path: (ETag, body).
+        self._polled: dict[str, tuple[str, Any]] = {}
         if self.credentials.token:
             self.session.headers["Authorization"] = f"Bearer {self.credentials.token}"
 
@@ -130,8 +132,19 @@ class Client:
                 time.sleep(delay)
                 slept += delay
 
+    def poll(self, path: str, **kwargs: Any) -> Any:
+        """``GET path`` as a poller does: with the ETag of its last answer as ``If-None-Match``.
+
+        A 304 (nothing changed) stands for the body seen last, which is returned
+        again: the API sends no body, and this parses none.
+        """
+        seen = self._polled.get(path)
+        headers = {"If-None-Match": seen[0]} if seen else {}
+        return self.call("GET", path, headers=headers, poll=path, **kwargs)
+
     def _call_once(self, method: str, path: str, **kwargs: Any) -> Any:
         timeout = kwargs.pop("timeout", self.timeout)
+        polled = kwargs.pop("poll", None)
         try:
             response = self.session.request(method, self.url + path, timeout=timeout, **kwargs)
         except requests.ConnectionError:
@@ -141,6 +154,8 @@ class Client:
             ) from None
         if response.status_code == 204:
             return None
+        if polled is not None and response.status_code == 304 and polled in self._polled:
+            return self._polled[polled][1]
         try:
             body = response.json()
         except ValueError:
@@ -151,6 +166,9 @@ class Client:
             if response.status_code == 401:
                 body["message"] = f"{body.get('message', 'Unauthorized.')} {unauthorized_hint(self.credentials)}"
             raise ApiError(response.status_code, body, response.headers.get("Retry-After"))
+        tag = response.headers.get("ETag")
+        if polled is not None and tag:
+            self._polled[polled] = (tag, body)
         return body
 
     def every(self, path: str, key: str, params: dict[str, Any], limit: int | None = None) -> list[dict[str, Any]]:
@@ -182,16 +200,17 @@ class Client:
         wait = 0.0  # the first answer at once (the progress line starts)
         while True:
             asked = time.monotonic()
-            request = self.call("GET", f"/v1/requests/{request_id}", params={"wait": f"{wait:.3f}"} if wait else None,
+            request = self.poll(f"/v1/requests/{request_id}", params={"wait": f"{wait:.3f}"} if wait else None,
                                 timeout=self.timeout + wait)
             states = None
             if show is not None:
                 try:
-                    states = self.call("GET", f"/v1/nodes/{request['node_uuid']}/states")
+                    states = self.poll(f"/v1/nodes/{request['node_uuid']}/states")
                 except ApiError:
                     states = None
                 show(request, states)
             if request["state"] in FINAL_STATES:
+                self._polled.pop(f"/v1/requests/{request_id}", None)  # (a bulk run waits for thousands)
                 return cast("dict[str, Any]", request)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
