@@ -8,7 +8,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from conductor import procs
+from conductor import procs, tls
 from conductor.api import limits
 from conductor.settings import Settings
 
@@ -36,6 +36,8 @@ class _App(BaseApplication):
             "control_socket_disable": True,
             # A worker dies with its master, whatever kills the master.
             "post_fork": _die_with_master,
+            # HTTPS when a certificate is set (tls_cert_file, tls_key_file, tls_client_ca_file).
+            **tls.gunicorn_options(self.settings),
         }
         for key, value in options.items():
             self.cfg.set(key, value)
@@ -82,5 +84,9 @@ class _EchoInstance:
 
 
 def serve(settings: Settings) -> None:
-    """Run gunicorn in the foreground until SIGTERM/SIGINT."""
+    """Run gunicorn in the foreground until SIGTERM/SIGINT.
+
+    :raises InvalidInput: the TLS settings cannot work (checked before gunicorn starts).
+    """
+    tls.check(settings)
     _App(settings).run()

@@ -42,12 +42,14 @@ import sys
 import threading
 import time
 import urllib.parse
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import urllib3
 
-from conductor import database, datadir, procs
+from conductor import database, datadir, procs, tls
 from conductor.auth import tokenfile, tokens
 from conductor.dhcp.config import DhcpConfig
 from conductor.dhcp.hosts import HostsDir
@@ -169,7 +171,7 @@ class Supervisor:
     @property
     def url(self) -> str:
         """The API's URL."""
-        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+        return self.settings.api_url
 
     def start(self, wait: float = 30.0) -> None:
         """Start Redis (embedded), migrate, start the children (dnsmasq first, if configured), wait for the API.
@@ -183,6 +185,7 @@ class Supervisor:
 
         settings = self.settings
         check_auth_settings(settings)
+        tls.check(settings)
         self.dhcp = DhcpConfig.from_settings(settings)
         datadir.ensure_data_dir(settings)  # 0700, and the secret key on first start
         self._take_data_dir()
@@ -364,7 +367,12 @@ class Supervisor:
                 raise RuntimeError(f"The API exited at start; see {api.log}")
             try:
                 # (Connection: close: a kept-alive probe would hold an API worker's stop for 2 s.)
-                response = requests.get(self.url + "/", timeout=1, headers={"Connection": "close"})
+                # The certificate is not verified: its name need not be api_host (0.0.0.0, say),
+                # and the instance header below proves which server answered.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                    response = requests.get(self.url + "/", timeout=1, headers={"Connection": "close"},
+                                            verify=False)
             except requests.RequestException:
                 time.sleep(0.1)
                 continue

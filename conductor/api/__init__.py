@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from flask import Flask, Response
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from conductor import __version__, bootstrap
 from conductor.api import (
@@ -101,6 +102,12 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     # A plain Flask blueprint: the dashboard's files are not part of the API's description.
     app.register_blueprint(ui.blp)
     app.teardown_appcontext(close_session)
+    hops = ctx.settings.proxy_trusted_hops
+    if hops > 0:
+        # Behind that many reverse proxies: the client's address (per-address
+        # budgets), scheme and host (URLs the API writes) come from X-Forwarded-*.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

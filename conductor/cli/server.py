@@ -104,6 +104,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
 @_data_dir
 def api(host: str | None, port: int | None, api_workers: int | None, data_dir: Path | None) -> None:
     """Run the REST API (gunicorn)."""
+    from conductor import tls
     from conductor.api import check_auth_settings
     from conductor.exceptions import InvalidInput
     from conductor.gunicorn_app import serve
@@ -111,6 +112,7 @@ def api(host: str | None, port: int | None, api_workers: int | None, data_dir: P
     settings = _settings(api_host=host, api_port=port, api_workers=api_workers, data_dir=data_dir)
     try:
         check_auth_settings(settings)
+        tls.check(settings)
     except InvalidInput as exc:
         raise click.ClickException(exc.message) from None
     _exit_with_supervisor()
