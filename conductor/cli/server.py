@@ -338,4 +338,44 @@ def settings_command(data_dir: Path | None, group: str | None, show_secrets: boo
     click.echo("\n\n".join(blocks))
 
 
-COMMANDS = [up, api, worker, callback_worker, db, demo, settings_command]
+@click.command("install-units")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the unit files here. Default: /etc/systemd/system, or ~/.config/systemd/user with --user.")
+@click.option("--user", is_flag=True, help="Units for systemd's user manager (systemctl --user), run as you.")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The EnvironmentFile every unit reads (written, mode 0600, if missing). "
+                   "Default: /etc/conductor/conductor.env, or ~/.config/conductor/conductor.env with --user.")
+@click.option("--run-as", default="conductor", show_default=True, help="The account system services run as.")
+@click.option("--api/--no-api", default=True, show_default=True, help="Whether this host runs the API.")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Conductor workers on this host [workers].")
+@click.option("--callback-workers", type=click.IntRange(0), default=None,
+              help="Callback workers on this host [callback_workers].")
+@_data_dir
+def install_units(prefix: Path | None, user: bool, env_file: Path | None, run_as: str, api: bool,
+                  workers: int | None, callback_workers: int | None, data_dir: Path | None) -> None:
+    """Write systemd units for this host's share of the services, and conductor.target to start them.
+
+    Then: `systemctl daemon-reload`, fill in the environment file, run
+    `conductor db upgrade` on one host (or `systemctl start conductor-db-upgrade`),
+    and `systemctl enable --now conductor.target` (add --user for user units).
+    """
+    from conductor import units
+
+    settings = _settings(data_dir=data_dir)
+    plan = units.Plan.default(
+        user, prefix, env_file, run_as=run_as, api=api,
+        workers=settings.workers if workers is None else workers,
+        callback_workers=settings.callback_workers if callback_workers is None else callback_workers)
+    try:
+        written = units.write(plan, settings)
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot write the units: {exc} (system units need root; or --user, or --prefix)") from None
+    for path in written:
+        click.echo(f"wrote {path}")
+    systemctl = "systemctl --user" if user else "systemctl"
+    click.echo(f"next: {systemctl} daemon-reload; edit {plan.env_file}; `conductor db upgrade` on one host; "
+               f"{systemctl} enable --now {units.TARGET}")
+
+
+COMMANDS = [up, api, worker, callback_worker, db, demo, settings_command, install_units]
