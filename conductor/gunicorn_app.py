@@ -6,6 +6,7 @@ import os
 import signal
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from conductor import procs, tls
@@ -19,12 +20,17 @@ class _App(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        # The master's own lines (workers booted, stopped, timed out) in the same format as the app's.
+        from conductor import logs
+
+        logs.configure(self.settings)
         options: dict[str, Any] = {
             "bind": f"{self.settings.api_host}:{self.settings.api_port}",
             "workers": self.settings.api_workers,
             "timeout": 60,
             "graceful_timeout": 10,
             "loglevel": self.settings.log_level.lower(),
+            "logger_class": _RootLogger,
             "proc_name": "conductor-api",
             # The worker class (threaded unless api_threads is 1) and its threads
             # (api_threads, plus one per event stream slot), and the request
@@ -48,13 +54,23 @@ class _App(BaseApplication):
         from conductor import logs
         from conductor.api import create_app
 
-        logs.setup(self.settings.log_level)
+        logs.configure(self.settings)
         app = create_app(self.settings)
         instance = os.environ.get("CONDUCTOR_INSTANCE_ID")
         if instance:  # under `conductor up`, whose start-up check looks for it
             # Flask's own way to add WSGI middleware; mypy sees a method replaced.
             app.wsgi_app = _EchoInstance(app.wsgi_app, instance)  # type: ignore[method-assign]
         return app
+
+
+class _RootLogger(glogging.Logger):
+    """gunicorn's logger, writing through the root logger (conductor.logs: format, file, masking)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            log.handlers[:] = []
+            log.propagate = True
 
 
 def _die_with_master(server: Any, worker: Any) -> None:

@@ -370,6 +370,13 @@ class Settings:
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = _setting(Group.LOGGING, "INFO")
+    #: ``text`` (one line, ``request_id=<id>`` at its end) or ``json`` (one
+    #: JSON object per line: time, level, logger, message, request_id, node).
+    log_format: str = _setting(Group.LOGGING, "text")
+    #: Where the server processes log: empty is stderr (the journal under
+    #: systemd; ``<data_dir>/logs`` under ``conductor up``), else this file,
+    #: shared by the host's processes and re-opened when logrotate moves it.
+    log_file: str = _setting(Group.LOGGING, "")
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from conductor import __version__, bootstrap
+from conductor import __version__, bootstrap, logs
 from conductor.api import (
     admission,
     boot,
@@ -59,6 +59,12 @@ def check_auth_settings(settings: Settings) -> None:
         )
 
 
+def _bind_node() -> None:
+    """Log lines of a call under ``/nodes/<ident>`` name that node (``node`` in JSON logs)."""
+    rule = request.url_rule.rule if request.url_rule is not None else ""
+    logs.bind_node((request.view_args or {}).get("ident") if "/nodes/<ident>" in rule else None)
+
+
 def create_app(settings: Settings | None = None, ctx: Context | None = None) -> Flask:
     """The API application for ``settings`` (loaded from the environment if None)."""
     if ctx is None:
@@ -91,6 +97,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     api = errors.ConductorApi(app)
     # First: nothing may read a chunked body before its size is checked.
     app.before_request(limits.refuse_oversized_body)
+    app.before_request(_bind_node)
     errors.register(app)
     # Before admission: its answers' envelope must be rewritten after admission looked at them.
     ironic.install(app)

@@ -28,12 +28,17 @@ _data_dir = click.option(
 
 def _settings(**overrides: Any) -> Any:
     from conductor.exceptions import InvalidInput
+    from conductor.logs import FORMATS
     from conductor.settings import load
 
     try:
-        return load(overrides)
+        loaded = load(overrides)
     except InvalidInput as exc:
         raise click.ClickException(exc.message) from None
+    if loaded.log_format not in FORMATS:
+        raise click.ClickException(f"Setting log_format must be one of {', '.join(FORMATS)}, "
+                                   f"not {loaded.log_format!r}.")
+    return loaded
 
 
 @click.command()
@@ -62,7 +67,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir, workers=workers,
                          api_workers=api_workers, callback_workers=callback_workers,
                          dhcp_interface=dhcp_interface, dhcp_range=dhcp_range)
-    logs.setup(settings.log_level)
+    logs.configure(settings)
     supervisor = Supervisor(settings)
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -191,7 +196,7 @@ def _worker_child(kind: str, settings: Any, burst: bool, parent_pid: int | None 
     from conductor import logs, procs
     from conductor.exceptions import InvalidInput
 
-    logs.setup(settings.log_level)
+    logs.configure(settings)
     if parent_pid is not None:  # one of several: it dies with the process that started it
         procs.exit_with_parent(parent_pid)
     if kind == "callbacks":
