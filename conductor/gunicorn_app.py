@@ -10,7 +10,7 @@ from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from conductor import procs, tls
-from conductor.api import limits
+from conductor.api import http_metrics, limits
 from conductor.settings import Settings
 
 
@@ -42,11 +42,16 @@ class _App(BaseApplication):
             "control_socket_disable": True,
             # A worker dies with its master, whatever kills the master.
             "post_fork": _die_with_master,
+            # A worker's metric files stay in the host's sums; its live gauges go.
+            "child_exit": _worker_exited,
             # HTTPS when a certificate is set (tls_cert_file, tls_key_file, tls_client_ca_file).
             **tls.gunicorn_options(self.settings),
         }
         for key, value in options.items():
             self.cfg.set(key, value)
+        # Before the workers fork: each counts its HTTP calls in a file of its own, and a
+        # scrape of GET /metrics, whichever worker answers it, adds up the host's.
+        http_metrics.share_between_processes(self.settings.data_dir / "metrics" / f"api-{self.settings.api_port}")
 
     def load(self) -> Any:
         # Gunicorn calls load() in the process that serves: the application
@@ -71,6 +76,10 @@ class _RootLogger(glogging.Logger):
         for log in (self.error_log, self.access_log):
             log.handlers[:] = []
             log.propagate = True
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    http_metrics.process_exited(worker.pid)
 
 
 def _die_with_master(server: Any, worker: Any) -> None:

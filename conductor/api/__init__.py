@@ -15,6 +15,7 @@ from conductor.api import (
     conductors,
     errors,
     events,
+    http_metrics,
     images,
     ironic,
     limits,
@@ -97,6 +98,9 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     api = errors.ConductorApi(app)
     # First: nothing may read a chunked body before its size is checked.
     app.before_request(limits.refuse_oversized_body)
+    # This host's HTTP latency (GET /metrics); its clock starts before every other hook.
+    http = http_metrics.HttpMetrics.of_this_process()
+    http.install(app)
     app.before_request(_bind_node)
     errors.register(app)
     # Before admission: its answers' envelope must be rewritten after admission looked at them.
@@ -118,6 +122,11 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
+        body, content_type = http.render()
+        return Response(body, content_type=content_type)
+
+    @app.get("/metrics/fleet")
+    def prometheus_fleet_metrics() -> Response:
         body, content_type = api_metrics.render(ctx)
         return Response(body, content_type=content_type)
 
