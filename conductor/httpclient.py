@@ -48,14 +48,19 @@ class _Session(requests.Session):
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
 
-def session(retries: int = 3, ca_cert: str | None = None) -> requests.Session:
+def session(retries: int = 3, ca_cert: str | None = None,
+            client_cert: tuple[str, str] | str | None = None) -> requests.Session:
     """A ``requests`` session that retries safe requests on connection errors (never on an HTTP status).
 
     ``ca_cert`` (a PEM file of CA certificates) is what an ``https`` API's
     certificate must be signed by; None: the system's CAs (or
     ``REQUESTS_CA_BUNDLE``).  An untrusted certificate is never accepted.
+    ``client_cert`` (a PEM file holding certificate and key, or the two
+    files) is shown to an API that asks for one (mutual TLS).
     """
     http = _Session(ca_cert)
+    if client_cert:
+        http.cert = client_cert
     retry = Retry(total=retries, connect=retries, read=retries, status=0, redirect=0, other=0,
                   allowed_methods=RETRIED_METHODS, backoff_factor=0.05, raise_on_status=False,
                   respect_retry_after_header=False)

@@ -373,6 +373,14 @@ class Supervisor:
                     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
                     response = requests.get(self.url + "/", timeout=1, headers={"Connection": "close"},
                                             verify=False)
+            except requests.exceptions.SSLError as exc:
+                if self.settings.tls_client_ca_file and _asks_for_client_certificate(exc):
+                    # Mutual TLS: the supervisor has no client certificate, so the instance
+                    # header cannot be read. The port was free before the API started, and
+                    # the API still runs: the server asking for a certificate is ours.
+                    return
+                time.sleep(0.1)
+                continue
             except requests.RequestException:
                 time.sleep(0.1)
                 continue
@@ -457,6 +465,12 @@ class Supervisor:
                         "set): %s", self.url, tokenfile.registry_path(), exc)
             return
         self._registered = True
+
+
+def _asks_for_client_certificate(error: Exception) -> bool:
+    """Whether a TLS failure is a server's refusal of a client without a certificate."""
+    text = str(error).lower()
+    return "certificate required" in text or "certificate_required" in text or "handshake failure" in text
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -62,7 +62,8 @@ class ConductorGroup(click.Group):
 @click.version_option(package_name="baremetal-conductor")
 @click.pass_context
 def main(ctx: click.Context, url: str, token: str | None, as_json: bool, fmt: str | None,
-         columns: tuple[str, ...], max_retry_wait: float, ca_cert: str | None, allow_plain_http: bool) -> None:
+         columns: tuple[str, ...], max_retry_wait: float, ca_cert: str | None, allow_plain_http: bool,
+         client_cert: str | None, client_key: str | None) -> None:
     """Power and provision bare-metal nodes through their BMCs, asynchronously.
 
     Exit statuses: 0 done; 1 a request failed; 2 --wait timed out; 3 the API
@@ -70,7 +71,8 @@ def main(ctx: click.Context, url: str, token: str | None, as_json: bool, fmt: st
     trusted); 64 a wrong command line.
     """
     ctx.obj = Obj(url, token, fmt=fmt, as_json=as_json, columns=columns, max_retry_wait=max_retry_wait,
-                  ca_cert=ca_cert, allow_plain_http=allow_plain_http)
+                  ca_cert=ca_cert, allow_plain_http=allow_plain_http, client_cert=client_cert,
+                  client_key=client_key)
 
 
 def _register() -> None:

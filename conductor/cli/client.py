@@ -104,6 +104,7 @@ class Client:
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
         ca_cert: str | None = None,
         allow_plain_http: bool = False,
+        client_cert: tuple[str, str] | str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
@@ -111,14 +112,15 @@ class Client:
         self.max_retry_wait = max_retry_wait
         self.ca_cert = ca_cert
         self.allow_plain_http = allow_plain_http
-        self.session = httpclient.session(ca_cert=ca_cert)
+        self.client_cert = client_cert
+        self.session = httpclient.session(ca_cert=ca_cert, client_cert=client_cert)
         if self.credentials.token:
             self.session.headers["Authorization"] = f"Bearer {self.credentials.token}"
 
     def copy(self) -> Client:
         """Another client of the same API and token, with its own connections (one per thread)."""
         return Client(self.url, self.timeout, credentials=self.credentials, max_retry_wait=self.max_retry_wait,
-                      ca_cert=self.ca_cert, allow_plain_http=self.allow_plain_http)
+                      ca_cert=self.ca_cert, allow_plain_http=self.allow_plain_http, client_cert=self.client_cert)
 
     def check_transport(self) -> None:
         """Refuse to send a token in clear text off this machine.
@@ -300,4 +302,9 @@ def tls_failure(url: str, ca_cert: str | None, error: Exception) -> str:
                 "signed it with --ca-cert FILE (or CONDUCTOR_CA_CERT); never turn verification off.")
     if "Could not find a suitable TLS CA certificate bundle" in reason:
         return f"Cannot read the CA certificate file {ca_cert} (--ca-cert / CONDUCTOR_CA_CERT)."
+    if "Could not find the TLS certificate file" in reason or "Could not find the TLS key file" in reason:
+        return f"{reason} (--client-cert / --client-key)."
+    if "CERTIFICATE_REQUIRED" in reason.upper().replace(" ", "_"):
+        return (f"{url} asks for a client certificate (mutual TLS): give it with --client-cert FILE "
+                "[--client-key FILE] (or CONDUCTOR_CLIENT_CERT, CONDUCTOR_CLIENT_KEY).")
     return f"TLS with {url} failed: {reason}"

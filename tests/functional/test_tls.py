@@ -165,11 +165,12 @@ def test_a_token_is_not_sent_over_plain_http_to_another_host() -> None:
         client.check_transport()
 
 
-def test_conductor_up_serves_https_and_its_cli_finds_the_local_token(settings: Settings, pki: Pki) -> None:
+def test_conductor_up_serves_mutual_tls_and_its_cli_finds_the_local_token(settings: Settings, pki: Pki) -> None:
     port = free_port()
     env = {**os.environ, "CONDUCTOR_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.sqlalchemy_url,
            "REDIS_URL": settings.redis_url, "CONDUCTOR_REDIS_NAMESPACE": settings.redis_namespace,
-           "CONDUCTOR_TLS_CERT_FILE": str(pki.server_cert), "CONDUCTOR_TLS_KEY_FILE": str(pki.server_key)}
+           "CONDUCTOR_TLS_CERT_FILE": str(pki.server_cert), "CONDUCTOR_TLS_KEY_FILE": str(pki.server_key),
+           "CONDUCTOR_TLS_CLIENT_CA_FILE": str(pki.ca)}
     log = settings.data_dir / "up.log"
     with open(log, "ab") as out:
         up = subprocess.Popen([sys.executable, "-m", "conductor", "up", "--port", str(port), "--workers", "1",
@@ -183,10 +184,16 @@ def test_conductor_up_serves_https_and_its_cli_finds_the_local_token(settings: S
             time.sleep(0.1)
         assert (settings.data_dir / "api.url").read_text().strip() == url
         client_env = {k: v for k, v in env.items() if not k.startswith("CONDUCTOR_TLS")}
-        listed = subprocess.run([sys.executable, "-m", "conductor", "--url", url, "--ca-cert", str(pki.ca),
-                                 "node", "list", "-f", "json"], env=client_env, capture_output=True, text=True,
-                                timeout=60)
+
+        def conductor(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "conductor", "--url", url, "--ca-cert", str(pki.ca), *args],
+                                  env=client_env, capture_output=True, text=True, timeout=60)
+
+        listed = conductor("node", "list", "-f", "json", "--client-cert", str(pki.client_cert),
+                           "--client-key", str(pki.client_key))
         assert listed.returncode == 0 and listed.stdout.strip() == "[]", listed.stderr
+        refused = conductor("node", "list")
+        assert refused.returncode == exits.UNREACHABLE and "--client-cert" in refused.stderr, refused.stderr
     finally:
         up.terminate()
         try:
