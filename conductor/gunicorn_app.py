@@ -9,7 +9,7 @@ from typing import Any
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
-from conductor import procs, tls
+from conductor import logs, procs, tls
 from conductor.api import http_metrics, limits
 from conductor.settings import Settings
 
@@ -21,8 +21,6 @@ class _App(BaseApplication):
 
     def load_config(self) -> None:
         # The master's own lines (workers booted, stopped, timed out) in the same format as the app's.
-        from conductor import logs
-
         logs.configure(self.settings)
         options: dict[str, Any] = {
             "bind": f"{self.settings.api_host}:{self.settings.api_port}",
@@ -56,7 +54,6 @@ class _App(BaseApplication):
     def load(self) -> Any:
         # Gunicorn calls load() in the process that serves: the application
         # (Flask and everything under it) is imported there, not at start-up.
-        from conductor import logs
         from conductor.api import create_app
 
         logs.configure(self.settings)

@@ -112,13 +112,21 @@ class RequestIdFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """:data:`FORMAT`, secrets masked."""
+    """:data:`FORMAT`, secrets masked in the message and the traceback (not in the line's prefix, whose
+    logger name, ``conductor.auth.tokens:``, would read as a secret's key)."""
 
     def __init__(self) -> None:
         super().__init__(FORMAT)
 
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = redact(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        return redact(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 (logging's name)
+        return redact(super().formatStack(stack_info))
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -296,7 +297,9 @@ def tls_failure(url: str, ca_cert: str | None, error: Exception) -> str:
     """What to say when the TLS handshake with ``url`` failed."""
     reason = str(error)
     if "CERTIFICATE_VERIFY_FAILED" in reason:
-        detail = reason[reason.index("CERTIFICATE_VERIFY_FAILED"):].split(")")[0].rstrip(" (")
+        # "... [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: <why> (_ssl.c:1006) ..."
+        found = re.search(r"certificate verify failed: ([^()]+)", reason)
+        detail = found.group(1).strip() if found else "certificate verify failed"
         trusted = f"the CAs in {ca_cert}" if ca_cert else "the system's CAs"
         return (f"The TLS certificate of {url} is not trusted ({detail}) by {trusted}. Give the CA that "
                 "signed it with --ca-cert FILE (or CONDUCTOR_CA_CERT); never turn verification off.")
