@@ -7,9 +7,10 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from conductor import __version__, bootstrap
+from conductor import __version__, bootstrap, logs
 from conductor.api import (
     admission,
     boot,
@@ -17,6 +18,7 @@ from conductor.api import (
     conductors,
     errors,
     events,
+    http_metrics,
     images,
     ironic,
     limits,
@@ -81,6 +83,12 @@ class _Flask(Flask):
         return known
 
 
+def _bind_node() -> None:
+    """Log lines of a call under ``/nodes/<ident>`` name that node (``node`` in JSON logs)."""
+    rule = request.url_rule.rule if request.url_rule is not None else ""
+    logs.bind_node((request.view_args or {}).get("ident") if "/nodes/<ident>" in rule else None)
+
+
 def create_app(settings: Settings | None = None, ctx: Context | None = None) -> Flask:
     """The API application for ``settings`` (loaded from the environment if None)."""
     if ctx is None:
@@ -113,6 +121,10 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     api = errors.ConductorApi(app)
     # First: nothing may read a chunked body before its size is checked.
     app.before_request(limits.refuse_oversized_body)
+    # This host's HTTP latency (GET /metrics); its clock starts before every other hook.
+    http = http_metrics.HttpMetrics.of_this_process()
+    http.install(app)
+    app.before_request(_bind_node)
     errors.register(app)
     # Before admission: its answers' envelope must be rewritten after admission looked at them.
     ironic.install(app)
@@ -124,9 +136,20 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     # A plain Flask blueprint: the dashboard's files are not part of the API's description.
     app.register_blueprint(ui.blp)
     app.teardown_appcontext(close_session)
+    hops = ctx.settings.proxy_trusted_hops
+    if hops > 0:
+        # Behind that many reverse proxies: the client's address (per-address
+        # budgets), scheme and host (URLs the API writes) come from X-Forwarded-*.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
+        body, content_type = http.render()
+        return Response(body, content_type=content_type)
+
+    @app.get("/metrics/fleet")
+    def prometheus_fleet_metrics() -> Response:
         body, content_type = api_metrics.render(ctx)
         return Response(body, content_type=content_type)
 

@@ -17,6 +17,7 @@ EXPECTED = {
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/metrics"): READER,
+    ("GET", "/metrics/fleet"): READER,
     ("GET", "/static/<path:filename>"): READER,
     ("GET", "/v1/nodes"): READER,
     ("POST", "/v1/nodes"): OPERATOR,
