@@ -5,7 +5,7 @@ One command builds each size, starts the real service on it, measures, and
 prints every figure at both sizes with their ratio:
 
     .venv/bin/python bench/scale.py --database sqlite
-    .venv/bin/python bench/scale.py --database postgres   # database scale_bench
+    .venv/bin/python bench/scale.py --database postgres   # databases scale_bench, scale_bench_small
 
 Sizes.  The large size is ``--nodes`` (10,000), ``--requests`` (1,000,000
 finished requests) and ``--history`` (5,000,000 history entries); the small
@@ -25,31 +25,41 @@ each to a random node, 94 % succeeded, 5 % failed, 1 % cancelled, power
 most, provision and management some; history entries in time order over the
 same 30 days, a third of them a request's acceptance and end, the rest power
 changes and errors; an ``Idempotency-Key`` for half of the last day's
-requests (the keys live one day).  PostgreSQL uses its own database
-``scale_bench``, dropped and created for each size (``--pg-url`` names the
-server).
+requests (the keys live one day).  PostgreSQL uses databases of its own,
+``scale_bench`` (the large size) and ``scale_bench_small``, dropped and
+created at the start and dropped at the end (``--keep`` leaves them;
+``--pg-url`` names the server).
 
-What is measured, at each size, on ``conductor up`` (2 API processes, 1
-conductor worker, embedded Redis; the purge is off in the service, so that
-it does not run under the measurements; the budgets are lifted):
+What is measured.  Both sizes are served at once, each by its own ``conductor
+up`` (2 API processes, 1 conductor worker, embedded Redis; the purge is off
+in the services, so that it does not run under the measurements; the budgets
+are lifted; the power state observer runs at its default, every 60 s over
+every idle node, unless ``--power-sync-interval`` says otherwise), and
+measured in ``ROUNDS`` (5) alternate rounds, the order swapped every round,
+so that the load of the machine's other tenants falls on both alike (two
+services of the same size measured this way differ by up to 25 %):
 
 * ``GET /v1/nodes/<uuid>/states`` of random nodes (one client, keep-alive);
 * ``GET /v1/nodes?limit=100`` paged through every node with ``marker``:
   the latency of one page (and the whole walk's time);
 * ``GET /v1/requests?node=<uuid>&state=failed`` of random nodes;
 * ``GET /v1/nodes/<uuid>/history`` (the newest 50 entries) of random nodes;
-* 500 power PUTs (``rebooting``, fake driver), in rounds of 100 distinct nodes,
-  each round left to finish before the next: the latency of a PUT (202);
+* 500 power PUTs (``rebooting``, fake driver), 100 distinct nodes a round,
+  each round's requests left to finish before the next: the latency of a
+  PUT (202);
+* the CPU the API and worker processes used over those rounds (from
+  ``/proc/<pid>/stat``), in cores;
 * the sweeper: ``sweeper.sweep()`` called in this process on the same
-  database and Redis (the purge excluded: it is the next figure);
+  database and Redis, 3 times a round (the purge excluded: next figure);
 * the retention purge: one round of ``retention.purge()`` with a retention
   of 27 days (a tenth of the rows are older): its time and the time per row;
 * the RSS of each API and worker process, from ``/proc/<pid>/status``,
   after all the above.
 
-Then the SQL those endpoints, the sweep and the purge issue is captured in
-this process (an SQLAlchemy ``before_cursor_execute`` listener around the
-same calls through Flask's test client) and each statement's plan printed
+Then the SQL those endpoints, the sweep and the purge issue at the large size
+is captured in this process (an SQLAlchemy ``before_cursor_execute``
+listener around the same calls through Flask's test client) and each
+statement's plan printed
 (SQLite ``EXPLAIN QUERY PLAN``, PostgreSQL ``EXPLAIN``), with any full scan
 of a large table marked.
 
@@ -92,6 +102,8 @@ SPAN = dt.timedelta(days=30)
 PURGE_RETENTION = 27 * 86400.0
 BIG_TABLES = ("nodes", "requests", "node_history", "idempotency_keys", "callback_deliveries")
 PAGE = 100
+#: Rounds of measurements, alternating the two sizes.
+ROUNDS = 5
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -306,11 +318,13 @@ class Service:
                 self.proc.wait()
 
 
-def start_service(data_dir: Path, database_url: str) -> Service:
+def start_service(data_dir: Path, database_url: str, power_sync_interval: float | None = None) -> Service:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(CONDUCTOR_DATA_DIR=str(data_dir), CONDUCTOR_LOG_LEVEL="WARNING", CONDUCTOR_PURGE_INTERVAL="0",
                CONDUCTOR_DATABASE_URL=database_url, PYTHONPATH=str(ROOT))
+    if power_sync_interval is not None:
+        env["CONDUCTOR_POWER_SYNC_INTERVAL"] = str(power_sync_interval)
     proc = subprocess.Popen(
         [sys.executable, "-m", "conductor", "up", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -372,13 +386,18 @@ def wait_idle(service: Service, timeout: float = 120) -> None:
     raise SystemExit("the conductor did not finish the power requests")
 
 
-def measure_api(service: Service, uuids: list[str], calls: int, rng: random.Random) -> dict[str, Any]:
+def measure_round(service: Service, uuids: list[str], calls: int, rng: random.Random,
+                  figures: dict[str, Any]) -> None:
+    """One round of every API figure, appended to ``figures``' lists."""
     s, base = service.session, service.url
-    figures: dict[str, Any] = {}
+
+    def add(name: str, values: list[float]) -> None:
+        figures.setdefault(name, []).extend(values)
+
     pick = [rng.choice(uuids) for _ in range(calls)]
     for _ in range(20):  # warm the connections and both API processes
         _ok(s.get(f"{base}/v1/nodes/{pick[0]}/states", timeout=30))
-    figures["states poll"] = timed(calls, lambda i: _ok(s.get(f"{base}/v1/nodes/{pick[i]}/states", timeout=30)))
+    add("states poll", timed(calls, lambda i: _ok(s.get(f"{base}/v1/nodes/{pick[i]}/states", timeout=30))))
 
     pages: list[float] = []
     marker: str | None = None
@@ -395,47 +414,49 @@ def measure_api(service: Service, uuids: list[str], calls: int, rng: random.Rand
         if len(page) < PAGE:
             break
         marker = page[-1]["uuid"]
-    figures["walk_s"] = time.perf_counter() - walk_started
+    add("walk_s", [time.perf_counter() - walk_started])
     figures["walk_nodes"] = seen
-    figures["node list page (100)"] = pages
+    add("node list page (100)", pages)
 
-    figures["requests ?node&state=failed"] = timed(calls, lambda i: _ok(s.get(
-        f"{base}/v1/requests", params={"node": pick[i], "state": "failed"}, timeout=30)))
-    figures["node history (50)"] = timed(calls, lambda i: _ok(s.get(
-        f"{base}/v1/nodes/{pick[i]}/history", timeout=30)))
+    add("requests ?node&state=failed", timed(calls, lambda i: _ok(s.get(
+        f"{base}/v1/requests", params={"node": pick[i], "state": "failed"}, timeout=30))))
+    add("node history (50)", timed(calls, lambda i: _ok(s.get(f"{base}/v1/nodes/{pick[i]}/history", timeout=30))))
 
-    targets = rng.sample(uuids, min(len(uuids), 500))
-    puts: list[float] = []
-    for round_ in range(5):
-        group = [targets[(round_ * 100 + j) % len(targets)] for j in range(100)]
-        puts += timed(len(group), lambda i, g=group: _ok(s.put(  # type: ignore[misc]
-            f"{base}/v1/nodes/{g[i]}/states/power", json={"target": "rebooting"}, timeout=30), 202))
-        wait_idle(service)
-    figures["power PUT (202)"] = puts
-    return figures
+    group = rng.sample(uuids, min(len(uuids), 100))
+    add("power PUT (202)", timed(len(group), lambda i: _ok(s.put(
+        f"{base}/v1/nodes/{group[i]}/states/power", json={"target": "rebooting"}, timeout=30), 202)))
+    wait_idle(service)
 
 
-def measure_engine(data_dir: Path, database_url: str) -> dict[str, Any]:
-    """The sweep's and the purge's cost, called in this process on the service's database and Redis."""
+def engine_contexts(data_dir: Path, database_url: str) -> tuple[Any, Any]:
+    """Contexts on the service's database and Redis: one to sweep (no purge), one to purge."""
     from conductor.bootstrap import build_context
-    from conductor.engine import retention, sweeper
     from conductor.settings import load
 
     base = {"data_dir": str(data_dir), "database_url": database_url,
             "redis_url": embedded_redis.url_for(data_dir), "log_level": "WARNING"}
-    ctx = build_context(load({**base, "purge_interval": 0}), name="scale-bench")
+    return (build_context(load({**base, "purge_interval": 0}), name="scale-bench"),
+            build_context(load({**base, "request_retention": PURGE_RETENTION,
+                                "history_retention": PURGE_RETENTION}), name="scale-bench"))
+
+
+def measure_sweeps(ctx: Any, figures: dict[str, Any]) -> None:
+    from conductor.engine import sweeper
+
     sweeper.sweep(ctx)  # connections opened
-    sweeps = timed(5, lambda _i: sweeper.sweep(ctx))
-    ctx.db.engine.dispose()
-    ctx = build_context(load({**base, "request_retention": PURGE_RETENTION, "history_retention": PURGE_RETENTION}),
-                        name="scale-bench")
+    figures.setdefault("sweep", []).extend(timed(3, lambda _i: sweeper.sweep(ctx)))
+
+
+def measure_purge(ctx: Any, figures: dict[str, Any]) -> None:
+    """One round of the retention purge (a tenth of the rows are past the retention)."""
+    from conductor.engine import retention
+
     started = time.perf_counter()
     counts = retention.purge(ctx)
     elapsed = time.perf_counter() - started
-    ctx.db.engine.dispose()
     rows = counts["requests_purged"] + counts["history_purged"]
-    return {"sweep": sweeps, "purge_s": elapsed, "purge_rows": rows, "purge_counts": counts,
-            "purge_us_per_row": elapsed * 1e6 / max(1, rows)}
+    figures.update(purge_s=elapsed, purge_rows=rows, purge_counts=counts,
+                   purge_us_per_row=elapsed * 1e6 / max(1, rows))
 
 
 def _rss_kib(pid: int) -> int:
@@ -445,19 +466,42 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def rss(service: Service) -> dict[str, list[int]]:
-    """KiB of RSS per process kind (API, worker), from /proc."""
-    kinds: dict[str, list[int]] = {"api": [], "worker": []}
+def cpu_seconds(service: Service) -> dict[str, float]:
+    """CPU seconds (user + system) used so far per process kind, from /proc/<pid>/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"api": 0.0, "worker": 0.0}
+    for pid, kind in _processes(service):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _processes(service: Service) -> list[tuple[int, str]]:
+    """(pid, "api" or "worker") of the service's API and conductor worker processes."""
+    found = []
     for child in psutil.Process(service.proc.pid).children(recursive=True):
         try:
             cmd = " ".join(child.cmdline())
-            kib = _rss_kib(child.pid)
-        except (psutil.Error, OSError):
+        except psutil.Error:
             continue
         if "gunicorn" in cmd or " api" in cmd:
-            kinds["api"].append(kib)
+            found.append((child.pid, "api"))
         elif "callback" not in cmd and "worker" in cmd:
-            kinds["worker"].append(kib)
+            found.append((child.pid, "worker"))
+    return found
+
+
+def rss(service: Service) -> dict[str, list[int]]:
+    """KiB of RSS per process kind (API, worker), from /proc."""
+    kinds: dict[str, list[int]] = {"api": [], "worker": []}
+    for pid, kind in _processes(service):
+        try:
+            kinds[kind].append(_rss_kib(pid))
+        except OSError:
+            continue
     return kinds
 
 
@@ -537,35 +581,89 @@ def explain(database_url: str, statements: list[tuple[str, str, Any]]) -> list[s
 
 # --- one size ---------------------------------------------------------------------------------
 
-def run_size(args: argparse.Namespace, size: Size, explain_plans: bool) -> dict[str, Any]:
+@dataclass
+class Deployment:
+    """One size: its database, its data directory, its running service."""
+
+    size: Size
+    url: str
+    data_dir: Path
+    service: Service | None = None
+    uuids: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(args: argparse.Namespace, size: Size, pg_name: str) -> Deployment:
     data_dir = Path(tempfile.mkdtemp(prefix="scale-"))
     if args.database == "postgres":
-        url = reset_postgres(args.pg_url, args.pg_database)
+        url = reset_postgres(args.pg_url, pg_name)
     else:
         url = f"sqlite:///{data_dir / 'conductor.sqlite'}"
-    print(f"\n== {size.nodes} nodes, {size.requests} requests, {size.history} history entries ({args.database})")
+    print(f"\n== building {size.nodes} nodes, {size.requests} requests, {size.history} history entries "
+          f"({args.database}); load average {os.getloadavg()[0]:.2f}", flush=True)
     started = time.perf_counter()
     built = build(url, size)
     built["total"] = time.perf_counter() - started
-    print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in built.items() if not k.endswith("_rows")))
+    print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in built.items() if not k.endswith("_rows")), flush=True)
+    deployment = Deployment(size, url, data_dir)
+    deployment.figures["build"] = built
     engine = database.make_engine(url)
     with engine.connect() as conn:
-        uuids = list(conn.scalars(sa.select(Node.uuid).order_by(Node.id)))
+        deployment.uuids = list(conn.scalars(sa.select(Node.uuid).order_by(Node.id)))
     engine.dispose()
-    service = start_service(data_dir, url)
+    return deployment
+
+
+def run(args: argparse.Namespace, small: Size, big: Size) -> tuple[Deployment, Deployment, list[str]]:
+    """Build both sizes, serve both, and measure them in alternate rounds.
+
+    Both services run side by side and each round measures one then the
+    other (the order swapped every round), so that the load of the machine's
+    other tenants, which drifts by tens of percent within minutes, falls on
+    both sizes alike.
+    """
+    both = [prepare(args, small, f"{args.pg_database}_small"), prepare(args, big, args.pg_database)]
+    plans: list[str] = []
+    contexts = []
     try:
-        figures: dict[str, Any] = {"build": built, "load": os.getloadavg()}
-        figures.update(measure_api(service, uuids, args.calls, random.Random(7)))
-        figures.update(measure_engine(data_dir, url))
-        figures["rss"] = rss(service)
-        figures["load"] = (figures["load"], os.getloadavg())
-        if explain_plans:
-            figures["plans"] = explain(url, capture_sql(data_dir, url, uuids))
+        for d in both:
+            d.service = start_service(d.data_dir, d.url, args.power_sync_interval)
+        load_before = os.getloadavg()
+        rng = random.Random(7)
+        cpu_before = [cpu_seconds(d.service) for d in both if d.service]
+        started = time.perf_counter()
+        for round_ in range(ROUNDS):
+            for d in both if round_ % 2 == 0 else both[::-1]:
+                assert d.service is not None
+                measure_round(d.service, d.uuids, args.calls // ROUNDS, rng, d.figures)
+        elapsed = time.perf_counter() - started
+        for d, before in zip(both, cpu_before, strict=True):
+            assert d.service is not None
+            after = cpu_seconds(d.service)
+            d.figures["cpu"] = {k: (after[k] - before[k]) / elapsed for k in after}
+        for d in both:
+            contexts.append(engine_contexts(d.data_dir, d.url))
+        for round_ in range(ROUNDS):
+            for i in (0, 1) if round_ % 2 == 0 else (1, 0):
+                measure_sweeps(contexts[i][0], both[i].figures)
+        for i in (0, 1):
+            measure_purge(contexts[i][1], both[i].figures)
+        for d in both:
+            assert d.service is not None
+            d.figures["rss"] = rss(d.service)
+            d.figures["load"] = (load_before, os.getloadavg())
+        plans = explain(both[1].url, capture_sql(both[1].data_dir, both[1].url, both[1].uuids))
     finally:
-        service.stop()
+        for sweep_ctx, purge_ctx in contexts:
+            sweep_ctx.db.engine.dispose()
+            purge_ctx.db.engine.dispose()
+        for d in both:
+            if d.service is not None:
+                d.service.stop()
         if args.database == "postgres" and not args.keep:
-            drop_postgres(args.pg_url, args.pg_database)
-    return figures
+            for name in (f"{args.pg_database}_small", args.pg_database):
+                drop_postgres(args.pg_url, name)
+    return both[0], both[1], plans
 
 
 LATENCIES = ("states poll", "node list page (100)", "requests ?node&state=failed", "node history (50)",
@@ -585,13 +683,16 @@ def report(small: Size, big: Size, a: dict[str, Any], b: dict[str, Any]) -> None
     r = b["purge_us_per_row"] / a["purge_us_per_row"]
     print(f"{'purge us/row':32} {a['purge_us_per_row']:10.1f} {b['purge_us_per_row']:10.1f} {r:5.2f}x   "
           f"(one round: {a['purge_s']:.2f} s for {a['purge_rows']} rows; {b['purge_s']:.2f} s for {b['purge_rows']})")
-    print(f"{'node list walk s':32} {a['walk_s']:10.2f} {b['walk_s']:10.2f}   "
+    print(f"{'node list walk s':32} {p(a['walk_s'], 50):10.2f} {p(b['walk_s'], 50):10.2f}   "
           f"({a['walk_nodes']} and {b['walk_nodes']} nodes)")
     for kind in ("api", "worker"):
         xs, ys = a["rss"][kind], b["rss"][kind]
         print(f"{'RSS ' + kind + ' MiB':32} {max(xs or [0]) / 1024:10.1f} {max(ys or [0]) / 1024:10.1f} "
               f"{(max(ys or [0]) / max(xs or [1])):5.2f}x   (each: {[round(k / 1024) for k in xs]} / "
               f"{[round(k / 1024) for k in ys]})")
+    for kind in ("api", "worker"):
+        print(f"{'CPU ' + kind + ' (cores busy)':32} {a['cpu'][kind]:10.2f} {b['cpu'][kind]:10.2f}   "
+              "(over the API rounds, both services running)")
     for label, f in (("small", a), ("large", b)):
         built = f["build"]
         rows = sum(v for k, v in built.items() if k.endswith("_rows"))
@@ -610,16 +711,17 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                         help="a database of the PostgreSQL server to connect to for CREATE/DROP DATABASE")
     parser.add_argument("--pg-database", default="scale_bench")
+    parser.add_argument("--power-sync-interval", type=float, default=None,
+                        help="the services' power_sync_interval (0: off) [their default, 60 s]")
     parser.add_argument("--keep", action="store_true", help="leave the PostgreSQL database behind")
     args = parser.parse_args()
     big = Size(args.nodes, args.requests, args.history)
     small = Size(args.small_nodes, args.requests * args.small_nodes // args.nodes,
                  args.history * args.small_nodes // args.nodes)
-    a = run_size(args, small, explain_plans=False)
-    b = run_size(args, big, explain_plans=True)
+    a, b, plans = run(args, small, big)
     print(f"\n== plans at {big.nodes} nodes (the SQL the endpoints, the sweep and the purge ran)")
-    print("\n".join(b["plans"]))
-    report(small, big, a, b)
+    print("\n".join(plans))
+    report(small, big, a.figures, b.figures)
 
 
 if __name__ == "__main__":
