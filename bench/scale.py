@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -223,7 +224,11 @@ def _copy_value(value: Any) -> Any:
 
 
 def _insert_copy(engine: sa.Engine, table: sa.Table, rows: Iterator[dict[str, Any]]) -> int:
-    columns = [c.name for c in table.columns]
+    first = next(rows, None)
+    if first is None:
+        return 0
+    columns = list(first)  # the generated columns; the others take their defaults
+    rows = itertools.chain([first], rows)
     count = 0
     raw = engine.raw_connection()
     try:
