@@ -377,18 +377,21 @@ def _ok(response: requests.Response, status: int = 200) -> requests.Response:
     return response
 
 
-def wait_idle(service: Service, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = sum(
-            len(_ok(service.session.get(f"{service.url}/v1/requests", params={"state": s, "limit": 1},
-                                        timeout=30)).json()["requests"])
+def wait_idle(service: Service, timeout: float = 300) -> float:
+    """Seconds until no request is queued, running or waiting (nan: still busy after ``timeout``)."""
+    started = time.monotonic()
+    counts: dict[str, int] = {}
+    while time.monotonic() - started < timeout:
+        counts = {
+            s: len(_ok(service.session.get(f"{service.url}/v1/requests", params={"state": s, "limit": 1000},
+                                           timeout=30)).json()["requests"])
             for s in ("queued", "running", "waiting")
-        )
-        if not busy:
-            return
+        }
+        if not any(counts.values()):
+            return time.monotonic() - started
         time.sleep(0.2)
-    raise SystemExit("the conductor did not finish the power requests")
+    print(f"   {service.url}: requests still busy after {timeout:.0f} s: {counts}", flush=True)
+    return float("nan")
 
 
 def measure_round(service: Service, uuids: list[str], calls: int, rng: random.Random,
@@ -428,9 +431,17 @@ def measure_round(service: Service, uuids: list[str], calls: int, rng: random.Ra
     add("node history (50)", timed(calls, lambda i: _ok(s.get(f"{base}/v1/nodes/{pick[i]}/history", timeout=30))))
 
     group = rng.sample(uuids, min(len(uuids), 100))
-    add("power PUT (202)", timed(len(group), lambda i: _ok(s.put(
-        f"{base}/v1/nodes/{group[i]}/states/power", json={"target": "rebooting"}, timeout=30), 202)))
-    wait_idle(service)
+    statuses: list[int] = []
+
+    def put(i: int) -> None:
+        response = s.put(f"{base}/v1/nodes/{group[i]}/states/power", json={"target": "rebooting"}, timeout=30)
+        if response.status_code not in (202, 409):  # 409: a node still busy with an earlier round's request
+            _ok(response, 202)
+        statuses.append(response.status_code)
+
+    add("power PUT (202)", timed(len(group), put))
+    figures["put_409"] = figures.get("put_409", 0) + statuses.count(409)
+    add("drain_s", [wait_idle(service)])
 
 
 def engine_contexts(data_dir: Path, database_url: str) -> tuple[Any, Any]:
@@ -688,6 +699,9 @@ def report(small: Size, big: Size, a: dict[str, Any], b: dict[str, Any]) -> None
     r = b["purge_us_per_row"] / a["purge_us_per_row"]
     print(f"{'purge us/row':32} {a['purge_us_per_row']:10.1f} {b['purge_us_per_row']:10.1f} {r:5.2f}x   "
           f"(one round: {a['purge_s']:.2f} s for {a['purge_rows']} rows; {b['purge_s']:.2f} s for {b['purge_rows']})")
+    print(f"{'100 PUTs drained in s':32} {p(a['drain_s'], 50):10.2f} {p(b['drain_s'], 50):10.2f}   "
+          f"(each round: {[round(x, 1) for x in a['drain_s']]} / {[round(x, 1) for x in b['drain_s']]}; "
+          f"409s: {a.get('put_409', 0)} / {b.get('put_409', 0)})")
     print(f"{'node list walk s':32} {p(a['walk_s'], 50):10.2f} {p(b['walk_s'], 50):10.2f}   "
           f"({a['walk_nodes']} and {b['walk_nodes']} nodes)")
     for kind in ("api", "worker"):
