@@ -531,7 +531,8 @@ def capture_sql(data_dir: Path, database_url: str, uuids: list[str]) -> list[tup
 
     settings = load({"data_dir": str(data_dir), "database_url": database_url, "auth_enabled": False,
                      "redis_url": embedded_redis.url_for(data_dir), "log_level": "WARNING",
-                     "request_retention": PURGE_RETENTION, "history_retention": PURGE_RETENTION})
+                     "request_retention": PURGE_RETENTION, "history_retention": PURGE_RETENTION,
+                     "purge_interval": 0})  # the sweep leaves the purge to its own call below
     app = create_app(settings)
     ctx = app.extensions["conductor"]
     client = app.test_client()
