@@ -27,7 +27,8 @@ same 30 days, a third of them a request's acceptance and end, the rest power
 changes and errors; an ``Idempotency-Key`` for half of the last day's
 requests (the keys live one day).  PostgreSQL uses databases of its own,
 ``scale_bench`` (the large size) and ``scale_bench_small``, dropped and
-created at the start and dropped at the end (``--keep`` leaves them;
+created at the start and dropped at the end (``--keep`` leaves them, and the
+data directories;
 ``--pg-url`` names the server).
 
 What is measured.  Both sizes are served at once, each by its own ``conductor
@@ -76,6 +77,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -677,9 +679,12 @@ def run(args: argparse.Namespace, small: Size, big: Size) -> tuple[Deployment, D
         for d in both:
             if d.service is not None:
                 d.service.stop()
-        if args.database == "postgres" and not args.keep:
-            for name in (f"{args.pg_database}_small", args.pg_database):
-                drop_postgres(args.pg_url, name)
+        if not args.keep:
+            for d in both:
+                shutil.rmtree(d.data_dir, ignore_errors=True)
+            if args.database == "postgres":
+                for name in (f"{args.pg_database}_small", args.pg_database):
+                    drop_postgres(args.pg_url, name)
     return both[0], both[1], plans
 
 
@@ -733,7 +738,8 @@ def main() -> None:
     parser.add_argument("--pg-database", default="scale_bench")
     parser.add_argument("--power-sync-interval", type=float, default=None,
                         help="the services' power_sync_interval (0: off) [their default, 60 s]")
-    parser.add_argument("--keep", action="store_true", help="leave the PostgreSQL database behind")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the data directories (and PostgreSQL databases) behind")
     args = parser.parse_args()
     big = Size(args.nodes, args.requests, args.history)
     small = Size(args.small_nodes, args.requests * args.small_nodes // args.nodes,
