@@ -47,7 +47,7 @@ services of the same size measured this way differ by up to 25 %):
 * ``GET /v1/nodes/<uuid>/history`` (the newest 50 entries) of random nodes;
 * 500 power PUTs (``rebooting``, fake driver), 100 distinct nodes a round,
   each round's requests left to finish before the next: the latency of a
-  PUT (202);
+  PUT (202), and how long the worker took to finish each round's 100;
 * the CPU the API and worker processes used over those rounds (from
   ``/proc/<pid>/stat``), in cores;
 * the sweeper: ``sweeper.sweep()`` called in this process on the same
