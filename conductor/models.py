@@ -214,8 +214,10 @@ class Request(Base):
 
     __table_args__ = (
         Index("ix_requests_node_created", "node_id", "created_at"),
-        Index("ix_requests_state", "state"),
-        Index("ix_requests_finished_at", "finished_at"),  # the retention purge
+        # Any state look-up (the sweep's, the counts), and the retention
+        # purge's: finished requests past their retention, read a batch at a
+        # time off this index however many finished rows there are.
+        Index("ix_requests_state_finished", "state", "finished_at"),
     )
 
 
@@ -289,6 +291,8 @@ class IdempotencyRecord(Base):
     __table_args__ = (
         UniqueConstraint("client", "key", name="uq_idempotency_keys_client_key"),
         Index("ix_idempotency_keys_expires_at", "expires_at"),
+        # ON DELETE CASCADE: each request the purge deletes looks up its keys.
+        Index("ix_idempotency_keys_request_id", "request_id"),
     )
 
 
@@ -388,5 +392,5 @@ class CallbackDelivery(Base):
         Index("ix_callback_deliveries_order", "order_key", "id"),
         Index("ix_callback_deliveries_request", "request_id"),
         Index("ix_callback_deliveries_subscription", "subscription_id", "id"),
-        Index("ix_callback_deliveries_finished_at", "finished_at"),  # the retention purge
+        Index("ix_callback_deliveries_ended", "state", "finished_at"),  # the retention purge
     )
