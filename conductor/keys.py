@@ -43,12 +43,23 @@ def work_queue(namespace: str) -> str:
     RQ keeps the queue in ``rq:queue:<ns>-work`` (a list of job ids) and each
     job in ``rq:job:<id>`` (a hash; a request's first job has the request id
     as job id).  Written by the API (a new request) and by the conductors
-    (pumped timers, power sync batches, the sweeper's re-enqueues); read by
-    the conductor workers.  A job's hash is deleted when it succeeds and
-    kept for a while when it fails (a day; an hour for power sync batches);
-    the admission script reads the list's length.
+    (pumped timers, the sweeper's re-enqueues); read by the conductor
+    workers.  A job's hash is deleted when it succeeds and kept for a while
+    when it fails (a day; an hour for power sync batches, which have a queue
+    of their own: :func:`sync_queue`); the admission script reads the list's
+    length.
     """
     return f"{namespace}-work"
+
+
+def sync_queue(namespace: str) -> str:
+    """``<ns>-sync``: the RQ queue of the power state observer's batches (not itself a key: RQ's, as above).
+
+    Workers serve it only when ``<ns>-work`` is empty: at 10,000 nodes a
+    round of the observer is 200 batch jobs, which in the work queue made
+    the requests behind them wait up to a minute (``bench/scale.py``).
+    """
+    return f"{namespace}-sync"
 
 
 def timers(namespace: str) -> str:

@@ -77,6 +77,8 @@ class WorkQueue:
         self.namespace = settings.redis_namespace
         self.job_timeout = int(settings.job_timeout)
         self.queue = Queue(keys.work_queue(self.namespace), connection=connection, serializer=JSONSerializer)
+        #: The power state observer's batches: served after :attr:`queue` (see :func:`conductor.keys.sync_queue`).
+        self.sync_queue = Queue(keys.sync_queue(self.namespace), connection=connection, serializer=JSONSerializer)
         self.timers_key = keys.timers(self.namespace)
         self.pumped_key = keys.pumped(self.namespace)
         self._pop_due = connection.register_script(_POP_DUE)

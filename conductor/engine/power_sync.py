@@ -5,7 +5,8 @@ the round's Redis key, ``SET NX PX``) lists the nodes that have no
 transition in flight and enqueues them in jobs of ``power_sync_batch``
 nodes, which any conductor's workers run like request steps (so BMC calls
 stay serial per worker process, and the batches run in parallel across
-processes).  For each node, under its reservation:
+processes), from a queue of their own that a worker serves only when no
+request step waits (``<ns>-sync``): the observer never delays a request.  For each node, under its reservation:
 
 * the power state the BMC reports differs from the recorded one: the record
   is corrected, with a ``power.drift`` history entry and a
@@ -107,7 +108,7 @@ def start_round(ctx: Context) -> int | None:
         pipe.pexpire(_pending_key(ctx), budget_ms)
         pipe.execute()
     for batch in batches:
-        ctx.queue.queue.enqueue_call(
+        ctx.queue.sync_queue.enqueue_call(
             BATCH_FUNCTION,
             args=(batch,),
             # A dead BMC costs every retry (~17 s by default): bound per node.

@@ -162,7 +162,10 @@ def run(settings: Settings, burst: bool = False) -> None:
     chores.start()
     try:
         worker = ConductorWorker(
-            [ctx.queue.queue], connection=ctx.redis, name=f"{ctx.name}.{os.getpid()}", serializer=JSONSerializer
+            # In this order: RQ takes from the first queue that has a job, so the
+            # power state observer's batches wait while any request step does.
+            [ctx.queue.queue, ctx.queue.sync_queue], connection=ctx.redis, name=f"{ctx.name}.{os.getpid()}",
+            serializer=JSONSerializer
         )
         worker.conductor_ctx = ctx
         # RQ's work() sets its loggers to the level it is given, which undid

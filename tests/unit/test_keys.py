@@ -24,6 +24,7 @@ PACKAGE = Path(keys.__file__).resolve().parent
 #: only together with a migration of the running deployments.
 PINNED = {
     "work_queue": ((), "conductor-work"),
+    "sync_queue": ((), "conductor-sync"),
     "timers": ((), "conductor:timers"),
     "pumped": ((), "conductor:pumped"),
     "drain": ((), "conductor:drain"),

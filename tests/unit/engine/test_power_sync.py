@@ -46,8 +46,10 @@ def test_one_conductor_per_round_and_only_idle_managed_nodes(client, conductor_c
         queued_before = conductor_ctx.queue.queue.count
         assert power_sync.start_round(conductor_ctx) == 1
         assert power_sync.start_round(other) is None  # the round is taken
-        jobs_now = conductor_ctx.queue.queue.jobs[queued_before:]
+        jobs_now = conductor_ctx.queue.sync_queue.jobs
         assert [list(job.args) for job in jobs_now] == [[[node_id(conductor_ctx, "idle")]]]
+        # On the observer's own queue: the requests' queue has nothing more, and admission's depth counts none.
+        assert conductor_ctx.queue.queue.count == queued_before and conductor_ctx.queue.depth() == queued_before
     finally:
         other.close()
 
