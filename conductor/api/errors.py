@@ -34,6 +34,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from conductor import database
+from conductor.api import docs
 from conductor.api.common import close_session
 from conductor.exceptions import ConductorError, DatabaseUnavailable, QueueFull, RateLimited
 
@@ -45,7 +46,8 @@ PROBLEM_JSON = "application/problem+json"
 #: name, not a page to fetch; docs/api.md lists the codes).
 PROBLEM_TYPE_PREFIX = "tag:baremetal-conductor,2026:error:"
 
-_HTTP_CODES = {
+#: The codes of the HTTP errors raised by Flask, Werkzeug and webargs.
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -55,6 +57,7 @@ _HTTP_CODES = {
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    416: "range_not_satisfiable",
     429: "too_many_requests",
     431: "headers_too_large",
     500: "internal_error",
@@ -191,7 +194,7 @@ def handle_http_error(error: HTTPException) -> Response:
         errors = _flatten(data["messages"])
         message = "Invalid request: " + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
         return error_response(400, "validation_error", message, errors=errors)
-    code = _HTTP_CODES.get(status, "http_error")
+    code = HTTP_CODES.get(status, "http_error")
     message = data.get("message") or error.description or error.name
     response = error_response(status, code, message)
     for key, value in (data.get("headers") or {}).items():
@@ -262,6 +265,11 @@ class ConductorApi(Api):
     """flask-smorest's Api with the conductor's error shape."""
 
     ERROR_SCHEMA = ErrorSchema
+
+    def _openapi_swagger_ui(self) -> Response:
+        # Our page, not flask-smorest's template, whose inline script a
+        # same-origin Content-Security-Policy would block.
+        return docs.page()
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         return handle_http_error(error)

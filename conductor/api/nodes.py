@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, request
 from flask.views import MethodView
 
-from conductor.api import admission, errors, schemas
+from conductor.api import admission, schemas
 from conductor.api.common import Blueprint, context, etag_header, if_match, json_response, next_link, session
 from conductor.models import Node, Request
 from conductor.service import agent, history, nodes, submit
@@ -44,7 +44,6 @@ _IF_MATCH = {"in": "header", "name": "If-Match", "required": False, "schema": {"
              "description": "Only if the node is still at this version (an ETag of a GET or PATCH, or *); "
                             "else 412 precondition_failed and nothing changes. Without it the write is "
                             "unconditional."}
-_STALE = "The node changed since the ETag sent as If-Match (the current one is in etag); nothing was changed"
 
 
 @blp.route("/<ident>")
@@ -57,7 +56,6 @@ class NodeItem(MethodView):
 
     @blp.arguments(schemas.NodePatch)
     @blp.response(200, schemas.Node, headers=_ETAG_HEADER)
-    @blp.alt_response(412, schema=errors.ErrorSchema, description=_STALE)
     @blp.doc(parameters=[_IF_MATCH])
     def patch(self, changes: dict[str, Any], ident: str) -> tuple[Node, dict[str, str]]:
         """Change a node with a JSON merge patch (RFC 7396); with If-Match, only the version it names."""
@@ -65,7 +63,6 @@ class NodeItem(MethodView):
         return node, etag_header(nodes.etag(node))
 
     @blp.response(204)
-    @blp.alt_response(412, schema=errors.ErrorSchema, description=_STALE)
     @blp.doc(parameters=[_IF_MATCH])
     def delete(self, ident: str) -> None:
         """Delete a node with no transition in progress; with If-Match, only the version it names."""
