@@ -265,6 +265,8 @@ class ConductorApi(Api):
     """flask-smorest's Api with the conductor's error shape."""
 
     ERROR_SCHEMA = ErrorSchema
+    #: No "default" response: conductor/api/contract.py documents each status, 500 included.
+    DEFAULT_ERROR_RESPONSE_NAME = None
 
     def _openapi_swagger_ui(self) -> Response:
         # Our page, not flask-smorest's template, whose inline script a
