@@ -348,3 +348,34 @@ class ContractPlugin(BasePlugin):
         for method, operation in operations.items():
             if method in ("get", "put", "post", "patch", "delete"):
                 complete(self.spec, rule.endpoint, method, set(rule.arguments), operation)
+
+
+TABLE_BEGIN = "<!-- error-table:begin (generated: python tools/error_table.py < openapi.json) -->"
+TABLE_END = "<!-- error-table:end -->"
+
+
+def error_table(spec: dict[str, Any]) -> str:
+    """docs/api.md's table of error codes, from the document ``spec``: status, code, title, the operations."""
+    found: dict[tuple[int, str], list[str]] = {}
+    for item in spec["paths"].values():
+        for method, operation in item.items():
+            if method not in ("get", "put", "post", "patch", "delete"):
+                continue
+            for status, response in operation["responses"].items():
+                content = response.get("content", {}).get(errors.PROBLEM_JSON, {})
+                for code in content.get("examples", {}):
+                    found.setdefault((int(status), code), []).append(operation["operationId"])
+    every = {op["operationId"] for item in spec["paths"].values() for m, op in item.items()
+             if m in ("get", "put", "post", "patch", "delete")}
+    lines = [TABLE_BEGIN, "| status | code (`type` ends with it) | title | operations |", "|---|---|---|---|"]
+    for (status, code), names in sorted(found.items()):
+        if set(names) == every:
+            where = "every operation"
+        elif len(names) > len(every) / 2:
+            where = "every operation but " + ", ".join(f"`{n}`" for n in sorted(every - set(names)))
+        else:
+            where = ", ".join(f"`{n}`" for n in sorted(names))
+        lines.append(f"| {status} | `{code}` | {errors.problem_title(code)} | {where} |")
+    lines.append(TABLE_END)
+    return "\n".join(lines)
+

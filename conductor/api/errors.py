@@ -64,6 +64,9 @@ HTTP_CODES = {
 }
 
 
+_ACRONYMS = {"url": "URL", "bmc": "BMC", "uri": "URI"}
+
+
 def problem_type(code: str) -> str:
     """The problem ``type`` of error ``code``."""
     return PROBLEM_TYPE_PREFIX + code
@@ -71,7 +74,8 @@ def problem_type(code: str) -> str:
 
 def problem_title(code: str) -> str:
     """The problem ``title`` of error ``code``: the code in words (``node_not_found``: "Node not found")."""
-    return code.replace("_", " ").capitalize()
+    words = code.replace("_", " ").capitalize().split(" ")
+    return " ".join(_ACRONYMS.get(word, word) for word in words)
 
 
 def problem(status: int, code: str, message: str, **details: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -102,6 +103,13 @@ def test_errors_and_headers_follow_the_rules_they_come_from(spec) -> None:
     error = spec["components"]["schemas"]["Error"]
     assert {"type", "title", "status", "detail", "code", "message"} <= set(error["required"])
     assert error["additionalProperties"] is True
+
+
+def test_docs_error_table_is_the_documents(spec) -> None:
+    text = (Path(__file__).parents[3] / "docs" / "api.md").read_text()
+    begin, end = text.index(contract.TABLE_BEGIN), text.index(contract.TABLE_END) + len(contract.TABLE_END)
+    expected = contract.error_table(spec)
+    assert text[begin:end] == expected, f"regenerate docs/api.md's table (tools/error_table.py):\n{expected}"
 
 
 def test_examples_are_what_the_service_serves(spec, client) -> None:
