@@ -295,6 +295,9 @@ def error_response(spec: APISpec, status: int, codes: tuple[str, ...]) -> dict[s
 def complete(spec: APISpec, endpoint: str, method: str, path_args: set[str], operation: dict[str, Any]) -> None:
     """Add the operationId, the error responses and the headers to ``operation``."""
     operation["operationId"] = OPERATION_IDS[(endpoint, method)]
+    for key in ("summary", "description"):  # (the docstrings' reST literals as Markdown's)
+        if key in operation:
+            operation[key] = operation[key].replace("``", "`")
     # (Status keys as strings: flask-smorest's are integers until apispec cleans them.)
     responses = operation["responses"] = {str(k): v for k, v in operation.get("responses", {}).items()}
     throttled = admission.required_role(endpoint, method.upper()) is not None
