@@ -123,6 +123,27 @@ def test_examples_are_what_the_service_serves(spec, client) -> None:
         assert value["code"] == name and value["type"].endswith(":" + name) and value["detail"] == value["message"]
 
 
+def request_example(spec: dict[str, Any], path: str, method: str) -> Any:
+    return spec["paths"][path][method]["requestBody"]["content"]["application/json"]["example"]
+
+
+def test_request_examples_are_accepted(spec, client) -> None:
+    node = request_example(spec, "/v1/nodes", "post")
+    created = client.post("/v1/nodes", json=node)
+    assert created.status_code == 201, created.json
+    name = node["name"]
+    for method, path, status in (("patch", "/v1/nodes/{ident}", 200), ("post", "/v1/ports", 201),
+                                 ("post", "/v1/tokens", 201), ("patch", "/v1/throttle", 200),
+                                 ("put", "/v1/nodes/{ident}/states/power", 202)):
+        body = request_example(spec, path, method)
+        answer = client.open(path.replace("{ident}", name), method=method.upper(), json=body)
+        assert answer.status_code == status, (method, path, answer.json)
+    # The boot device change waits behind the power change: accepted, and refused as busy, as documented.
+    busy = client.put(f"/v1/nodes/{name}/management/boot_device",
+                      json=request_example(spec, "/v1/nodes/{ident}/management/boot_device", "put"))
+    assert busy.status_code == 409 and busy.json["code"] == "transition_in_progress"
+
+
 def test_swagger_ui_is_served_from_the_package_without_a_token(anonymous) -> None:
     page = anonymous.get("/docs")
     assert page.status_code == 200 and page.mimetype == "text/html"
