@@ -123,6 +123,14 @@ def test_examples_are_what_the_service_serves(spec, client) -> None:
         assert value["code"] == name and value["type"].endswith(":" + name) and value["detail"] == value["message"]
 
 
+def test_the_ironic_api_keeps_ironics_error_format(client) -> None:
+    # python-ironicclient and openstacksdk parse Ironic's envelope, not problem details.
+    missing = client.get("/baremetal/v1/nodes/7b9ef4cf-2a4a-4a53-9d3c-5e2b1e7f0a11")
+    assert missing.status_code == 404 and missing.mimetype == "application/json"
+    assert set(missing.json) == {"error_message"}
+    assert missing.headers["X-Conductor-Error-Code"] == "node_not_found"
+
+
 def request_example(spec: dict[str, Any], path: str, method: str) -> Any:
     return spec["paths"][path][method]["requestBody"]["content"]["application/json"]["example"]
 
