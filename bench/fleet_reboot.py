@@ -184,13 +184,13 @@ class Service:
         raise AssertionError("unreachable")
 
     def active(self) -> int:
-        """Requests not finished (queued, running, waiting), from /metrics."""
-        text = self.http.get(self.url + "/metrics", timeout=30).text
+        """Requests not finished (queued, running, waiting), from /metrics/fleet."""
+        text = self.http.get(self.url + "/metrics/fleet", timeout=30).text
         return int(sum(float(n) for _state, n in ACTIVE_RE.findall(text)))
 
     def bmc_calls(self) -> dict[str, int]:
-        """IPMI driver calls so far, by driver method, from /metrics."""
-        text = self.http.get(self.url + "/metrics", timeout=30).text
+        """IPMI driver calls so far, by driver method, from /metrics/fleet."""
+        text = self.http.get(self.url + "/metrics/fleet", timeout=30).text
         pattern = re.compile(BMC_CALLS_RE.format(driver=self.driver), re.M)
         return {name: int(float(n)) for name, n in pattern.findall(text)}
 

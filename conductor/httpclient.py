@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import ipaddress
 import time
+import urllib.parse
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -26,9 +29,38 @@ from urllib3.util.retry import Retry
 RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def session(retries: int = 3) -> requests.Session:
-    """A ``requests`` session that retries safe requests on connection errors (never on an HTTP status)."""
-    http = requests.Session()
+class _Session(requests.Session):
+    """A session whose CA file wins over ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``.
+
+    (``requests`` lets those environment variables replace a session's
+    ``verify`` on every request; a CA given on the command line must not
+    lose to the environment.)
+    """
+
+    def __init__(self, ca_cert: str | None) -> None:
+        super().__init__()
+        self.ca_cert = ca_cert
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> Any:
+        if verify is None and self.ca_cert:
+            verify = self.ca_cert
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+
+def session(retries: int = 3, ca_cert: str | None = None,
+            client_cert: tuple[str, str] | str | None = None) -> requests.Session:
+    """A ``requests`` session that retries safe requests on connection errors (never on an HTTP status).
+
+    ``ca_cert`` (a PEM file of CA certificates) is what an ``https`` API's
+    certificate must be signed by; None: the system's CAs (or
+    ``REQUESTS_CA_BUNDLE``).  An untrusted certificate is never accepted.
+    ``client_cert`` (a PEM file holding certificate and key, or the two
+    files) is shown to an API that asks for one (mutual TLS).
+    """
+    http = _Session(ca_cert)
+    if client_cert:
+        http.cert = client_cert
     retry = Retry(total=retries, connect=retries, read=retries, status=0, redirect=0, other=0,
                   allowed_methods=RETRIED_METHODS, backoff_factor=0.05, raise_on_status=False,
                   respect_retry_after_header=False)
@@ -53,4 +85,15 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 

@@ -261,6 +261,6 @@ def metrics(namespace: str) -> str:
 
     Fields are ``c|<name>|<labels>`` (counters) and ``h|<name>|<le>|<labels>``
     or ``h|<name>|sum|<labels>`` (histograms).  Incremented by the API and
-    the conductors; read when ``/metrics`` is rendered.  No expiry.
+    the conductors; read when ``/metrics/fleet`` is rendered.  No expiry.
     """
     return f"{namespace}:metrics"

@@ -1,10 +1,12 @@
-"""Metrics shared by every process: recorded here, served at ``GET /metrics`` by :mod:`conductor.api.metrics`.
+"""Metrics shared by every process: recorded here, served at ``GET /metrics/fleet`` by :mod:`conductor.api.metrics`.
 
 The API runs as several gunicorn processes and the conductors as several
-more, so per-process counters would be wrong whichever process a scrape
-reaches.  Counters and histograms therefore live in one Redis hash
-(``<ns>:metrics``); gauges are read at scrape time; ``prometheus-client``
-renders the exposition.
+more, on several hosts, and the conductors serve no HTTP: what they count
+is the deployment's.  Counters and histograms therefore live in one Redis
+hash (``<ns>:metrics``), the same figures whichever API host is scraped;
+gauges are read at scrape time; ``prometheus-client`` renders the
+exposition.  (An API host's own HTTP latency is per host:
+:mod:`conductor.api.http_metrics`.)
 
 What finishes inside a database transaction (a request reaching a final
 state, a BMC command of a step) is stashed on the session and written to

@@ -146,6 +146,19 @@ class Settings:
     #: Whether the API requires bearer tokens.  Switching it off is only
     #: allowed while ``api_host`` is a loopback address.
     auth_enabled: bool = _setting(Group.API, True)
+    #: HTTPS (see conductor/tls.py and docs/production.md): the API's
+    #: certificate (PEM, chain after it) and its private key; both empty
+    #: serve plain HTTP.  With ``tls_client_ca_file`` too, clients must
+    #: present a certificate signed by that CA (mutual TLS).
+    tls_cert_file: str = _setting(Group.API, "")
+    tls_key_file: str = _setting(Group.API, "")
+    tls_client_ca_file: str = _setting(Group.API, "")
+    #: Reverse proxies in front of the API whose ``X-Forwarded-For``,
+    #: ``-Proto``, ``-Host`` and ``-Port`` are believed (werkzeug's
+    #: ProxyFix, that many hops); 0 ignores them.  Per-address budgets
+    #: (admission) and the URLs the API writes depend on it: set it to the
+    #: number of proxies, never more (a client could then choose its address).
+    proxy_trusted_hops: int = _setting(Group.API, 0)
 
     # --- conductors ------------------------------------------------------------------------
     workers: int = _setting(Group.CONDUCTORS, 1)
@@ -357,6 +370,13 @@ class Settings:
 
     # --- logging ---------------------------------------------------------------------------
     log_level: str = _setting(Group.LOGGING, "INFO")
+    #: ``text`` (one line, ``request_id=<id>`` at its end) or ``json`` (one
+    #: JSON object per line: time, level, logger, message, request_id, node).
+    log_format: str = _setting(Group.LOGGING, "text")
+    #: Where the server processes log: empty is stderr (the journal under
+    #: systemd; ``<data_dir>/logs`` under ``conductor up``), else this file,
+    #: shared by the host's processes and re-opened when logrotate moves it.
+    log_file: str = _setting(Group.LOGGING, "")
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -399,9 +419,16 @@ class Settings:
         return Path(self.ramdisk_dir).expanduser() if self.ramdisk_dir else self.data_dir / "ramdisk"
 
     @property
+    def api_url(self) -> str:
+        """The URL this host's API serves: ``https`` when a certificate is set."""
+        scheme = "https" if self.tls_cert_file else "http"
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"{scheme}://{host}:{self.api_port}"
+
+    @property
     def agent_url(self) -> str:
         """The API URL given to agents."""
-        return self.agent_api_url or f"http://{self.api_host}:{self.api_port}"
+        return self.agent_api_url or self.api_url
 
     @property
     def base_name(self) -> str:

@@ -42,12 +42,14 @@ import sys
 import threading
 import time
 import urllib.parse
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import urllib3
 
-from conductor import database, datadir, procs
+from conductor import database, datadir, procs, tls
 from conductor.auth import tokenfile, tokens
 from conductor.dhcp.config import DhcpConfig
 from conductor.dhcp.hosts import HostsDir
@@ -169,7 +171,7 @@ class Supervisor:
     @property
     def url(self) -> str:
         """The API's URL."""
-        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+        return self.settings.api_url
 
     def start(self, wait: float = 30.0) -> None:
         """Start Redis (embedded), migrate, start the children (dnsmasq first, if configured), wait for the API.
@@ -183,6 +185,7 @@ class Supervisor:
 
         settings = self.settings
         check_auth_settings(settings)
+        tls.check(settings)
         self.dhcp = DhcpConfig.from_settings(settings)
         datadir.ensure_data_dir(settings)  # 0700, and the secret key on first start
         self._take_data_dir()
@@ -364,7 +367,20 @@ class Supervisor:
                 raise RuntimeError(f"The API exited at start; see {api.log}")
             try:
                 # (Connection: close: a kept-alive probe would hold an API worker's stop for 2 s.)
-                response = requests.get(self.url + "/", timeout=1, headers={"Connection": "close"})
+                # The certificate is not verified: its name need not be api_host (0.0.0.0, say),
+                # and the instance header below proves which server answered.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                    response = requests.get(self.url + "/", timeout=1, headers={"Connection": "close"},
+                                            verify=False)
+            except requests.exceptions.SSLError as exc:
+                if self.settings.tls_client_ca_file and _asks_for_client_certificate(exc):
+                    # Mutual TLS: the supervisor has no client certificate, so the instance
+                    # header cannot be read. The port was free before the API started, and
+                    # the API still runs: the server asking for a certificate is ours.
+                    return
+                time.sleep(0.1)
+                continue
             except requests.RequestException:
                 time.sleep(0.1)
                 continue
@@ -449,6 +465,12 @@ class Supervisor:
                         "set): %s", self.url, tokenfile.registry_path(), exc)
             return
         self._registered = True
+
+
+def _asks_for_client_certificate(error: Exception) -> bool:
+    """Whether a TLS failure is a server's refusal of a client without a certificate."""
+    text = str(error).lower()
+    return "certificate required" in text or "certificate_required" in text or "handshake failure" in text
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -130,6 +130,38 @@ class WorkQueue:
             return True
         return self.connection.hget(Job.key_for(request_id), "status") == b"started"
 
+    def orphaned_by(self, conductor: str, keep_pid: int | None = None) -> list[str]:
+        """The requests in the jobs the RQ workers of dead conductor ``conductor`` were running.
+
+        A conductor's RQ worker is named ``<conductor>.<pid>``.  A worker
+        killed in the middle of a batch job leaves the job "started" and its
+        requests marked as pumped, so they look pending to the sweep until
+        RQ's own clean-up (minutes): whoever declares the conductor dead
+        hands them to :meth:`rearm` instead.  The dead workers are
+        unregistered, so each job is handed over once.  ``keep_pid``: the
+        process that holds the name now (a restarted conductor), left alone.
+        """
+        from rq.worker import Worker
+
+        found: list[str] = []
+        for worker in Worker.all(connection=self.connection, queue=self.queue, serializer=JSONSerializer):
+            if not worker.name.startswith(f"{conductor}.") or worker.name == f"{conductor}.{keep_pid}":
+                continue
+            for execution in worker.get_current_executions(refresh=True):
+                with contextlib.suppress(NoSuchJobError):
+                    job = Job.fetch(execution.job_id, connection=self.connection, serializer=JSONSerializer)
+                    if job.func_name == STEP_FUNCTION and job.args:
+                        found += [str(request_id) for request_id in job.args[0]]
+            worker.register_death()
+        return found
+
+    def rearm(self, request_id: str, delay: float = 0.0) -> None:
+        """Give a request whose job was lost a new timer, forgetting that it was pumped."""
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.zrem(self.pumped_key, request_id)
+        pipe.zadd(self.timers_key, {request_id: time.time() + max(0.0, delay)})
+        pipe.execute()
+
     def pending(self, request_ids: Sequence[str]) -> set[str]:
         """Those of ``request_ids`` with a queued job or a timer (one round trip)."""
         pipe = self.connection.pipeline(transaction=False)

@@ -53,6 +53,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "conductor.bootfiles",
         "conductor.embedded_redis", "conductor.procs", "conductor.logs", "conductor.keys", "conductor.sealing",
         "conductor.macs", "conductor.images", "conductor.httpclient",
+        # HTTPS settings checked for gunicorn; systemd units written for `conductor install-units`.
+        "conductor.tls", "conductor.units",
         # The ramdisk and ISO builders (stdlib and Debian tools only): the redfish-virtual-media
         # boot interface builds each phase's ISO; their command line is an entry point.
         "conductor.ramdisk",

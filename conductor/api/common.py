@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, cast
 from urllib.parse import urlencode
 
-from flask import Response, current_app, g, jsonify, request
+from flask import Response, current_app, g, request
 from flask_smorest import Blueprint as _Blueprint
 from sqlalchemy.orm import Session
 from webargs.core import missing
@@ -56,20 +57,6 @@ def close_session(_exc: BaseException | None = None) -> None:
         db_session.close()
 
 
-def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response of a body built by hand, bypassing the view's schema.
-
-    For hot paths only: the view keeps its ``@blp.response`` schema, which
-    documents the body, and the function that builds ``body`` sits next to
-    that schema in :mod:`conductor.api.schemas`, tested equal to its dump.
-    """
-    response = jsonify(body)
-    response.status_code = status
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
-    return response
-
-
 def if_match() -> frozenset[str] | None:
     """The call's ``If-Match`` (RFC 9110): None without one, ``{"*"}`` for any version, else its strong tags.
 
@@ -92,6 +79,42 @@ def if_match() -> frozenset[str] | None:
 def etag_header(tag: str) -> dict[str, str]:
     """The ``ETag`` header of a strong entity tag."""
     return {"ETag": f'"{tag}"'}
+
+
+def not_modified(tag: str) -> Response | None:
+    """304 (no body, the ``ETag`` header) when the call's ``If-None-Match`` names ``tag``, else None.
+
+    ``If-None-Match`` compares weakly (RFC 9110 13.1.2): ``W/"t"`` matches
+    ``"t"``, and ``*`` matches whatever exists.  Only a GET or HEAD is
+    answered 304 here (no other method calls this).
+
+    :param tag: the current representation's strong entity tag, unquoted.
+    """
+    if "If-None-Match" not in request.headers or not request.if_none_match.contains_weak(tag):
+        return None
+    return Response(status=304, headers=etag_header(tag))
+
+
+def tagged_json(body: dict[str, Any]) -> Response:
+    """A JSON response of ``body`` with a strong ``ETag``, a digest of its bytes; 304 if the call has that tag.
+
+    The tag is strong: the same body always serialises to the same bytes
+    (the same dict built by the same code), and any change of the
+    representation changes its digest.  For a body that can change while no
+    version column does: a node's states show its active request's step, a
+    request has no version of its own.  The bytes are those ``jsonify``
+    writes; a 304 builds no response body at all.
+
+    For hot paths, bypassing the view's schema: the view keeps its
+    ``@blp.response`` schema, which documents the body, and the function
+    that builds ``body`` is that schema's dump or sits next to it in
+    :mod:`conductor.api.schemas`, tested equal to its dump.
+    """
+    data = (current_app.json.dumps(body) + "\n").encode()
+    tag = hashlib.blake2b(data, digest_size=12).hexdigest()
+    return not_modified(tag) or Response(data, mimetype="application/json", headers=etag_header(tag))
+
+
 
 
 def next_link(items: list[Any], limit: int, marker: Any) -> str | None:

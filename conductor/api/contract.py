@@ -26,7 +26,8 @@ the service does:
     ``Retry-After``, plus the queue's and the event streams' own codes;
 * headers: ``RateLimit-Policy`` and ``RateLimit`` on every answer of an
   endpoint that needs a token, ``Retry-After`` on 503, ``Location`` on the
-  answers that create something, the ``Idempotency-Key`` request header.
+  answers that create something, the ``Idempotency-Key`` request header;
+  ``If-None-Match`` and its 304 on the polled reads (:data:`CONDITIONAL_GETS`).
 
 docs/api.md explains the contract for people.
 """
@@ -141,6 +142,10 @@ UNLOCATED = frozenset({"callbacks.Rotate"})
 #: (endpoint, method) answering 412 to a stale If-Match.
 CONDITIONAL = frozenset({("nodes.NodeItem", "patch"), ("nodes.NodeItem", "delete")})
 
+#: (endpoint, method) answering 304 to an If-None-Match that names the current ETag (conductor.api.common).
+CONDITIONAL_GETS = frozenset({("nodes.NodeItem", "get"), ("nodes.NodeStates", "get"),
+                              ("requests.RequestItem", "get")})
+
 #: Endpoints whose 401 is about their own credential, not a bearer token.
 OWN_CREDENTIAL = {"nodes.Heartbeat": "invalid_agent_token", "boot.MediaFile": "invalid_image_ticket",
                   "images.AgentImageContent": "invalid_image_ticket"}
@@ -217,6 +222,13 @@ RATE_LIMIT_HEADERS = {
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
                                "description": "Seconds to wait before trying again"}}
 LOCATION = {"Location": {**_STRING, "description": "Where the created resource (or the accepted request) is"}}
+ETAG = {"ETag": {**_STRING, "description": "The representation's entity tag: send it back as If-None-Match"}}
+NOT_MODIFIED = {"description": "Not modified: If-None-Match names the current ETag (no body)", "headers": ETAG}
+IF_NONE_MATCH = {
+    "required": False, "schema": {"type": "string"},
+    "description": "The ETag of the last answer seen (or *): 304 with no body while it is still current "
+                   "(weak comparison, RFC 9110); a poll that costs no body.",
+}
 IDEMPOTENCY_KEY = {
     "required": False,
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
@@ -323,14 +335,18 @@ def complete(spec: APISpec, endpoint: str, method: str, path_args: set[str], ope
             headers.update(LOCATION)
         if not headers:
             del response["headers"]
+    if (endpoint, method) in CONDITIONAL_GETS:
+        responses["304"] = {**NOT_MODIFIED, "headers": {**ETAG, **(RATE_LIMIT_HEADERS if throttled else {})}}
+        responses["200"].setdefault("headers", {}).setdefault("ETag", ETAG["ETag"])
+        operation.setdefault("parameters", []).append("If-None-Match")  # (a reference: apispec resolves names)
     if endpoint in admission.WORK_ENDPOINTS and method not in ("get", "head"):
-        operation.setdefault("parameters", []).append("Idempotency-Key")  # (a reference: apispec resolves names)
+        operation.setdefault("parameters", []).append("Idempotency-Key")
 
 
 class ContractPlugin(BasePlugin):
     """Completes each operation as flask-smorest registers it (see the module docstring).
 
-    The examples and the ``Idempotency-Key`` parameter are components,
+    The examples and the ``Idempotency-Key`` and ``If-None-Match`` parameters are components,
     each written once and referred to by the operations.  (Not the
     headers: schemathesis leaves a referred header unchecked.)
     """
@@ -342,6 +358,7 @@ class ContractPlugin(BasePlugin):
         for code in EXAMPLES:
             spec.components.example(code, example(code), lazy=True)
         spec.components.parameter("Idempotency-Key", "header", IDEMPOTENCY_KEY, lazy=True)
+        spec.components.parameter("If-None-Match", "header", IF_NONE_MATCH, lazy=True)
 
     def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None,
                          **kwargs: Any) -> None:

@@ -147,6 +147,9 @@ def refuse_oversized_body() -> None:
 
     :raises RequestEntityTooLarge: the body goes on past the limit.
     """
+    # Only a chunked body has no length (HTTP/1.1): every other call, most GETs, leaves here.
+    if "HTTP_TRANSFER_ENCODING" not in request.environ:
+        return
     limit = request.max_content_length
     if request.content_length is not None or limit is None or "wsgi.input_terminated" not in request.environ:
         return

@@ -1,9 +1,17 @@
-"""``GET /metrics``: the Prometheus exposition of what :mod:`conductor.metrics` recorded, plus gauges.
+"""``GET /metrics/fleet``: the deployment's metrics, the same whichever API host is asked.
 
-Counters and histograms are read from the shared Redis hash; gauges (queue
-depth, drain rate, active requests, live conductors) are read at scrape
-time.  :func:`summary` is the same readings, fewer of them, as JSON
-(``GET /v1/stats``, for the dashboard).
+Counters and histograms recorded by every process of every host (state
+changes accepted and refused, request durations, BMC calls, event streams)
+are read from the shared Redis hash of :mod:`conductor.metrics`; gauges
+(queue depth, drain rate, active requests, live conductors, nodes by
+state, the callback backlog) are read at scrape time from Redis and the
+database.  Scrape one target for them (the API's load-balanced URL), or
+every API host and aggregate with ``max`` (never ``sum``: each host gives
+the deployment's whole figure): docs/production.md#metrics.
+
+The host's own figures (HTTP latency) are at ``GET /metrics``
+(:mod:`conductor.api.http_metrics`).  :func:`summary` is a few of the same
+readings as JSON (``GET /v1/stats``, for the dashboard).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from conductor.context import Context
 from conductor.engine.conductors import list_conductors
 from conductor.metrics import ACCEPTED, HELP, HISTOGRAMS, REJECTED, recorder
 from conductor.models import utcnow
+from conductor.service.fleet import callback_backlog, node_counts
 from conductor.service.requests import active_counts
 from conductor.throttle.drain import DrainMeter
 
@@ -70,7 +79,21 @@ def _families(ctx: Context) -> list[Any]:
         active.add_metric([state], count)
     alive = GaugeMetricFamily("conductor_conductors_alive", "Conductors whose heartbeat is recent.")
     alive.add_metric([], _alive(ctx))
-    return [*families, depth, drain_rate, active, alive]
+    nodes = GaugeMetricFamily("conductor_nodes", "Nodes, by provision state, power state and maintenance.",
+                              labels=["provision_state", "power_state", "maintenance"])
+    for (provision, power, maintenance), count in sorted(node_counts(ctx).items()):
+        nodes.add_metric([provision, power, str(maintenance).lower()], count)
+    backlog = callback_backlog(ctx)
+    pending = GaugeMetricFamily("conductor_callback_deliveries_pending",
+                                "Callback deliveries not yet delivered nor given up (waiting for a retry, or due).")
+    pending.add_metric([], backlog.pending)
+    due = GaugeMetricFamily("conductor_callback_deliveries_due",
+                            "Pending callback deliveries whose attempt is due now or overdue.")
+    due.add_metric([], backlog.due)
+    oldest = GaugeMetricFamily("conductor_callback_oldest_pending_seconds",
+                               "Age of the oldest pending callback delivery (0: none).")
+    oldest.add_metric([], backlog.oldest_seconds)
+    return [*families, depth, drain_rate, active, alive, nodes, pending, due, oldest]
 
 
 def _counter_by(raw: dict[str, str], name: str, label: str) -> dict[str, int]:

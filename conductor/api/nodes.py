@@ -8,7 +8,16 @@ from flask import Response, request
 from flask.views import MethodView
 
 from conductor.api import admission, schemas
-from conductor.api.common import Blueprint, context, etag_header, if_match, json_response, next_link, session
+from conductor.api.common import (
+    Blueprint,
+    context,
+    etag_header,
+    if_match,
+    next_link,
+    not_modified,
+    session,
+    tagged_json,
+)
 from conductor.models import Node, Request
 from conductor.service import agent, history, nodes, submit
 
@@ -52,10 +61,11 @@ _IF_MATCH = {"in": "header", "name": "If-Match", "required": False, "schema": {"
 @blp.route("/<ident>")
 class NodeItem(MethodView):
     @blp.response(200, schemas.Node, headers=_ETAG_HEADER)
-    def get(self, ident: str) -> tuple[Node, dict[str, str]]:
+    def get(self, ident: str) -> tuple[Node, dict[str, str]] | Response:
         """Show a node by UUID or name (with its ETag)."""
         node = nodes.find(session(), ident)
-        return node, etag_header(nodes.etag(node))
+        tag = nodes.etag(node)
+        return not_modified(tag) or (node, etag_header(tag))
 
     @blp.arguments(schemas.NodePatch, example={"maintenance": True, "maintenance_reason": "disk swap"})
     @blp.response(200, schemas.Node, headers=_ETAG_HEADER)
@@ -78,9 +88,11 @@ class NodeStates(MethodView):
     def get(self, ident: str) -> Response:
         """The node's current and target states and its active request."""
         # The polling hot path: a plain connection, and the JSON built by
-        # hand (schemas.node_states_json, held equal to the schema's dump).
+        # hand (schemas.node_states_json, held equal to the schema's dump);
+        # its ETag is a digest of that body, 304 to an If-None-Match naming it.
         with context().db.engine.connect() as conn:
-            return json_response(schemas.node_states_json(nodes.states(conn, ident)))
+            row = nodes.states(conn, ident)
+        return tagged_json(schemas.node_states_json(row))
 
 
 @blp.route("/<ident>/states/power")

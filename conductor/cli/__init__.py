@@ -62,13 +62,17 @@ class ConductorGroup(click.Group):
 @click.version_option(package_name="baremetal-conductor")
 @click.pass_context
 def main(ctx: click.Context, url: str, token: str | None, as_json: bool, fmt: str | None,
-         columns: tuple[str, ...], max_retry_wait: float) -> None:
+         columns: tuple[str, ...], max_retry_wait: float, ca_cert: str | None, allow_plain_http: bool,
+         client_cert: str | None, client_key: str | None) -> None:
     """Power and provision bare-metal nodes through their BMCs, asynchronously.
 
     Exit statuses: 0 done; 1 a request failed; 2 --wait timed out; 3 the API
-    refused the command; 4 the API cannot be reached; 64 a wrong command line.
+    refused the command; 4 the API cannot be reached (or its certificate is not
+    trusted); 64 a wrong command line.
     """
-    ctx.obj = Obj(url, token, fmt=fmt, as_json=as_json, columns=columns, max_retry_wait=max_retry_wait)
+    ctx.obj = Obj(url, token, fmt=fmt, as_json=as_json, columns=columns, max_retry_wait=max_retry_wait,
+                  ca_cert=ca_cert, allow_plain_http=allow_plain_http, client_cert=client_cert,
+                  client_key=client_key)
 
 
 def _register() -> None:

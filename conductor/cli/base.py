@@ -4,7 +4,8 @@ Kept apart from the ``conductor`` group itself (:mod:`conductor.cli`), which
 imports every command module to register it.
 
 The global options (``--url``, ``--token``, ``--json``, ``-f``, ``-c``,
-``--max-retry-wait``) are options of the group and, through
+``--max-retry-wait``, ``--ca-cert``, ``--allow-plain-http``, ``--client-cert``,
+``--client-key``) are options of the group and, through
 :func:`add_global_options`, of every client command too, so that they may
 come before or after the subcommand: ``conductor --json node show n1`` and
 ``conductor node show n1 --json`` are the same.
@@ -54,6 +55,10 @@ class Obj:
         as_json: bool = False,
         columns: tuple[str, ...] | list[str] = (),
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+        ca_cert: str | None = None,
+        allow_plain_http: bool = False,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         self.url = url
         self.token = token
@@ -61,6 +66,10 @@ class Obj:
         self.as_json = as_json
         self.columns = list(columns)
         self.max_retry_wait = max_retry_wait
+        self.ca_cert = ca_cert
+        self.allow_plain_http = allow_plain_http
+        self.client_cert = client_cert
+        self.client_key = client_key
         self._client: Client | None = None
         self._out: Output | None = None
 
@@ -79,7 +88,10 @@ class Obj:
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(self.url, credentials=find_token(self.url, self.token),
-                                  max_retry_wait=self.max_retry_wait)
+                                  max_retry_wait=self.max_retry_wait, ca_cert=self.ca_cert,
+                                  allow_plain_http=self.allow_plain_http,
+                                  client_cert=(self.client_cert, self.client_key)
+                                  if self.client_cert and self.client_key else self.client_cert)
         return self._client
 
 
@@ -91,6 +103,10 @@ _JSON_HELP = "Print JSON (same as -f json)."
 _FORMAT_HELP = "Output format: table (default), json, yaml or value (bare values, for scripts)."
 _COLUMN_HELP = "Print only this field (repeat for more, in that order)."
 _RETRY_HELP = "At most this many seconds in all of sleeping on 503 + Retry-After before giving up."
+_CA_HELP = "CA certificates (PEM) an https API's certificate must be signed by. Default: the system's."
+_PLAIN_HELP = "Send the token over plain http:// to a host other than this one (a network you trust)."
+_CLIENT_CERT_HELP = "Client certificate (PEM; with its key unless --client-key) for an API that asks for one."
+_CLIENT_KEY_HELP = "The private key (PEM) of --client-cert."
 
 
 def root_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,6 +120,14 @@ def root_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-c", "--column", "columns", multiple=True, metavar="FIELD", help=_COLUMN_HELP),
         click.option("--max-retry-wait", type=click.FloatRange(0), default=DEFAULT_MAX_RETRY_WAIT,
                      show_default=True, envvar="CONDUCTOR_MAX_RETRY_WAIT", metavar="SECONDS", help=_RETRY_HELP),
+        click.option("--ca-cert", envvar="CONDUCTOR_CA_CERT", show_envvar=True, default=None, metavar="FILE",
+                     help=_CA_HELP),
+        click.option("--allow-plain-http", is_flag=True, envvar="CONDUCTOR_ALLOW_PLAIN_HTTP", show_envvar=True,
+                     help=_PLAIN_HELP),
+        click.option("--client-cert", envvar="CONDUCTOR_CLIENT_CERT", show_envvar=True, default=None,
+                     metavar="FILE", help=_CLIENT_CERT_HELP),
+        click.option("--client-key", envvar="CONDUCTOR_CLIENT_KEY", show_envvar=True, default=None,
+                     metavar="FILE", help=_CLIENT_KEY_HELP),
     ]):
         command = option(command)
     return command
@@ -137,6 +161,14 @@ def _leaf_options() -> list[click.Option]:
                      callback=_set("columns"), help=_COLUMN_HELP, **common),
         click.Option(["--max-retry-wait", "global_max_retry_wait"], type=click.FloatRange(0), default=None,
                      metavar="SECONDS", callback=_set("max_retry_wait"), help=_RETRY_HELP, **common),
+        click.Option(["--ca-cert", "global_ca_cert"], default=None, metavar="FILE", callback=_set("ca_cert"),
+                     help=_CA_HELP, **common),
+        click.Option(["--allow-plain-http", "global_allow_plain_http"], is_flag=True, default=False,
+                     callback=_set("allow_plain_http"), help=_PLAIN_HELP, **common),
+        click.Option(["--client-cert", "global_client_cert"], default=None, metavar="FILE",
+                     callback=_set("client_cert"), help=_CLIENT_CERT_HELP, **common),
+        click.Option(["--client-key", "global_client_key"], default=None, metavar="FILE",
+                     callback=_set("client_key"), help=_CLIENT_KEY_HELP, **common),
     ]
 
 

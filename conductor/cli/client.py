@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,16 @@ class Unreachable(click.ClickException):
     exit_code = exits.UNREACHABLE
 
 
+class Untrusted(Unreachable):
+    """The API's TLS certificate is not trusted (or TLS failed); exit status 4."""
+
+
+class PlainHttpRefused(click.ClickException):
+    """A token would have gone over plain HTTP to another host; exit status 64 (fix the command line)."""
+
+    exit_code = exits.USAGE
+
+
 class WaitTimeout(click.ClickException):
     """``--timeout`` passed before the request finished (it goes on); exit status 2."""
 
@@ -92,18 +103,41 @@ class Client:
         *,
         credentials: Credentials | None = None,
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+        ca_cert: str | None = None,
+        allow_plain_http: bool = False,
+        client_cert: tuple[str, str] | str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.credentials = credentials or Credentials(token, "given" if token else "none")
         self.max_retry_wait = max_retry_wait
-        self.session = httpclient.session()
+        self.ca_cert = ca_cert
+        self.allow_plain_http = allow_plain_http
+        self.client_cert = client_cert
+        self.session = httpclient.session(ca_cert=ca_cert, client_cert=client_cert)
+        #: What :meth:`poll` saw last, by path: (ETag, body).
+        self._polled: dict[str, tuple[str, Any]] = {}
         if self.credentials.token:
             self.session.headers["Authorization"] = f"Bearer {self.credentials.token}"
 
     def copy(self) -> Client:
         """Another client of the same API and token, with its own connections (one per thread)."""
-        return Client(self.url, self.timeout, credentials=self.credentials, max_retry_wait=self.max_retry_wait)
+        return Client(self.url, self.timeout, credentials=self.credentials, max_retry_wait=self.max_retry_wait,
+                      ca_cert=self.ca_cert, allow_plain_http=self.allow_plain_http, client_cert=self.client_cert)
+
+    def check_transport(self) -> None:
+        """Refuse to send a token in clear text off this machine.
+
+        :raises PlainHttpRefused: a token is to go over ``http://`` to a
+            host that is not the loopback, and plain HTTP was not allowed.
+        """
+        if (self.credentials.token and not self.allow_plain_http and self.url.lower().startswith("http://")
+                and not httpclient.is_loopback(self.url)):
+            raise PlainHttpRefused(
+                f"Refusing to send the API token over plain HTTP to {self.url}: anyone on the path could "
+                "read it. Use the https:// URL of the API (or of its TLS proxy), or, on a network you trust, "
+                "--allow-plain-http (CONDUCTOR_ALLOW_PLAIN_HTTP=1)."
+            )
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API; the decoded JSON body (None for 204).
@@ -130,17 +164,35 @@ class Client:
                 time.sleep(delay)
                 slept += delay
 
+    def poll(self, path: str, **kwargs: Any) -> Any:
+        """``GET path`` as a poller does: with the ETag of its last answer as ``If-None-Match``.
+
+        A 304 (nothing changed) stands for the body seen last, which is returned
+        again: the API sends no body, and this parses none.
+        """
+        seen = self._polled.get(path)
+        headers = {"If-None-Match": seen[0]} if seen else {}
+        return self.call("GET", path, headers=headers, poll=path, **kwargs)
+
     def _call_once(self, method: str, path: str, **kwargs: Any) -> Any:
         timeout = kwargs.pop("timeout", self.timeout)
+        polled = kwargs.pop("poll", None)
+        self.check_transport()
         try:
             response = self.session.request(method, self.url + path, timeout=timeout, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise Untrusted(tls_failure(self.url, self.ca_cert, exc)) from None
         except requests.ConnectionError:
             raise Unreachable(
                 f"Cannot reach the conductor API at {self.url} (is `conductor up` running? "
                 "set --url or CONDUCTOR_URL)"
             ) from None
+        except OSError as exc:  # requests: a --ca-cert file that does not exist
+            raise Untrusted(tls_failure(self.url, self.ca_cert, exc)) from None
         if response.status_code == 204:
             return None
+        if polled is not None and response.status_code == 304 and polled in self._polled:
+            return self._polled[polled][1]
         try:
             body = response.json()
         except ValueError:
@@ -151,6 +203,9 @@ class Client:
             if response.status_code == 401:
                 body["message"] = f"{body.get('message', 'Unauthorized.')} {unauthorized_hint(self.credentials)}"
             raise ApiError(response.status_code, body, response.headers.get("Retry-After"))
+        tag = response.headers.get("ETag")
+        if polled is not None and tag:
+            self._polled[polled] = (tag, body)
         return body
 
     def every(self, path: str, key: str, params: dict[str, Any], limit: int | None = None) -> list[dict[str, Any]]:
@@ -182,16 +237,17 @@ class Client:
         wait = 0.0  # the first answer at once (the progress line starts)
         while True:
             asked = time.monotonic()
-            request = self.call("GET", f"/v1/requests/{request_id}", params={"wait": f"{wait:.3f}"} if wait else None,
+            request = self.poll(f"/v1/requests/{request_id}", params={"wait": f"{wait:.3f}"} if wait else None,
                                 timeout=self.timeout + wait)
             states = None
             if show is not None:
                 try:
-                    states = self.call("GET", f"/v1/nodes/{request['node_uuid']}/states")
+                    states = self.poll(f"/v1/nodes/{request['node_uuid']}/states")
                 except ApiError:
                     states = None
                 show(request, states)
             if request["state"] in FINAL_STATES:
+                self._polled.pop(f"/v1/requests/{request_id}", None)  # (a bulk run waits for thousands)
                 return cast("dict[str, Any]", request)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -254,3 +310,23 @@ def _retry_delay(method: str, error: ApiError) -> float | None:
     if method.upper() not in _REPEATABLE and error.code not in _ADMISSION_REFUSALS:
         return None
     return httpclient.retry_after_seconds(error.retry_after)
+
+
+def tls_failure(url: str, ca_cert: str | None, error: Exception) -> str:
+    """What to say when the TLS handshake with ``url`` failed."""
+    reason = str(error)
+    if "CERTIFICATE_VERIFY_FAILED" in reason:
+        # "... [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: <why> (_ssl.c:1006) ..."
+        found = re.search(r"certificate verify failed: ([^()]+)", reason)
+        detail = found.group(1).strip() if found else "certificate verify failed"
+        trusted = f"the CAs in {ca_cert}" if ca_cert else "the system's CAs"
+        return (f"The TLS certificate of {url} is not trusted ({detail}) by {trusted}. Give the CA that "
+                "signed it with --ca-cert FILE (or CONDUCTOR_CA_CERT); never turn verification off.")
+    if "Could not find a suitable TLS CA certificate bundle" in reason:
+        return f"Cannot read the CA certificate file {ca_cert} (--ca-cert / CONDUCTOR_CA_CERT)."
+    if "Could not find the TLS certificate file" in reason or "Could not find the TLS key file" in reason:
+        return f"{reason} (--client-cert / --client-key)."
+    if "CERTIFICATE_REQUIRED" in reason.upper().replace(" ", "_"):
+        return (f"{url} asks for a client certificate (mutual TLS): give it with --client-cert FILE "
+                "[--client-key FILE] (or CONDUCTOR_CLIENT_CERT, CONDUCTOR_CLIENT_KEY).")
+    return f"TLS with {url} failed: {reason}"

@@ -9,9 +9,10 @@ Scripts tell the outcomes apart by these alone:
   the request goes on;
 * ``3``: the API refused the command: it answered with an error (4xx, or a
   5xx, including a 503 still refused after the retries ``Retry-After`` allows);
-* ``4``: the API could not be reached;
+* ``4``: the API could not be reached, or its TLS certificate is not trusted;
 * ``64``: the command line is wrong (click's usage errors, moved from 2 so
-  that 2 means a timeout only; 64 is ``EX_USAGE`` of sysexits.h).
+  that 2 means a timeout only; 64 is ``EX_USAGE`` of sysexits.h), or it
+  would send a token over plain HTTP to another host.
 
 A bulk command exits with the first of 1, 2, 3 that any of its nodes had.
 """

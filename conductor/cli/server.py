@@ -28,12 +28,17 @@ _data_dir = click.option(
 
 def _settings(**overrides: Any) -> Any:
     from conductor.exceptions import InvalidInput
+    from conductor.logs import FORMATS
     from conductor.settings import load
 
     try:
-        return load(overrides)
+        loaded = load(overrides)
     except InvalidInput as exc:
         raise click.ClickException(exc.message) from None
+    if loaded.log_format not in FORMATS:
+        raise click.ClickException(f"Setting log_format must be one of {', '.join(FORMATS)}, "
+                                   f"not {loaded.log_format!r}.")
+    return loaded
 
 
 @click.command()
@@ -62,7 +67,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir, workers=workers,
                          api_workers=api_workers, callback_workers=callback_workers,
                          dhcp_interface=dhcp_interface, dhcp_range=dhcp_range)
-    logs.setup(settings.log_level)
+    logs.configure(settings)
     supervisor = Supervisor(settings)
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -104,6 +109,7 @@ def up(host: str | None, port: int | None, data_dir: Path | None, workers: int |
 @_data_dir
 def api(host: str | None, port: int | None, api_workers: int | None, data_dir: Path | None) -> None:
     """Run the REST API (gunicorn)."""
+    from conductor import tls
     from conductor.api import check_auth_settings
     from conductor.exceptions import InvalidInput
     from conductor.gunicorn_app import serve
@@ -111,6 +117,7 @@ def api(host: str | None, port: int | None, api_workers: int | None, data_dir: P
     settings = _settings(api_host=host, api_port=port, api_workers=api_workers, data_dir=data_dir)
     try:
         check_auth_settings(settings)
+        tls.check(settings)
     except InvalidInput as exc:
         raise click.ClickException(exc.message) from None
     _exit_with_supervisor()
@@ -189,7 +196,7 @@ def _worker_child(kind: str, settings: Any, burst: bool, parent_pid: int | None 
     from conductor import logs, procs
     from conductor.exceptions import InvalidInput
 
-    logs.setup(settings.log_level)
+    logs.configure(settings)
     if parent_pid is not None:  # one of several: it dies with the process that started it
         procs.exit_with_parent(parent_pid)
     if kind == "callbacks":
@@ -336,4 +343,44 @@ def settings_command(data_dir: Path | None, group: str | None, show_secrets: boo
     click.echo("\n\n".join(blocks))
 
 
-COMMANDS = [up, api, worker, callback_worker, db, demo, settings_command]
+@click.command("install-units")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the unit files here. Default: /etc/systemd/system, or ~/.config/systemd/user with --user.")
+@click.option("--user", is_flag=True, help="Units for systemd's user manager (systemctl --user), run as you.")
+@click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The EnvironmentFile every unit reads (written, mode 0600, if missing). "
+                   "Default: /etc/conductor/conductor.env, or ~/.config/conductor/conductor.env with --user.")
+@click.option("--run-as", default="conductor", show_default=True, help="The account system services run as.")
+@click.option("--api/--no-api", default=True, show_default=True, help="Whether this host runs the API.")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Conductor workers on this host [workers].")
+@click.option("--callback-workers", type=click.IntRange(0), default=None,
+              help="Callback workers on this host [callback_workers].")
+@_data_dir
+def install_units(prefix: Path | None, user: bool, env_file: Path | None, run_as: str, api: bool,
+                  workers: int | None, callback_workers: int | None, data_dir: Path | None) -> None:
+    """Write systemd units for this host's share of the services, and conductor.target to start them.
+
+    Then: `systemctl daemon-reload`, fill in the environment file, run
+    `conductor db upgrade` on one host (or `systemctl start conductor-db-upgrade`),
+    and `systemctl enable --now conductor.target` (add --user for user units).
+    """
+    from conductor import units
+
+    settings = _settings(data_dir=data_dir)
+    plan = units.Plan.default(
+        user, prefix, env_file, run_as=run_as, api=api,
+        workers=settings.workers if workers is None else workers,
+        callback_workers=settings.callback_workers if callback_workers is None else callback_workers)
+    try:
+        written = units.write(plan, settings)
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot write the units: {exc} (system units need root; or --user, or --prefix)") from None
+    for path in written:
+        click.echo(f"wrote {path}")
+    systemctl = "systemctl --user" if user else "systemctl"
+    click.echo(f"next: {systemctl} daemon-reload; edit {plan.env_file}; `conductor db upgrade` on one host; "
+               f"{systemctl} enable --now {units.TARGET}")
+
+
+COMMANDS = [up, api, worker, callback_worker, db, demo, settings_command, install_units]

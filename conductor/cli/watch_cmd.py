@@ -17,7 +17,7 @@ import click
 import requests
 
 from conductor.cli.base import Obj, pass_obj
-from conductor.cli.client import ApiError
+from conductor.cli.client import ApiError, Untrusted, tls_failure
 
 #: Longest silence before the connection is deemed dead (the server's heartbeat is 15 s by default).
 READ_TIMEOUT = 60.0
@@ -96,6 +96,7 @@ def watch(obj: Obj, nodes: tuple[str, ...], types: tuple[str, ...], last_event_i
           count: int | None) -> None:
     """Print events as they happen (GET /v1/events): one line each, or JSON with --json."""
     client = obj.client
+    client.check_transport()
     params = {"node": list(nodes), "type": list(types)}
     printed = 0
     pause = RECONNECT
@@ -107,6 +108,8 @@ def watch(obj: Obj, nodes: tuple[str, ...], types: tuple[str, ...], last_event_i
         try:
             response = client.session.get(f"{client.url}/v1/events", params=params, headers=headers, stream=True,
                                           timeout=(client.timeout, READ_TIMEOUT))
+        except requests.exceptions.SSLError as exc:  # retrying would not make the certificate trusted
+            raise Untrusted(tls_failure(client.url, client.ca_cert, exc)) from None
         except requests.RequestException as exc:
             click.echo(f"watch: cannot reach {client.url} ({type(exc).__name__}); retrying", err=True)
             time.sleep(pause)

@@ -59,6 +59,7 @@ def recover_conductor(ctx: Context, name: str) -> int:
             )
         )
     failed = 0
+    _take_over_jobs(ctx, name)
     for request_id in stuck:
         LOG.warning("Request %s was being run by conductor %s, which stopped; failing it", request_id, name)
         failed += fail_request(
@@ -69,6 +70,54 @@ def recover_conductor(ctx: Context, name: str) -> int:
             owner=name,
         )
     return failed
+
+
+def _take_over_jobs(ctx: Context, name: str) -> None:
+    """Run again, on any conductor, the steps the dead conductor ``name`` had taken from the queue.
+
+    Its RQ worker died holding a job (the first step of a request, or a
+    batch of due steps): without this, the sweep would wait ``requeue_after``
+    for a first step, and minutes (:data:`conductor.workqueue.PUMPED_MEMORY`)
+    for a batch, before running them again.  Only requests still waiting
+    for that step are re-armed: queued ones enqueued again, sleeping ones
+    given a timer at their due time.  The ones it was running in the
+    middle of are failed by :func:`recover_conductor`.
+    """
+    cutoff = utcnow() - dt.timedelta(seconds=ctx.settings.heartbeat_timeout)
+    with ctx.db.session() as session:
+        # A process that holds the name now (a restart took the slot back): its worker is alive.
+        holder = session.scalar(sa.select(ConductorRecord.pid).where(
+            ConductorRecord.name == name, ConductorRecord.online.is_(True), ConductorRecord.heartbeat_at >= cutoff))
+    try:
+        orphans = ctx.queue.orphaned_by(name, keep_pid=holder)
+    except redis.RedisError as exc:
+        LOG.error("Could not read the jobs of conductor %s from Redis: %s", name, exc)
+        return
+    if not orphans:
+        return
+    with ctx.db.session() as session:
+        rows = session.execute(
+            sa.select(Request.id, Request.state, Request.conductor, Request.wake_at).where(Request.id.in_(orphans))
+        ).all()
+    now = utcnow()
+    handed = 0
+    for request_id, state, conductor, wake_at in rows:
+        try:
+            if state == RequestState.QUEUED:
+                ctx.queue.cancel(request_id)
+                ctx.queue.enqueue_request(request_id)
+            elif state == RequestState.RUNNING and conductor is None:
+                if wake_at is not None and wake_at.tzinfo is None:
+                    wake_at = wake_at.replace(tzinfo=dt.UTC)  # SQLite keeps no zone
+                due = (wake_at - now).total_seconds() if wake_at is not None else 0.0
+                ctx.queue.rearm(request_id, due)
+            else:
+                continue
+            handed += 1
+        except redis.RedisError as exc:  # the sweep's lost-job check gets it later
+            LOG.error("Could not re-arm request %s of conductor %s: %s", request_id, name, exc)
+    if handed:
+        LOG.warning("Conductor %s stopped holding the steps of %d request(s): queued again", name, handed)
 
 
 def sweep(ctx: Context) -> dict[str, int]:
@@ -113,7 +162,9 @@ def _sweep(ctx: Context) -> dict[str, int]:
             )
             if name is not None
         }
-    failed = sum(recover_conductor(ctx, name) for name in (holders | runners) - alive)
+    # The conductors just declared dead too: one may hold nothing in the
+    # database but a job it had taken from the queue.
+    failed = sum(recover_conductor(ctx, name) for name in (holders | runners | {row[0] for row in gone}) - alive)
     forgotten = idempotency.purge_expired(ctx.db)
     return {"failed": failed, **_requeue_lost(ctx, now, alive), "keys_forgotten": forgotten,
             **retention.maybe_purge(ctx)}

@@ -189,3 +189,56 @@ def test_a_reader_sees_everything_but_no_action_and_the_api_refuses_them(
     page.wait_for_selector("#login-message:text('unknown or revoked')")
     assert page.evaluate("() => sessionStorage.getItem('conductor.token')") is None
     assert errors == []
+
+
+def test_the_page_catches_up_with_what_happened_while_the_api_was_down(
+        browser: Any, service: Service, tmp_path: Path) -> None:
+    """The API restarts under an open page: the page resumes its stream after its last event, no reload."""
+    names = enrol(service, 2)
+    errors: list[str] = []
+    page = open_page(browser, service, errors)
+    # Every connection the page makes to the stream, with the id it resumes after; while `hold` is
+    # set, the page cannot reach the stream (the changes below happen while it is blind).
+    connections: list[str | None] = []
+    hold = {"on": False}
+
+    def to_the_stream(route: Any) -> None:
+        connections.append(route.request.headers.get("last-event-id"))
+        if hold["on"]:
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/v1/events*", to_the_stream)
+    sign_in(page, service.admin_token)
+    page.wait_for_selector("#live.is-live")
+    count_is(page, "provision", "enroll", 2)
+    # One event, so that the page has an id to resume after.
+    assert service.http.patch(f"{service.url}/v1/nodes/{names[0]}", json={"maintenance": True},
+                              timeout=10).status_code == 200
+    page.wait_for_selector("#fleet-rows .st-maintenance")
+    assert connections == [None]
+
+    hold["on"] = True
+    service.stop()  # the stream ends (the API stops), the page says it is not live
+    page.wait_for_selector("#live.is-down")
+    service.start()
+    requests = [service.http.put(f"{service.url}/v1/nodes/{name}/states/provision", json={"target": "manage"},
+                                 timeout=10).json()["id"] for name in names]
+    assert [service.wait_request(r)["state"] for r in requests] == ["succeeded"] * 2
+    assert service.http.patch(f"{service.url}/v1/nodes/{names[0]}", json={"maintenance": False},
+                              timeout=10).status_code == 200
+    page.screenshot(path=str(tmp_path / "not-live.png"), full_page=True)
+    assert page.locator("#fleet-rows .st-maintenance").count() == 1  # blind: nothing changed on the page
+
+    hold["on"] = False
+    page.wait_for_selector("#live.is-live")
+    count_is(page, "provision", "manageable", 2)
+    count_is(page, "power", "power off", 2)
+    page.wait_for_function("() => !document.querySelector('#fleet-rows .st-maintenance')")
+    # It resumed after its last event (the server replayed what it missed) and loaded nothing again.
+    resumed = [last for last in connections[1:] if last]
+    assert resumed and len(set(resumed)) == 1, connections
+    assert page.evaluate("() => performance.getEntriesByType('navigation').length") == 1
+    page.screenshot(path=str(tmp_path / "caught-up.png"), full_page=True)
+    assert errors == []

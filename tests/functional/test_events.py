@@ -195,7 +195,7 @@ def _parse(raw: bytes) -> list[tuple[str, dict]]:
 
 def _dropped(service: Service) -> float:
     found = re.search(r'^conductor_event_streams_dropped_total\{reason="slow_consumer"\} (\S+)$',
-                      service.http.get(f"{service.url}/metrics", timeout=10).text, re.M)
+                      service.http.get(f"{service.url}/metrics/fleet", timeout=10).text, re.M)
     return float(found.group(1)) if found else 0.0
 
 

@@ -70,8 +70,8 @@ def wait_states(service: Any, node: str, **wanted: str) -> dict[str, Any]:
 
 
 def rejected(service: Any, reason: str) -> float:
-    """How many state changes the API refused for ``reason`` (from /metrics)."""
-    for line in service.http.get(f"{service.url}/metrics", timeout=5).text.splitlines():
+    """How many state changes the API refused for ``reason`` (from /metrics/fleet)."""
+    for line in service.http.get(f"{service.url}/metrics/fleet", timeout=5).text.splitlines():
         if line.startswith("conductor_requests_rejected_total") and f'reason="{reason}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0

@@ -50,6 +50,17 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float = WAIT) -> 
         time.sleep(0.05)
 
 
+def vm_client(bmc: Any) -> Any:
+    """A client that sends each command once and waits long for its answer.
+
+    A TCG guest beside a busy test run can starve the simulator: the quick
+    client of the other tests times out and sends "power on" again, which a
+    BMC rightly obeys, so a machine whose guest has already powered off
+    would start a second time under the test's feet.
+    """
+    return client_for(bmc, timeout=15.0, retries=0)
+
+
 def console(vm: dict[str, Any], since: int | None = None) -> str:
     """The VM's serial output (from ``since``: default this boot's start), escapes removed."""
     data = Path(vm["console_log"]).read_bytes()[vm["console_offset"] if since is None else since:]
@@ -115,7 +126,7 @@ def test_a_one_time_pxe_boot_tries_the_network_first_and_the_next_boot_does_not(
     fleet: Fleet = vm_fleet(1)
     bmc = fleet.bmcs[0]
     write_poweroff_disk(Path(fleet.vm(bmc.name)["disk"]), 16 << 20)
-    client = client_for(bmc)
+    client = vm_client(bmc)
 
     client.set_boot_device("pxe")
     client.set_power("on")
@@ -128,7 +139,8 @@ def test_a_one_time_pxe_boot_tries_the_network_first_and_the_next_boot_does_not(
     assert first.index("Booting from ROM") < first.index(POWEROFF_MESSAGE)  # network first, then the disk
     assert "Nothing to boot" in first  # QEMU's DHCP offered no boot file (no --vm-boot-url)
     assert fleet.vm(bmc.name)["last_exit"]["reason"] == "the guest powered off"
-    assert [(e.old, e.new, e.cause) for e in fleet.events()][-1] == ("on", "off", "vm-exit")
+    events = [(e.old, e.new, e.cause) for e in fleet.events()]
+    assert events[-1] == ("on", "off", "vm-exit"), (events, fleet.vm(bmc.name)["history"])
     assert client.get_boot_device().device == "default"  # the override was used up
 
     client.set_power("on")
@@ -143,7 +155,7 @@ def test_a_one_time_pxe_boot_tries_the_network_first_and_the_next_boot_does_not(
 def test_soft_power_off_presses_the_acpi_button_and_a_guest_without_acpi_stays_on(vm_fleet) -> None:  # type: ignore[no-untyped-def]
     fleet: Fleet = vm_fleet(1)
     bmc = fleet.bmcs[0]
-    client = client_for(bmc)
+    client = vm_client(bmc)
     client.set_power("on")
     vm = wait_for("QEMU runs", lambda: (s := fleet.vm(bmc.name))["running"] and s)
     wait_for("the BMC reads on", lambda: client.get_power() == "on")  # once QEMU runs
@@ -154,7 +166,8 @@ def test_soft_power_off_presses_the_acpi_button_and_a_guest_without_acpi_stays_o
     # SeaBIOS and iPXE do not handle ACPI: the machine is still on, and the BMC says so.
     wait_for("the BMC reads on", lambda: client.get_power() == "on")
     assert fleet.vm(bmc.name)["pid"] == vm["pid"] and running(vm["pid"])
-    assert [(e.old, e.new, e.cause) for e in fleet.events()][-1] == ("on", "on", "soft")
+    events = [(e.old, e.new, e.cause) for e in fleet.events()]
+    assert events[-1] == ("on", "on", "soft"), (events, fleet.vm(bmc.name)["history"])
 
     client.set_power("off")
     wait_for("QEMU gone", lambda: not running(vm["pid"]))

@@ -143,7 +143,7 @@ def test_metrics_are_prometheus_text(client, ctx, conductor_ctx, nodes) -> None:
     throttle_settings.update(ctx, {"max_queue_depth": 2})
     power_on(client, nodes[2])
     power_on(client, nodes[3])
-    response = client.get("/metrics")
+    response = client.get("/metrics/fleet")
     assert response.status_code == 200 and response.content_type.startswith("text/plain")
     text = response.get_data(as_text=True)
     assert 'conductor_requests_accepted_total{kind="power"} 2.0' in text
@@ -153,6 +153,6 @@ def test_metrics_are_prometheus_text(client, ctx, conductor_ctx, nodes) -> None:
     assert 'conductor_requests_active{state="queued"} 2.0' in text
     assert "conductor_conductors_alive 1.0" in text
     drain(conductor_ctx)
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.get("/metrics/fleet").get_data(as_text=True)
     assert 'conductor_request_duration_seconds_count{kind="power",outcome="succeeded"} 2.0' in text
     assert 'conductor_bmc_command_duration_seconds_count{command="set_power_state",driver="fake"} 2.0' in text

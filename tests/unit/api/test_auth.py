@@ -18,6 +18,7 @@ EXPECTED = {
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/static/<path:name>"): PUBLIC,
     ("GET", "/metrics"): READER,
+    ("GET", "/metrics/fleet"): READER,
     ("GET", "/static/<path:filename>"): READER,
     ("GET", "/v1/nodes"): READER,
     ("POST", "/v1/nodes"): OPERATOR,

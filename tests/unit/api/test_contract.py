@@ -85,6 +85,10 @@ def test_errors_and_headers_follow_the_rules_they_come_from(spec) -> None:
     assert any(p.get("name") == "If-Match" for p in patch["parameters"])
     assert "ETag" in paths["/v1/nodes/{ident}"]["get"]["responses"]["200"]["headers"]
     assert "412" in paths["/v1/nodes/{ident}"]["delete"]["responses"]
+    for path in ("/v1/nodes/{ident}", "/v1/nodes/{ident}/states", "/v1/requests/{request_id}"):
+        polled = paths[path]["get"]
+        assert "ETag" in polled["responses"]["304"]["headers"] and "ETag" in polled["responses"]["200"]["headers"]
+        assert {"$ref": "#/components/parameters/If-None-Match"} in polled["parameters"], path
     power = paths["/v1/nodes/{ident}/states/power"]["put"]
     assert {"409", "422"} <= set(power["responses"])
     assert "Location" in power["responses"]["202"]["headers"]

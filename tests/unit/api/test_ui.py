@@ -85,7 +85,7 @@ def test_stats_count_admissions_and_show_the_queue(client, ctx, conductor_ctx, a
     after = client.get("/v1/stats").json
     assert after["requests_active"] == {"queued": 0, "running": 0, "waiting": 0}
     assert after["drain_rate"] > 0 and after["at"] > stats["at"]
-    # The same counters as /metrics.
-    text = client.get("/metrics").get_data(as_text=True)
+    # The same counters as /metrics/fleet.
+    text = client.get("/metrics/fleet").get_data(as_text=True)
     assert f'{ACCEPTED}_total{{kind="power"}} 2.0' in text
     assert f'{REJECTED}_total{{reason="transition_in_progress"}} 1.0' in text

@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from conductor.cli import exits, main
 
-GLOBAL = {"--url", "--token", "--json", "--format", "--column", "--max-retry-wait"}
+GLOBAL = {"--url", "--token", "--json", "--format", "--column", "--max-retry-wait", "--ca-cert",
+          "--allow-plain-http", "--client-cert", "--client-key"}
 
 
 def leaves(group: click.Group, path: str = "") -> dict[str, click.Command]:

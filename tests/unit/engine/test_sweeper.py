@@ -6,10 +6,12 @@ import datetime as dt
 import os
 
 import sqlalchemy as sa
+from rq.worker import Worker
 
 from conductor.bootstrap import build_context
 from conductor.engine import conductors, sweeper
 from conductor.models import ConductorRecord, Node, Request, utcnow
+from tests.conftest import drain
 
 
 def _node_with_request(client, target="power on"):  # type: ignore[no-untyped-def]
@@ -189,3 +191,53 @@ def test_a_conductor_whose_slot_was_taken_over_learns_it_from_its_heartbeat(sett
     with ctx.db.begin() as session:
         session.execute(sa.update(ConductorRecord).values(pid=os.getpid() + 1))
     assert conductors.heartbeat(ctx) is False
+
+
+def _a_worker_died_running(ctx, conductor: str, job) -> None:  # type: ignore[no-untyped-def]
+    """Leave in Redis what an RQ worker of ``conductor`` killed while running ``job`` leaves."""
+    from rq.serializers import JSONSerializer
+    from rq.worker import SimpleWorker
+
+    worker = SimpleWorker([ctx.queue.queue], connection=ctx.redis, name=f"{conductor}.4242",
+                          serializer=JSONSerializer)
+    worker.register_birth()
+    worker.prepare_execution(job)
+
+
+def test_the_steps_a_dead_conductor_had_taken_from_the_queue_run_again_at_once(
+        client, ctx, conductor_ctx, settings) -> None:
+    """Dead conductors' workers held a batch of due steps and a first step: re-armed once they are declared dead."""
+    sleeping = _node_with_request(client)
+    client.post("/v1/nodes", json={"name": "n2", "driver": "fake"})
+    queued = client.put("/v1/nodes/n2/states/power", json={"target": "power on"}).json["id"]
+    ctx.queue.cancel(sleeping)
+    dead = "otherhost-w0"
+    with ctx.db.begin() as session:
+        old = utcnow() - dt.timedelta(seconds=settings.heartbeat_timeout + 5)
+        session.add(ConductorRecord(name=dead, hostname="otherhost", pid=1, heartbeat_at=old))
+        session.execute(sa.update(Request).where(Request.id == sleeping).values(
+            state="running", conductor=None, wake_at=utcnow()))
+    # The batch job that took the sleeping request's step: pumped, then dequeued by the dead worker.
+    ctx.queue.schedule(sleeping, 0)
+    assert ctx.queue.pump_timers() == 1
+    batch = ctx.queue.queue.jobs[-1]
+    assert batch.args == [[sleeping]]
+    _a_worker_died_running(ctx, dead, batch)
+    ctx.queue.queue.remove(batch)
+    # As long as the worker is registered, the request looks as if it waited in a busy queue.
+    assert ctx.queue.pending([sleeping]) == {sleeping}
+    first = ctx.queue.queue.fetch_job(queued)
+    ctx.queue.queue.remove(first)
+    _a_worker_died_running(ctx, "otherhost-w1", first)
+    with ctx.db.begin() as session:
+        session.add(ConductorRecord(name="otherhost-w1", hostname="otherhost", pid=2, heartbeat_at=old))
+
+    sweeper.sweep(ctx)
+    # Both steps are in Redis again for any conductor, and no dead worker is left to hand them over twice.
+    assert ctx.redis.zscore(ctx.queue.timers_key, sleeping) is not None
+    assert ctx.redis.zscore(ctx.queue.pumped_key, sleeping) is None
+    assert queued in ctx.queue.queue.job_ids
+    assert not Worker.all(connection=ctx.redis, queue=ctx.queue.queue)
+    # And they run: the requests succeed.
+    drain(conductor_ctx)
+    assert [client.get(f"/v1/requests/{r}").json["state"] for r in (sleeping, queued)] == ["succeeded"] * 2
