@@ -19,6 +19,7 @@ setup(
         "conductor.migrations": ["script.py.mako", "alembic.ini"],
         "conductor.ramdisk": ["files/*"],
         # The dashboard's page, scripts and style sheet (conductor/api/ui.py serves them).
-        "conductor.api": ["ui_files/*"],
+        # And Swagger UI's, vendored (conductor/api/docs.py serves them).
+        "conductor.api": ["ui_files/*", "docs_files/*"],
     },
 )

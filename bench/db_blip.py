@@ -165,7 +165,7 @@ class Drill:
         except requests.RequestException as exc:
             self.count(f"{method} no answer ({type(exc).__name__})")
             return None
-        body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        body = response.json() if "json" in response.headers.get("content-type", "") else {}
         code = body.get("code", "") if response.status_code >= 400 else ""
         if response.status_code == 503 and code != "rate_limited" and "Retry-After" not in response.headers:
             code += " (no Retry-After!)"

@@ -48,7 +48,9 @@ The whole tree::
 ``DriverError`` and its children are raised by drivers inside conductor
 workers; they end up in a node's ``last_error`` and a request's ``error``
 rather than in an HTTP response.  The API has one handler that turns any
-``ConductorError`` into ``{"code", "status", "message", ...details}``; for a
+``ConductorError`` into ``{"code", "status", "message", ...details}``
+(:meth:`ConductorError.to_dict`), served as RFC 9457 problem details
+(``conductor/api/errors.py`` adds ``type``, ``title`` and ``detail``); for a
 5xx only the class's generic message is shown, never the exception text.
 A ``ServiceUnavailable`` is the exception: its message is written for the
 client, and its ``retry_after`` (seconds) becomes the ``Retry-After``

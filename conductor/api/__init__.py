@@ -16,6 +16,8 @@ from conductor.api import (
     boot,
     callbacks,
     conductors,
+    contract,
+    docs,
     errors,
     events,
     http_metrics,
@@ -102,7 +104,8 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # Served from the package (conductor/api/docs.py), not from a CDN.
+        OPENAPI_SWAGGER_UI_URL=docs.STATIC_URL,
         MAX_CONTENT_LENGTH=limits.MAX_BODY,
         # Swagger UI's "Authorize" button takes a bearer token.
         API_SPEC_OPTIONS={
@@ -118,7 +121,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
     app.extensions["conductor"] = ctx
     # Fail at start, not on the first callback, on malformed callback lists.
     destinations.Policy.from_settings(ctx.settings)
-    api = errors.ConductorApi(app)
+    api = errors.ConductorApi(app, spec_kwargs={"extra_plugins": [contract.ContractPlugin()]})
     # First: nothing may read a chunked body before its size is checked.
     app.before_request(limits.refuse_oversized_body)
     # This host's HTTP latency (GET /metrics); its clock starts before every other hook.
@@ -135,6 +138,7 @@ def create_app(settings: Settings | None = None, ctx: Context | None = None) -> 
         api.register_blueprint(module.blp)
     # A plain Flask blueprint: the dashboard's files are not part of the API's description.
     app.register_blueprint(ui.blp)
+    app.register_blueprint(docs.blp)
     app.teardown_appcontext(close_session)
     hops = ctx.settings.proxy_trusted_hops
     if hops > 0:

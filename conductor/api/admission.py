@@ -49,13 +49,13 @@ OPENSTACK_PREFIX = "/baremetal"
 #: agents' heartbeat (authenticated by its own per-node agent token),
 #: network boot (firmware sends no credentials: see conductor/service/boot.py),
 #: the agents' image downloads (by their signed URL: see conductor/images/tickets.py),
-#: and the dashboard's static files (no data: the page calls the API with a token).
+#: and the dashboard's and Swagger UI's static files (no data: the pages call the API with a token).
 BOOT_ENDPOINTS = frozenset({"boot.ChainScript", "boot.MacScript", "boot.BootFile", "boot.MediaFile"})
 PUBLIC_ENDPOINTS = frozenset(
     {"root", "api-docs.openapi_json", "api-docs.openapi_swagger_ui", "nodes.Heartbeat", "images.AgentImageContent",
      # Ironic's version discovery needs no token either.
      "ironic.root", "ironic.v1",
-     "ui.bare", "ui.index", "ui.asset"}
+     "ui.bare", "ui.index", "ui.asset", "docs.asset"}
     | BOOT_ENDPOINTS
 )
 #: Endpoints only admins may call, whatever the method.

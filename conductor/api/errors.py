@@ -1,4 +1,12 @@
-"""One mapping from errors to JSON responses: ``{code, status, message, ...}``.
+"""One mapping from errors to responses: RFC 9457 problem details.
+
+Every error is ``application/problem+json``: ``type`` (a tag URI naming
+the error's ``code``: ``tag:baremetal-conductor,2026:error:<code>``),
+``title`` (the code in words, the same for every error of that type),
+``status``, ``detail`` (this occurrence, for people), plus our own
+``code`` and ``message`` (the same text as ``detail``) and the error's
+details (:func:`problem`).  The Ironic-compatible API rewrites these into
+Ironic's own envelope afterwards (:mod:`conductor.api.ironic.envelope`).
 
 * :class:`~conductor.exceptions.ConductorError`: its status and code, plus
   its details (``request_id``, ``allowed_targets``, ``errors``...); a 5xx
@@ -21,17 +29,25 @@ from typing import Any
 
 import marshmallow as ma
 import sqlalchemy as sa
-from flask import Flask, Response, g, has_request_context, jsonify, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 from conductor import database
+from conductor.api import docs
 from conductor.api.common import close_session
 from conductor.exceptions import ConductorError, DatabaseUnavailable, QueueFull, RateLimited
 
 LOG = logging.getLogger(__name__)
 
-_HTTP_CODES = {
+#: The media type of every error (RFC 9457).
+PROBLEM_JSON = "application/problem+json"
+#: An error's ``type``: this prefix and its ``code`` (a tag URI, RFC 4151: a
+#: name, not a page to fetch; docs/api.md lists the codes).
+PROBLEM_TYPE_PREFIX = "tag:baremetal-conductor,2026:error:"
+
+#: The codes of the HTTP errors raised by Flask, Werkzeug and webargs.
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -41,14 +57,36 @@ _HTTP_CODES = {
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    416: "range_not_satisfiable",
     429: "too_many_requests",
     431: "headers_too_large",
     500: "internal_error",
 }
 
 
+_ACRONYMS = {"url": "URL", "bmc": "BMC", "uri": "URI"}
+
+
+def problem_type(code: str) -> str:
+    """The problem ``type`` of error ``code``."""
+    return PROBLEM_TYPE_PREFIX + code
+
+
+def problem_title(code: str) -> str:
+    """The problem ``title`` of error ``code``: the code in words (``node_not_found``: "Node not found")."""
+    words = code.replace("_", " ").capitalize().split(" ")
+    return " ".join(_ACRONYMS.get(word, word) for word in words)
+
+
+def problem(status: int, code: str, message: str, **details: Any) -> dict[str, Any]:
+    """The body of an error: RFC 9457's members, then ours (``code``, ``message``), then ``details``."""
+    return {"type": problem_type(code), "title": problem_title(code), "status": status, "detail": message,
+            "code": code, "message": message, **details}
+
+
 class ErrorSchema(ma.Schema):
-    """Every error response: ``code``, ``status``, ``message``, plus the details of that error.
+    """Every error response: RFC 9457 problem details (``type``, ``title``, ``status``, ``detail``),
+    our ``code`` and ``message``, plus the details of that error.
 
     The details are documented field by field (each names the codes that
     carry it); clients must ignore fields they do not know, since new
@@ -58,9 +96,20 @@ class ErrorSchema(ma.Schema):
     class Meta:
         unknown = ma.INCLUDE  # -> "additionalProperties": true in /openapi.json
 
-    code = ma.fields.String(required=True, metadata={"description": "Machine-readable error code"})
-    status = ma.fields.Integer(required=True, metadata={"description": "HTTP status"})
-    message = ma.fields.String(required=True, metadata={"description": "What went wrong, for people"})
+    type = ma.fields.String(required=True, metadata={
+        "description": "The error's type: 'tag:baremetal-conductor,2026:error:' and its code (a name, not a URL "
+                       "to fetch)",
+        "example": "tag:baremetal-conductor,2026:error:node_not_found"})
+    title = ma.fields.String(required=True, metadata={
+        "description": "The code in words: the same for every error of this type", "example": "Node not found"})
+    status = ma.fields.Integer(required=True, metadata={"description": "HTTP status", "example": 404})
+    detail = ma.fields.String(required=True, metadata={
+        "description": "What went wrong this time, for people (the same text as message)",
+        "example": "Node n1 not found."})
+    code = ma.fields.String(required=True, metadata={"description": "Machine-readable error code",
+                                                     "example": "node_not_found"})
+    message = ma.fields.String(required=True, metadata={"description": "What went wrong, for people",
+                                                        "example": "Node n1 not found."})
     errors = ma.fields.Dict(
         keys=ma.fields.String(), values=ma.fields.String(),
         metadata={"description": "Field -> message (validation_error and its kinds; callback_url_denied)"},
@@ -117,11 +166,16 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def error_response(status: int, code: str, message: str, **details: Any) -> Response:
-    """A JSON error response."""
-    response = jsonify({"code": code, "status": status, "message": message, **details})
-    response.status_code = status
+def problem_response(body: dict[str, Any]) -> Response:
+    """The response of a :func:`problem` body."""
+    response = current_app.response_class(current_app.json.dumps(body) + "\n", status=body["status"],
+                                          mimetype=PROBLEM_JSON)
     return response
+
+
+def error_response(status: int, code: str, message: str, **details: Any) -> Response:
+    """An error response (problem details)."""
+    return problem_response(problem(status, code, message, **details))
 
 
 def handle_conductor_error(error: ConductorError) -> Response:
@@ -129,8 +183,8 @@ def handle_conductor_error(error: ConductorError) -> Response:
     # overload, thousands a second): counted in /metrics, not logged.
     if error.status >= 500 and not isinstance(error, RateLimited | QueueFull):
         LOG.error("%s: %s", error.code, error.message)
-    response = jsonify(error.to_dict())
-    response.status_code = error.status
+    body = error.to_dict()
+    response = problem_response(problem(body.pop("status"), body.pop("code"), body.pop("message"), **body))
     retry_after = error.details.get("retry_after")
     if retry_after is not None:
         response.headers["Retry-After"] = str(int(retry_after))
@@ -144,7 +198,7 @@ def handle_http_error(error: HTTPException) -> Response:
         errors = _flatten(data["messages"])
         message = "Invalid request: " + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
         return error_response(400, "validation_error", message, errors=errors)
-    code = _HTTP_CODES.get(status, "http_error")
+    code = HTTP_CODES.get(status, "http_error")
     message = data.get("message") or error.description or error.name
     response = error_response(status, code, message)
     for key, value in (data.get("headers") or {}).items():
@@ -215,6 +269,13 @@ class ConductorApi(Api):
     """flask-smorest's Api with the conductor's error shape."""
 
     ERROR_SCHEMA = ErrorSchema
+    #: No "default" response: conductor/api/contract.py documents each status, 500 included.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def _openapi_swagger_ui(self) -> Response:
+        # Our page, not flask-smorest's template, whose inline script a
+        # same-origin Content-Security-Policy would block.
+        return docs.page()
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         return handle_http_error(error)

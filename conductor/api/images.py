@@ -155,7 +155,8 @@ class ImageItem(MethodView):
 
 @blp.route("/<name>/content")
 class ImageContent(MethodView):
-    @blp.doc(responses={"200": {"description": "The image file"}, "206": {"description": "A byte range"},
+    @blp.doc(responses={"200": {"description": "The image file", "content": {"application/octet-stream": {}}},
+                        "206": {"description": "A byte range", "content": {"application/octet-stream": {}}},
                         "416": {"description": "The range is not satisfiable"}})
     def get(self, name: str) -> Response:
         """Download a registered image (streamed; Range supported)."""
@@ -165,9 +166,12 @@ class ImageContent(MethodView):
 
 @blp.route("/content/<ticket>")
 class AgentImageContent(MethodView):
-    @blp.doc(security=[], responses={"200": {"description": "The image file"},
-                                     "206": {"description": "A byte range"},
-                                     "401": {"description": "invalid_image_ticket"}})
+    @blp.doc(security=[], responses={"200": {"description": "The image file",
+                                             "content": {"application/octet-stream": {}}},
+                                     "206": {"description": "A byte range",
+                                             "content": {"application/octet-stream": {}}},
+                                     "401": {"description": "Forged, altered or expired ticket, or the agent is not "
+                                                            "writing this image now"}})
     def get(self, ticket: str) -> Response:
         """An agent downloads its deploy's image (the signed URL of its ``write_image`` command; no token)."""
         ctx = context()

@@ -28,6 +28,8 @@ from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from conductor.api import errors
+
 LOG = logging.getLogger(__name__)
 
 #: Gunicorn's defaults, named: the longest URL the API builds (a node's
@@ -84,9 +86,9 @@ def gunicorn_options(threads: int = 1, client_timeout: float = 60.0, held: int =
 
 
 def error_bytes(status: int, code: str, reason: str, message: str) -> bytes:
-    """A whole HTTP/1.1 response carrying our JSON error (the connection is closed after it)."""
-    body = json.dumps({"code": code, "status": status, "message": message}).encode() + b"\n"
-    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    """A whole HTTP/1.1 response carrying our error, as problem details (the connection is closed after it)."""
+    body = json.dumps(errors.problem(status, code, message)).encode() + b"\n"
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {errors.PROBLEM_JSON}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 

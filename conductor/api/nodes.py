@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, request
 from flask.views import MethodView
 
-from conductor.api import admission, errors, schemas
+from conductor.api import admission, schemas
 from conductor.api.common import (
     Blueprint,
     context,
@@ -39,7 +39,10 @@ class Nodes(MethodView):
         items = nodes.list_nodes(session(), limit=limit, marker=marker, filters=args)
         return {"nodes": items, "next": next_link(items, limit, items[-1].uuid if items else None)}
 
-    @blp.arguments(schemas.NodeCreate)
+    @blp.arguments(schemas.NodeCreate, example={
+        "name": "rack1-u07", "driver": "ipmi",
+        "driver_info": {"ipmi_address": "10.0.0.7", "ipmi_username": "admin", "ipmi_password": "secret"},
+        "properties": {"cpus": 16, "memory_mb": 65536}, "ports": ["52:54:00:12:34:07"]})
     @blp.response(201, schemas.Node)
     def post(self, body: dict[str, Any]) -> tuple[Node, dict[str, str]]:
         """Enrol a node (provision state ``enroll``)."""
@@ -53,7 +56,6 @@ _IF_MATCH = {"in": "header", "name": "If-Match", "required": False, "schema": {"
              "description": "Only if the node is still at this version (an ETag of a GET or PATCH, or *); "
                             "else 412 precondition_failed and nothing changes. Without it the write is "
                             "unconditional."}
-_STALE = "The node changed since the ETag sent as If-Match (the current one is in etag); nothing was changed"
 
 
 @blp.route("/<ident>")
@@ -65,9 +67,8 @@ class NodeItem(MethodView):
         tag = nodes.etag(node)
         return not_modified(tag) or (node, etag_header(tag))
 
-    @blp.arguments(schemas.NodePatch)
+    @blp.arguments(schemas.NodePatch, example={"maintenance": True, "maintenance_reason": "disk swap"})
     @blp.response(200, schemas.Node, headers=_ETAG_HEADER)
-    @blp.alt_response(412, schema=errors.ErrorSchema, description=_STALE)
     @blp.doc(parameters=[_IF_MATCH])
     def patch(self, changes: dict[str, Any], ident: str) -> tuple[Node, dict[str, str]]:
         """Change a node with a JSON merge patch (RFC 7396); with If-Match, only the version it names."""
@@ -75,7 +76,6 @@ class NodeItem(MethodView):
         return node, etag_header(nodes.etag(node))
 
     @blp.response(204)
-    @blp.alt_response(412, schema=errors.ErrorSchema, description=_STALE)
     @blp.doc(parameters=[_IF_MATCH])
     def delete(self, ident: str) -> None:
         """Delete a node with no transition in progress; with If-Match, only the version it names."""
@@ -97,7 +97,7 @@ class NodeStates(MethodView):
 
 @blp.route("/<ident>/states/power")
 class PowerState(MethodView):
-    @blp.arguments(schemas.PowerChange)
+    @blp.arguments(schemas.PowerChange, example={"target": "power on"})
     @blp.response(202, schemas.RequestOut)
     def put(self, body: dict[str, Any], ident: str) -> tuple[Request, dict[str, str]]:
         """Ask for a power change; answers at once with the request to poll."""
@@ -115,7 +115,8 @@ class PowerState(MethodView):
 
 @blp.route("/<ident>/states/provision")
 class ProvisionState(MethodView):
-    @blp.arguments(schemas.ProvisionChange)
+    @blp.arguments(schemas.ProvisionChange, example={
+        "target": "active", "image_source": "centos-9", "configdrive": {"meta_data": {"hostname": "rack1-u07"}}})
     @blp.response(202, schemas.RequestOut)
     def put(self, body: dict[str, Any], ident: str) -> tuple[Request, dict[str, str]]:
         """Ask for a provision state change; ``abort`` acts at once."""
@@ -141,7 +142,7 @@ class BootDevice(MethodView):
         """The boot device the conductor last set or read, and when (not a live read of the BMC)."""
         return nodes.boot_device(session(), ident)
 
-    @blp.arguments(schemas.BootDeviceChange)
+    @blp.arguments(schemas.BootDeviceChange, example={"boot_device": "pxe", "persistent": False})
     @blp.response(202, schemas.RequestOut)
     def put(self, body: dict[str, Any], ident: str) -> tuple[Request, dict[str, str]]:
         """Ask to set the boot device (a ``management`` request); answers at once with the request to poll."""
@@ -171,7 +172,7 @@ class NodeHistory(MethodView):
 
 @blp.route("/<ident>/heartbeat")
 class Heartbeat(MethodView):
-    @blp.arguments(schemas.Heartbeat)
+    @blp.arguments(schemas.Heartbeat, example={"agent_version": "1.0"})
     @blp.response(200, schemas.HeartbeatAnswer)
     @blp.doc(security=[{"agentToken": []}])
     def post(self, body: dict[str, Any], ident: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class Ports(MethodView):
         items = ports.list_ports(session(), limit=limit, marker=marker, **args)
         return {"ports": items, "next": next_link(items, limit, items[-1].uuid if items else None)}
 
-    @blp.arguments(schemas.PortCreate)
+    @blp.arguments(schemas.PortCreate, example={"node": "rack1-u07", "address": "52:54:00:12:34:08"})
     @blp.response(201, schemas.Port)
     def post(self, body: dict[str, Any]) -> tuple[Port, dict[str, str]]:
         """Add a port (a MAC address) to a node; 409 if the MAC is another port's."""

@@ -32,7 +32,8 @@ class Subscriptions(MethodView):
         found = subscriptions.list_subscriptions(session(), _owner())
         return {"subscriptions": found}
 
-    @blp.arguments(schemas.SubscriptionCreate)
+    @blp.arguments(schemas.SubscriptionCreate, example={
+        "url": "https://hooks.example.com/conductor", "events": ["request.finished", "node.*"], "nodes": []})
     @blp.response(201, schemas.Subscription)
     def post(self, body: dict[str, Any]) -> tuple[CallbackSubscription, dict[str, str]]:
         """Subscribe a URL to events, optionally of some nodes only (400 ``callback_url_denied``)."""

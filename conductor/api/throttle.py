@@ -20,7 +20,7 @@ class Throttle(MethodView):
         """The throttle settings in force."""
         return throttle_settings.current(context()).to_dict()
 
-    @blp.arguments(schemas.ThrottlePatch)
+    @blp.arguments(schemas.ThrottlePatch, example={"write_rate": 50, "client_write_rate": 10})
     @blp.response(200, schemas.ThrottleSettings)
     def patch(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Change some knobs; every API and conductor process applies them within a second."""

@@ -22,7 +22,7 @@ class Tokens(MethodView):
         """List tokens (never their secrets)."""
         return {"tokens": tokens.list_tokens(session(), args["all"])}
 
-    @blp.arguments(schemas.TokenCreate)
+    @blp.arguments(schemas.TokenCreate, example={"role": "operator", "name": "ci-pipeline"})
     @blp.response(201, schemas.TokenCreated)
     def post(self, body: dict[str, Any]) -> tuple[tokens.Issued, dict[str, str]]:
         """Create a token with a role: ``reader``, ``operator`` or ``admin``.

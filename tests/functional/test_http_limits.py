@@ -64,9 +64,10 @@ def api(service_factory, request):  # type: ignore[no-untyped-def]
 def assert_json_error(answer: tuple[int, dict[str, str], bytes], status: int, code: str) -> dict:
     got, headers, body = answer
     assert got == status, body[:300]
-    assert headers["content-type"] == "application/json"
+    assert headers["content-type"] == "application/problem+json"
     error = json.loads(body)
     assert (error["code"], error["status"]) == (code, status) and error["message"]
+    assert error["type"] == f"tag:baremetal-conductor,2026:error:{code}" and error["detail"] == error["message"]
     return error
 
 

@@ -38,7 +38,7 @@ export function onUnauthorized(fn) {
 
 /** The headers of a call: the bearer token, if there is one. */
 export function headers(extra = {}) {
-  const all = {Accept: "application/json", ...extra};
+  const all = {Accept: "application/json, application/problem+json", ...extra};
   const secret = token.get();
   if (secret) all.Authorization = `Bearer ${secret}`;
   return all;

@@ -16,6 +16,7 @@ EXPECTED = {
     ("GET", "/"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/static/<path:name>"): PUBLIC,
     ("GET", "/metrics"): READER,
     ("GET", "/metrics/fleet"): READER,
     ("GET", "/static/<path:filename>"): READER,

@@ -306,7 +306,7 @@ def test_only_the_listed_files_are_served(anonymous, files, path) -> None:
     # (A path that is no route at all is 401 to a caller without a token, like any other.)
     assert response.status_code in (400, 401, 404), (path, response.status_code)
     assert b"not for you" not in response.data
-    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.headers["Content-Type"] == "application/problem+json"
 
 
 def test_a_boot_file_not_built_is_404_saying_how_to_build_it(anonymous, settings) -> None:

@@ -1,4 +1,4 @@
-"""Every error body matches the ``Error`` schema published in /openapi.json.
+"""Every error body is RFC 9457 problem details matching the ``Error`` schema published in /openapi.json.
 
 Two ways round: every detail any error is raised with (found in the source)
 is a documented property, and real error responses of the API validate
@@ -17,7 +17,7 @@ import pytest
 
 import conductor
 from conductor import exceptions
-from conductor.api import admission
+from conductor.api import admission, errors
 from tests.conftest import bearer, drain, make_token
 
 SOURCE = Path(conductor.__file__).parent
@@ -79,7 +79,7 @@ def test_every_detail_an_error_carries_is_documented(error_schema) -> None:
     # bmc only rides on BMCError, a 5xx whose details are never shown.
     missing = {k: sorted(v) for k, v in found.items() if k not in documented and k != "bmc"}
     assert not missing, f"undocumented error details: {missing}"
-    assert set(error_schema["required"]) == {"code", "status", "message"}
+    assert set(error_schema["required"]) == {"type", "title", "status", "detail", "code", "message"}
     for name, prop in error_schema["properties"].items():
         assert prop.get("description"), f"Error.{name} has no description"
 
@@ -89,8 +89,12 @@ def test_every_error_class_body_validates(error_schema, name) -> None:
     found = details_raised_in_source()
     cls = ERROR_CLASSES[name]
     details = {k: SAMPLES[k] for k in found}
-    jsonschema.validate(cls("message", **details).to_dict(), error_schema)
-    jsonschema.validate(cls().to_dict(), error_schema)
+    for error in (cls("message", **details), cls()):
+        body = error.to_dict()
+        served = errors.problem(body.pop("status"), body.pop("code"), body.pop("message"), **body)
+        jsonschema.validate(served, error_schema)
+        assert served["type"] == f"tag:baremetal-conductor,2026:error:{cls.code}"
+        assert served["detail"] == served["message"]
 
 
 def test_real_error_responses_validate(app, ctx, conductor_ctx, client, anonymous, error_schema,
@@ -130,7 +134,11 @@ def test_real_error_responses_validate(app, ctx, conductor_ctx, client, anonymou
     }
     for what, response in answers.items():
         assert response.status_code >= 400, (what, response.json)
-        assert response.mimetype == "application/json", what
+        assert response.mimetype == "application/problem+json", what
+        body = response.json
+        assert body["type"] == "tag:baremetal-conductor,2026:error:" + body["code"], what
+        assert body["status"] == response.status_code, what
+        assert body["detail"] == body["message"] and body["title"], what
         try:
             jsonschema.validate(response.json, error_schema)
         except jsonschema.ValidationError as exc:
@@ -139,3 +147,4 @@ def test_real_error_responses_validate(app, ctx, conductor_ctx, client, anonymou
     assert answers["transition_in_progress"].json["request_id"]
     assert answers["node_in_maintenance"].json["maintenance_reason"] is None
     assert answers["rate_limited"].json["retry_after"] >= 1
+    assert answers["node_not_found"].json["title"] == "Node not found"

@@ -46,7 +46,7 @@ def test_every_file_the_page_names_is_shipped_and_nothing_is_fetched_from_elsewh
         assert not re.search(r"https?://", text), script.name
     # setup.py ships "ui_files/*": a subdirectory would be left out of a wheel.
     assert all(p.is_file() for p in ui.FILES.iterdir())
-    assert '"conductor.api": ["ui_files/*"]' in (Path(__file__).parents[3] / "setup.py").read_text()
+    assert '"conductor.api": ["ui_files/*", "docs_files/*"]' in (Path(__file__).parents[3] / "setup.py").read_text()
 
 
 def test_self_names_the_callers_token_and_role(client, ctx, anonymous) -> None:
