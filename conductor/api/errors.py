@@ -180,7 +180,7 @@ def error_response(status: int, code: str, message: str, **details: Any) -> Resp
 
 def handle_conductor_error(error: ConductorError) -> Response:
     # Admission refusals are the system working as meant (and, under
-    # overload, thousands a second): counted in /metrics, not logged.
+    # overload, thousands a second): counted in /metrics/fleet, not logged.
     if error.status >= 500 and not isinstance(error, RateLimited | QueueFull):
         LOG.error("%s: %s", error.code, error.message)
     body = error.to_dict()

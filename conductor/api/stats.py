@@ -22,7 +22,7 @@ RETRY_AFTER = 5
 class Stats(MethodView):
     @blp.response(200, schemas.Stats)
     def get(self) -> dict[str, Any]:
-        """The work queue, requests in flight and admission totals now (``GET /metrics`` has them all)."""
+        """The work queue, requests in flight and admission totals now (``GET /metrics/fleet`` has them all)."""
         try:
             return metrics.summary(context())
         except redis.RedisError:
