@@ -109,7 +109,8 @@ def test_bulk_actions_under_the_throttle_and_wait_free(service_factory) -> None:
     assert "b3: failed: fake driver: power power off failed: fan" in mixed.stderr
 
     # --wait-free: a busy node is waited for instead of refused.
-    service.cli("node", "set", "b0", "-i", "fake_hang=4")
+    # (long enough for the CLI to start and find the node busy on a loaded machine)
+    service.cli("node", "set", "b0", "-i", "fake_hang=12")
     busy = service.http.put(f"{service.url}/v1/nodes/b0/states/power", json={"target": "power off"}, timeout=10)
     refused = service.http.put(f"{service.url}/v1/nodes/b0/states/power", json={"target": "power on"}, timeout=10)
     assert refused.status_code == 409 and refused.json()["code"] == "transition_in_progress"
