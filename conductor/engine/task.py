@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from conductor import database, drivers
 from conductor.callbacks import events
 from conductor.context import Context
-from conductor.core import history, reservations
+from conductor.core import history, reservations, steps
 from conductor.drivers.base import DeployInterface, Driver, InspectInterface, Poll
 from conductor.engine import power, timing
 from conductor.exceptions import NodeLocked, RequestNotFound
@@ -276,10 +276,7 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
                     task.run_cleanups()
                 task.save_progress()
                 node.updated_at = utcnow()
-                with session.no_autoflush:
-                    params = {"node_id": node_id, "me": ctx.name}
-                    released = database.rowcount(session.execute(reservations.RELEASE, params))
-                if released != 1 or not hold_claim(session, ctx, request_id):
+                if not steps.commit(session, node, request, ctx.name):
                     session.rollback()
                     raise StepFenced(
                         f"Conductor {ctx.name} lost node {node.uuid} or request {request_id} "
