@@ -70,6 +70,8 @@ def run_step(ctx: Context, request_id: str) -> None:
             if not database.is_transient(exc):
                 raise
             retry_later(ctx, request_id, exc)
+        finally:
+            logs.bind_node(None)  # bound by _run_step once the node is known
 
 
 def retry_later(ctx: Context, request_id: str, exc: Exception) -> None:
@@ -121,6 +123,7 @@ def _unclaim(ctx: Context, request_id: str) -> None:
 def _run_step(ctx: Context, request_id: str) -> None:
     try:
         with node_task(ctx, request_id) as task:
+            logs.bind_node(task.node.name or task.node.uuid)  # the step's log lines name its node
             if not task.request_progress.get("begun"):
                 # A new request starts with a clean slate, as in Ironic.
                 task.node.last_error = None

@@ -69,7 +69,7 @@ def read_json_lines(path) -> list[dict]:  # type: ignore[no-untyped-def]
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_json_lines_name_the_request_and_the_node(client, tmp_path, restore_logging) -> None:  # type: ignore[no-untyped-def]
+def test_json_lines_name_the_request_and_the_node(client, conductor_ctx, tmp_path, restore_logging) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "conductor.log"
     logs.setup("DEBUG", log, "json")
     client.post("/v1/nodes", json={"name": "n1", "driver": "fake"})
@@ -81,6 +81,11 @@ def test_json_lines_name_the_request_and_the_node(client, tmp_path, restore_logg
     assert line["request_id"] == request_id and line["node"] == "n1"
     assert line["level"] == "INFO" and line["logger"].startswith("conductor.")
     assert line["time"].endswith("+00:00") and isinstance(line["pid"], int)
+    # The worker's lines about the step name the node too, and none after it.
+    drain(conductor_ctx)
+    succeeded = [line for line in read_json_lines(log) if line["message"] == f"Request {request_id} succeeded"]
+    assert succeeded and succeeded[0]["node"] == "n1" and succeeded[0]["request_id"] == request_id
+    assert logs._NODE.get() is None
     # A call about no node names none.
     client.get("/v1/requests")
     logging.getLogger("conductor.test").info("after")
