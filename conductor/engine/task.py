@@ -9,8 +9,10 @@ Two locks with two lifetimes (see ``docs/design.md``):
   reservation IS NULL`` checked by its row count, plus an
   ``oslo.concurrency`` file lock that serialises this host's processes.
 
-:func:`node_task` takes both and always gives them back.  The step's
-results and the release of the reservation are committed together.
+:func:`node_task` takes both and always gives them back.  The claim, the
+reservation and the load of the request and node are one transaction; the
+step's results and the release of the reservation are committed together,
+in SQLAlchemy Core (:mod:`conductor.core.steps`).
 """
 
 from __future__ import annotations
