@@ -26,14 +26,22 @@ from typing import Any
 
 import redis
 import sqlalchemy.exc
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.engine import conductors, jobs, power_sync, sweeper, watchdog
 from conductor.settings import Settings
 from conductor.throttle import settings as throttle_settings
+from conductor.workqueue import STEP_FUNCTION
+
+#: The jobs whose success :meth:`ConductorWorker.handle_job_success` handles itself.
+_STEP_JOBS = frozenset({STEP_FUNCTION, power_sync.BATCH_FUNCTION})
 
 LOG = logging.getLogger(__name__)
 TIMER_TICK = 0.05
@@ -110,6 +118,33 @@ class ConductorWorker(QuickStopWorker):
             super().heartbeat(None, pipeline=beat)
             beat.execute()
         self._idle_beat_at = clock
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        # RQ also writes the job's last heartbeat into its hash here: one
+        # round trip for a hash deleted a moment later (a step job keeps no
+        # result), or kept only to show a failure.
+        job.ended_at = job.last_heartbeat = now()
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry,
+                           execution: Execution) -> None:
+        """A step job done: its bookkeeping in one transaction.
+
+        RQ's own first WATCHes and reads the job's dependents (two round
+        trips); the conductor's jobs have none, repeat never and keep no
+        result.  Any other job goes the RQ way.
+        """
+        if (job.get_result_ttl(self.default_result_ttl) != 0 or job.repeats_left or job.has_rate_limit
+                or job.func_name not in _STEP_JOBS):
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        assert job.started_at is not None and job.ended_at is not None
+        with self.connection.pipeline() as pipeline:
+            self.increment_successful_job_count(pipeline=pipeline)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            job.set_status(JobStatus.FINISHED, pipeline=pipeline)
+            job.cleanup(0, pipeline=pipeline, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         paused = False
