@@ -11,15 +11,19 @@ exposition.  (An API host's own HTTP latency is per host:
 What finishes inside a database transaction (a request reaching a final
 state, a BMC command of a step) is stashed on the session and written to
 Redis only after that transaction commits (:func:`attach` installs the
-hook), so a rolled-back step counts nothing.
+hook), so a rolled-back step counts nothing.  A conductor's job holds what
+its steps' commits recorded until the job ends (:func:`held`): one round
+trip a job instead of one a step.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import redis
@@ -113,6 +117,33 @@ def request_finished(session: Session, request: Request) -> None:
     _stash(session).append((REQUEST_DURATION, {"kind": request.kind, "outcome": request.state}, seconds))
 
 
+#: Per thread: the Redis key whose committed records :func:`held` holds, and the records.
+_held = threading.local()
+
+
+def _write(sink: Recorder, stashed: list[tuple[str, dict[str, str], float]]) -> None:
+    counters = [(BMC_ERRORS, labels, 1) for name, labels, _value in stashed if name == BMC_ERRORS]
+    sink.write(counters, [item for item in stashed if item[0] != BMC_ERRORS])
+
+
+@contextlib.contextmanager
+def held(ctx: Context) -> Iterator[None]:
+    """Within: what this thread's committed transactions of ``ctx`` recorded is written once, at the end.
+
+    For a conductor's job (several steps, each its own commit).  Best
+    effort, as every write here: a process killed meanwhile loses them.
+    """
+    sink = recorder(ctx)
+    records: list[tuple[str, dict[str, str], float]] = []
+    _held.key, _held.records = sink.key, records
+    try:
+        yield
+    finally:
+        _held.key, _held.records = None, None
+        if records:
+            _write(sink, records)
+
+
 def attach(ctx: Context) -> None:
     """Write what sessions of ``ctx`` stashed once their transaction commits."""
     sink = recorder(ctx)
@@ -121,8 +152,10 @@ def attach(ctx: Context) -> None:
         stashed = session.info.pop(_STASH, None)
         if not stashed:
             return
-        counters = [(BMC_ERRORS, labels, 1) for name, labels, value in stashed if name == BMC_ERRORS]
-        sink.write(counters, [item for item in stashed if item[0] != BMC_ERRORS])
+        if getattr(_held, "key", None) == sink.key:
+            _held.records.extend(stashed)
+            return
+        _write(sink, stashed)
 
     def after_rollback(session: Session) -> None:
         session.info.pop(_STASH, None)

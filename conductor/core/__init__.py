@@ -9,6 +9,9 @@ each in the caller's transaction:
 * :mod:`~conductor.core.requests`: ``active_request_id`` (accept, free) and
   every way a request ends (finish, abandon, cancel, abort a wait);
 * :mod:`~conductor.core.reservations`: ``reservation``;
+* :mod:`~conductor.core.steps`: a conductor's step committed in SQLAlchemy
+  Core (the node's and request's changes, the release of the reservation,
+  the history entries);
 * :mod:`~conductor.core.history`: the history entry of each change;
 * :mod:`~conductor.core.agent`: the agent protocol (tokens, commands,
   results) shared by the API and the deploy interface.

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import redis
 from rq.timeouts import BaseTimeoutException
 
+from conductor import metrics
 from conductor.context import Context
 from conductor.throttle.drain import DrainMeter
 
@@ -52,26 +53,29 @@ def run_steps(request_ids: Sequence[str]) -> None:
     from conductor.engine.runner import DATABASE_RETRY_DELAY, run_step
 
     ctx = current()
-    for done, request_id in enumerate(request_ids):
-        try:
-            run_step(ctx, request_id)
-        except BaseTimeoutException:
-            # The hung step's request was failed; the rest of the batch runs
-            # in a new job rather than being lost with this one.
-            rest = list(request_ids[done + 1 :])
-            for other in rest:
-                ctx.queue.schedule(other, 0)
-            LOG.warning("Job timed out; %d request(s) of its batch rescheduled", len(rest))
-            raise
-        except Exception:
-            # run_step resolves its request on every way out it knows; should
-            # one escape, the request (maybe popped from a timer) is not lost
-            # with this job: it gets a timer again, and the batch goes on.
-            LOG.exception("Request %s: step crashed; trying again in %.0f s", request_id, DATABASE_RETRY_DELAY)
+    # The steps' metrics go to Redis once, when the job ends.
+    with metrics.held(ctx):
+        for done, request_id in enumerate(request_ids):
             try:
-                ctx.queue.schedule(request_id, DATABASE_RETRY_DELAY)
-            except redis.RedisError as exc:
-                LOG.error("Request %s: could not set its timer (%s); the sweeper will re-arm it", request_id, exc)
+                run_step(ctx, request_id)
+            except BaseTimeoutException:
+                # The hung step's request was failed; the rest of the batch runs
+                # in a new job rather than being lost with this one.
+                rest = list(request_ids[done + 1 :])
+                for other in rest:
+                    ctx.queue.schedule(other, 0)
+                LOG.warning("Job timed out; %d request(s) of its batch rescheduled", len(rest))
+                raise
+            except Exception:
+                # run_step resolves its request on every way out it knows; should
+                # one escape, the request (maybe popped from a timer) is not lost
+                # with this job: it gets a timer again, and the batch goes on.
+                LOG.exception("Request %s: step crashed; trying again in %.0f s", request_id, DATABASE_RETRY_DELAY)
+                try:
+                    ctx.queue.schedule(request_id, DATABASE_RETRY_DELAY)
+                except redis.RedisError as exc:
+                    LOG.error("Request %s: could not set its timer (%s); the sweeper will re-arm it",
+                              request_id, exc)
     # One job left the work queue: what the API's queue_full Retry-After is based on.
     try:
         DrainMeter(ctx.redis, ctx.settings.redis_namespace).record(1)

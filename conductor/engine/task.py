@@ -9,8 +9,10 @@ Two locks with two lifetimes (see ``docs/design.md``):
   reservation IS NULL`` checked by its row count, plus an
   ``oslo.concurrency`` file lock that serialises this host's processes.
 
-:func:`node_task` takes both and always gives them back.  The step's
-results and the release of the reservation are committed together.
+:func:`node_task` takes both and always gives them back.  The claim, the
+reservation and the load of the request and node are one transaction; the
+step's results and the release of the reservation are committed together,
+in SQLAlchemy Core (:mod:`conductor.core.steps`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session
 from conductor import database, drivers
 from conductor.callbacks import events
 from conductor.context import Context
-from conductor.core import history, reservations
+from conductor.core import history, reservations, steps
 from conductor.drivers.base import DeployInterface, Driver, InspectInterface, Poll
 from conductor.engine import power, timing
 from conductor.exceptions import NodeLocked, RequestNotFound
@@ -201,36 +203,49 @@ def release(ctx: Context, node_id: int) -> None:
         reservations.release(conn, node_id, ctx.name)
 
 
-def _claim_and_reserve(ctx: Context, request_id: str) -> bool:
-    """Claim the step and reserve the node; whether the request was queued (it starts running now)."""
-    params = {"rid": request_id, "me": ctx.name, "now": utcnow()}
-    with ctx.db.engine.begin() as conn:
-        started = conn.execute(_START, params).rowcount == 1
-        if not started and conn.execute(_CLAIM, params).rowcount != 1:
-            raise StepNotRunnable(request_id)
-        if conn.execute(reservations.RESERVE, params).rowcount == 1:
-            return started
-        holder = conn.execute(reservations.HOLDER, params).one_or_none()
-    # The claim stays ours (committed): the caller retries or fails it.
-    if started:
-        _announce_running(ctx, request_id)
-    if holder is None:
-        raise RequestNotFound(f"Request {request_id} not found.")
-    raise NodeLocked(f"Node {holder.uuid} is reserved by conductor {holder.reservation}.", holder=holder.reservation)
+# The request and its node in one query (the step's load).
+_LOAD = (
+    sa.select(Request, Node)
+    .join(Node, Node.id == Request.node_id)
+    .where(Request.id == sa.bindparam("rid"))
+)
 
 
 def _emit_running(session: Session, node: Node, request: Request) -> None:
     events.emit(session, events.EventType.REQUEST_RUNNING, node, request, previous={"state": RequestState.QUEUED})
 
 
-def _announce_running(ctx: Context, request_id: str) -> None:
-    """Tell the event stream that ``request_id`` started (its first step found the node locked)."""
-    with ctx.db.session() as session:
-        request = session.get(Request, request_id)
-        node = session.get(Node, request.node_id) if request is not None else None
-        if request is not None and node is not None:
-            _emit_running(session, node, request)
-            session.commit()
+def _claim_reserve_load(ctx: Context, session: Session, request_id: str) -> tuple[Request, Node]:
+    """Claim the step, reserve the node and load both, in one transaction of ``session`` (committed).
+
+    Most steps are of a running request (``_CLAIM``); a queued one starts
+    (``_START``), and ``request.running`` goes to the event stream with the
+    commit.  When the node is reserved by someone else the claim stays ours
+    (committed): the caller retries or fails it.
+    """
+    params = {"rid": request_id, "me": ctx.name, "now": utcnow()}
+    with session.no_autoflush:
+        started = False
+        if database.rowcount(session.execute(_CLAIM, params)) != 1:
+            if database.rowcount(session.execute(_START, params)) != 1:
+                session.rollback()
+                raise StepNotRunnable(request_id)
+            started = True
+        reserved = database.rowcount(session.execute(reservations.RESERVE, params)) == 1
+        row = session.execute(_LOAD, params).one_or_none()
+    if row is None:
+        # Claimed, but its node is gone (deleted meanwhile).
+        session.commit()
+        raise RequestNotFound(f"Request {request_id} not found.")
+    request, node = row
+    if started:
+        # Published once this transaction commits, just below.
+        _emit_running(session, node, request)
+    # End the transaction: nothing is held in the database while the BMC talks.
+    session.commit()
+    if not reserved:
+        raise NodeLocked(f"Node {node.uuid} is reserved by conductor {node.reservation}.", holder=node.reservation)
+    return request, node
 
 
 @contextlib.contextmanager
@@ -250,21 +265,11 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
     :raises RequestNotFound: the request vanished (its node was deleted).
     """
     assert ctx.name, "only a registered conductor can reserve nodes"
-    started = _claim_and_reserve(ctx, request_id)
     with ctx.db.session() as session:
         node_id: int | None = None
         try:
-            request = session.get(Request, request_id)
-            if request is None:
-                raise RequestNotFound(f"Request {request_id} not found.")
-            node_id = request.node_id
-            node = session.get(Node, node_id)
-            assert node is not None
-            if started:
-                # Published when this read transaction ends, just below (the claim committed).
-                _emit_running(session, node, request)
-            # End the read transaction: nothing is held while the BMC talks.
-            session.commit()
+            request, node = _claim_reserve_load(ctx, session, request_id)
+            node_id = node.id
             with _host_lock(ctx, node.uuid):
                 task = Task(ctx, session, node, request)
                 try:
@@ -273,10 +278,7 @@ def node_task(ctx: Context, request_id: str) -> Iterator[Task]:
                     task.run_cleanups()
                 task.save_progress()
                 node.updated_at = utcnow()
-                with session.no_autoflush:
-                    params = {"node_id": node_id, "me": ctx.name}
-                    released = database.rowcount(session.execute(reservations.RELEASE, params))
-                if released != 1 or not hold_claim(session, ctx, request_id):
+                if not steps.commit(session, node, request, ctx.name):
                     session.rollback()
                     raise StepFenced(
                         f"Conductor {ctx.name} lost node {node.uuid} or request {request_id} "

@@ -26,20 +26,30 @@ from typing import Any
 
 import redis
 import sqlalchemy.exc
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
 from conductor.bootstrap import build_context
 from conductor.context import Context
 from conductor.engine import conductors, jobs, power_sync, sweeper, watchdog
 from conductor.settings import Settings
 from conductor.throttle import settings as throttle_settings
+from conductor.workqueue import STEP_FUNCTION
+
+#: The jobs whose success :meth:`ConductorWorker.handle_job_success` handles itself.
+_STEP_JOBS = frozenset({STEP_FUNCTION, power_sync.BATCH_FUNCTION})
 
 LOG = logging.getLogger(__name__)
 TIMER_TICK = 0.05
 RQ_SOCKET_TIMEOUT = 600.0
 #: How often a paused worker looks at ``worker_concurrency`` again.
 PAUSE_TICK = 0.25
+#: A worker's idle heartbeat is sent at most this often (its key lives minutes: ``worker_ttl`` + 60 s).
+HEARTBEAT_MIN_INTERVAL = 5.0
 
 
 def slot_of(name: str | None) -> int:
@@ -80,9 +90,61 @@ class QuickStopWorker(SimpleWorker):
 
 
 class ConductorWorker(QuickStopWorker):
-    """RQ's SimpleWorker, pausing between jobs while ``worker_concurrency`` excludes it."""
+    """RQ's SimpleWorker, pausing between jobs while ``worker_concurrency`` excludes it.
+
+    RQ beats the worker's heart three times around each job (after it, and
+    before and after the dequeue), each beat three Redis round trips.  Here a
+    beat is one round trip (pipelined), and a beat that would only push the
+    worker's expiry to the same ``worker_ttl`` again is skipped for
+    :data:`HEARTBEAT_MIN_INTERVAL`: one round trip a job instead of nine.
+    A beat with a job's own timeout (or in RQ's pipeline) is always sent and
+    makes the next idle beat go out too, so a blocking dequeue never starts
+    under a job's shorter expiry.
+    """
 
     conductor_ctx: Context
+    #: When the last idle beat (``worker_ttl``) was sent; None after a job's beat.
+    _idle_beat_at: float | None = None
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None or timeout is not None:
+            self._idle_beat_at = None
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        clock = time.monotonic()
+        if self._idle_beat_at is not None and clock - self._idle_beat_at < HEARTBEAT_MIN_INTERVAL:
+            return
+        with self.connection.pipeline(transaction=False) as beat:
+            super().heartbeat(None, pipeline=beat)
+            beat.execute()
+        self._idle_beat_at = clock
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        # RQ also writes the job's last heartbeat into its hash here: one
+        # round trip for a hash deleted a moment later (a step job keeps no
+        # result), or kept only to show a failure.
+        job.ended_at = job.last_heartbeat = now()
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry,
+                           execution: Execution) -> None:
+        """A step job done: its bookkeeping in one transaction.
+
+        RQ's own first WATCHes and reads the job's dependents (two round
+        trips); the conductor's jobs have none, repeat never and keep no
+        result.  Any other job goes the RQ way.
+        """
+        if (job.get_result_ttl(self.default_result_ttl) != 0 or job.repeats_left or job.has_rate_limit
+                or job.func_name not in _STEP_JOBS):
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        assert job.started_at is not None and job.ended_at is not None
+        with self.connection.pipeline() as pipeline:
+            self.increment_successful_job_count(pipeline=pipeline)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+            job.set_status(JobStatus.FINISHED, pipeline=pipeline)
+            job.cleanup(0, pipeline=pipeline, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+            pipeline.execute()
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         paused = False

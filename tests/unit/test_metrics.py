@@ -29,6 +29,32 @@ def test_a_rolled_back_transaction_records_nothing(ctx) -> None:
     assert ctx.redis.hgetall(metrics.recorder(ctx).key) == {}
 
 
+def test_a_job_writes_the_metrics_of_its_steps_once_it_ends(client, conductor_ctx, monkeypatch) -> None:
+    from conductor.engine import jobs
+
+    request_ids = []
+    for name in ("n1", "n2"):
+        client.post("/v1/nodes", json={"name": name, "driver": "fake"})
+        request_ids.append(client.put(f"/v1/nodes/{name}/states/power", json={"target": "power on"}).get_json()["id"])
+    conductor_ctx.queue.queue.empty()
+    monkeypatch.setattr(jobs, "_context", conductor_ctx)
+    writes = []
+    real_write = metrics.Recorder.write
+
+    def spy(self, counters=(), observations=()):  # type: ignore[no-untyped-def]
+        writes.append(sorted(name for name, _labels, _value in observations))
+        real_write(self, counters, observations)
+
+    monkeypatch.setattr(metrics.Recorder, "write", spy)
+    jobs.run_steps(request_ids)
+    # One write for the job's two steps, once it ended: their BMC calls and the requests' durations.
+    assert len(writes) == 1
+    assert writes[0].count(metrics.REQUEST_DURATION) == 2 and metrics.BMC_DURATION in writes[0]
+    text = client.get("/metrics/fleet").get_data(as_text=True)
+    assert 'conductor_request_duration_seconds_count{kind="power",outcome="succeeded"} 2.0' in text
+    assert 'conductor_bmc_command_duration_seconds_count{command="set_power_state",driver="fake"} 2.0' in text
+
+
 def test_histogram_buckets_are_cumulative(client, ctx) -> None:
     sink = metrics.recorder(ctx)
     sink.write(observations=[(metrics.BMC_DURATION, {"driver": "d", "command": "c"}, v) for v in (0.004, 0.03, 20)])

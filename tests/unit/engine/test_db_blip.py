@@ -30,8 +30,8 @@ from tests.conftest import bearer, drain, make_token
 
 # The claim of a step (engine/task.py _CLAIM).
 CLAIM = r"^UPDATE requests SET state="
-# The step's release (and its undo).
-STEP_FENCE = r"^UPDATE nodes SET reservation=.* WHERE nodes\.id = \S+ AND nodes\.reservation = "
+# The step's release (with the node's other changes: core/steps.py), and its undo.
+STEP_FENCE = r"^UPDATE nodes SET (\w+=\S+, )*reservation=.* WHERE nodes\.id = \S+ AND nodes\.reservation = "
 # runner._unclaim.
 UNCLAIM = r"^UPDATE requests SET conductor=.* WHERE requests\.id = \S+ AND requests\.conductor = "
 # runner.fail_request.
