@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, send_from_directory
+from flask import Blueprint, Response
+
+from conductor.api.ui import packaged_file
 
 FILES = Path(__file__).with_name("docs_files")
 SWAGGER_UI_VERSION = "5.36.0"
@@ -38,10 +40,4 @@ def page() -> Response:
 
 
 def serve(name: str) -> Response:
-    # send_from_directory refuses paths leaving FILES (404); max_age=0 plus
-    # its ETag: a browser revalidates, so an upgrade shows at the next load.
-    response = send_from_directory(FILES, name, max_age=0)
-    response.headers["Content-Security-Policy"] = POLICY
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return packaged_file(FILES, name, POLICY)

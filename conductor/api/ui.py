@@ -46,10 +46,15 @@ def asset(name: str) -> Response:
 
 
 def _file(name: str) -> Response:
-    # send_from_directory refuses paths leaving FILES (404); max_age=0 plus
-    # its ETag: a browser revalidates, so an upgrade shows at the next load.
-    response = send_from_directory(FILES, name, max_age=0)
-    response.headers["Content-Security-Policy"] = POLICY
+    return packaged_file(FILES, name, POLICY)
+
+
+def packaged_file(directory: Path, name: str, policy: str) -> Response:
+    """A file of a page shipped in the package (the dashboard's, the API docs'), under ``policy`` (CSP)."""
+    # send_from_directory refuses paths leaving the directory (404); max_age=0
+    # plus its ETag: a browser revalidates, so an upgrade shows at the next load.
+    response = send_from_directory(directory, name, max_age=0)
+    response.headers["Content-Security-Policy"] = policy
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
