@@ -42,7 +42,10 @@ def test_swagger_ui_draws_every_operation_offline_and_tries_one(service_factory:
             page.on("pageerror", lambda exc: problems.append(str(exc)))
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.goto(service.url + "/docs")
-            page.wait_for_function(f"document.querySelectorAll('.opblock').length >= {operations}")
+            # A function, not an expression: Playwright polls an expression
+            # with eval(), which the page's CSP (script-src 'self') refuses.
+            page.wait_for_function("(n) => document.querySelectorAll('.opblock').length >= n",
+                                   arg=operations)
             assert page.locator(".opblock").count() == operations
             page.screenshot(path=str(tmp_path / "docs.png"))
             # Authorize with the admin token, then try GET /v1/tokens/self.
