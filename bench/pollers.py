@@ -12,9 +12,11 @@ limits). Then ``wrk -t2 -c8 -d8s`` (kept-alive connections) on:
    admin token (authenticated, admitted, one database read each);
 2. ``states 304``: the same with ``If-None-Match`` naming each node's
    current ETag (every answer a 304 with no body);
-3. ``states, read budget on``: as 1 with the read budget checked (one
-   Redis round trip a call, as every client pays by default) at a rate
-   no run reaches;
+3. ``states, read budget on``: as 1 with the read budget checked, as
+   every client pays by default, at a rate no run reaches (tokens taken
+   from the client's bucket in Redis by leases of up to
+   ``read_budget_lease``, docs/admission.md; with that setting at 1, one
+   round trip a call);
 4. ``bare``: a Flask view answering a constant body of the same shape (no
    token, no database): the ceiling of Flask on this server;
 5. ``bare + row``: a Flask view reading the same row from the same SQLite
@@ -57,8 +59,8 @@ HERE = Path(__file__).resolve().parent
 #: Ironic 39's polling rate on this machine, wrk -t2 -c8 (../shared/FINDINGS.md, November 2026).
 IRONIC_RATE = 140.0
 THREADS, CONNECTIONS = 2, 8
-#: The case with the read budget on: each call takes a token from its client's bucket in Redis (a
-#: round trip), at a rate no run reaches (the default, 500/s per client, would refuse most of wrk's).
+#: The case with the read budget on: each call takes a token from its client's bucket in Redis
+#: (leased, see above), at a rate no run reaches (the default, 500/s per client, would refuse most of wrk's).
 BUDGETED = "states, read budget on"
 READ_RATE_NEVER_REACHED = 1e6
 

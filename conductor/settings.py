@@ -143,6 +143,13 @@ class Settings:
     #: reads (a stalled download) before it drops the connection and frees
     #: the thread.  (The sync worker: gunicorn kills the process instead.)
     api_client_timeout: float = _setting(Group.API, 60.0)
+    #: Most tokens of a client's read budget (``read_rate``/``read_burst``)
+    #: an API process takes from Redis at once and spends locally, so that
+    #: a fast poller costs one Redis round trip per lease instead of per read
+    #: (conductor/throttle/buckets.py ``Leases``: never more than the
+    #: budget; a client may be refused up to this many reads early per
+    #: process).  1 checks every read in Redis.
+    read_budget_lease: int = _setting(Group.API, 64)
     #: Whether the API requires bearer tokens.  Switching it off is only
     #: allowed while ``api_host`` is a loopback address.
     auth_enabled: bool = _setting(Group.API, True)

@@ -69,6 +69,7 @@ WORK_ENDPOINTS = {
 }
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LIMITER = "throttle.limiter"
+_LEASES = "throttle.read-leases"
 
 
 def required_role(endpoint: str | None, method: str) -> Role | None:
@@ -247,6 +248,14 @@ def _limiter(ctx: Context) -> buckets.Limiter:
     return limiter
 
 
+def _leases(ctx: Context, limiter: buckets.Limiter) -> buckets.Leases:
+    leases = ctx.cache.get(_LEASES)
+    if leases is None:
+        leases = buckets.Leases(limiter, ctx.settings.read_budget_lease)
+        ctx.cache[_LEASES] = leases
+    return leases
+
+
 def _creates_work(endpoint: str | None) -> bool:
     if endpoint not in WORK_ENDPOINTS:
         return False
@@ -258,7 +267,8 @@ def _creates_work(endpoint: str | None) -> bool:
 def _throttle(ctx: Context, principal: tokens.Principal, endpoint: str | None) -> None:
     knobs = throttle_settings.current(ctx)
     limiter = _limiter(ctx)
-    if request.method in READ_METHODS:
+    reading = request.method in READ_METHODS
+    if reading:
         wanted = [limiter.bucket("client-read", principal.client, knobs.read_rate, knobs.read_burst)]
         max_depth = 0
     else:
@@ -271,7 +281,7 @@ def _throttle(ctx: Context, principal: tokens.Principal, endpoint: str | None) -
     decision = g.get("admission")
     if decision is None:
         try:
-            decision = limiter.admit(wanted, max_depth)
+            decision = _leases(ctx, limiter).admit(wanted[0]) if reading else limiter.admit(wanted, max_depth)
         except redis.RedisError as exc:
             # Fail open: a call that needs the queue fails at enqueue anyway (503
             # queue_unavailable); reads and other writes still work without Redis.

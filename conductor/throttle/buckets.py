@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -37,6 +39,7 @@ QUEUE_FULL = "queue_full"
 _ADMIT = """
 local n = tonumber(ARGV[1])
 local max_depth = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if max_depth > 0 then
@@ -49,8 +52,8 @@ end
 local levels = {}
 local wait = 0
 for i = 1, n do
-  local rate = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
+  local rate = tonumber(ARGV[2 + 2 * i])
+  local burst = tonumber(ARGV[3 + 2 * i])
   local b = redis.call('HMGET', KEYS[i], 'tokens', 'at')
   local level = tonumber(b[1])
   local at = tonumber(b[2])
@@ -66,11 +69,13 @@ local out
 if wait > 0 then
   out = {'rate_limited', tostring(wait)}
 else
-  out = {'ok', '0'}
+  local grant = lease
+  for i = 1, n do grant = math.min(grant, math.floor(levels[i])) end
+  out = {'ok', tostring(grant)}
   for i = 1, n do
-    local rate = tonumber(ARGV[1 + 2 * i])
-    local burst = tonumber(ARGV[2 + 2 * i])
-    levels[i] = levels[i] - 1
+    local rate = tonumber(ARGV[2 + 2 * i])
+    local burst = tonumber(ARGV[3 + 2 * i])
+    levels[i] = levels[i] - grant
     redis.call('HSET', KEYS[i], 'tokens', tostring(levels[i]), 'at', tostring(now))
     redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
   end
@@ -124,6 +129,8 @@ class Decision:
     #: Jobs in the work queue and the drain rate (jobs/s), on ``queue_full``.
     depth: int | None = None
     drain_rate: float | None = None
+    #: Tokens taken from every bucket when admitted (more than one: a lease, see :class:`Leases`).
+    granted: int = 1
 
     @property
     def admitted(self) -> bool:
@@ -143,19 +150,21 @@ class Limiter:
         """The bucket of ``policy`` for ``scope`` (a client, or ``*`` for everyone)."""
         return Bucket(policy, keys.rate_bucket(self.namespace, policy, scope), rate, burst)
 
-    def admit(self, buckets: Sequence[Bucket], max_depth: int = 0) -> Decision:
+    def admit(self, buckets: Sequence[Bucket], max_depth: int = 0, lease: int = 1) -> Decision:
         """Take one token from every bucket, or none if any is empty.
 
         Buckets whose rate is 0 are unlimited and skipped.  With
         ``max_depth`` > 0 the call is refused first if the work queue holds
-        that many jobs.
+        that many jobs.  With ``lease`` > 1, up to that many tokens are
+        taken from every bucket (as many as the emptiest holds whole), and
+        :attr:`Decision.granted` says how many; the levels are after them.
 
         :raises redis.RedisError: Redis cannot be reached.
         """
         active = [b for b in buckets if b.rate > 0]
         if not active and max_depth <= 0:
             return Decision(OK)  # nothing to check: no round trip
-        args: list[float | int] = [len(active), max_depth]
+        args: list[float | int] = [len(active), max_depth, max(1, lease)]
         for b in active:
             args += [b.rate, b.burst]
         script_keys = [b.key for b in active] + [self.queue_key, self.drain_key]
@@ -173,7 +182,95 @@ class Limiter:
         levels = tuple(Level(b, float(v)) for b, v in zip(active, reply[2:], strict=True))
         if outcome == RATE_LIMITED:
             return Decision(RATE_LIMITED, retry_after=max(1, math.ceil(float(reply[1]))), levels=levels)
-        return Decision(OK, levels=levels)
+        return Decision(OK, levels=levels, granted=int(reply[1]))
+
+
+@dataclasses.dataclass
+class _Lease:
+    left: int  # tokens taken from Redis and not yet spent
+    level: float  # the bucket's level in Redis when they were taken (after them)
+    until: float  # monotonic: unspent tokens are dropped then
+    size: int  # how many were asked for
+    used: int = 0
+
+
+class Leases:
+    """One process's leases of single-bucket budgets (a client's reads): one Redis round trip per lease.
+
+    A read takes a token from its client's bucket.  Asking Redis for each
+    costs more of an API process's CPU than the read itself (docs/
+    benchmarks.md, "Pollers"), so a process takes several tokens at once and
+    spends them locally:
+
+    * The budget stays exact from above: every token spent was taken from
+      the shared bucket first, so no client ever gets more than its rate
+      and burst across all processes and hosts.
+    * From below it is exact to the leases: a client can be refused while
+      another process still holds tokens it leased, at most ``most`` per
+      process (a refusal always asks Redis, so its ``Retry-After`` is the
+      bucket's own).
+    * A lease lives ``lifetime`` seconds; its unspent tokens are then dropped
+      (spent, as far as the bucket knows).  The size adapts so that little
+      is dropped: a client's first lease is one token, a lease used up
+      before its end doubles the next (up to ``most``, and a twentieth of
+      the burst), one that ends unspent shrinks the next to what was spent.
+      A slow poller therefore leases one token at a time, as without leases.
+
+    ``most`` <= 1 turns leasing off.  Thread-safe (the API's threads share it).
+    """
+
+    def __init__(self, limiter: Limiter, most: int, lifetime: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limiter = limiter
+        self.most = most
+        self.lifetime = lifetime
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._leases: dict[tuple[str, float, int], _Lease] = {}
+
+    def admit(self, bucket: Bucket) -> Decision:
+        """Spend one token of ``bucket`` from this process's lease, or take a new lease from Redis.
+
+        :raises redis.RedisError: Redis cannot be reached.
+        """
+        if bucket.rate <= 0:
+            return self.limiter.admit([bucket])
+        ident = (bucket.key, bucket.rate, bucket.burst)
+        now = self._clock()
+        with self._lock:
+            lease = self._leases.get(ident)
+            if lease is not None and now < lease.until and lease.left >= 1:
+                lease.left -= 1
+                lease.used += 1
+                return Decision(OK, levels=(Level(bucket, lease.level + lease.left),))
+            size = self._next_size(bucket, lease, now)
+            if len(self._leases) >= MAX_LEASES and lease is None:
+                self._leases.clear()  # a process serving that many clients at once: start afresh
+        decision = self.limiter.admit([bucket], lease=size)
+        if not decision.admitted or min(self.most, bucket.burst // 20) <= 1:
+            return decision
+        level = decision.levels[0].tokens
+        with self._lock:
+            left = decision.granted - 1
+            earlier = self._leases.get(ident)
+            if earlier is not None and earlier is not lease and now < earlier.until:
+                left += earlier.left  # another thread's lease, taken meanwhile: keep its tokens
+            self._leases[ident] = _Lease(left=left, level=level, until=now + self.lifetime, size=size, used=1)
+        return Decision(OK, levels=(Level(bucket, level + decision.granted - 1),))
+
+    def _next_size(self, bucket: Bucket, lease: _Lease | None, now: float) -> int:
+        most = min(self.most, bucket.burst // 20)
+        if most <= 1:
+            return 1
+        if lease is None:
+            return 1
+        if lease.left < 1 and now < lease.until:
+            return min(most, lease.size * 2)  # spent before its end: the client reads fast
+        return max(1, min(most, lease.used))
+
+
+#: Most clients' leases one process keeps.
+MAX_LEASES = 10_000
 
 
 def headers(decision: Decision) -> dict[str, str]:

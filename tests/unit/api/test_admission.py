@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 import sqlalchemy as sa
 
+from conductor.api import admission
 from conductor.models import NodeHistory, Request
 from conductor.throttle import settings as throttle_settings
 from tests.conftest import bearer, drain, make_token
+from tests.unit.throttle.test_buckets import count_round_trips
 
 
 @pytest.fixture
@@ -156,3 +159,28 @@ def test_metrics_are_prometheus_text(client, ctx, conductor_ctx, nodes) -> None:
     text = client.get("/metrics/fleet").get_data(as_text=True)
     assert 'conductor_request_duration_seconds_count{kind="power",outcome="succeeded"} 2.0' in text
     assert 'conductor_bmc_command_duration_seconds_count{command="set_power_state",driver="fake"} 2.0' in text
+
+
+def test_a_fast_poller_is_admitted_from_leases_and_still_held_to_its_budget(client, ctx, nodes) -> None:
+    trips = count_round_trips(admission._limiter(ctx))
+    throttle_settings.update(ctx, {"read_rate": 0.01, "read_burst": 400})
+    answers = [client.get(f"/v1/nodes/{nodes[0]}/states") for _ in range(450)]
+    statuses = [a.status_code for a in answers]
+    # The budget holds: never more than 400 reads; refused early by at most one lease (20 = 400 / 20).
+    assert 380 <= statuses.count(200) <= 400
+    assert statuses == sorted(statuses)  # admitted, then refused, never admitted again
+    refused = answers[-1]
+    assert refused.json["code"] == "rate_limited" and int(refused.headers["Retry-After"]) >= 1
+    # Far fewer admission round trips than reads.
+    assert trips[0] < 100, trips
+    remaining = [int(a.headers["RateLimit"].split("r=")[1].split(";")[0]) for a in answers if a.status_code == 200]
+    assert remaining == sorted(remaining, reverse=True)
+
+
+def test_read_budget_lease_1_checks_every_read(client, ctx, nodes) -> None:
+    ctx.settings = dataclasses.replace(ctx.settings, read_budget_lease=1)
+    throttle_settings.update(ctx, {"read_rate": 0.01, "read_burst": 400})
+    trips = count_round_trips(admission._limiter(ctx))
+    statuses = [client.get(f"/v1/nodes/{nodes[0]}/states").status_code for _ in range(402)]
+    assert statuses.count(200) == 400
+    assert trips == [402]  # one admission round trip per read

@@ -83,3 +83,99 @@ def test_headers_follow_the_ietf_draft(ctx) -> None:
     headers = buckets.headers(decision)
     assert headers["RateLimit-Policy"] == '"write";q=20;w=2, "client-write";q=10;w=2'
     assert headers["RateLimit"] == '"write";r=19;t=1, "client-write";r=9;t=1'
+
+
+# --- leases of a client's read budget --------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def count_round_trips(lim: Limiter) -> list[int]:
+    """Count the admission script's runs (the Redis round trips) of ``lim``; the script still runs."""
+    script = lim._admit
+    calls = [0]
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return script(*args, **kwargs)
+
+    lim._admit = counted  # type: ignore[assignment]
+    return calls
+
+
+def level_in_redis(ctx, bucket) -> float:  # type: ignore[no-untyped-def]
+    return float(ctx.redis.hget(bucket.key, "tokens"))
+
+
+def test_a_fast_reader_spends_leased_tokens_locally_in_few_round_trips(ctx) -> None:
+    lim = limiter(ctx)
+    bucket = lim.bucket("client-read", "poller", rate=0.001, burst=2000)
+    clock = Clock()
+    leases = buckets.Leases(lim, most=64, clock=clock)
+    trips = count_round_trips(lim)
+    decisions = [leases.admit(bucket) for _ in range(500)]
+    assert all(d.admitted for d in decisions)
+    # Leases of 1, 2, 4, ... 64 tokens, then 64 at a time: 7 + 6 round trips for 500 reads.
+    assert trips[0] <= 15, trips
+    # The bucket gave out every token spent, and at most one lease more.
+    taken = 2000 - level_in_redis(ctx, bucket)
+    assert 500 <= taken < 500 + 64
+    # The RateLimit levels the reads saw only go down, and count the lease's tokens as the client's.
+    remaining = [d.levels[0].remaining for d in decisions]
+    assert remaining == sorted(remaining, reverse=True)
+    assert remaining[-1] == 2000 - 500
+
+
+def test_a_client_never_gets_more_than_its_budget_across_processes(ctx) -> None:
+    lim = limiter(ctx)
+    bucket = lim.bucket("client-read", "greedy", rate=0.001, burst=1000)
+    clock = Clock()
+    processes = [buckets.Leases(lim, most=64, clock=clock) for _ in range(3)]
+    outcomes = [processes[i % 3].admit(bucket).admitted for i in range(1500)]
+    admitted = sum(outcomes)
+    # Never more than the burst; refused early by at most a lease per process (tokens others hold).
+    assert 1000 - 3 * 50 <= admitted <= 1000
+    refused = processes[0].admit(bucket)
+    assert refused.outcome == buckets.RATE_LIMITED and refused.retry_after >= 1
+
+
+def test_a_slow_reader_takes_one_token_at_a_time(ctx) -> None:
+    lim = limiter(ctx)
+    bucket = lim.bucket("client-read", "slow", rate=0.001, burst=2000)
+    clock = Clock()
+    leases = buckets.Leases(lim, most=64, clock=clock)
+    levels = []
+    for _ in range(6):
+        assert leases.admit(bucket).admitted
+        levels.append(round(level_in_redis(ctx, bucket)))
+        clock.now += 2.0  # each lease ends before the next read
+    # Exactly one token per read: nothing leased ahead, nothing dropped.
+    assert levels == [1999, 1998, 1997, 1996, 1995, 1994]
+
+
+def test_a_changed_budget_is_used_at_once(ctx) -> None:
+    lim = limiter(ctx)
+    clock = Clock()
+    leases = buckets.Leases(lim, most=64, clock=clock)
+    roomy = lim.bucket("client-read", "tuned", rate=0.001, burst=2000)
+    for _ in range(100):
+        assert leases.admit(roomy).admitted
+    # The operator cuts the budget: the tokens this process still holds under the old one do not count.
+    tight = lim.bucket("client-read", "tuned", rate=0.001, burst=3)
+    assert [leases.admit(tight).admitted for _ in range(5)] == [True, True, True, False, False]
+
+
+def test_leasing_off_checks_every_read_in_redis(ctx) -> None:
+    lim = limiter(ctx)
+    bucket = lim.bucket("client-read", "exact", rate=0.001, burst=2000)
+    leases = buckets.Leases(lim, most=1, clock=Clock())
+    trips = count_round_trips(lim)
+    for _ in range(20):
+        assert leases.admit(bucket).admitted
+    assert trips == [20]
+    assert round(level_in_redis(ctx, bucket)) == 1980
