@@ -219,6 +219,17 @@ def bmc_busy(namespace: str, bmc: str) -> str:
     return f"{namespace}:bmc-busy:{bmc}"
 
 
+def power_transitions(namespace: str) -> str:
+    """``<ns>:power-transitions``: hash ``<driver>|<power state>`` -> seconds a BMC last took to get there.
+
+    Written by the conductors when a hard power command's state is reached
+    (``engine.power``: the deployment-wide estimate, used for the first
+    poll of a node that has no estimate of its own); read by the same.  No
+    expiry: a handful of fields, replaced as nodes are powered.
+    """
+    return f"{namespace}:power-transitions"
+
+
 # --- conductors ----------------------------------------------------------------------------
 
 

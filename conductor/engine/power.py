@@ -10,13 +10,30 @@ node go down and come back; a node already in a phase's state skips it.
 ``soft power off`` falls back to a hard power off when the OS ignores
 ACPI for ``soft_power_off_timeout`` seconds, if ``soft_power_off_fallback``
 is set.
+
+The first poll after a hard power command comes when the BMC is expected
+to be done, learned from the last time: the node's own figure
+(``driver_internal_info["power_transition"]``, per target state), else
+its driver's across the deployment (:func:`conductor.keys.power_transitions`),
+at most ``power_poll_max``; else at ``power_poll_initial``.  A first poll
+that finds the node there shortens the next guess by a tenth (so it
+follows a BMC that got faster); one that does not falls back to polls
+from ``power_poll_initial``, doubling, and the time they found the node
+there becomes the next guess.  A BMC that is done at the check right after
+the command has no figure (the doubling polls, from the shortest).  At a
+BMC's steady transition time this is 1-2 polls a phase instead of ~4 (a
+reboot at d = 2 s: ~4 steps instead of ~9; docs/ipmi.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import redis
+
+from conductor import keys
 from conductor.core import states
 from conductor.drivers.base import DONE, Poll, StepResult
 from conductor.exceptions import DriverError
@@ -41,10 +58,93 @@ def observe(task: Task, state: P | None) -> None:
     states.observe_power(task.session, task.node, state, task.request, task.conductor)
 
 
+#: ``driver_internal_info`` key: {target power state: seconds the BMC took to report it, as last learned}.
+LEARNED = "power_transition"
+#: Commands whose transition time is learned (a soft power off's is the OS's, not the BMC's).
+LEARNABLE = frozenset({P.POWER_ON, P.POWER_OFF})
+#: A first poll that found the node there: the next guess is this much of it.
+SHORTEN = 0.9
+#: Seconds a process keeps the deployment-wide figures.
+SHARED_CACHE = 1.0
+_SHARED = "power.transitions"
+
+
 def _send(task: Task, command: P, progress: dict[str, object]) -> None:
     task.driver.power.set_power_state(task, command)
     progress.update(sent_at=time.time(), command=str(command), interval=None)
+    for key in ("guess", "missed"):
+        progress.pop(key, None)
     task.record("power.command", f"Sent {command}.")
+
+
+def _shared(task: Task) -> dict[str, float]:
+    """The deployment-wide figures, ``<driver>|<state>`` -> seconds (cached per process; {} without Redis)."""
+    cache = task.ctx.cache
+    now = time.monotonic()
+    held = cache.get(_SHARED)
+    if held is not None and now - held[0] < SHARED_CACHE:
+        return held[1]  # type: ignore[no-any-return]
+    figures: dict[str, float] = {}
+    with contextlib.suppress(redis.RedisError, ValueError):
+        raw = task.ctx.redis.hgetall(keys.power_transitions(task.settings.redis_namespace))
+        figures = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+    cache[_SHARED] = (now, figures)
+    return figures
+
+
+def _guess(task: Task, want: P) -> float | None:
+    """Seconds after the command at which the node is expected in ``want`` (None: not known)."""
+    own = (task.node.driver_internal_info or {}).get(LEARNED) or {}
+    figure = own.get(want) if isinstance(own, dict) else None
+    if not isinstance(figure, int | float) or figure <= 0:
+        figure = _shared(task).get(f"{task.node.driver}|{want}")
+    # Never a first poll later than the doubling polls' longest interval: a wrong
+    # guess (a transition that was slow once) costs no more than they would.
+    return min(float(figure), task.settings.power_poll_max) if figure else None
+
+
+def _poll(task: Task, want: P, progress: dict[str, Any], what: str) -> Poll:
+    """The :class:`Poll` after a check that did not find ``want``: at the guess first, then doubling."""
+    settings = task.settings
+    elapsed = time.time() - float(progress["sent_at"])
+    if progress.get("command") in LEARNABLE:
+        if "guess" not in progress:
+            progress["guess"] = _guess(task, want) or 0.0  # 0: nothing learned
+        guess = float(progress["guess"])
+        if guess > 0 and not progress.get("missed"):
+            if elapsed < guess:
+                return Poll(max(settings.power_poll_initial, guess - elapsed), what)
+            progress["missed"] = True  # checked at (or after) the guess, and not there yet
+    interval = min(float(progress.get("interval") or settings.power_poll_initial / 2) * 2, settings.power_poll_max)
+    progress["interval"] = interval
+    return Poll(interval, what)
+
+
+def _arrived(task: Task, want: P, progress: dict[str, Any], at_once: bool) -> None:
+    """Learn how long the command took from the check that found ``want`` (``at_once``: the one right after it)."""
+    if progress.get("command") not in LEARNABLE or "sent_at" not in progress:
+        return
+    guess = float(progress.get("guess") or 0.0)
+    if at_once:
+        figure = None
+    elif guess > 0 and not progress.get("missed"):
+        figure = round(guess * SHORTEN, 3)  # there at the guess: try a little sooner next time
+    else:
+        figure = round(time.time() - float(progress["sent_at"]), 3)
+    own = dict((task.node.driver_internal_info or {}).get(LEARNED) or {})
+    if own.get(want) != figure:
+        if figure is None:
+            own.pop(want, None)
+        else:
+            own[want] = figure
+        task.update_internal_info(**{LEARNED: own or None})
+    # The driver's figure: only from BMCs that needed polls (one done at once never waits for a poll).
+    field = f"{task.node.driver}|{want}"
+    shared = _shared(task)
+    if figure is not None and shared.get(field) != figure:
+        with contextlib.suppress(redis.RedisError):
+            task.ctx.redis.hset(keys.power_transitions(task.settings.redis_namespace), field, figure)
+            shared[field] = figure
 
 
 def step(task: Task) -> StepResult:
@@ -62,7 +162,8 @@ def step(task: Task) -> StepResult:
         command = phases[progress.get("phase", 0)]
         want = RESULT[command]
         task.request.step = f"{command}"
-        if "sent_at" not in progress:
+        sent_now = "sent_at" not in progress
+        if sent_now:
             current = known if known is not None else task.driver.power.get_power_state(task)
             observe(task, current)
             if current == want:
@@ -73,6 +174,7 @@ def step(task: Task) -> StepResult:
         current = task.driver.power.get_power_state(task)
         observe(task, current)
         if current == want:
+            _arrived(task, want, progress, at_once=sent_now)
             _next_phase(progress)
             known = current
             continue
@@ -90,10 +192,7 @@ def step(task: Task) -> StepResult:
                 f"Node reports {current or 'unknown'} {elapsed:.0f} s after "
                 f"{progress.get('command')} was sent (timeout {settings.power_timeout:g} s)."
             )
-        interval = progress.get("interval") or settings.power_poll_initial / 2
-        interval = min(interval * 2, settings.power_poll_max)
-        progress["interval"] = interval
-        return Poll(interval, f"waiting for {want}")
+        return _poll(task, want, progress, f"waiting for {want}")
     return DONE
 
 
@@ -108,7 +207,8 @@ def reach(task: Task, want: P, progress: dict[str, object]) -> Poll | None:
     :raises DriverError: the BMC failed or did not get there within ``power_timeout``.
     """
     settings = task.settings
-    if "sent_at" not in progress:
+    sent_now = "sent_at" not in progress
+    if sent_now:
         current = task.driver.power.get_power_state(task)
         observe(task, current)
         if current == want:
@@ -117,6 +217,7 @@ def reach(task: Task, want: P, progress: dict[str, object]) -> Poll | None:
     current = task.driver.power.get_power_state(task)
     observe(task, current)
     if current == want:
+        _arrived(task, want, progress, at_once=sent_now)
         return None
     elapsed = time.time() - float(progress["sent_at"])  # type: ignore[arg-type]
     if elapsed > settings.power_timeout:
@@ -124,15 +225,12 @@ def reach(task: Task, want: P, progress: dict[str, object]) -> Poll | None:
             f"Node reports {current or 'unknown'} {elapsed:.0f} s after {want} was sent "
             f"(timeout {settings.power_timeout:g} s)."
         )
-    interval = min(float(progress.get("interval") or settings.power_poll_initial / 2) * 2,  # type: ignore[arg-type]
-                   settings.power_poll_max)
-    progress["interval"] = interval
-    return Poll(interval, f"waiting for {want}")
+    return _poll(task, want, progress, f"waiting for {want}")
 
 
 def _next_phase(progress: dict[str, object]) -> None:
     progress["phase"] = int(progress.get("phase", 0)) + 1  # type: ignore[call-overload]
-    for key in ("sent_at", "command", "interval"):
+    for key in ("sent_at", "command", "interval", "guess", "missed"):
         progress.pop(key, None)
 
 

@@ -222,3 +222,85 @@ def test_a_step_is_claimed_and_its_node_reserved_by_one_conductor(client, ctx, c
             pass
     with ctx.db.session() as session:
         assert session.get(Node, task.node.id).reservation is None
+
+
+# --- the first poll at the transition time learned from the last one --------------------------
+
+def learned(ctx, node="n1"):  # type: ignore[no-untyped-def]
+    """The node's learned transition times (driver_internal_info is not shown by the API)."""
+    with ctx.db.session() as session:
+        info = session.scalars(sa.select(Node.driver_internal_info).where(Node.name == node)).one()
+    return (info or {}).get("power_transition") or {}
+
+
+def first_poll_after(client, conductor_ctx, target, node="n1") -> float:  # type: ignore[no-untyped-def]
+    """Seconds from the command to the first poll the step scheduled (its Redis timer)."""
+    request_id = put(client, "power", target, node)
+    sent = time.time()
+    runner.run_step(conductor_ctx, request_id)
+    due = conductor_ctx.redis.zscore(conductor_ctx.queue.timers_key, request_id)
+    assert due is not None, "the node got there at once: no poll"
+    drain(conductor_ctx)
+    return float(due) - sent
+
+
+def test_the_first_poll_comes_when_the_last_transition_ended(client, conductor_ctx) -> None:
+    conductor_ctx.settings = conductor_ctx.settings.replace(power_poll_max=1.0)
+    make_node(client, fake_delay=0.6)
+    # Nothing learned yet: the first poll is power_poll_initial (0.05 s in tests), then doubling.
+    assert first_poll_after(client, conductor_ctx, "power on") < 0.3
+    took = learned(conductor_ctx)["power on"]
+    assert 0.6 <= took < 0.6 + 0.5  # found within one poll interval of the transition
+    # The deployment-wide figure of the driver too.
+    namespace = conductor_ctx.settings.redis_namespace
+    assert float(conductor_ctx.redis.hget(f"{namespace}:power-transitions", "fake|power on")) == took
+    put(client, "power", "power off")
+    drain(conductor_ctx)
+    # Now the first poll waits for the transition, and finds the node there: one poll.
+    assert first_poll_after(client, conductor_ctx, "power on") == pytest.approx(took, abs=0.05)
+    history = [h["event"] for h in client.get("/v1/nodes/n1/history").json["history"]]
+    assert "power.changed" in history
+    # Found at the guess: the next guess is a tenth shorter (it follows a BMC that gets faster).
+    assert learned(conductor_ctx)["power on"] == pytest.approx(took * 0.9, abs=0.002)
+
+
+def test_a_guess_too_short_falls_back_to_short_polls_and_learns_the_new_time(client, conductor_ctx) -> None:
+    conductor_ctx.settings = conductor_ctx.settings.replace(power_poll_max=1.0)
+    make_node(client, fake_delay=0.2)
+    put(client, "power", "power on")
+    drain(conductor_ctx)
+    put(client, "power", "power off")
+    drain(conductor_ctx)
+    before = learned(conductor_ctx)["power on"]
+    # The BMC became slower: the guess misses, polls from power_poll_initial find it, the time is learned.
+    response = client.patch("/v1/nodes/n1", json={"driver_info": {"fake_delay": 0.7}})
+    assert response.status_code == 200, response.json
+    request_id = put(client, "power", "power on")
+    drain(conductor_ctx)
+    assert request_of(client, request_id)["state"] == "succeeded"
+    assert before < 0.5 and 0.7 <= learned(conductor_ctx)["power on"] < 0.7 + 0.5
+
+
+def test_a_bmc_done_at_once_has_no_figure_and_a_new_node_uses_its_drivers(client, conductor_ctx) -> None:
+    conductor_ctx.settings = conductor_ctx.settings.replace(power_poll_max=1.0)
+    make_node(client, "quick")
+    put(client, "power", "power on", "quick")
+    drain(conductor_ctx)
+    assert learned(conductor_ctx, "quick") == {}  # done at the check right after the command
+    make_node(client, "slow", fake_delay=0.15)
+    put(client, "power", "power on", "slow")
+    drain(conductor_ctx)
+    make_node(client, "new", fake_delay=0.15)
+    # "new" has no figure of its own: the first poll is at the fake driver's, learned from "slow".
+    assert first_poll_after(client, conductor_ctx, "power on", "new") == pytest.approx(
+        learned(conductor_ctx, "slow")["power on"], abs=0.05)
+
+
+def test_a_first_poll_is_never_later_than_power_poll_max(client, conductor_ctx) -> None:
+    make_node(client, fake_delay=0.6)
+    put(client, "power", "power on")
+    drain(conductor_ctx)  # learned: ~0.6 s (more than power_poll_max, 0.2 s in tests)
+    put(client, "power", "power off")
+    drain(conductor_ctx)
+    assert learned(conductor_ctx)["power on"] >= 0.6
+    assert first_poll_after(client, conductor_ctx, "power on") == pytest.approx(0.2, abs=0.05)
