@@ -26,7 +26,9 @@ per BMC and login in the deployment's Redis (:func:`conductor.keys.redfish_sessi
 
 Nothing here waits: no lock, no sleep.  A store that fails (Redis down, a
 value no key opens) is logged once at warning and treated as empty; the
-client then keeps a session of its own, as before sharing.  The module
+client then keeps a session of its own, as before sharing, and this
+process leaves that Redis alone for :data:`RETRY_AFTER` seconds (a Redis
+that is down costs redis-py's retries, seconds, on every command).  The module
 imports no sushy (:mod:`conductor.drivers.redfish_client` does).
 """
 
@@ -36,6 +38,8 @@ import hashlib
 import hmac
 import json
 import logging
+import time
+import weakref
 from dataclasses import dataclass, field
 
 import redis
@@ -46,6 +50,8 @@ from conductor.settings import Settings
 
 LOG = logging.getLogger(__name__)
 
+#: Seconds this process leaves a Redis alone after the store failed on it.
+RETRY_AFTER = 10.0
 #: What the HMAC key is derived for (a purpose of the deployment's secret key of its own).
 _PURPOSE = b"conductor redfish session store v1"
 
@@ -89,7 +95,7 @@ class SessionStore:
         try:
             current = secretbox.for_settings(self._settings).keys()[0]
         except NoSecretKey as exc:
-            _failed(exc)
+            self._failed(exc)
             return None
         derived = hmac.new(current.encode("ascii"), _PURPOSE, hashlib.sha256).digest()
         message = json.dumps([address, username, password]).encode("utf-8")
@@ -97,13 +103,15 @@ class SessionStore:
 
     def get(self, key: str) -> StoredSession | None:
         """The stored session (None: none, or the store failed)."""
+        if not self._usable():
+            return None
         try:
             raw = self.connection.get(key)
             found = None if raw is None else self._open(raw)
         except (redis.RedisError, NoSecretKey, SecretUnreadable, ValueError, KeyError, TypeError) as exc:
-            _failed(exc)
+            self._failed(exc)
             return None
-        _recovered()
+        self._recovered()
         return found
 
     def offer(self, key: str, token: str, uri: str | None) -> StoredSession:
@@ -114,6 +122,8 @@ class SessionStore:
             (``sealed`` None) when the store failed or holds a value that
             does not open.
         """
+        if not self._usable():
+            return StoredSession(token, uri)
         try:
             sealed = secretbox.for_settings(self._settings).seal(json.dumps({"token": token, "uri": uri}))
             pipe = self.connection.pipeline(transaction=True)
@@ -121,26 +131,26 @@ class SessionStore:
             pipe.get(key)
             stored, raw = pipe.execute()
             if stored:
-                _recovered()
+                self._recovered()
                 return StoredSession(token, uri, sealed)
             winner = None if raw is None else self._open(raw)
         except (redis.RedisError, NoSecretKey, SecretUnreadable, ValueError, KeyError, TypeError) as exc:
-            _failed(exc)
+            self._failed(exc)
             return StoredSession(token, uri)
-        _recovered()
+        self._recovered()
         # Gone between the SET and the GET (expired or dropped): keep ours, unstored.
         return winner if winner is not None else StoredSession(token, uri)
 
     def drop(self, key: str, session: StoredSession) -> bool:
         """Delete the stored session if it is still ``session`` (the one that got 401); whether it was."""
-        if session.sealed is None:
+        if session.sealed is None or not self._usable():
             return False
         try:
             dropped = bool(self.connection.eval(_DROP_IF_SAME, 1, key, session.sealed))
         except redis.RedisError as exc:
-            _failed(exc)
+            self._failed(exc)
             return False
-        _recovered()
+        self._recovered()
         return dropped
 
     def _open(self, raw: bytes | str) -> StoredSession:
@@ -151,21 +161,20 @@ class SessionStore:
             raise ValueError("a stored Redfish session is not a token and a URI")
         return StoredSession(token, uri, sealed)
 
+    def _usable(self) -> bool:
+        until = _down.get(self.connection)
+        return until is None or time.monotonic() >= until
 
-#: Whether this process's last use of the store failed (its warning is logged once per run of failures).
-_failing = False
+    def _failed(self, exc: Exception) -> None:
+        if self.connection not in _down:  # once per run of failures, not on every login
+            LOG.warning("The shared Redfish session store failed (%s: %s); this worker logs in to its BMCs with "
+                        "sessions of its own until it works again", type(exc).__name__, exc)
+        _down[self.connection] = time.monotonic() + RETRY_AFTER
+
+    def _recovered(self) -> None:
+        if _down.pop(self.connection, None) is not None:
+            LOG.info("The shared Redfish session store works again")
 
 
-def _failed(exc: Exception) -> None:
-    global _failing
-    if not _failing:
-        _failing = True
-        LOG.warning("The shared Redfish session store failed (%s: %s); this worker logs in to its BMCs with "
-                    "sessions of its own until it works again", type(exc).__name__, exc)
-
-
-def _recovered() -> None:
-    global _failing
-    if _failing:
-        _failing = False
-        LOG.info("The shared Redfish session store works again")
+#: The Redis connections the store failed on in this process, and when to ask them again (monotonic).
+_down: weakref.WeakKeyDictionary[redis.Redis, float] = weakref.WeakKeyDictionary()

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import pytest
 import redis
 import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from conductor import keys, secretbox
 from conductor.bmcsim import BMCSpec, Fleet
@@ -166,16 +169,24 @@ def test_the_token_is_sealed_in_redis_and_never_logged(
 
 def test_two_logins_at_once_keep_one_session(redfish_fleet: Fleet, new_redfish_bmc: Callable[..., BMCSpec],
                                              store: SessionStore, clients: Callable[..., RedfishClient],
-                                             connection: redis.Redis, settings: Settings) -> None:
+                                             connection: redis.Redis, settings: Settings,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     class BothFindNothing(SessionStore):
         """Both clients read the store before either has offered: both log in."""
 
         barrier = threading.Barrier(2, timeout=10)
+        offered: ClassVar[list[str]] = []
 
         def get(self, key: str) -> StoredSession | None:
             found = super().get(key)
             self.barrier.wait()
             return found
+
+        def offer(self, key: str, token: str, uri: str | None) -> StoredSession:
+            self.offered.append(token)
+            return super().offer(key, token, uri)
+
+    caplog.set_level(logging.DEBUG)
 
     racing = BothFindNothing(connection, settings)
     bmc = new_redfish_bmc()
@@ -193,6 +204,8 @@ def test_two_logins_at_once_keep_one_session(redfish_fleet: Fleet, new_redfish_b
     assert token_of(pair[0]) == token_of(pair[1])
     stored = store.get(stored_key(store, redfish_fleet, bmc))
     assert stored is not None and stored.token == token_of(pair[0])
+    # The loser's token went out in its logout's header (sushy masks it in its debug log).
+    assert len(set(racing.offered)) == 2 and not any(token in caplog.text for token in racing.offered)
 
 
 def test_drop_deletes_only_the_session_that_failed(store: SessionStore, connection: redis.Redis) -> None:
@@ -214,7 +227,8 @@ def test_drop_deletes_only_the_session_that_failed(store: SessionStore, connecti
 def test_without_redis_each_client_keeps_a_session_of_its_own(
         redfish_fleet: Fleet, new_redfish_bmc: Callable[..., BMCSpec], settings: Settings,
         clients: Callable[..., RedfishClient], caplog: pytest.LogCaptureFixture) -> None:
-    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens on port 1
+    # Nothing listens on port 1; no retries (redis-py's default retries take seconds).
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     broken = SessionStore(down, settings)
     bmc = new_redfish_bmc()
     before = created(redfish_fleet, bmc)
