@@ -292,6 +292,7 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             service.call("PATCH", "/v1/throttle", 200, json={
                 "write_rate": 0, "client_write_rate": 0, "read_rate": 0, "max_queue_depth": 0})
             names = [bmc.name for bmc in fleet.bmcs]
+            sessions_at_start = redfish_sessions(fleet)
             began = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(args.submitters) as pool:
                 list(pool.map(lambda b: service.call("POST", "/v1/nodes", 201, json={
@@ -326,6 +327,7 @@ def run_conductor(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
             ]
             return {"total": total, "submitted": submitted,
                     "sessions": redfish_sessions(fleet) - sessions_before,
+                    "setup_sessions": sessions_before - sessions_at_start,
                     "succeeded": len(outcomes.get("succeeded", [])),
                     "failed": outcomes.get("failed", []), "calls": calls, "median_request": statistics.median(durations)
                     if durations else float("nan"), "load": load, "cpu": cpu}
@@ -474,8 +476,9 @@ def main() -> int:
                       f"{conductor['total']:.1f} s (submitted in {conductor['submitted']:.1f} s; median request "
                       f"{conductor['median_request']:.1f} s); before: {conductor['load']}", flush=True)
                 print(f"  driver calls: {conductor['calls']}"
-                      + (f"; Redfish sessions created (first contacts of a worker with a BMC): "
-                         f"{conductor['sessions']}" if args.protocol == "redfish" else ""), flush=True)
+                      + (f"; Redfish sessions created (logins) in the timed phase: {conductor['sessions']} "
+                         f"(in the setup: {conductor['setup_sessions']})" if args.protocol == "redfish" else ""),
+                      flush=True)
                 cpu = conductor["cpu"]
                 print(f"  CPU over the timed phase: {sum(cpu.values()):.1f} s ("
                       + ", ".join(f"{role} {secs:.1f}" for role, secs in sorted(cpu.items(), key=lambda i: -i[1]))

@@ -230,6 +230,21 @@ def power_transitions(namespace: str) -> str:
     return f"{namespace}:power-transitions"
 
 
+def redfish_session(namespace: str, digest: str) -> str:
+    """``<ns>:redfish-session:<digest>``: string, the Redfish session shared by every worker for one BMC and login.
+
+    ``<digest>`` is an HMAC (under a key derived from the deployment's
+    secret key) of the service's address, the user name and the password,
+    so a different password never finds another one's session and the
+    password cannot be read back from the key.  The value is the session's
+    token and URI, sealed with the secret box.  Set only if absent by the
+    conductors after a login (``drivers.redfish_sessions``), read by every
+    conductor before one, and deleted by the one that got 401 with the
+    token it still holds.  Expires ``redfish_session_ttl`` after the login.
+    """
+    return f"{namespace}:redfish-session:{digest}"
+
+
 # --- conductors ----------------------------------------------------------------------------
 
 

@@ -237,7 +237,11 @@ class Settings:
     #: most ``redfish_busy_timeout`` seconds of 503s in a row.  The
     #: connection to a BMC stays open between calls unless
     #: ``redfish_keepalive`` is off.  One call in flight per system, and
-    #: ``bmc_min_interval`` between commands, as for IPMI.
+    #: ``bmc_min_interval`` between commands, as for IPMI.  Every worker
+    #: shares one session per BMC and login (its token sealed in Redis):
+    #: a new worker adopts it for ``redfish_session_ttl`` seconds after the
+    #: login, then the next first contact logs in again (0: no sharing, a
+    #: session per worker and BMC).
     redfish_timeout: float = _setting(Group.REDFISH, 10.0)
     redfish_connect_timeout: float = _setting(Group.REDFISH, 5.0)
     redfish_retries: int = _setting(Group.REDFISH, 1)
@@ -246,6 +250,7 @@ class Settings:
     redfish_keepalive: bool = _setting(Group.REDFISH, True)
     redfish_one_in_flight: bool = _setting(Group.REDFISH, True)
     redfish_busy_retry: float = _setting(Group.REDFISH, 0.1)
+    redfish_session_ttl: float = _setting(Group.REDFISH, 3600.0)
 
     # --- deploy ----------------------------------------------------------------------------
     #: Whether undeploy and provide run automated cleaning.

@@ -11,8 +11,9 @@
   sealed; :func:`call` opens it just before use);
 * ``redfish_verify_ca``: ``true`` (the default: the system's CAs),
   ``false`` (no verification), or the path of a CA bundle;
-* ``redfish_auth_type``: ``session`` (the default: one session per BMC,
-  ``X-Auth-Token``), ``basic`` or ``auto``;
+* ``redfish_auth_type``: ``session`` (the default: one session per BMC
+  and login, ``X-Auth-Token``, shared by every worker), ``basic`` or
+  ``auto`` (a shared session, else basic);
 * ``redfish_timeout``, ``redfish_connect_timeout``: this node's own bounds
   of one HTTP request (default: the settings of the same names).
 
@@ -23,7 +24,9 @@ Every call goes through :func:`call`: the guard of
 :mod:`conductor.drivers.bmc_access` (one call in flight per system, paced
 commands, ``TryLater`` instead of waiting), then the per-process client
 (:mod:`conductor.drivers.redfish_client`, the only module importing
-sushy).  A 503 from the BMC ends the step with ``TryLater`` after its
+sushy), whose session is the one every worker shares
+(:mod:`conductor.drivers.redfish_sessions`: its token sealed in Redis;
+``redfish_session_ttl`` 0 gives each worker its own).  A 503 from the BMC ends the step with ``TryLater`` after its
 ``Retry-After``; 503s in a row for longer than ``redfish_busy_timeout``
 fail the request.
 
@@ -49,6 +52,7 @@ from conductor.drivers import base, bmc_access, fake, vmedia
 from conductor.drivers.bmc_interfaces import FROM_BMC, BMCManagement, BMCPower, Protocol
 from conductor.drivers.pxe import PXEDeploy
 from conductor.drivers.redfish_client import AUTH_TYPES, RedfishClient, RedfishCredentials, ServiceBusy
+from conductor.drivers.redfish_sessions import SessionStore
 from conductor.exceptions import BMCError, DriverError
 from conductor.fsm.states import PowerState
 from conductor.settings import Settings
@@ -59,7 +63,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Most cached clients per process (the oldest is dropped, and logged out, beyond it).
+#: Most cached clients per process (the oldest is dropped beyond it: its connection closed, a shared
+#: session left to the other workers).
 MAX_CLIENTS = 4096
 MAX_TIMEOUT = 300.0
 #: The key of a request's progress where the first of a run of 503s is remembered.
@@ -159,19 +164,25 @@ def credentials(driver_info: Mapping[str, Any]) -> RedfishCredentials:
 _clients: dict[tuple[Any, ...], RedfishClient] = {}
 
 
-def client_for(creds: RedfishCredentials, settings: Settings, driver_info: Mapping[str, Any]) -> RedfishClient:
-    """This process's client for ``creds`` (created once; it keeps its session and connection)."""
+def client_for(creds: RedfishCredentials, settings: Settings, driver_info: Mapping[str, Any],
+               sessions: SessionStore | None = None) -> RedfishClient:
+    """This process's client for ``creds`` (created once; it keeps its session and connection).
+
+    ``sessions``: the store of the sessions every worker shares (None: the
+    client logs in for itself); a client keeps the store it was created with.
+    """
     timeout = float(driver_info.get("redfish_timeout") or settings.redfish_timeout)
     connect_timeout = float(driver_info.get("redfish_connect_timeout") or settings.redfish_connect_timeout)
+    shared = (settings.redis_url, settings.redis_namespace) if sessions is not None else None
     key = (creds, timeout, connect_timeout, settings.redfish_retries, settings.redfish_backoff,
-           settings.redfish_keepalive)
+           settings.redfish_keepalive, shared)
     client = _clients.get(key)
     if client is None:
         if len(_clients) >= MAX_CLIENTS:
             _clients.pop(next(iter(_clients))).close()
         client = _clients[key] = RedfishClient(
             creds, timeout=timeout, connect_timeout=connect_timeout, retries=settings.redfish_retries,
-            backoff=settings.redfish_backoff, keepalive=settings.redfish_keepalive)
+            backoff=settings.redfish_backoff, keepalive=settings.redfish_keepalive, sessions=sessions)
     return client
 
 
@@ -206,7 +217,8 @@ def call(ctx: Context, driver_info: Mapping[str, Any], action: Callable[[Redfish
                                      busy_retry=settings.redfish_busy_retry)
     progress = getattr(holder, "request_progress", None)
     try:
-        result = action(client_for(creds, settings, opened))
+        sessions = SessionStore(ctx.redis, settings) if settings.redfish_session_ttl > 0 else None
+        result = action(client_for(creds, settings, opened, sessions))
     except ServiceBusy as exc:
         now = time.time()
         since = float(progress.setdefault(BUSY_SINCE, now)) if isinstance(progress, dict) else now
@@ -299,7 +311,7 @@ def driver() -> base.Driver:
 
 
 def close_clients() -> None:
-    """Log every cached client out (tests, shutdown); never raises."""
+    """Close every cached client (tests, shutdown): connections closed, shared sessions left; never raises."""
     while _clients:
         _clients.popitem()[1].close()
 

@@ -10,12 +10,14 @@ BMC asked for, so the driver can come back later instead of sleeping.
 How sushy is used, and why (sushy 5.x):
 
 * One ``sushy.Sushy`` root per client, built on our own ``Connector``:
-  creating it reads the service root and logs in (``SessionAuth``: a
-  ``POST`` to the session service; ``X-Auth-Token`` on every later call).
-  The session is kept for the life of the client, which the driver caches
-  per process: one session per BMC per worker.  sushy's connector logs in
-  again by itself when a call gets 401 (an expired session) and repeats the
-  call once.
+  creating it reads the service root and authenticates (``X-Auth-Token``
+  on every later call).  With a :class:`~conductor.drivers.redfish_sessions.SessionStore`
+  (the driver passes the deployment's) the session is shared by every
+  worker: :class:`SharedSessionAuth` adopts the stored token, and logs in
+  (a ``POST`` to the session service) only when none is stored.  Without
+  one, sushy's ``SessionAuth`` logs in for this client alone.  sushy's
+  connector authenticates again by itself when a call gets 401 (an expired
+  session) and repeats the call once.
 * sushy asks the BMC to close the TCP connection after every call
   (``Connection: close``, "some BMCs choke on persistent connections").
   Over HTTPS that is a TLS handshake per call; the client keeps the
@@ -50,6 +52,7 @@ from sushy import connector as sushy_connector
 from sushy import exceptions as sushy_exc
 
 from conductor.drivers.base import BootSetting
+from conductor.drivers.redfish_sessions import SessionStore, StoredSession
 from conductor.exceptions import BMCError
 
 LOG = logging.getLogger(__name__)
@@ -140,6 +143,79 @@ def _on_response(response: requests.Response) -> None:
         raise _Busy(_retry_after(response.headers.get("Retry-After")), response.url)
 
 
+class SharedSessionAuth(sushy_auth.SessionAuth):
+    """sushy's session authentication, with the session shared through a store by every worker.
+
+    Authenticating adopts the stored session's token (no request), else
+    logs in and offers the new session to the store: if another worker
+    stored one first, this one adopts theirs and logs its own out, so a BMC
+    keeps one session per login whatever the number of workers.  On 401
+    (sushy's connector calls :meth:`refresh_session`, then repeats the call
+    once), the stored session is dropped only if it is still the one that
+    got 401, then authenticating starts over: a session another worker has
+    just logged in is adopted, not replaced.  :meth:`close` never logs out
+    a shared session (other workers use it): it ends on the BMC when idle.
+    """
+
+    def __init__(self, username: str, password: str, *, store: SessionStore, address: str) -> None:
+        super().__init__(username=username, password=password)
+        self._store = store
+        self._address = address
+        self._store_key: str | None = None
+        self._held: StoredSession | None = None
+
+    def _do_authenticate(self) -> None:
+        if self._store_key is None:
+            self._store_key = self._store.key(self._address, self._username, self._password)
+        key = self._store_key
+        found = self._store.get(key) if key is not None else None
+        if found is None:
+            token, uri = self._root_resource.create_session(self._username, self._password)
+            found = StoredSession(token, uri) if key is None else self._store.offer(key, token, uri)
+            if found.token != token:
+                self._log_out(token, uri)  # another worker stored its session first
+        self._held = found
+        self._session_key = found.token
+        self._session_resource_id = found.uri
+        self._session_auth_previously_successful = True
+        self._connector.set_http_session_auth(found.token)
+
+    def can_refresh_session(self) -> bool:
+        # Also without a session URI (some BMCs send none): a token that got 401 goes through refresh_session.
+        return self._session_key is not None
+
+    def refresh_session(self) -> None:
+        held, self._held = self._held, None
+        self.reset_session_attrs()
+        if held is not None and self._store_key is not None:
+            self._store.drop(self._store_key, held)
+        self._do_authenticate()
+
+    def close(self) -> None:
+        """Log out a session of this client alone (the store failed); leave a shared one to the others."""
+        held, self._held = self._held, None
+        if held is not None and held.sealed is None:
+            super().close()
+        elif held is not None:
+            self.reset_session_attrs()
+
+    def _log_out(self, token: str, uri: str | None) -> None:
+        if uri is None:
+            return  # nothing to delete: it ends on the BMC when idle
+        try:
+            self._connector.delete(uri, headers={"X-Auth-Token": token}, allow_reauth=False)
+        except Exception as exc:  # a session we cannot delete ends on the BMC when idle
+            LOG.debug("logging out a second session from %s failed: %s", self._address, exc)
+
+
+class SharedSessionOrBasicAuth(sushy_auth.SessionOrBasicAuth, SharedSessionAuth):
+    """``auto``: a shared session (:class:`SharedSessionAuth`), else Basic authentication, as sushy falls back."""
+
+    def __init__(self, username: str, password: str, *, store: SessionStore, address: str) -> None:
+        SharedSessionAuth.__init__(self, username, password, store=store, address=address)
+        self.basic_auth = sushy_auth.BasicAuth(username=username, password=password)
+
+
 class RedfishClient:
     """Power, boot device, inventory and virtual media of one Redfish system.
 
@@ -150,13 +226,16 @@ class RedfishClient:
         (never after an answer: a refused password stays refused).
     :param backoff: seconds before the first retry (doubles; jittered by +-50 %).
     :param keepalive: keep the HTTP connection open between calls.
+    :param sessions: where the sessions every worker shares are kept (None:
+        this client logs in for itself, and out when closed).
     :param sleep: injectable for tests.
     """
 
     def __init__(self, credentials: RedfishCredentials, *, timeout: float = 10.0, connect_timeout: float = 5.0,
                  retries: int = 1, backoff: float = 0.5, keepalive: bool = True,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sessions: SessionStore | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.credentials = credentials
+        self.sessions = sessions
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = max(0, retries)
@@ -300,7 +379,7 @@ class RedfishClient:
         self._call("eject virtual media", eject)
 
     def close(self) -> None:
-        """Log out (delete the session) and close the connection; never raises."""
+        """Close the connection, logging out a session of this client alone (never a shared one); never raises."""
         root, self._root, self._system = self._root, None, None
         if root is None:
             return
@@ -325,16 +404,22 @@ class RedfishClient:
             if self.keepalive:
                 # sushy sends "Connection: close" with every request.
                 connector._session.headers.pop("Connection", None)
-            auth_class = {"session": sushy_auth.SessionAuth, "basic": sushy_auth.BasicAuth,
-                          "auto": sushy_auth.SessionOrBasicAuth}[creds.auth_type]
             try:
-                self._root = sushy.Sushy(creds.address, auth=auth_class(username=creds.username,
-                                                                       password=creds.password),
-                                         connector=connector)
+                self._root = sushy.Sushy(creds.address, auth=self._auth(), connector=connector)
             except BaseException:
                 connector.close()
                 raise
         return self._root
+
+    def _auth(self) -> sushy_auth.AuthBase:
+        creds = self.credentials
+        if creds.auth_type == "basic":
+            return sushy_auth.BasicAuth(username=creds.username, password=creds.password)
+        if self.sessions is None:
+            own = sushy_auth.SessionAuth if creds.auth_type == "session" else sushy_auth.SessionOrBasicAuth
+            return own(username=creds.username, password=creds.password)
+        shared = SharedSessionAuth if creds.auth_type == "session" else SharedSessionOrBasicAuth
+        return shared(creds.username, creds.password, store=self.sessions, address=creds.address)
 
     def _system_path(self) -> str:
         system_id = self.credentials.system_id

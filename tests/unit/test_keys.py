@@ -40,6 +40,7 @@ PINNED = {
     "bmc_pace": (("10.0.0.5:623",), "conductor:bmc:10.0.0.5:623"),
     "bmc_busy": (("10.0.0.5:623",), "conductor:bmc-busy:10.0.0.5:623"),
     "power_transitions": ((), "conductor:power-transitions"),
+    "redfish_session": (("0f1e2d",), "conductor:redfish-session:0f1e2d"),
     "conductor_pidns": (("host-w0",), "conductor:conductor-pidns:host-w0"),
     "turn": (("wait-watchdog",), "conductor:wait-watchdog"),
     "power_sync_round": ((), "conductor:power-sync:round"),

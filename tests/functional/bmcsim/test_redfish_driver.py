@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
+from conductor import keys, secretbox
 from conductor.bmcsim import BMCSpec, Fleet
 from conductor.bmcsim.agent import inventory as agent_inventory
 from tests.functional.bmcsim.test_ipmi_driver import node_of, put, wait_node
@@ -333,21 +335,40 @@ def test_tls_failure_says_how_to_fix_it(redfish_service, redfish_fleet: Fleet,
     assert manage(service, bmc)["provision_state"] == "manageable"
 
 
-def test_one_session_per_worker_is_kept_and_renewed_when_it_expires(
+def test_the_workers_share_one_session_and_renew_it_once_when_it_expires(
         redfish_service, redfish_fleet: Fleet, new_redfish_bmc: Callable[..., BMCSpec]) -> None:
-    service = redfish_service()
+    service = redfish_service()  # two worker processes, each with its own clients
     bmc = new_redfish_bmc()
     enroll(service, redfish_fleet, bmc)
     manage(service, bmc)
-    for target in ("power on", "power off", "rebooting", "power off"):
+    for target in ("power on", "power off", "rebooting", "power off", "power on", "power off"):
         assert service.wait_request(put(service, bmc.name, "power", target))["state"] == "succeeded"
+    entries = service.http.get(f"{service.url}/v1/nodes/{bmc.name}/history", params={"limit": 100},
+                               timeout=10).json()["history"]
+    assert len({entry["conductor"] for entry in entries if entry.get("conductor")}) == 2  # both workers drove it
     counters = redfish_fleet.state(bmc.name)["redfish"]
-    assert 1 <= counters["sessions"] <= 2, counters  # one per worker process that drove it
-    assert counters["requests"] > 10
+    assert counters["sessions"] == 1, counters  # one login for the whole deployment
+    assert counters["requests"] > 20
     redfish_fleet.redfish.expire_sessions(bmc)  # type: ignore[union-attr]
-    done = service.wait_request(put(service, bmc.name, "power", "power on"))
-    assert done["state"] == "succeeded", done  # a 401, a new session, the call again
-    assert redfish_fleet.state(bmc.name)["redfish"]["sessions"] > counters["sessions"]
+    for target in ("power on", "power off", "rebooting"):
+        done = service.wait_request(put(service, bmc.name, "power", target))
+        assert done["state"] == "succeeded", done  # a 401, one new session, the call again
+    assert redfish_fleet.state(bmc.name)["redfish"]["sessions"] == 2
+    # The token is in Redis only sealed, and in no log.
+    connection = redis.Redis.from_url(service.settings.redis_url)
+    try:
+        names = list(connection.scan_iter(keys.redfish_session(service.settings.redis_namespace, "*")))
+        assert len(names) == 1
+        sealed = (connection.get(names[0]) or b"").decode()
+        token = json.loads(secretbox.for_settings(service.settings).open(sealed))["token"]
+        for name in connection.scan_iter(f"{service.settings.redis_namespace}*"):
+            if connection.type(name) == b"string":
+                assert token.encode() not in (connection.get(name) or b"")
+    finally:
+        connection.close()
+    for log in [service.settings.data_dir / "up.log", *(service.settings.data_dir / "logs").glob("*.log")]:
+        assert token not in log.read_text(), log
+    assert_no_password(service, bmc, history(service, bmc.name))
 
 
 def test_node_import_enrols_redfish_nodes_from_the_simulators_inventory(

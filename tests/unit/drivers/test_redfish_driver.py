@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import hashlib
 
-from conductor import drivers
+import pytest
+import redis
+
+from conductor import drivers, secretbox
 from conductor.drivers import redfish
 from conductor.drivers.base import AGENT_INSPECTION
+from conductor.drivers.redfish_sessions import SessionStore
 from conductor.exceptions import InvalidInput
+from conductor.settings import Settings
 
 GOOD = {"redfish_address": "https://10.0.0.7", "redfish_username": "admin", "redfish_password": "s3cret"}
 
@@ -67,3 +72,18 @@ def test_inspection_is_out_of_band_by_default() -> None:
     assert ipmi.inspect_for({"ipmi_address": "10.0.0.7"}) is ipmi.deploy
     with pytest.raises(InvalidInput):
         drivers.validate("ipmi", {"ipmi_address": "10.0.0.7", "inspect_interface": "redfish"})
+
+
+def test_a_shared_sessions_key_is_an_hmac_of_address_user_and_password_under_the_secret_key() -> None:
+    connection = redis.Redis()  # never connected: the key is computed without Redis
+    store = SessionStore(connection, Settings(redis_namespace="ns", secret_key=secretbox.new_key()))
+    key = store.key("https://10.0.0.7", "admin", "s3cret")
+    assert key is not None and key.startswith("ns:redfish-session:")
+    assert "s3cret" not in key and "admin" not in key
+    assert key == store.key("https://10.0.0.7", "admin", "s3cret")
+    assert key != store.key("https://10.0.0.7", "admin", "s3cret2")
+    assert key != store.key("https://10.0.0.7", "root", "s3cret")
+    assert key != store.key("https://10.0.0.8", "admin", "s3cret")
+    other_deployment = SessionStore(connection, Settings(redis_namespace="ns", secret_key=secretbox.new_key()))
+    assert other_deployment.key("https://10.0.0.7", "admin", "s3cret") != key
+    assert key.split(":")[-1] != hashlib.sha256(b"s3cret").hexdigest()
