@@ -64,6 +64,8 @@ LEARNED = "power_transition"
 LEARNABLE = frozenset({P.POWER_ON, P.POWER_OFF})
 #: A first poll that found the node there: the next guess is this much of it.
 SHORTEN = 0.9
+#: The deployment-wide figure is written again only when a node's moved this much (a fraction) from it.
+SHARED_MOVE = 0.25
 #: Seconds a process keeps the deployment-wide figures.
 SHARED_CACHE = 1.0
 _SHARED = "power.transitions"
@@ -138,10 +140,11 @@ def _arrived(task: Task, want: P, progress: dict[str, Any], at_once: bool) -> No
         else:
             own[want] = figure
         task.update_internal_info(**{LEARNED: own or None})
-    # The driver's figure: only from BMCs that needed polls (one done at once never waits for a poll).
+    # The driver's figure: only from BMCs that needed polls (one done at once never waits for a
+    # poll), and written only when it moved by a quarter (a rough start for nodes new to it).
     field = f"{task.node.driver}|{want}"
     shared = _shared(task)
-    if figure is not None and shared.get(field) != figure:
+    if figure is not None and abs(figure - shared.get(field, 0.0)) > SHARED_MOVE * figure:
         with contextlib.suppress(redis.RedisError):
             task.ctx.redis.hset(keys.power_transitions(task.settings.redis_namespace), field, figure)
             shared[field] = figure
