@@ -146,8 +146,8 @@ class Settings:
     #: Most tokens of a client's read budget (``read_rate``/``read_burst``)
     #: an API process takes from Redis at once and spends locally, so that
     #: a fast poller costs one Redis round trip per lease instead of per read
-    #: (conductor/throttle/buckets.py ``Leases``: never more than the
-    #: budget; a client may be refused up to this many reads early per
+    #: (conductor/throttle/buckets.py ``Leases``: the rate holds; the burst
+    #: may be exceeded, or a client refused early, by up to one lease per
     #: process).  1 checks every read in Redis.
     read_budget_lease: int = _setting(Group.API, 64)
     #: Whether the API requires bearer tokens.  Switching it off is only

@@ -202,13 +202,18 @@ class Leases:
     benchmarks.md, "Pollers"), so a process takes several tokens at once and
     spends them locally:
 
-    * The budget stays exact from above: every token spent was taken from
-      the shared bucket first, so no client ever gets more than its rate
-      and burst across all processes and hosts.
-    * From below it is exact to the leases: a client can be refused while
-      another process still holds tokens it leased, at most ``most`` per
-      process (a refusal always asks Redis, so its ``Retry-After`` is the
-      bucket's own).
+    * Every token spent was taken from the shared bucket first, so over
+      time no client gets more than its rate across all processes and
+      hosts.  Its burst is exact to the leases: tokens taken into a lease
+      are spent up to ``lifetime`` later, while the bucket refills, so a
+      client that has saved up a full bucket *and* holds leases can spend
+      both at once: at most one lease more per process (``most``, and a
+      twentieth of the burst).  One thread per process and client fetches
+      a lease; the others meanwhile take single tokens.
+    * From below it is exact to the leases too: a client can be refused
+      while another process still holds tokens it leased, at most one
+      lease per process (a refusal always asks Redis, so its
+      ``Retry-After`` is the bucket's own).
     * A lease lives ``lifetime`` seconds; its unspent tokens are then dropped
       (spent, as far as the bucket knows).  The size adapts so that little
       is dropped: a client's first lease is one token, a lease used up
@@ -227,6 +232,7 @@ class Leases:
         self._clock = clock
         self._lock = threading.Lock()
         self._leases: dict[tuple[str, float, int], _Lease] = {}
+        self._fetching: set[tuple[str, float, int]] = set()
 
     def admit(self, bucket: Bucket) -> Decision:
         """Spend one token of ``bucket`` from this process's lease, or take a new lease from Redis.
@@ -243,25 +249,31 @@ class Leases:
                 lease.left -= 1
                 lease.used += 1
                 return Decision(OK, levels=(Level(bucket, lease.level + lease.left),))
-            size = self._next_size(bucket, lease, now)
-            if len(self._leases) >= MAX_LEASES and lease is None:
-                self._leases.clear()  # a process serving that many clients at once: start afresh
-        decision = self.limiter.admit([bucket], lease=size)
-        if not decision.admitted or min(self.most, bucket.burst // 20) <= 1:
-            return decision
-        level = decision.levels[0].tokens
-        with self._lock:
-            left = decision.granted - 1
-            earlier = self._leases.get(ident)
-            if earlier is not None and earlier is not lease and now < earlier.until:
-                left += earlier.left  # another thread's lease, taken meanwhile: keep its tokens
-            self._leases[ident] = _Lease(left=left, level=level, until=now + self.lifetime, size=size, used=1)
+            if ident in self._fetching or min(self.most, bucket.burst // 20) <= 1:
+                fetch = False  # another thread is taking this client's next lease (or leasing is off)
+            else:
+                fetch = True
+                self._fetching.add(ident)
+                size = self._next_size(bucket, lease, now)
+                if len(self._leases) >= MAX_LEASES and lease is None:
+                    self._leases.clear()  # a process serving that many clients at once: start afresh
+        if not fetch:
+            return self.limiter.admit([bucket])
+        try:
+            decision = self.limiter.admit([bucket], lease=size)
+            if not decision.admitted:
+                return decision
+            level = decision.levels[0].tokens
+            with self._lock:
+                self._leases[ident] = _Lease(left=decision.granted - 1, level=level, until=now + self.lifetime,
+                                             size=size, used=1)
+        finally:
+            with self._lock:
+                self._fetching.discard(ident)
         return Decision(OK, levels=(Level(bucket, level + decision.granted - 1),))
 
     def _next_size(self, bucket: Bucket, lease: _Lease | None, now: float) -> int:
         most = min(self.most, bucket.burst // 20)
-        if most <= 1:
-            return 1
         if lease is None:
             return 1
         if lease.left < 1 and now < lease.until:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
 
 from conductor.throttle import buckets, drain
@@ -131,7 +133,7 @@ def test_a_fast_reader_spends_leased_tokens_locally_in_few_round_trips(ctx) -> N
     assert remaining[-1] == 2000 - 500
 
 
-def test_a_client_never_gets_more_than_its_budget_across_processes(ctx) -> None:
+def test_a_client_gets_no_more_than_its_burst_across_processes_without_refill(ctx) -> None:
     lim = limiter(ctx)
     bucket = lim.bucket("client-read", "greedy", rate=0.001, burst=1000)
     clock = Clock()
@@ -179,3 +181,38 @@ def test_leasing_off_checks_every_read_in_redis(ctx) -> None:
         assert leases.admit(bucket).admitted
     assert trips == [20]
     assert round(level_in_redis(ctx, bucket)) == 1980
+
+
+def test_a_burst_after_a_pause_exceeds_the_burst_by_at_most_one_lease_per_process(ctx) -> None:
+    lim = limiter(ctx)
+    bucket = lim.bucket("client-read", "saver", rate=400, burst=200)  # leases of at most 10 (a twentieth)
+    processes = [buckets.Leases(lim, most=64) for _ in range(3)]
+    for leases in processes:  # each process leases (1, 2, 4, 8: its current lease holds tokens)
+        for _ in range(9):
+            assert leases.admit(bucket).admitted
+    time.sleep(0.6)  # the bucket refills to its burst, the leases are still alive
+    began = time.monotonic()
+    admitted = 0
+    for i in range(400):
+        if processes[i % 3].admit(bucket).admitted:
+            admitted += 1
+    refilled = 400 * (time.monotonic() - began)
+    assert admitted <= 200 + 3 * 10 + refilled + 1, (admitted, refilled)
+
+
+def test_one_thread_at_a_time_takes_a_clients_lease(ctx) -> None:
+    lim = limiter(ctx)
+    bucket = lim.bucket("client-read", "threads", rate=0.001, burst=2000)
+    leases = buckets.Leases(lim, most=64)
+    barrier = threading.Barrier(8)
+
+    def reader() -> int:
+        barrier.wait()
+        return sum(leases.admit(bucket).admitted for _ in range(100))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        spent = sum(pool.map(lambda _: reader(), range(8)))
+    assert spent == 800
+    # What left the bucket: what was spent plus what this process still holds (one lease, at most 50).
+    taken = 2000 - level_in_redis(ctx, bucket)
+    assert 800 <= taken <= 800 + 50, taken
