@@ -16,18 +16,20 @@ to be done, learned from the last time: the node's own figure
 (``driver_internal_info["power_transition"]``, per target state), else
 its driver's across the deployment (:func:`conductor.keys.power_transitions`),
 at most ``power_poll_max``; else at ``power_poll_initial``.  A first poll
-that finds the node there shortens the next guess by a tenth (so it
-follows a BMC that got faster); one that does not falls back to polls
-from ``power_poll_initial``, doubling, and the time they found the node
-there becomes the next guess.  A BMC that is done at the check right after
-the command has no figure (the doubling polls, from the shortest).  At a
-BMC's steady transition time this is 1-2 polls a phase instead of ~4 (a
-reboot at d = 2 s: ~4 steps instead of ~9; docs/ipmi.md).
+that finds the node there shortens the next guess by a quarter (it says
+only that the node was there by then: a guess too long, from a
+transition that was slow once, must come down fast); one that does not
+falls back to polls from ``power_poll_initial``, doubling, and the time
+they found the node there becomes the next guess.  A node done at the
+check right after the command gets the figure 0: no guess, the doubling
+polls from the shortest, and not its driver's figure.  At a BMC's steady
+transition time this is 1-3 polls a phase instead of ~4 (docs/ipmi.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +64,10 @@ def observe(task: Task, state: P | None) -> None:
 LEARNED = "power_transition"
 #: Commands whose transition time is learned (a soft power off's is the OS's, not the BMC's).
 LEARNABLE = frozenset({P.POWER_ON, P.POWER_OFF})
-#: A first poll that found the node there: the next guess is this much of it.
-SHORTEN = 0.9
+#: A first poll that found the node there: the next guess is this much of it (a hit says only
+#: that the node was there by then, so a guess too long, from one slow transition, must shrink
+#: fast; at a steady transition time the guesses alternate between a hit and a poll too early).
+SHORTEN = 0.75
 #: The deployment-wide figure is written again only when a node's moved this much (a fraction) from it.
 SHARED_MOVE = 0.25
 #: Seconds a process keeps the deployment-wide figures.
@@ -90,6 +94,7 @@ def _shared(task: Task) -> dict[str, float]:
     with contextlib.suppress(redis.RedisError, ValueError):
         raw = task.ctx.redis.hgetall(keys.power_transitions(task.settings.redis_namespace))
         figures = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+        figures = {k: v for k, v in figures.items() if math.isfinite(v) and v > 0}
     cache[_SHARED] = (now, figures)
     return figures
 
@@ -98,10 +103,11 @@ def _guess(task: Task, want: P) -> float | None:
     """Seconds after the command at which the node is expected in ``want`` (None: not known)."""
     own = (task.node.driver_internal_info or {}).get(LEARNED) or {}
     figure = own.get(want) if isinstance(own, dict) else None
-    if not isinstance(figure, int | float) or figure <= 0:
+    if not isinstance(figure, int | float) or not math.isfinite(figure) or figure < 0:
+        # Nothing of its own (0 would be its own: done at once, no guess): its driver's.
         figure = _shared(task).get(f"{task.node.driver}|{want}")
-    # Never a first poll later than the doubling polls' longest interval: a wrong
-    # guess (a transition that was slow once) costs no more than they would.
+    # Never a first poll later than the doubling polls' longest interval: a guess too
+    # long (a transition that was slow once) costs at most that, a quarter less each time.
     return min(float(figure), task.settings.power_poll_max) if figure else None
 
 
@@ -127,24 +133,24 @@ def _arrived(task: Task, want: P, progress: dict[str, Any], at_once: bool) -> No
     if progress.get("command") not in LEARNABLE or "sent_at" not in progress:
         return
     guess = float(progress.get("guess") or 0.0)
+    figure: float
     if at_once:
-        figure = None
+        figure = 0.0  # done at the check right after the command: no guess next time
     elif guess > 0 and not progress.get("missed"):
         figure = round(guess * SHORTEN, 3)  # there at the guess: try a little sooner next time
     else:
         figure = round(time.time() - float(progress["sent_at"]), 3)
     own = dict((task.node.driver_internal_info or {}).get(LEARNED) or {})
     if own.get(want) != figure:
-        if figure is None:
-            own.pop(want, None)
-        else:
-            own[want] = figure
-        task.update_internal_info(**{LEARNED: own or None})
+        own[want] = figure
+        task.update_internal_info(**{LEARNED: own})
     # The driver's figure: only from BMCs that needed polls (one done at once never waits for a
     # poll), and written only when it moved by a quarter (a rough start for nodes new to it).
+    if figure <= 0:
+        return
     field = f"{task.node.driver}|{want}"
     shared = _shared(task)
-    if figure is not None and abs(figure - shared.get(field, 0.0)) > SHARED_MOVE * figure:
+    if abs(figure - shared.get(field, 0.0)) > SHARED_MOVE * figure:
         with contextlib.suppress(redis.RedisError):
             task.ctx.redis.hset(keys.power_transitions(task.settings.redis_namespace), field, figure)
             shared[field] = figure

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from conductor.engine import runner
 from conductor.fsm.states import PowerState
-from conductor.models import Node
+from conductor.models import Node, Request
 from tests.conftest import drain
 
 
@@ -236,12 +236,13 @@ def learned(ctx, node="n1"):  # type: ignore[no-untyped-def]
 def first_poll_after(client, conductor_ctx, target, node="n1") -> float:  # type: ignore[no-untyped-def]
     """Seconds from the command to the first poll the step scheduled (its Redis timer)."""
     request_id = put(client, "power", target, node)
-    sent = time.time()
     runner.run_step(conductor_ctx, request_id)
     due = conductor_ctx.redis.zscore(conductor_ctx.queue.timers_key, request_id)
     assert due is not None, "the node got there at once: no poll"
+    with conductor_ctx.db.session() as session:
+        sent = session.get(Request, request_id).progress["sent_at"]  # when the command went out
     drain(conductor_ctx)
-    return float(due) - sent
+    return float(due) - float(sent)
 
 
 def test_the_first_poll_comes_when_the_last_transition_ended(client, conductor_ctx) -> None:
@@ -260,8 +261,8 @@ def test_the_first_poll_comes_when_the_last_transition_ended(client, conductor_c
     assert first_poll_after(client, conductor_ctx, "power on") == pytest.approx(took, abs=0.05)
     history = [h["event"] for h in client.get("/v1/nodes/n1/history").json["history"]]
     assert "power.changed" in history
-    # Found at the guess: the next guess is a tenth shorter (it follows a BMC that gets faster).
-    assert learned(conductor_ctx)["power on"] == pytest.approx(took * 0.9, abs=0.002)
+    # Found at the guess: the next guess is a quarter shorter (it follows a BMC that gets faster).
+    assert learned(conductor_ctx)["power on"] == pytest.approx(took * 0.75, abs=0.002)
 
 
 def test_a_guess_too_short_falls_back_to_short_polls_and_learns_the_new_time(client, conductor_ctx) -> None:
@@ -286,7 +287,7 @@ def test_a_bmc_done_at_once_has_no_figure_and_a_new_node_uses_its_drivers(client
     make_node(client, "quick")
     put(client, "power", "power on", "quick")
     drain(conductor_ctx)
-    assert learned(conductor_ctx, "quick") == {}  # done at the check right after the command
+    assert learned(conductor_ctx, "quick") == {"power on": 0.0}  # done at the check right after the command
     make_node(client, "slow", fake_delay=0.15)
     put(client, "power", "power on", "slow")
     drain(conductor_ctx)
@@ -304,3 +305,35 @@ def test_a_first_poll_is_never_later_than_power_poll_max(client, conductor_ctx) 
     drain(conductor_ctx)
     assert learned(conductor_ctx)["power on"] >= 0.6
     assert first_poll_after(client, conductor_ctx, "power on") == pytest.approx(0.2, abs=0.05)
+
+
+def test_a_guess_too_long_comes_down_a_quarter_each_time(client, conductor_ctx) -> None:
+    conductor_ctx.settings = conductor_ctx.settings.replace(power_poll_max=1.0)
+    make_node(client, fake_delay=0.6)
+    put(client, "power", "power on")
+    drain(conductor_ctx)
+    # The BMC becomes fast: the first polls come at the old guess, shrinking by a quarter each time.
+    assert client.patch("/v1/nodes/n1", json={"driver_info": {"fake_delay": 0.15}}).status_code == 200
+    figures = [learned(conductor_ctx)["power on"]]
+    for _ in range(4):
+        put(client, "power", "power off")
+        drain(conductor_ctx)
+        assert first_poll_after(client, conductor_ctx, "power on") == pytest.approx(figures[-1], abs=0.05)
+        figures.append(learned(conductor_ctx)["power on"])
+    assert figures[1:] == [pytest.approx(f * 0.75, abs=0.002) for f in figures[:-1]]
+
+
+def test_a_node_done_at_once_does_not_wait_for_its_drivers_figure(client, conductor_ctx) -> None:
+    conductor_ctx.settings = conductor_ctx.settings.replace(power_poll_max=1.0)
+    make_node(client, "slow", fake_delay=0.6)
+    put(client, "power", "power on", "slow")
+    drain(conductor_ctx)  # the fake driver's figure: ~0.6 s
+    make_node(client, "quick")
+    put(client, "power", "power on", "quick")
+    drain(conductor_ctx)
+    put(client, "power", "power off", "quick")
+    drain(conductor_ctx)
+    assert learned(conductor_ctx, "quick") == {"power on": 0.0, "power off": 0.0}
+    # Once slower, its first poll is the shortest (power_poll_initial), not the driver's 0.6 s.
+    assert client.patch("/v1/nodes/quick", json={"driver_info": {"fake_delay": 0.3}}).status_code == 200
+    assert first_poll_after(client, conductor_ctx, "power on", "quick") < 0.2
