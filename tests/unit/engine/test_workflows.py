@@ -251,7 +251,7 @@ def test_the_first_poll_comes_when_the_last_transition_ended(client, conductor_c
     # Nothing learned yet: the first poll is power_poll_initial (0.05 s in tests), then doubling.
     assert first_poll_after(client, conductor_ctx, "power on") < 0.3
     took = learned(conductor_ctx)["power on"]
-    assert 0.6 <= took < 0.6 + 0.5  # found within one poll interval of the transition
+    assert 0.6 <= took < 0.6 + 1.0  # found by the poll after the transition (a slow machine runs it late)
     # The deployment-wide figure of the driver too.
     namespace = conductor_ctx.settings.redis_namespace
     assert float(conductor_ctx.redis.hget(f"{namespace}:power-transitions", "fake|power on")) == took
@@ -279,7 +279,7 @@ def test_a_guess_too_short_falls_back_to_short_polls_and_learns_the_new_time(cli
     request_id = put(client, "power", "power on")
     drain(conductor_ctx)
     assert request_of(client, request_id)["state"] == "succeeded"
-    assert before < 0.5 and 0.7 <= learned(conductor_ctx)["power on"] < 0.7 + 0.5
+    assert before < 0.5 and 0.7 <= learned(conductor_ctx)["power on"] < 0.7 + 1.0
 
 
 def test_a_bmc_done_at_once_has_no_figure_and_a_new_node_uses_its_drivers(client, conductor_ctx) -> None:
